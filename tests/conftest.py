@@ -1,0 +1,46 @@
+"""Shared fixtures: the real CT files and tiny synthetic volumes written to a temp dir."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from segcore.geometry import Geometry
+from segcore.io import write_volume
+
+REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    """Folder of the real CT files (see its README)."""
+    if not REAL_DATA.is_dir():
+        pytest.fail(f"real test data not found at {REAL_DATA}; the repository must sit next to shared/")
+    return REAL_DATA
+
+
+def make_geometry(shape_zyx, spacing=(1.0, 1.0, 2.0), origin=(-10.0, 20.0, -30.0), direction=None) -> Geometry:
+    """A geometry for a ``(z, y, x)`` shape; spacing and origin in ITK (x, y, z) order."""
+    direction = tuple(np.eye(3).ravel()) if direction is None else tuple(np.asarray(direction, float).ravel())
+    return Geometry(
+        size=(shape_zyx[2], shape_zyx[1], shape_zyx[0]),
+        spacing=tuple(float(s) for s in spacing),
+        origin=tuple(float(o) for o in origin),
+        direction=direction,
+    )
+
+
+@pytest.fixture
+def write_ct(tmp_path):
+    """Write a tiny CT-like int16 volume; returns its path."""
+
+    def write(name: str, shape_zyx=(12, 16, 20), direction=None, seed: int = 0, **geometry) -> Path:
+        rng = np.random.default_rng(seed)
+        array = rng.integers(-1000, 400, size=shape_zyx).astype(np.int16)
+        path = tmp_path / name
+        write_volume(path, array, make_geometry(shape_zyx, direction=direction, **geometry))
+        return path
+
+    return write
