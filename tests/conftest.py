@@ -44,3 +44,13 @@ def write_ct(tmp_path):
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def phantom_root(tmp_path_factory) -> Path:
+    """A tiny FLARE22-layout data root of small phantoms: 6 labeled, 3 unlabeled, 2 validation cases."""
+    from segcore.phantom import write_dataset
+
+    root = tmp_path_factory.mktemp("phantoms")
+    write_dataset(root, labeled=6, unlabeled=3, val=2, size="small", seed=11)
+    return root

@@ -1,0 +1,161 @@
+"""Writing a FLARE22-layout data root of phantoms.
+
+Layout (``out/``)::
+
+    train_images/FLARE22_Tr_0001_0000.nii.gz   labeled CTs          train_mask/FLARE22_Tr_0001.nii.gz
+    trainu_images/Case_00001_0000.nii.gz       unlabeled CTs
+    val_images/FLARE22_Ts_0001_0000.nii.gz     held-out CTs         val_mask/FLARE22_Ts_0001.nii.gz
+    phantom_cases.json                         per-case description (domain, grid, organ volumes)
+
+Case ``i`` of a split draws its randomness from ``SeedSequence(seed, spawn_key=(split, i))``
+only, so it is the same whatever else is generated, in whatever order or process.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from segcore.io import write_volume
+from segcore.phantom.generate import generate_case
+from segcore.phantom.tissues import PhantomDomain
+
+MANIFEST = "phantom_cases.json"
+
+
+@dataclass(frozen=True)
+class Split:
+    """One part of the data root.
+
+    Attributes:
+        key: the split's number in the seed's spawn key.
+        image_dir, mask_dir: folder names (``mask_dir`` None: no labels written).
+        id_format: case id from the 1-based case number.
+        full_field_share: fraction of cases whose field of view holds every organ.
+    """
+
+    key: int
+    image_dir: str
+    mask_dir: str | None
+    id_format: str
+    full_field_share: float
+
+
+SPLITS: dict[str, Split] = {
+    "labeled": Split(0, "train_images", "train_mask", "FLARE22_Tr_{:04d}", 1.0),
+    "unlabeled": Split(1, "trainu_images", None, "Case_{:05d}", 0.8),
+    "val": Split(2, "val_images", "val_mask", "FLARE22_Ts_{:04d}", 0.85),
+}
+_FIELD_STREAM = 1000
+"""Spawn-key suffix of the stream that decides whether a case is full-field (apart from the case's own streams)."""
+
+
+def case_id(split: str, index: int) -> str:
+    """FLARE22-style id of case ``index`` (0-based) of ``split``: ``FLARE22_Tr_0001``, ``Case_00001``, ..."""
+    return SPLITS[split].id_format.format(index + 1)
+
+
+def case_seed(seed: int, split: str, index: int) -> np.random.SeedSequence:
+    """The seed sequence of case ``index`` of ``split``: depends on nothing else."""
+    return np.random.SeedSequence(int(seed), spawn_key=(SPLITS[split].key, int(index)))
+
+
+def _is_full_field(seed: int, split: str, index: int) -> bool:
+    share = SPLITS[split].full_field_share
+    if share >= 1.0:
+        return True
+    key = (SPLITS[split].key, int(index), _FIELD_STREAM)
+    return bool(np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=key)).random() < share)
+
+
+def _make_case(task: tuple) -> dict:
+    out, split, index, seed, size, domain, threads = task
+    started = time.perf_counter()
+    full_field = _is_full_field(seed, split, index)
+    phantom = generate_case(case_seed(seed, split, index), size, domain, full_field=full_field, threads=threads)
+    generated = time.perf_counter()
+    spec, name = SPLITS[split], case_id(split, index)
+    write_volume(Path(out) / spec.image_dir / f"{name}_0000.nii.gz", phantom.image, phantom.geometry)
+    if spec.mask_dir is not None:
+        write_volume(Path(out) / spec.mask_dir / f"{name}.nii.gz", phantom.label, phantom.geometry)
+    return {
+        "id": name,
+        "split": split,
+        "size_xyz": list(phantom.geometry.size),
+        "spacing_xyz": [round(s, 4) for s in phantom.geometry.spacing],
+        "direction": list(phantom.geometry.direction),
+        "generate_s": round(generated - started, 3),
+        "write_s": round(time.perf_counter() - generated, 3),
+        **phantom.meta,
+    }
+
+
+def write_dataset(
+    out: str | os.PathLike,
+    labeled: int,
+    unlabeled: int,
+    val: int,
+    size: str = "small",
+    seed: int = 0,
+    *,
+    workers: int = 1,
+    domain: PhantomDomain | None = None,
+    val_domain: PhantomDomain | None = None,
+    progress: bool = True,
+) -> list[dict]:
+    """Generate phantoms and write them in the FLARE22 layout.
+
+    Args:
+        out: data root (created; existing files of the same names are replaced).
+        labeled, unlabeled, val: number of cases per split.
+        size: ``"small"`` or ``"full"``.
+        seed: dataset seed.
+        workers: processes (1: in this process).
+        domain: force this imaging domain on every case (None: each case draws its own).
+        val_domain: force this domain on the validation cases only (a shifted test set).
+        progress: show a progress bar.
+
+    Returns:
+        One record per case (id, split, grid, timings and the phantom's ``meta``), also
+        written to ``out/phantom_cases.json``.
+    """
+    out = Path(out)
+    for count, name in ((labeled, "labeled"), (unlabeled, "unlabeled"), (val, "val")):
+        if count < 0:
+            raise ValueError(f"{name}: number of cases must not be negative (got {count})")
+    # Worker processes already fill the CPUs: one thread each.
+    threads = 1 if workers > 1 else None
+    tasks = [
+        (str(out), split, index, seed, size, (val_domain or domain) if split == "val" else domain, threads)
+        for split, count in (("labeled", labeled), ("unlabeled", unlabeled), ("val", val))
+        for index in range(count)
+    ]
+    for spec in SPLITS.values():
+        for folder in (spec.image_dir, spec.mask_dir):
+            if folder is not None:
+                (out / folder).mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=len(tasks), desc="phantoms", unit="case", disable=not progress)
+    if workers <= 1:
+        records = []
+        for task in tasks:
+            records.append(_make_case(task))
+            bar.update()
+    else:
+        # Spawned workers: safe whatever the parent has imported (threads, CUDA).
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            records = []
+            for record in pool.map(_make_case, tasks):
+                records.append(record)
+                bar.update()
+    bar.close()
+    (out / MANIFEST).write_text(json.dumps(records, indent=1))
+    return records

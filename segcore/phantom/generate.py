@@ -1,0 +1,213 @@
+"""One phantom case: patient, scan, tissue map, organ labels, image."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from segcore.geometry import Geometry
+from segcore.labels import ORGAN_IDS, ORGANS
+from segcore.phantom.anatomy import PASSAGES, Organ, Vessel, build_anatomy, organ_z_range
+from segcore.phantom.body import build_background
+from segcore.phantom.imaging import render
+from segcore.phantom.patient import sample_patient
+from segcore.phantom.scanner import Scan, plan_scan
+from segcore.phantom.shapes import Grid
+from segcore.phantom.tissues import PhantomDomain, Tissue, hu_lookup, sample_domain
+
+SeedLike = int | np.random.SeedSequence | np.random.Generator
+"""What :func:`generate_case` accepts as its randomness."""
+
+# The case's independent random streams: changing one (say, forcing the domain) leaves the others alone.
+_STREAMS = ("patient", "anatomy", "scan", "bowel", "domain", "hu", "noise")
+
+# Tissues an organ may replace, by tissue code: what lies loose in the cavity; the passages
+# (aorta, IVC, esophagus) also lung and heart. Walls, bones and other organs stay.
+_SOFT = np.zeros(256, dtype=bool)
+_SOFT[[Tissue.VISCERAL_FAT, Tissue.PSOAS, Tissue.BOWEL_WALL, Tissue.BOWEL_CONTENT, Tissue.GAS]] = True
+_PASSAGE = _SOFT.copy()
+_PASSAGE[[Tissue.LUNG, Tissue.HEART]] = True
+
+
+@dataclass
+class OrganMask:
+    """An organ's own shape before merging, on the canonical grid.
+
+    Attributes:
+        slices: ``(z, y, x)`` slices of the canonical array holding the box.
+        mask: bool array over that box: voxels inside the shape (before other organs and the
+            body claimed any).
+    """
+
+    slices: tuple[slice, slice, slice]
+    mask: np.ndarray
+
+
+@dataclass
+class Phantom:
+    """A synthetic abdominal CT and its organ labels.
+
+    Attributes:
+        image: int16 ``(z, y, x)`` CT numbers (HU) in the stored orientation of ``geometry``.
+        label: uint8 ``(z, y, x)`` FLARE22 organ ids, same grid.
+        geometry: the stored grid (size, spacing, origin, direction).
+        meta: JSON-friendly description: domain, field of view, organ volumes, patient.
+        shapes: with ``keep_shapes``, each organ's own shape on the canonical grid, by organ id.
+    """
+
+    image: np.ndarray
+    label: np.ndarray
+    geometry: Geometry
+    meta: dict
+    shapes: dict[int, OrganMask] | None = field(default=None, repr=False)
+
+
+def seed_sequence(seed: SeedLike) -> np.random.SeedSequence:
+    """The case's root seed sequence (a Generator is reduced to fresh entropy drawn from it)."""
+    if isinstance(seed, np.random.SeedSequence):
+        return seed
+    if isinstance(seed, np.random.Generator):
+        return np.random.SeedSequence([int(v) for v in seed.integers(0, 2**63, size=4)])
+    return np.random.SeedSequence(int(seed))
+
+
+def _streams(root: np.random.SeedSequence) -> dict[str, np.random.SeedSequence]:
+    # Children are built from the root's key rather than spawned, so that a caller's SeedSequence
+    # is not mutated and the same one always gives the same case.
+    return {
+        name: np.random.SeedSequence(root.entropy, spawn_key=(*root.spawn_key, index), pool_size=root.pool_size)
+        for index, name in enumerate(_STREAMS)
+    }
+
+
+def generate_case(
+    seed: SeedLike,
+    size: str = "small",
+    domain: PhantomDomain | None = None,
+    *,
+    full_field: bool = True,
+    geometry: Geometry | None = None,
+    keep_shapes: bool = False,
+    threads: int | None = None,
+) -> Phantom:
+    """Generate one synthetic abdominal CT with its 13-organ label map.
+
+    Args:
+        seed: the case's randomness; the same seed gives identical arrays.
+        size: ``"small"`` (about 48-64 voxels in-plane, 5-9 mm voxels; for tests) or
+            ``"full"`` (512 x 512 in-plane, 0.6-1.0 mm, 1-5 mm slices).
+        domain: imaging domain (contrast phase, noise, HU offset, blur); None draws one from
+            the seed. Forcing a domain changes nothing else: same patient, same grid.
+        full_field: the field of view holds every organ; otherwise the top or the bottom of
+            the abdomen is cut off (some organs missing or partial).
+        geometry: impose the stored grid (the patient is centred in it); None draws one.
+        keep_shapes: also return each organ's own shape mask (:attr:`Phantom.shapes`).
+        threads: worker threads for the volume-wide passes (None: :func:`default_threads`);
+            the result does not depend on it.
+
+    Returns:
+        The :class:`Phantom`.
+    """
+    root = seed_sequence(seed)
+    streams = _streams(root)
+    threads = default_threads() if threads is None else threads
+
+    def rng(name: str) -> np.random.Generator:
+        return np.random.default_rng(streams[name])
+
+    patient = sample_patient(rng("patient"))
+    organs, _ = build_anatomy(patient, rng("anatomy"))
+    scan = plan_scan(rng("scan"), size, patient, organ_z_range(organs), full_field, geometry)
+    # Same anatomy stream again, now with the grid's thickness floor for thin organs.
+    organs, vessels = build_anatomy(patient, rng("anatomy"), scan.min_feature_mm)
+    drawn_domain = sample_domain(rng("domain"))
+    domain = drawn_domain if domain is None else domain
+
+    grid = scan.grid
+    tissue = build_background(grid, patient, rng("bowel"), threads)
+    label = np.zeros(grid.shape, dtype=np.uint8)
+    shapes: dict[int, OrganMask] | None = {} if keep_shapes else None
+    voxel_counts = _paint_organs(grid, organs, tissue, label, shapes)
+    _paint_vessels(grid, vessels, tissue, label)
+    spacing_zyx = tuple(reversed(grid.spacing_xyz))
+    image = render(tissue, hu_lookup(domain, rng("hu")), domain, spacing_zyx, streams["noise"], threads)
+
+    stored_image = np.ascontiguousarray(scan.reorientation.undo(image))
+    stored_label = np.ascontiguousarray(scan.reorientation.undo(label))
+    meta = _meta(root, size, domain, scan, patient, grid, voxel_counts)
+    return Phantom(stored_image, stored_label, scan.geometry, meta, shapes)
+
+
+def _paint_organs(
+    grid: Grid, organs: list[Organ], tissue: np.ndarray, label: np.ndarray, shapes: dict | None
+) -> dict[str, dict[str, int]]:
+    """Paint organs in priority order; a voxel keeps the first organ that claims it."""
+    counts = {}
+    for organ in organs:
+        box = grid.box(*organ.shape.bounds())
+        if box is None:
+            counts[organ.name] = {"shape": 0, "painted": 0}
+            continue
+        if organ.gas_above is None:
+            field_values, height = organ.shape.evaluate(box), None
+        else:
+            field_values, height = organ.shape.evaluate_with_height(box, want_height=True)
+        inside = field_values <= 0
+        tissue_view, label_view = tissue[box.slices], label[box.slices]
+        allowed = (_PASSAGE if organ.name in PASSAGES else _SOFT)[tissue_view]
+        claimed = inside & allowed & (label_view == 0)
+        label_view[claimed] = organ.label
+        codes = np.full(box.shape, organ.tissue, dtype=np.uint8)
+        if organ.core_tissue is not None:
+            codes[field_values < organ.core_below] = organ.core_tissue
+        if height is not None:
+            codes[(field_values < organ.core_below) & (height < organ.gas_above)] = Tissue.GAS
+        tissue_view[claimed] = codes[claimed]
+        counts[organ.name] = {"shape": int(inside.sum()), "painted": int(claimed.sum())}
+        if shapes is not None:
+            shapes[organ.label] = OrganMask(box.slices, inside)
+    return counts
+
+
+def _paint_vessels(grid: Grid, vessels: list[Vessel], tissue: np.ndarray, label: np.ndarray) -> None:
+    """Unlabelled vessels: inside their organ (liver veins), or in loose tissue outside every organ."""
+    for vessel in vessels:
+        box = grid.box(*vessel.shape.bounds())
+        if box is None:
+            continue
+        inside = vessel.shape.evaluate(box) <= 0
+        tissue_view, label_view = tissue[box.slices], label[box.slices]
+        if vessel.inside is None:
+            inside &= (label_view == 0) & _SOFT[tissue_view]
+        else:
+            inside &= label_view == ORGAN_IDS[vessel.inside]
+        tissue_view[inside] = vessel.tissue
+
+
+def default_threads() -> int:
+    """Threads a case uses by default: the CPUs this process may run on, at most 4."""
+    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
+def _meta(root, size, domain, scan: Scan, patient, grid: Grid, voxel_counts) -> dict:
+    voxel_ml = float(np.prod(grid.spacing_xyz)) / 1000.0
+    painted = {name: voxel_counts[name]["painted"] for name in voxel_counts}
+    return {
+        "size": size,
+        "seed": {"entropy": root.entropy, "spawn_key": list(root.spawn_key)},
+        "domain": domain.as_dict(),
+        "full_field": scan.full_field,
+        "direction": scan.direction_name,
+        "includes_chest": bool(grid.z[-1] > max(patient.dome_right, patient.dome_left) + 10.0),
+        "includes_pelvis": bool(grid.z[0] < -3.7 * patient.pitch),
+        "organs_present": [i for i in ORGANS if painted[ORGANS[i]] > 0],
+        "organ_volumes_ml": {ORGANS[i]: round(painted[ORGANS[i]] * voxel_ml, 2) for i in ORGANS},
+        "organ_voxels": voxel_counts,
+        "patient": {
+            "scale": round(patient.scale, 4),
+            "subcutaneous_fat_mm": round(patient.fat_mm, 1),
+            "patient_origin_mm": [round(v, 3) for v in scan.patient_origin],
+        },  # fmt: skip
+    }

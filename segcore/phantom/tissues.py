@@ -1,0 +1,165 @@
+"""Tissue classes, their CT numbers per contrast phase, and the imaging domain of a case.
+
+A phantom is first built as a map of tissue codes (uint8, one per voxel); the image is the
+per-case HU table looked up on that map, then blurred and made noisy (see
+:mod:`segcore.phantom.imaging`). The domain (contrast phase, noise, HU offset, sharpness)
+is what changes between scanners and protocols while the anatomy stays the same.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from enum import IntEnum
+
+import numpy as np
+
+from segcore.labels import ORGAN_IDS, ORGANS
+
+
+class Tissue(IntEnum):
+    """Tissue codes of the tissue map. Organ codes are ``ORGAN_BASE + organ id``."""
+
+    AIR = 0
+    SKIN = 1
+    SUBCUTANEOUS_FAT = 2
+    MUSCLE = 3
+    VISCERAL_FAT = 4
+    PSOAS = 5
+    LUNG = 6
+    HEART = 7
+    BONE_CORTEX = 8
+    BONE_MARROW = 9
+    DISC = 10
+    SPINAL_CANAL = 11
+    CARTILAGE = 12
+    BOWEL_WALL = 13
+    BOWEL_CONTENT = 14
+    GAS = 15
+    TABLE = 16
+    KIDNEY_MEDULLA = 17
+    STOMACH_CONTENT = 18
+    BILE = 19
+    PORTAL_VEIN = 20
+    HEPATIC_VEIN = 21
+    ARTERY = 22
+    RENAL_VEIN = 23
+
+
+ORGAN_BASE = 32
+"""Tissue code of organ ``k`` is ``ORGAN_BASE + k`` (its main tissue, e.g. kidney cortex)."""
+
+PHASES = ("non_contrast", "arterial", "portal_venous")
+"""Contrast phases, in the order of the columns of :data:`HU_TABLE`."""
+
+HU_TABLE: dict[int, tuple[float, float, float]] = {
+    Tissue.AIR: (-1000, -1000, -1000),
+    Tissue.SKIN: (25, 30, 35),
+    Tissue.SUBCUTANEOUS_FAT: (-105, -105, -100),
+    Tissue.MUSCLE: (48, 55, 62),
+    Tissue.VISCERAL_FAT: (-95, -92, -88),
+    Tissue.PSOAS: (48, 55, 62),
+    Tissue.LUNG: (-860, -860, -855),
+    Tissue.HEART: (42, 250, 140),
+    Tissue.BONE_CORTEX: (850, 850, 850),
+    Tissue.BONE_MARROW: (220, 225, 230),
+    Tissue.DISC: (85, 90, 95),
+    Tissue.SPINAL_CANAL: (15, 18, 22),
+    Tissue.CARTILAGE: (120, 125, 130),
+    Tissue.BOWEL_WALL: (35, 60, 90),
+    Tissue.BOWEL_CONTENT: (15, 15, 15),
+    Tissue.GAS: (-960, -960, -960),
+    Tissue.TABLE: (150, 150, 150),
+    Tissue.KIDNEY_MEDULLA: (28, 85, 150),
+    Tissue.STOMACH_CONTENT: (12, 12, 12),
+    Tissue.BILE: (8, 8, 10),
+    Tissue.PORTAL_VEIN: (42, 110, 175),
+    Tissue.HEPATIC_VEIN: (40, 50, 160),
+    Tissue.ARTERY: (42, 280, 160),
+    Tissue.RENAL_VEIN: (40, 150, 160),
+    ORGAN_BASE + ORGAN_IDS["liver"]: (58, 75, 115),
+    ORGAN_BASE + ORGAN_IDS["right_kidney"]: (32, 190, 165),
+    ORGAN_BASE + ORGAN_IDS["spleen"]: (47, 125, 120),
+    ORGAN_BASE + ORGAN_IDS["pancreas"]: (42, 115, 95),
+    ORGAN_BASE + ORGAN_IDS["aorta"]: (42, 280, 160),
+    ORGAN_BASE + ORGAN_IDS["ivc"]: (40, 80, 140),
+    ORGAN_BASE + ORGAN_IDS["right_adrenal_gland"]: (28, 70, 65),
+    ORGAN_BASE + ORGAN_IDS["left_adrenal_gland"]: (28, 70, 65),
+    ORGAN_BASE + ORGAN_IDS["gallbladder"]: (35, 55, 70),
+    ORGAN_BASE + ORGAN_IDS["esophagus"]: (40, 60, 75),
+    ORGAN_BASE + ORGAN_IDS["stomach"]: (40, 65, 95),
+    ORGAN_BASE + ORGAN_IDS["duodenum"]: (38, 65, 90),
+    ORGAN_BASE + ORGAN_IDS["left_kidney"]: (32, 190, 165),
+}
+"""Mean CT number (HU) of each tissue in each phase of :data:`PHASES`; sources: typical adult values."""
+
+ORAL_CONTRAST_HU = 250.0
+"""Bowel and stomach content with positive oral contrast."""
+HU_MIN, HU_MAX = -1024, 3071
+"""The range a scanner stores (12-bit CT numbers)."""
+# Tissues whose CT number the case-to-case jitter leaves alone (air and gas are physics, not biology).
+_FIXED = {Tissue.AIR, Tissue.GAS, Tissue.TABLE}
+
+assert set(ORGANS) == {code - ORGAN_BASE for code in HU_TABLE if code >= ORGAN_BASE}
+
+
+@dataclass(frozen=True)
+class PhantomDomain:
+    """How a case is imaged: what differs between scanners and protocols, not the anatomy.
+
+    Attributes:
+        phase: one of :data:`PHASES`.
+        noise_sigma_hu: standard deviation of the image noise after blurring, HU.
+        hu_offset: added to every CT number (calibration drift), HU.
+        blur_mm: sigma of the scanner's point spread function (reconstruction kernel), mm.
+        enhancement: contrast-agent strength; 1 gives the tabulated enhancement.
+        oral_contrast: stomach and bowel filled with positive oral contrast.
+    """
+
+    phase: str = "portal_venous"
+    noise_sigma_hu: float = 15.0
+    hu_offset: float = 0.0
+    blur_mm: float = 0.6
+    enhancement: float = 1.0
+    oral_contrast: bool = False
+
+    def __post_init__(self) -> None:
+        if self.phase not in PHASES:
+            raise ValueError(f"unknown contrast phase {self.phase!r}; expected one of {', '.join(PHASES)}")
+        if self.noise_sigma_hu < 0 or self.blur_mm < 0:
+            raise ValueError("noise_sigma_hu and blur_mm must not be negative")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def sample_domain(rng: np.random.Generator) -> PhantomDomain:
+    """A random domain: phase (portal venous most often, as in abdominal routine), noise 5-40 HU, etc."""
+    return PhantomDomain(
+        phase=str(rng.choice(PHASES, p=[0.25, 0.25, 0.5])),
+        # Log-uniform: low-dose noisy scans are as common as smooth ones in a multi-centre set.
+        noise_sigma_hu=float(np.exp(rng.uniform(np.log(5.0), np.log(40.0)))),
+        hu_offset=float(np.clip(rng.normal(0.0, 6.0), -20.0, 20.0)),
+        blur_mm=float(rng.uniform(0.4, 1.0)),
+        enhancement=float(rng.uniform(0.8, 1.2)),
+        oral_contrast=bool(rng.random() < 0.15),
+    )
+
+
+def hu_lookup(domain: PhantomDomain, rng: np.random.Generator) -> np.ndarray:
+    """The case's CT number of every tissue code: a float32 table of 256 entries (HU).
+
+    Each tissue's value is its tabulated mean for the phase, with the contrast enhancement
+    scaled by ``domain.enhancement``, a per-case jitter (patients differ), and the offset.
+    """
+    column = PHASES.index(domain.phase)
+    table = np.full(256, HU_MIN, dtype=np.float32)
+    for code, values in sorted(HU_TABLE.items()):
+        unenhanced = values[0]
+        value = unenhanced + domain.enhancement * (values[column] - unenhanced)
+        jitter = 0.0 if code in _FIXED else rng.normal(0.0, 40.0 if code == Tissue.BONE_CORTEX else 5.0)
+        table[code] = value + jitter
+    if domain.oral_contrast:
+        for code in (Tissue.BOWEL_CONTENT, Tissue.STOMACH_CONTENT):
+            table[code] = ORAL_CONTRAST_HU + rng.normal(0.0, 30.0)
+    table[[code for code in range(256) if code != Tissue.AIR]] += domain.hu_offset
+    return table
