@@ -1,0 +1,93 @@
+"""The fine network: an efficient 3-D net of anisotropic convolutions and strip-pooling context."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from segcore.labels import NUM_CLASSES
+from segcore.networks.blocks import (
+    AnisotropicResidualBlock,
+    AnisotropicStripPooling,
+    ConvNormAct,
+    SegmentationNetwork,
+    level_channels,
+)
+
+
+class EfficientContextNet(SegmentationNetwork):
+    """Efficient encoder-decoder for the organ-region crop, after FLARE's EfficientSegNet.
+
+    The same half-resolution start and level layout as the coarse net, but cheaper per voxel and
+    with long-range context:
+
+    - levels are :class:`AnisotropicResidualBlock` s: in-plane (1, 3, 3) and through-plane
+      (3, 1, 1) convolutions instead of 3×3×3 ones;
+    - downsampling is one strided 3×3×3 convolution (it runs at the lower resolution);
+    - each encoder level ends with an :class:`AnisotropicStripPooling` context gate, so every
+      voxel sees the whole crop along z, y and x at a cost linear in the voxels;
+    - skips are added, not concatenated, so decoder blocks keep the level's width.
+
+    Args:
+        in_channels: image channels (1 for CT).
+        num_classes: output channels: background + organs.
+        base_channels: channels of the first level.
+        depth: resolution levels after the stem; the total stride is ``2 ** depth``.
+        max_channels: cap on the channels of the deeper levels.
+        blocks_per_level: anisotropic residual blocks in each encoder level.
+
+    Shapes:
+        ``(N, in_channels, D, H, W)`` → logits ``(N, num_classes, D, H, W)``, with D, H, W
+        multiples of ``input_multiple``. Softmax is left to the loss / predictor.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = NUM_CLASSES,
+        base_channels: int = 16,
+        depth: int = 5,
+        max_channels: int = 256,
+        blocks_per_level: int = 1,
+    ):
+        super().__init__()
+        self.init_args = {
+            "in_channels": in_channels,
+            "num_classes": num_classes,
+            "base_channels": base_channels,
+            "depth": depth,
+            "max_channels": max_channels,
+            "blocks_per_level": blocks_per_level,
+        }
+        self.input_multiple = 2**depth
+        channels = level_channels(base_channels, depth, max_channels)
+
+        self.stem = ConvNormAct(in_channels, channels[0], stride=2)
+        self.encoder = nn.ModuleList()
+        for level, width in enumerate(channels):
+            layers: list[nn.Module] = [] if level == 0 else [ConvNormAct(channels[level - 1], width, stride=2)]
+            layers += [AnisotropicResidualBlock(width) for _ in range(blocks_per_level)]
+            layers.append(AnisotropicStripPooling(width))
+            self.encoder.append(nn.Sequential(*layers))
+        self.upsamplers = nn.ModuleList(
+            nn.Sequential(
+                nn.ConvTranspose3d(channels[level + 1], channels[level], 2, stride=2, bias=False),
+                nn.InstanceNorm3d(channels[level], affine=True),
+            )
+            for level in range(depth - 1)
+        )
+        self.decoder = nn.ModuleList(AnisotropicResidualBlock(channels[level]) for level in range(depth - 1))
+        self.head = nn.Conv3d(channels[0], num_classes, 1)
+        self.init_weights()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(N, num_classes, D, H, W)`` for images ``(N, in_channels, D, H, W)``."""
+        self.check_input(x)
+        features = self.stem(x)
+        skips = []
+        for level in self.encoder:
+            features = level(features)
+            skips.append(features)
+        for level in reversed(range(len(self.decoder))):
+            features = self.decoder[level](self.upsamplers[level](features) + skips[level])
+        return self.upsample_logits(self.head(features))

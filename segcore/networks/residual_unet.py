@@ -1,0 +1,82 @@
+"""The coarse network: a residual 3-D U-Net that starts at half resolution."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from segcore.labels import NUM_CLASSES
+from segcore.networks.blocks import ConvNormAct, ResidualBlock, SegmentationNetwork, level_channels
+
+
+class ResidualUNet3D(SegmentationNetwork):
+    """Residual 3-D U-Net for whole-scan localisation of the organs.
+
+    A stride-2 stem brings the input to half resolution at once (the coarse stage only needs the
+    organs' region, and every later layer then costs 1/8); ``depth`` levels follow, each
+    halving the resolution and doubling the channels (capped at ``max_channels``). Encoder
+    levels are residual blocks (3×3×3 convolutions, the first strided), decoder levels upsample
+    with a 2×2×2 transposed convolution, concatenate the skip and apply a residual block. A
+    1×1×1 head gives the logits at half resolution, upsampled trilinearly to the input size.
+
+    Args:
+        in_channels: image channels (1 for CT).
+        num_classes: output channels: background + organs.
+        base_channels: channels of the first level.
+        depth: resolution levels after the stem; the total stride is ``2 ** depth``.
+        max_channels: cap on the channels of the deeper levels.
+        blocks_per_level: residual blocks in each encoder level.
+
+    Shapes:
+        ``(N, in_channels, D, H, W)`` → logits ``(N, num_classes, D, H, W)``, with D, H, W
+        multiples of ``input_multiple``. Softmax is left to the loss / predictor.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = NUM_CLASSES,
+        base_channels: int = 16,
+        depth: int = 5,
+        max_channels: int = 256,
+        blocks_per_level: int = 1,
+    ):
+        super().__init__()
+        self.init_args = {
+            "in_channels": in_channels,
+            "num_classes": num_classes,
+            "base_channels": base_channels,
+            "depth": depth,
+            "max_channels": max_channels,
+            "blocks_per_level": blocks_per_level,
+        }
+        self.input_multiple = 2**depth
+        channels = level_channels(base_channels, depth, max_channels)
+
+        self.stem = ConvNormAct(in_channels, channels[0], stride=2)
+        self.encoder = nn.ModuleList()
+        for level, width in enumerate(channels):
+            previous = channels[max(level - 1, 0)]
+            blocks = [ResidualBlock(previous, width, stride=1 if level == 0 else 2)]
+            blocks += [ResidualBlock(width, width) for _ in range(blocks_per_level - 1)]
+            self.encoder.append(nn.Sequential(*blocks))
+        self.upsamplers = nn.ModuleList(
+            nn.ConvTranspose3d(channels[level + 1], channels[level], 2, stride=2, bias=False)
+            for level in range(depth - 1)
+        )
+        self.decoder = nn.ModuleList(ResidualBlock(2 * channels[level], channels[level]) for level in range(depth - 1))
+        self.head = nn.Conv3d(channels[0], num_classes, 1)
+        self.init_weights()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(N, num_classes, D, H, W)`` for images ``(N, in_channels, D, H, W)``."""
+        self.check_input(x)
+        features = self.stem(x)
+        skips = []
+        for level in self.encoder:
+            features = level(features)
+            skips.append(features)
+        for level in reversed(range(len(self.decoder))):
+            features = self.upsamplers[level](features)
+            features = self.decoder[level](torch.cat([features, skips[level]], dim=1))
+        return self.upsample_logits(self.head(features))

@@ -1,0 +1,133 @@
+"""The two segmentation networks at tiny sizes: shapes, rebuild from spec, gradients, seeding, errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from segcore.labels import NUM_CLASSES
+from segcore.networks import NETWORKS, build_network, network_spec, valid_input_size
+
+TINY = {"base_channels": 4, "depth": 3, "max_channels": 16}
+"""Tiny nets: total stride 8, a few thousand parameters."""
+
+ARCHS = sorted(NETWORKS)
+
+
+def tiny(arch: str, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return build_network(arch, **TINY)
+
+
+def images(size_zyx: tuple[int, int, int], batch: int = 1, seed: int = 123) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, 1, *size_zyx, generator=generator)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("size_zyx", [(32, 32, 32), (32, 48, 40), (8, 16, 24)])
+def test_output_has_input_size_and_all_classes(arch, size_zyx):
+    net = tiny(arch)
+    assert net.input_multiple == 8
+    with torch.inference_mode():
+        logits = net(images(size_zyx, batch=2))
+    assert logits.shape == (2, NUM_CLASSES, *size_zyx)
+    assert logits.dtype == torch.float32
+    assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_rebuilt_from_spec_gives_identical_outputs(arch):
+    net = tiny(arch, seed=0).eval()
+    spec = json.loads(json.dumps(network_spec(net)))  # checkpoints keep it as plain data
+    assert spec == {"arch": arch, "init_args": net.init_args}
+
+    torch.manual_seed(99)  # a different initialisation, overwritten by the weights below
+    twin = build_network(**spec).eval()
+    twin.load_state_dict(net.state_dict())
+    same_args_as_keywords = build_network(spec["arch"], **spec["init_args"])
+    assert same_args_as_keywords.init_args == net.init_args
+
+    x = images((16, 24, 32))
+    with torch.inference_mode():
+        assert torch.equal(net(x), twin(x))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_gradients_reach_the_first_layer(arch):
+    net = tiny(arch).train()
+    labels = torch.randint(0, NUM_CLASSES, (2, 32, 32, 32), generator=torch.Generator().manual_seed(1))
+    loss = nn.functional.cross_entropy(net(images((32, 32, 32), batch=2)), labels)
+    loss.backward()
+    first_conv = next(module for module in net.modules() if isinstance(module, nn.Conv3d))
+    assert first_conv.weight.grad is not None
+    assert first_conv.weight.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in net.parameters())
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_initialisation_follows_torch_seed(arch):
+    x = images((16, 16, 16))
+    with torch.inference_mode():
+        first, same_seed, other_seed = tiny(arch, 0)(x), tiny(arch, 0)(x), tiny(arch, 1)(x)
+    assert torch.equal(first, same_seed)
+    assert not torch.allclose(first, other_seed)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_bf16_autocast_forward(arch):
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = tiny(arch)(images((16, 16, 16)))
+    assert logits.shape == (1, NUM_CLASSES, 16, 16, 16)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("size_zyx", [(31, 32, 32), (32, 32, 36), (4, 8, 8)])
+def test_bad_size_names_size_and_multiple(arch, size_zyx):
+    with pytest.raises(ValueError, match=r"multiple of 8") as error:
+        tiny(arch)(images(size_zyx))
+    assert str(size_zyx) in str(error.value)
+    assert str(valid_input_size(size_zyx, 8)) in str(error.value)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_bad_shape_is_refused(arch):
+    with pytest.raises(ValueError, match=r"expected \(N, 1, z, y, x\)"):
+        tiny(arch)(torch.zeros(1, 2, 16, 16, 16))
+    with pytest.raises(ValueError, match=r"expected \(N, 1, z, y, x\)"):
+        tiny(arch)(torch.zeros(1, 16, 16, 16))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_production_defaults(arch):
+    """The defaults are the production sizes: 5 levels, total stride 32, 14 classes."""
+    net = build_network(arch)
+    assert net.input_multiple == 32
+    assert net.init_args["num_classes"] == NUM_CLASSES
+    assert 1e6 < sum(p.numel() for p in net.parameters()) < 2e7
+
+
+def test_registry_errors():
+    with pytest.raises(ValueError, match="unknown network architecture 'unet'"):
+        build_network("unet")
+    with pytest.raises(ValueError, match="bad constructor arguments"):
+        build_network("residual_unet3d", width=3)
+    with pytest.raises(ValueError, match="base_channels"):
+        build_network("efficient_context_net", base_channels=0)
+    with pytest.raises(ValueError, match="not a registered network"):
+        network_spec(nn.Conv3d(1, 1, 1))
+
+
+def test_spec_unwraps_a_wrapper():
+    """Distributed training wraps the net (``DistributedDataParallel.module``)."""
+    net = tiny("residual_unet3d")
+    wrapper = nn.Module()
+    wrapper.module = net
+    assert network_spec(wrapper) == network_spec(net)
+
+
+def test_valid_input_size_rounds_up():
+    assert valid_input_size((150, 160, 161), 32) == (160, 160, 192)
