@@ -54,3 +54,17 @@ def phantom_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("phantoms")
     write_dataset(root, labeled=6, unlabeled=3, val=2, size="small", seed=11)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_store(phantom_root, tmp_path_factory) -> Path:
+    """The phantoms prepared with ``data_prepare/config.tiny.yaml`` (the sizes the tiny training configs expect)."""
+    from data_prepare.prepare import PrepareConfig, run
+    from segcore.config import load_config
+
+    settings = load_config(Path(__file__).resolve().parents[1] / "data_prepare" / "config.tiny.yaml")
+    out = tmp_path_factory.mktemp("tiny_store") / "store.lmdb"
+    settings.update(data_root=str(phantom_root), out=str(out), workers=2)
+    report = run(PrepareConfig(**settings), progress=False)
+    assert not report.failed, report.summary()
+    return out

@@ -1,0 +1,17 @@
+"""Train the coarse network on the store's whole-scan arrays.
+
+sh coarse_seg/run.sh --nproc 2 --config coarse_seg/config.yaml [key=value ...]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from segcore.training.cli import main
+from segcore.training.engine import Stage
+
+STAGE = Stage(name="coarse", image_key="coarse_image", label_key="coarse_label")
+
+if __name__ == "__main__":
+    sys.exit(main(STAGE, Path(__file__).with_name("config.yaml")))

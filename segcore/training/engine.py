@@ -1,0 +1,368 @@
+"""The training loop over named hooks, shared by the coarse and fine stages.
+
+Launch (one process per GPU, or CPU processes with Gloo)::
+
+    torchrun --nproc-per-node 2 -m coarse_seg.train --config coarse_seg/config.yaml [key=value ...]
+
+The loop is the short :meth:`Trainer.fit`; what a step does lives in a step object
+(:class:`SupervisedStep` here, the cross-pseudo-supervision step in
+:mod:`segcore.training.cps`), so semi-supervised training changes only the step.
+Rank 0 alone logs (console bar, TensorBoard, ``metrics.jsonl``) and writes checkpoints:
+``last.pt`` (everything ``--resume`` needs) and ``best.pt`` (the best validation Dice, for
+inference).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from segcore import distributed
+from segcore.checkpoint import load_checkpoint, network_entry, save_checkpoint, weights_digest
+from segcore.intensity import normalize_hu
+from segcore.labels import LABEL_NAMES, NUM_CLASSES, ORGANS
+from segcore.networks import build_network
+from segcore.store import CaseStore
+from segcore.training.augment import AugmentConfig, augment_batch
+from segcore.training.data import StoreDataset, make_loader
+from segcore.training.losses import dice_ce_loss, hard_dice_per_class
+
+
+@dataclass(frozen=True)
+class Stage:
+    """What differs between the coarse and the fine stage: which stored arrays they read."""
+
+    name: str
+    image_key: str
+    label_key: str
+
+
+@dataclass
+class Member:
+    """One trained network with its optimizer, schedule and gradient scaler."""
+
+    net: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+
+    @property
+    def module(self) -> nn.Module:
+        return getattr(self.net, "module", self.net)
+
+
+def poly_schedule(total_steps: int, warmup_steps: int, power: float = 0.9):
+    """Linear warm-up then polynomial decay to zero at ``total_steps``: a factor for LambdaLR."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return max(0.0, 1 - step / max(1, total_steps)) ** power
+
+    return factor
+
+
+def autocast_settings(amp: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """``(autocast dtype or None, use a GradScaler)`` for the config's ``amp`` on ``device``.
+
+    ``auto``: fp16 with a GradScaler on CUDA, full precision on CPU; ``bf16``: bfloat16 (CPU or
+    CUDA, no scaler needed); ``fp16``: CUDA only; ``off``: full precision.
+    """
+    if amp == "off" or (amp == "auto" and device.type == "cpu"):
+        return None, False
+    if amp in ("auto", "fp16"):
+        if device.type != "cuda":
+            raise ValueError("amp=fp16 needs a CUDA device; use bf16 or off on CPU")
+        return torch.float16, True
+    if amp == "bf16":
+        return torch.bfloat16, False
+    raise ValueError(f"amp={amp!r}: expected auto, fp16, bf16 or off")
+
+
+def make_optimizer(params, config: dict[str, Any]) -> torch.optim.Optimizer:
+    name = config.get("name", "adamw")
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=config["lr"], weight_decay=config.get("weight_decay", 0.0))
+    if name == "sgd":
+        return torch.optim.SGD(
+            params, lr=config["lr"], momentum=config.get("momentum", 0.99), nesterov=True,
+            weight_decay=config.get("weight_decay", 0.0),
+        )  # fmt: skip
+    raise ValueError(f"optimizer {name!r}: expected adamw or sgd")
+
+
+class SupervisedStep:
+    """One optimisation step of every member on a labeled batch: Dice + cross-entropy."""
+
+    def __call__(self, trainer: Trainer, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        images, labels = trainer.prepare_batch(batch, with_labels=True)
+        logs = {}
+        for i, member in enumerate(trainer.members):
+            with trainer.autocast():
+                logits = member.net(images)
+            loss = dice_ce_loss(logits, labels)
+            trainer.optimize(member, loss)
+            logs[f"loss/net{i}"] = loss.item()
+        return logs
+
+
+@dataclass
+class Trainer:
+    """Holds the nets, the data and the loop state; :meth:`fit` runs the loop."""
+
+    config: dict[str, Any]
+    stage: Stage
+    context: distributed.DistributedContext
+    step_fn: Any = field(default_factory=SupervisedStep)
+
+    def __post_init__(self) -> None:
+        config, context = self.config, self.context
+        train_cfg = config["train"]
+        torch.manual_seed(train_cfg["seed"])
+        self.input_size = [int(s) for s in config["input_size"]]
+        self.augment = AugmentConfig(**config.get("augment", {}))
+        self.generator = torch.Generator().manual_seed(train_cfg["seed"] * 1000 + context.rank)
+        self.amp_dtype, use_scaler = autocast_settings(train_cfg.get("amp", "auto"), context.device)
+        self.output_dir = Path(config["output_dir"])
+
+        self.store = CaseStore(config["store"])
+        train_ids, self.val_ids = self.store.fold(int(config["fold"]))
+        if not train_ids:
+            raise ValueError(f"{config['store']}: fold {config['fold']} leaves no training cases")
+        data_cfg = config["data"]
+        dataset = StoreDataset(self.store, train_ids, self.stage.image_key, self.stage.label_key)
+        self.loader = make_loader(
+            dataset, data_cfg["batch_size"], context.rank, context.world_size, train_cfg["seed"],
+            data_cfg["workers"], pin=context.device.type == "cuda",
+        )  # fmt: skip
+        self.steps_per_epoch = len(self.loader)
+        self.total_steps = train_cfg["epochs"] * self.steps_per_epoch
+
+        self.members = [self._make_member(i, use_scaler) for i in range(self.network_count())]
+        self.step, self.best_dice, self.history = 0, -math.inf, []
+        self.tensorboard = None
+        if context.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(str(self.output_dir / "tensorboard"))
+
+    def network_count(self) -> int:
+        return int(self.config.get("semi", {}).get("networks", 1)) if self.config.get("semi", {}).get("enabled") else 1
+
+    def _make_member(self, index: int, use_scaler: bool) -> Member:
+        net_cfg = self.config["network"]
+        # Differently seeded initialisations (cross pseudo supervision needs two distinct nets).
+        torch.manual_seed(self.config["train"]["seed"] + 7919 * index)
+        net = build_network(net_cfg["arch"], **net_cfg.get("init_args", {})).to(self.context.device)
+        if self.context.distributed:
+            device_ids = [self.context.device.index] if self.context.device.type == "cuda" else None
+            net = DistributedDataParallel(net, device_ids=device_ids)
+        optimizer = make_optimizer(net.parameters(), self.config["optimizer"])
+        warmup = int(self.config["optimizer"].get("warmup_steps", 0))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_schedule(self.total_steps, warmup))
+        return Member(net, optimizer, scheduler, torch.amp.GradScaler(self.context.device.type, enabled=use_scaler))
+
+    # -- helpers used by steps --------------------------------------------------------------
+    def autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.context.device.type, dtype=self.amp_dtype)
+
+    def prepare_batch(self, batch: dict[str, torch.Tensor], with_labels: bool, augment: bool = True):
+        """Move to the device, augment (at input size), window and z-score."""
+        device = self.context.device
+        images = batch["image"].to(device, non_blocking=True).float()
+        labels = batch["label"].to(device, non_blocking=True).long() if with_labels else None
+        config = self.augment if augment else AugmentConfig(enabled=False)
+        images, labels = augment_batch(images, labels, self.input_size, config, self.generator)
+        return normalize_hu(images, tuple(self.config["data"]["hu_window"])), labels
+
+    def optimize(self, member: Member, loss: torch.Tensor) -> None:
+        member.optimizer.zero_grad(set_to_none=True)
+        member.scaler.scale(loss).backward()
+        if self.config["optimizer"].get("grad_clip"):
+            member.scaler.unscale_(member.optimizer)
+            nn.utils.clip_grad_norm_(member.net.parameters(), self.config["optimizer"]["grad_clip"])
+        member.scaler.step(member.optimizer)
+        member.scaler.update()
+        member.scheduler.step()
+
+    # -- hooks ---------------------------------------------------------------------------------
+    def fit(self) -> None:
+        """Train until ``train.epochs`` (or ``train.max_steps``), validating every ``val_every`` epochs."""
+        max_steps = self.config["train"].get("max_steps") or self.total_steps
+        start_epoch, skip = divmod(self.step, self.steps_per_epoch)
+        for epoch in range(start_epoch, self.config["train"]["epochs"]):
+            if self.step >= max_steps:
+                break
+            self.loader.sampler.set_epoch(epoch, start=skip * self.config["data"]["batch_size"])
+            skip = 0
+            bar = tqdm(
+                self.loader, desc=f"{self.stage.name} epoch {epoch}", disable=not self.context.is_main, leave=False
+            )
+            for batch in bar:
+                for member in self.members:
+                    member.net.train()
+                logs = self.step_fn(self, batch)
+                self.step += 1
+                self.on_step_end(logs, bar)
+                if self.step >= max_steps:
+                    break
+            bar.close()
+            if self.step == (epoch + 1) * self.steps_per_epoch:  # a whole epoch, not one cut by max_steps
+                self.on_epoch_end(epoch)
+            self.save_last()
+
+    def on_step_end(self, logs: dict[str, float], bar) -> None:
+        if self.context.is_main:
+            logs = {**logs, "lr": self.members[0].scheduler.get_last_lr()[0]}
+            bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in logs.items()})
+            for key, value in logs.items():
+                self.tensorboard.add_scalar(f"train/{key}", value, self.step)
+
+    def on_epoch_end(self, epoch: int) -> None:
+        val_every = int(self.config["train"]["val_every"])
+        if (epoch + 1) % val_every == 0 or epoch + 1 == self.config["train"]["epochs"]:
+            metrics = self.validate()
+            self.log_validation(epoch, metrics)
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, Any]:
+        """Per-organ Dice on this fold's held-out cases, each net and their average; ranks share the cases."""
+        if not self.val_ids:
+            return {}
+        for member in self.members:
+            member.net.eval()
+        variants = [f"net{i}" for i in range(len(self.members))] + (["ensemble"] if len(self.members) > 1 else [])
+        sums = torch.zeros(len(variants), NUM_CLASSES - 1, dtype=torch.float64)
+        counts = torch.zeros_like(sums)
+        my_ids = self.val_ids[self.context.rank :: self.context.world_size]
+        dataset = StoreDataset(self.store, self.val_ids, self.stage.image_key, self.stage.label_key)
+        for case_id in my_ids:
+            item = dataset[self.val_ids.index(case_id)]
+            batch = {"image": item["image"][None], "label": item["label"][None]}
+            images, labels = self.prepare_batch(batch, with_labels=True, augment=False)
+            probabilities = []
+            for member in self.members:
+                with self.autocast():
+                    probabilities.append(torch.softmax(member.module(images).float(), dim=1))
+            predictions = [p.argmax(1) for p in probabilities]
+            if len(self.members) > 1:
+                predictions.append(torch.stack(probabilities).mean(0).argmax(1))
+            for v, prediction in enumerate(predictions):
+                dice = hard_dice_per_class(prediction, labels, NUM_CLASSES)[0].cpu().double()
+                present = ~torch.isnan(dice)
+                sums[v][present] += dice[present]
+                counts[v][present] += 1
+        distributed.all_reduce_sum(sums)
+        distributed.all_reduce_sum(counts)
+        per_organ = (sums / counts.clamp_min(1)).where(counts > 0, torch.full_like(sums, float("nan")))
+        result = {}
+        for v, name in enumerate(variants):
+            values = per_organ[v]
+            result[name] = {
+                "mean_dice": float(np.nanmean(values.numpy())) if (counts[v] > 0).any() else float("nan"),
+                "dice": {ORGANS[o + 1]: float(values[o]) for o in range(NUM_CLASSES - 1)},
+            }
+        return result
+
+    def log_validation(self, epoch: int, metrics: dict[str, Any]) -> None:
+        if not metrics:
+            return
+        best_variant = max(metrics, key=lambda name: metrics[name]["mean_dice"])
+        score = metrics[best_variant]["mean_dice"]
+        if self.context.is_main:
+            summary = ", ".join(f"{name} {m['mean_dice']:.4f}" for name, m in metrics.items())
+            tqdm.write(f"{self.stage.name} epoch {epoch} step {self.step}: validation mean Dice {summary}")
+            for name, m in metrics.items():
+                self.tensorboard.add_scalar(f"val/{name}/mean_dice", m["mean_dice"], self.step)
+                for organ, value in m["dice"].items():
+                    self.tensorboard.add_scalar(f"val/{name}/{organ}", value, self.step)
+            record = {"epoch": epoch, "step": self.step, "time": time.time(), **metrics}
+            with (self.output_dir / "metrics.jsonl").open("a") as stream:
+                stream.write(json.dumps(record) + "\n")
+        if score > self.best_dice:
+            self.best_dice = score
+            self.save_best(best_variant, metrics)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def _payload(self) -> dict[str, Any]:
+        return {
+            "stage": self.stage.name,
+            "networks": [network_entry(member.net, self.input_size) for member in self.members],
+            "inference": {
+                "input_size": self.input_size,
+                "hu_window": list(self.config["data"]["hu_window"]),
+                "labels": {str(k): v for k, v in LABEL_NAMES.items()},
+                "ensemble": list(range(len(self.members))),
+            },
+            "config": self.config,
+        }
+
+    def save_best(self, variant: str, metrics: dict[str, Any]) -> None:
+        if not self.context.is_main:
+            return
+        payload = self._payload()
+        if variant != "ensemble":  # keep only the better net when it beats the average of both
+            index = int(variant.removeprefix("net"))
+            payload["networks"] = [payload["networks"][index]]
+            payload["inference"]["ensemble"] = [0]
+        payload["metrics"] = {"step": self.step, "variant": variant, **metrics}
+        save_checkpoint(self.output_dir / "best.pt", payload)
+
+    def save_last(self) -> None:
+        # Every rank's augmentation stream, and a digest of every rank's weights (they must agree).
+        generators = distributed.gather_objects(self.generator.get_state())
+        digests = distributed.gather_objects([weights_digest(m.net) for m in self.members])
+        if not self.context.is_main:
+            return
+        payload = self._payload()
+        payload["training_state"] = {
+            "step": self.step,
+            "best_dice": self.best_dice,
+            "optimizers": [m.optimizer.state_dict() for m in self.members],
+            "schedulers": [m.scheduler.state_dict() for m in self.members],
+            "scalers": [m.scaler.state_dict() for m in self.members],
+            "generators": generators,
+            "rank_weight_digests": digests,
+            "torch_rng": torch.get_rng_state(),
+        }
+        save_checkpoint(self.output_dir / "last.pt", payload)
+
+    def resume(self) -> None:
+        """Continue from ``output_dir/last.pt``: weights, optimizer, schedule, scaler, step and RNG."""
+        path = self.output_dir / "last.pt"
+        payload = load_checkpoint(path, map_location=self.context.device)
+        state = payload.get("training_state")
+        if state is None or len(payload["networks"]) != len(self.members):
+            raise ValueError(f"{path}: not a resumable checkpoint of this configuration")
+        for member, entry, opt, sched, scaler in zip(
+            self.members, payload["networks"], state["optimizers"], state["schedulers"], state["scalers"]
+        ):
+            member.module.load_state_dict(entry["state_dict"])
+            member.optimizer.load_state_dict(opt)
+            member.scheduler.load_state_dict(sched)
+            member.scaler.load_state_dict(scaler)
+        self.step, self.best_dice = int(state["step"]), float(state["best_dice"])
+        generators = state["generators"]
+        if len(generators) == self.context.world_size:
+            self.generator.set_state(generators[self.context.rank].cpu())
+        else:  # resumed on another number of processes: same data order is impossible anyway
+            self.generator.manual_seed(self.step * 1000 + self.context.rank)
+        torch.set_rng_state(state["torch_rng"].cpu())
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+        self.store.close()
