@@ -16,8 +16,9 @@ import torch.nn.functional as F
 
 
 def _as_5d(volume: np.ndarray | torch.Tensor, dtype: torch.dtype | None, device: torch.device | str | None):
-    if isinstance(volume, np.ndarray) and any(stride < 0 for stride in volume.strides):
-        volume = np.ascontiguousarray(volume)  # torch takes no negative strides (flipped canonical views)
+    if isinstance(volume, np.ndarray) and (any(stride < 0 for stride in volume.strides) or not volume.flags.writeable):
+        # torch takes no negative strides (flipped canonical views) nor read-only memory (store views)
+        volume = np.array(volume)
     tensor = torch.as_tensor(volume, device=device)
     if dtype is not None:
         tensor = tensor.to(dtype)

@@ -181,6 +181,14 @@ class CaseStore:
             json.loads(bytes(raw)) if raw is not None else {"folds": [], "unlabeled": [], "test": [], "selections": {}}
         )
 
+    def selection(self, name: str) -> list[str]:
+        """The ids of a named selection (e.g. a UIF pick written by :meth:`StoreWriter.put_selection`)."""
+        selections = self.splits().get("selections", {})
+        if name not in selections:
+            known = ", ".join(sorted(selections)) or "none"
+            raise KeyError(f"{self.path}: no selection named {name!r} (stored: {known})")
+        return list(selections[name])
+
     def fold(self, index: int) -> tuple[list[str], list[str]]:
         """``(train_ids, validation_ids)`` of labeled cases for cross-validation fold ``index``."""
         folds = self.splits()["folds"]
@@ -234,6 +242,16 @@ class StoreWriter:
     def put_splits(self, splits: dict[str, Any]) -> None:
         """Replace the split lists."""
         self._put(SPLITS_KEY, json.dumps(splits, sort_keys=True).encode())
+
+    def put_selection(self, name: str, ids: list[str]) -> None:
+        """Store (or replace) a named selection of case ids in the split lists.
+
+        Readers open the store without locks, so write while no reader holds it open (the
+        training rounds close their readers before UIF writes its pick).
+        """
+        splits = self.read_splits()
+        splits.setdefault("selections", {})[name] = list(ids)
+        self.put_splits(splits)
 
     def close(self) -> None:
         self._env.close()

@@ -1,60 +1,113 @@
-"""The command line shared by the stage entries (``python -m coarse_seg.train``, ``fine_seg.train``)."""
+"""The command line shared by the stage entries (``python -m coarse_seg.train``, ``fine_seg.train``).
+
+With ``semi.enabled`` and ``semi.rounds`` = R > 1 one command runs the whole schedule: round 0
+trains CPS on every unlabeled case; after each round, UIF scores the unlabeled cases with that
+round's two nets and stores the most certain ``semi.uif_keep`` as a selection; the next round
+trains (from a fresh initialisation) on that selection. Round ``r`` lives in
+``output_dir/round<r>/`` (with ``uif.csv``: the scores that chose round r+1's cases), and the
+last round's ``best.pt`` is copied to ``output_dir/best.pt``. ``--resume`` skips finished
+rounds and continues the unfinished one.
+"""
 
 from __future__ import annotations
 
 import argparse
+import copy
+import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from segcore import distributed
 from segcore.config import load_config
+from segcore.training.cps import CPSConfig
 from segcore.training.engine import Stage, Trainer
+from segcore.training.uif import run_uif
+
+
+def round_configs(config: dict[str, Any], stage: Stage) -> list[dict[str, Any]]:
+    """One config per training round (a single one without UIF rounds)."""
+    semi = CPSConfig(**config.get("semi") or {})
+    if not semi.enabled or semi.rounds <= 1:
+        return [config]
+    base, rounds = Path(config["output_dir"]), []
+    for r in range(semi.rounds):
+        round_config = copy.deepcopy(config)
+        round_config["output_dir"] = str(base / f"round{r}")
+        if r > 0:
+            round_config["semi"]["unlabeled_split"] = f"uif_{stage.name}_fold{config['fold']}_round{r}"
+        rounds.append(round_config)
+    return rounds
+
+
+def train_round(config: dict[str, Any], stage: Stage, context, resume: bool) -> float:
+    output_dir = Path(config["output_dir"])
+    trainer = Trainer(config, stage, context)
+    if resume and (output_dir / "last.pt").exists():
+        trainer.resume()
+    if context.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        print(
+            f"{stage.name}_seg: {context.world_size} process(es) on {context.device.type}, "
+            f"{trainer.steps_per_epoch} steps/epoch, starting at step {trainer.step} -> {output_dir}"
+        )
+    trainer.fit()
+    trainer.close()
+    if context.is_main:
+        print(f"{stage.name}_seg: done at step {trainer.step}; best validation Dice {trainer.best_dice:.4f}")
+    return trainer.best_dice
 
 
 def main(stage: Stage, default_config: Path, argv: list[str] | None = None) -> int:
     """Parse ``--config``, ``--resume``, ``--device`` and ``key=value`` overrides, then train."""
     parser = argparse.ArgumentParser(prog=f"{stage.name}_seg.train", description=f"Train the {stage.name} network.")
     parser.add_argument("--config", type=Path, default=default_config, help="YAML config (default: %(default)s)")
-    parser.add_argument("--resume", action="store_true", help="continue from output_dir/last.pt")
+    parser.add_argument("--resume", action="store_true", help="continue from output_dir's last.pt")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("overrides", nargs="*", help="config overrides, key=value (e.g. train.epochs=10)")
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config, args.overrides)
-    except (OSError, ValueError) as error:
+        rounds = round_configs(config, stage)
+    except (OSError, ValueError, TypeError) as error:
         print(f"{stage.name}_seg: bad config: {error}", file=sys.stderr)
         return 2
 
-    last = Path(config["output_dir"]) / "last.pt"
-    if last.exists() and not args.resume:
+    first = Path(rounds[0]["output_dir"]) / "last.pt"
+    if first.exists() and not args.resume:
         print(
-            f"{stage.name}_seg: {last} already exists: pass --resume to continue that run, "
+            f"{stage.name}_seg: {first} already exists: pass --resume to continue that run, "
             "or choose another output_dir",
             file=sys.stderr,
         )
         return 2
-    if args.resume and not last.exists():
-        print(f"{stage.name}_seg: --resume: {last} does not exist", file=sys.stderr)
+    if args.resume and not first.exists():
+        print(f"{stage.name}_seg: --resume: {first} does not exist", file=sys.stderr)
         return 2
 
     context = distributed.setup(args.device)
     try:
-        trainer = Trainer(config, stage, context)
-        if args.resume:
-            trainer.resume()
-        if context.is_main:
-            Path(config["output_dir"]).mkdir(parents=True, exist_ok=True)
-            (Path(config["output_dir"]) / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-            print(
-                f"{stage.name}_seg: {context.world_size} process(es) on {context.device.type}, "
-                f"{trainer.steps_per_epoch} steps/epoch, starting at step {trainer.step}"
-            )
-        trainer.fit()
-        trainer.close()
-        if context.is_main:
-            print(f"{stage.name}_seg: done at step {trainer.step}; best validation Dice {trainer.best_dice:.4f}")
+        for r, round_config in enumerate(rounds):
+            output_dir = Path(round_config["output_dir"])
+            train_round(round_config, stage, context, args.resume)  # a finished round resumes to a no-op
+            if r + 1 < len(rounds) and not (Path(rounds[r + 1]["output_dir"]) / "last.pt").exists():
+                selection = rounds[r + 1]["semi"]["unlabeled_split"]
+                kept = run_uif(
+                    output_dir / "last.pt", Path(config["store"]), CPSConfig(**config["semi"]).uif_keep,
+                    selection, output_dir / "uif.csv", context,
+                )  # fmt: skip
+                if context.is_main:
+                    print(f"{stage.name}_seg: UIF kept {len(kept)} unlabeled cases as {selection!r} for round {r + 1}")
+        last_best = Path(rounds[-1]["output_dir"]) / "best.pt"
+        if len(rounds) > 1 and context.is_main and last_best.exists():
+            shutil.copyfile(last_best, Path(config["output_dir"]) / ".best.pt.tmp")
+            (Path(config["output_dir"]) / ".best.pt.tmp").replace(Path(config["output_dir"]) / "best.pt")
+    except (ValueError, KeyError, FileNotFoundError) as error:
+        print(f"{stage.name}_seg: {error}", file=sys.stderr)
+        return 1
     finally:
         distributed.cleanup()
     return 0

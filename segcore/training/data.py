@@ -68,18 +68,27 @@ def make_loader(dataset: Dataset, batch_size: int, rank: int, world_size: int, s
 
 class EndlessBatches:
     """Batches drawn for ever from a loader, reshuffled at every pass (a new epoch of its sampler),
-    never a replay of a cached order. Used for the unlabeled stream of semi-supervised training."""
+    never a replay of a cached order. Used for the unlabeled stream of semi-supervised training.
+    Its position (pass, batches drawn) goes into checkpoints so a resumed run draws the same batches."""
 
     def __init__(self, loader: DataLoader):
-        self.loader, self.epoch, self._iterator = loader, 0, None
+        self.loader, self.epoch, self.drawn, self._iterator = loader, 0, 0, None
 
     def next(self) -> dict[str, torch.Tensor]:
         while True:
             if self._iterator is None:
-                self.loader.sampler.set_epoch(self.epoch)
+                self.loader.sampler.set_epoch(self.epoch, start=self.drawn * self.loader.batch_size)
                 self._iterator = iter(self.loader)
             try:
-                return next(self._iterator)
+                batch = next(self._iterator)
+                self.drawn += 1
+                return batch
             except StopIteration:
                 self._iterator = None
-                self.epoch += 1
+                self.epoch, self.drawn = self.epoch + 1, 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "drawn": self.drawn}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.drawn, self._iterator = int(state["epoch"]), int(state["drawn"]), None

@@ -14,11 +14,12 @@ inference).
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from segcore.labels import LABEL_NAMES, NUM_CLASSES, ORGANS
 from segcore.networks import build_network
 from segcore.store import CaseStore
 from segcore.training.augment import AugmentConfig, augment_batch
+from segcore.training.cps import CPSConfig, CPSStep
 from segcore.training.data import StoreDataset, make_loader
 from segcore.training.losses import dice_ce_loss, hard_dice_per_class
 
@@ -124,13 +126,13 @@ class Trainer:
     config: dict[str, Any]
     stage: Stage
     context: distributed.DistributedContext
-    step_fn: Any = field(default_factory=SupervisedStep)
 
     def __post_init__(self) -> None:
         config, context = self.config, self.context
         train_cfg = config["train"]
         torch.manual_seed(train_cfg["seed"])
         self.input_size = [int(s) for s in config["input_size"]]
+        self.semi = CPSConfig(**config.get("semi") or {})
         self.augment = AugmentConfig(**config.get("augment", {}))
         self.generator = torch.Generator().manual_seed(train_cfg["seed"] * 1000 + context.rank)
         self.amp_dtype, use_scaler = autocast_settings(train_cfg.get("amp", "auto"), context.device)
@@ -150,7 +152,8 @@ class Trainer:
         self.total_steps = train_cfg["epochs"] * self.steps_per_epoch
 
         self.members = [self._make_member(i, use_scaler) for i in range(self.network_count())]
-        self.step, self.best_dice, self.history = 0, -math.inf, []
+        self.step, self.best_dice, self.history, self.finished = 0, -math.inf, [], False
+        self.step_fn = CPSStep(self, self.semi) if self.semi.enabled else SupervisedStep()
         self.tensorboard = None
         if context.is_main:
             from torch.utils.tensorboard import SummaryWriter
@@ -158,7 +161,12 @@ class Trainer:
             self.tensorboard = SummaryWriter(str(self.output_dir / "tensorboard"))
 
     def network_count(self) -> int:
-        return int(self.config.get("semi", {}).get("networks", 1)) if self.config.get("semi", {}).get("enabled") else 1
+        return self.semi.networks if self.semi.enabled else 1
+
+    def unlabeled_ids(self) -> list[str]:
+        """The unlabeled cases CPS learns from: the ``unlabeled`` split or a named (UIF) selection."""
+        name = self.semi.unlabeled_split
+        return self.store.ids("unlabeled") if name == "unlabeled" else self.store.selection(name)
 
     def _make_member(self, index: int, use_scaler: bool) -> Member:
         net_cfg = self.config["network"]
@@ -222,6 +230,7 @@ class Trainer:
             bar.close()
             if self.step == (epoch + 1) * self.steps_per_epoch:  # a whole epoch, not one cut by max_steps
                 self.on_epoch_end(epoch)
+            self.finished = self.step >= max_steps or epoch + 1 == self.config["train"]["epochs"]
             self.save_last()
 
     def on_step_end(self, logs: dict[str, float], bar) -> None:
@@ -330,12 +339,14 @@ class Trainer:
         payload = self._payload()
         payload["training_state"] = {
             "step": self.step,
+            "finished": self.finished,
             "best_dice": self.best_dice,
             "optimizers": [m.optimizer.state_dict() for m in self.members],
             "schedulers": [m.scheduler.state_dict() for m in self.members],
             "scalers": [m.scaler.state_dict() for m in self.members],
             "generators": generators,
             "rank_weight_digests": digests,
+            "step_fn": self.step_fn.state_dict() if hasattr(self.step_fn, "state_dict") else {},
             "torch_rng": torch.get_rng_state(),
         }
         save_checkpoint(self.output_dir / "last.pt", payload)
@@ -355,14 +366,20 @@ class Trainer:
             member.scheduler.load_state_dict(sched)
             member.scaler.load_state_dict(scaler)
         self.step, self.best_dice = int(state["step"]), float(state["best_dice"])
+        self.finished = bool(state.get("finished", False))
         generators = state["generators"]
         if len(generators) == self.context.world_size:
             self.generator.set_state(generators[self.context.rank].cpu())
         else:  # resumed on another number of processes: same data order is impossible anyway
             self.generator.manual_seed(self.step * 1000 + self.context.rank)
         torch.set_rng_state(state["torch_rng"].cpu())
+        if hasattr(self.step_fn, "load_state_dict"):
+            self.step_fn.load_state_dict(state["step_fn"])
 
     def close(self) -> None:
+        """Stop data workers and close the store and logs (every reader, so the store may be written)."""
         if self.tensorboard is not None:
             self.tensorboard.close()
+        self.loader = self.step_fn = None
+        gc.collect()  # shuts down persistent DataLoader workers, which hold their own store handles
         self.store.close()

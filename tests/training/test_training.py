@@ -92,14 +92,15 @@ def train(tiny_store, out, *overrides, resume=False):
     return load_checkpoint(out / "last.pt")
 
 
-def test_resume_continues_at_the_saved_step_lr_and_optimizer_state(tiny_store, tmp_path):
-    straight = train(tiny_store, tmp_path / "straight")
+@pytest.mark.parametrize("semi", [[], ["semi.enabled=true", "semi.unlabeled_batch_size=1"]], ids=["supervised", "cps"])
+def test_resume_continues_at_the_saved_step_lr_and_optimizer_state(semi, tiny_store, tmp_path):
+    straight = train(tiny_store, tmp_path / "straight", *semi)
     total = straight["training_state"]["step"]
     steps_per_epoch = total // 3
     stop = steps_per_epoch + 1  # mid-epoch: the resumed sampler must skip what this epoch already used
     assert steps_per_epoch > 1
 
-    first = train(tiny_store, tmp_path / "resumed", f"train.max_steps={stop}")
+    first = train(tiny_store, tmp_path / "resumed", f"train.max_steps={stop}", *semi)
     state = first["training_state"]
     assert state["step"] == stop
     lr = state["schedulers"][0]["_last_lr"][0]
@@ -107,11 +108,13 @@ def test_resume_continues_at_the_saved_step_lr_and_optimizer_state(tiny_store, t
     assert lr == pytest.approx(first["config"]["optimizer"]["lr"] * poly_schedule(total, warmup)(stop))
     assert all(s["step"] == stop for s in state["optimizers"][0]["state"].values())
 
-    resumed = train(tiny_store, tmp_path / "resumed", resume=True)
+    resumed = train(tiny_store, tmp_path / "resumed", *semi, resume=True)
     assert resumed["training_state"]["step"] == total
     assert all(s["step"] == total for s in resumed["training_state"]["optimizers"][0]["state"].values())
-    for name, expected in straight["networks"][0]["state_dict"].items():
-        torch.testing.assert_close(resumed["networks"][0]["state_dict"][name], expected, msg=name)
+    assert len(resumed["networks"]) == len(straight["networks"]) == (2 if semi else 1)
+    for resumed_net, straight_net in zip(resumed["networks"], straight["networks"]):
+        for name, expected in straight_net["state_dict"].items():
+            torch.testing.assert_close(resumed_net["state_dict"][name], expected, msg=name)
 
 
 def test_fresh_run_refuses_to_overwrite_and_resume_needs_a_run(tiny_store, tmp_path, capsys):
