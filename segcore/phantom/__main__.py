@@ -26,7 +26,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--labeled", type=int, default=8, help="cases in train_images + train_mask")
     parser.add_argument("--unlabeled", type=int, default=16, help="cases in trainu_images")
     parser.add_argument("--val", type=int, default=4, help="cases in val_images + val_mask")
-    parser.add_argument("--size", choices=SIZES, default="small", help="small (tests) or full (512x512 in-plane)")
+    parser.add_argument(
+        "--size",
+        choices=SIZES,
+        default="small",
+        help="small (tests), medium (128-160 in-plane, CPU training) or full (512x512 in-plane)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="dataset seed")
     parser.add_argument("--workers", type=int, default=1, help="worker processes")
     parser.add_argument("--phase", choices=PHASES, help="force this contrast phase on every case")

@@ -116,7 +116,7 @@ def write_dataset(
     Args:
         out: data root (created; existing files of the same names are replaced).
         labeled, unlabeled, val: number of cases per split.
-        size: ``"small"`` or ``"full"``.
+        size: ``"small"``, ``"medium"`` or ``"full"``.
         seed: dataset seed.
         workers: processes (1: in this process).
         domain: force this imaging domain on every case (None: each case draws its own).

@@ -96,7 +96,8 @@ def generate_case(
 
     Args:
         seed: the case's randomness; the same seed gives identical arrays.
-        size: ``"small"`` (about 48-64 voxels in-plane, 5-9 mm voxels; for tests) or
+        size: ``"small"`` (about 48-64 voxels in-plane, 5-9 mm voxels; for tests),
+            ``"medium"`` (128-160 in-plane, about 2.5-3.5 mm, 2-5 mm slices; CPU training) or
             ``"full"`` (512 x 512 in-plane, 0.6-1.0 mm, 1-5 mm slices).
         domain: imaging domain (contrast phase, noise, HU offset, blur); None draws one from
             the seed. Forcing a domain changes nothing else: same patient, same grid.

@@ -16,8 +16,9 @@ from segcore.geometry import Geometry, Reorientation, canonical_reorientation
 from segcore.phantom.patient import Patient
 from segcore.phantom.shapes import Grid
 
-SIZES = ("small", "full")
-"""``small``: a few dozen voxels per axis, for tests; ``full``: 512 x 512 in-plane, like a clinical CT."""
+SIZES = ("small", "medium", "full")
+"""``small``: a few dozen voxels per axis, for tests; ``medium``: 128-160 voxels in-plane (about
+2.5-3.5 mm), for training small models on a CPU; ``full``: 512 x 512 in-plane, like a clinical CT."""
 
 FULL_IN_PLANE = 512
 FULL_SPACING_MM = (0.6, 1.0)
@@ -28,6 +29,9 @@ FULL_MAX_SLICES = 350
 SMALL_IN_PLANE = (48, 64)
 """In-plane size range of small cases (voxels); spacing 5-9 mm keeps every organ a few voxels big."""
 SMALL_MAX_SLICES = 72
+MEDIUM_IN_PLANE = (128, 160)
+MEDIUM_SLICE_SPACINGS_MM = (2.0, 2.5, 3.0, 4.0, 5.0)
+MEDIUM_MAX_SLICES = 160
 
 DIRECTIONS: tuple[tuple[str, tuple[float, ...], float], ...] = (
     ("identity (LPS)", (1, 0, 0, 0, 1, 0, 0, 0, 1), 0.3),
@@ -116,7 +120,7 @@ def plan_scan(
 
     Args:
         rng: the case's geometry stream.
-        size: ``"small"`` or ``"full"``.
+        size: ``"small"``, ``"medium"`` or ``"full"``.
         patient: the patient (its trunk extent sets the in-plane field of view).
         organ_z_range: lowest and highest z (mm, patient frame) of any organ.
         full_field: keep every organ whole; otherwise cut the top or the bottom of the abdomen off.
@@ -143,6 +147,11 @@ def plan_scan(
         spacing_xy = float(np.clip(width * rng.uniform(1.05, 1.3) / n_xy, *FULL_SPACING_MM))
         spacing_z = float(rng.choice(FULL_SLICE_SPACINGS_MM, p=FULL_SLICE_WEIGHTS))
         max_slices = FULL_MAX_SLICES
+    elif size == "medium":
+        n_xy = int(rng.integers(MEDIUM_IN_PLANE[0], MEDIUM_IN_PLANE[1] + 1))
+        spacing_xy = width * rng.uniform(1.05, 1.3) / n_xy
+        spacing_z = float(rng.choice(MEDIUM_SLICE_SPACINGS_MM))
+        max_slices = MEDIUM_MAX_SLICES
     else:
         n_xy = int(rng.integers(SMALL_IN_PLANE[0], SMALL_IN_PLANE[1] + 1))
         spacing_xy = width * rng.uniform(1.05, 1.25) / n_xy

@@ -161,6 +161,15 @@ def test_geometry_varies_and_full_size_grids_are_clinical():
         assert scan.full_field
 
 
+def test_medium_cases_have_medium_grids_and_every_organ():
+    for seed in range(3):
+        case = generate_case(seed, "medium")
+        canonical = to_canonical(case.label, case.geometry)[1].canonical
+        assert 128 <= canonical.size[0] == canonical.size[1] <= 160
+        assert 2.0 <= canonical.spacing[2] <= 5.0 and canonical.size[2] <= 160
+        assert set(np.unique(case.label)) == set(range(14))
+
+
 def test_imposed_geometry_is_kept():
     geometry = Geometry(size=(40, 36, 30), spacing=(9.0, 9.0, 10.0), origin=(100.0, -50.0, 30.0),
                         direction=(0, 0, 1, -1, 0, 0, 0, -1, 0))  # fmt: skip
