@@ -47,6 +47,7 @@ def one_hot(labels: np.ndarray, organs: list[int]) -> torch.Tensor:
 def monai_scores(gt: np.ndarray, pred: np.ndarray, organs: list[int], spacing_zyx) -> tuple[np.ndarray, np.ndarray]:
     """MONAI's Dice and DeepMind-style surface Dice (``use_subvoxels``) per organ."""
     import monai.metrics as monai_metrics
+
     y_pred, y = one_hot(pred, organs), one_hot(gt, organs)
     dsc = monai_metrics.compute_dice(y_pred, y, include_background=True)[0].numpy()
     nsd = monai_metrics.compute_surface_dice(
@@ -70,6 +71,7 @@ def real_case(request, real_data):
 @pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (3.0, 0.8, 0.7), (0.5, 5.0, 1.3)])
 def test_surface_area_table_matches_monai_for_all_256_codes(spacing):
     import monai.metrics.utils as monai_utils
+
     expected = monai_utils.create_table_neighbour_code_to_surface_area(spacing)[0].numpy()
     np.testing.assert_allclose(surface_area_table(spacing), expected, rtol=1e-6)
 
