@@ -81,6 +81,8 @@ def autocast_settings(amp: str, device: torch.device) -> tuple[torch.dtype | Non
     ``auto``: fp16 with a GradScaler on CUDA, full precision on CPU; ``bf16``: bfloat16 (CPU or
     CUDA, no scaler needed); ``fp16``: CUDA only; ``off``: full precision.
     """
+    if amp is False:  # YAML reads an unquoted ``off`` as false
+        amp = "off"
     if amp == "off" or (amp == "auto" and device.type == "cpu"):
         return None, False
     if amp in ("auto", "fp16"):

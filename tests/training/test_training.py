@@ -14,11 +14,12 @@ from torch.nn.parallel import DistributedDataParallel
 
 from coarse_seg.train import STAGE as COARSE
 from segcore.checkpoint import build_networks, load_checkpoint
+from segcore.config import load_config
 from segcore.intensity import normalize_hu
 from segcore.networks import build_network
 from segcore.store import CaseStore
 from segcore.training.cli import main
-from segcore.training.engine import poly_schedule
+from segcore.training.engine import autocast_settings, poly_schedule
 from segcore.training.losses import dice_ce_loss, hard_dice_per_class
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -149,3 +150,16 @@ def test_tiny_network_overfits_one_phantom(tiny_store):
             if dice.mean() > 0.9 and dice.min() > 0.5:
                 break
     assert dice.mean() > 0.9 and dice.min() > 0.5, f"step {step}: Dice per organ {dice.numpy().round(3)}"
+
+
+def test_amp_settings_per_device_including_yaml_off(tmp_path):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert autocast_settings("auto", cpu) == (None, False)
+    assert autocast_settings("auto", cuda) == (torch.float16, True)
+    assert autocast_settings("bf16", cpu) == (torch.bfloat16, False)
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        autocast_settings("fp16", cpu)
+    config = tmp_path / "c.yaml"
+    config.write_text("train: {amp: auto}\n")
+    off = load_config(config, ["train.amp=off"])["train"]["amp"]  # YAML 1.1 reads it as False
+    assert autocast_settings(off, cuda) == (None, False)
