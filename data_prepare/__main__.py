@@ -1,7 +1,10 @@
 """Prepare a FLARE22-layout data root into the LMDB case store.
 
     sh data_prepare/run.sh [--config data_prepare/config.yaml] [--data-root DIR] [--out DIR]
-                           [--workers N] [--force] [key=value ...]
+                           [--workers N] [--coarse-weights FILE] [--force] [key=value ...]
+
+``--coarse-weights`` (a coarse checkpoint, e.g. ``model_weights/coarse.pt``): cases without
+labels take their fine crop from the coarse model's prediction, as inference does.
 
 Exit status 0 when every case is stored (or already was), 1 when any case failed,
 130 when interrupted (what was stored stays stored; run again to finish).
@@ -26,6 +29,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-root", help="FLARE22-layout folder (overrides data_root)")
     parser.add_argument("--out", help="store folder (overrides out)")
     parser.add_argument("--workers", type=int, help="worker processes (overrides workers; 0 = one per core)")
+    parser.add_argument(
+        "--coarse-weights", help="coarse checkpoint that crops cases without labels (overrides coarse_weights)"
+    )
     parser.add_argument("--force", action="store_true", help="redo cases already stored with the same config")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("overrides", nargs="*", help="config overrides, key=value")
@@ -40,7 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, TypeError) as error:
         print(f"data_prepare: bad config {args.config}: {error}", file=sys.stderr)
         return 2
-    for name, value in (("data_root", args.data_root), ("out", args.out), ("workers", args.workers)):
+    for name, value in (
+        ("data_root", args.data_root),
+        ("out", args.out),
+        ("workers", args.workers),
+        ("coarse_weights", args.coarse_weights),
+    ):
         if value is not None:
             setattr(config, name, value)
     config.workers = worker_count(config.workers)
@@ -51,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     print("  " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(config).items()))
     try:
         report = run(config, force=args.force, progress=not args.no_progress)
+    except ValueError as error:  # a bad coarse checkpoint, refused before any case is prepared
+        print(f"data_prepare: {error}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("data_prepare: interrupted; stored cases are kept, run again to finish", file=sys.stderr)
         return 130

@@ -3,8 +3,11 @@
 Per case: read and check, reorient to canonical, then
 * coarse: the whole volume resized to ``coarse_size`` (image trilinear, labels nearest);
 * fine: a box around the organs plus ``margin_mm``, cropped at full resolution and resized
-  to ``fine_size``. The box comes from the labels (labeled cases), from the coarse model
-  (to come) or from the body outline (otherwise); the record says which.
+  to ``fine_size``. The box comes from the labels (labeled cases), else from the coarse model
+  when ``coarse_weights`` is set (the box inference crops to:
+  :class:`segcore.predictor.CoarseLocator`), else from the body outline; the record says which
+  (``crop_source``), and ``crop_note`` says why the body outline was used when the coarse
+  model found no organ.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import os
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -23,10 +27,11 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from data_prepare.cases import CaseSource, find_cases
-from segcore.boxes import Box, box_to_original, crop, expand_box, foreground_box
+from segcore.boxes import DEFAULT_MARGIN_MM, Box, box_to_original, crop, expand_box, foreground_box
 from segcore.config import config_hash
 from segcore.geometry import to_canonical
 from segcore.io import DEFAULT_MAX_VOXELS, VolumeError, read_label, read_volume
+from segcore.predictor import CoarseLocator, file_sha256
 from segcore.resample import resize_image, resize_labels
 from segcore.store import RECORD_FORMAT_VERSION, StoreWriter
 
@@ -42,15 +47,21 @@ class PrepareConfig:
     out: str = "dataset/prepared.lmdb"
     coarse_size: list[int] = field(default_factory=lambda: [160, 160, 160])
     fine_size: list[int] = field(default_factory=lambda: [192, 192, 192])
-    margin_mm: float = 20.0
+    margin_mm: float = DEFAULT_MARGIN_MM
     body_threshold_hu: float = -500.0
     folds: int = 5
     seed: int = 0
     workers: int = 2
     max_voxels: int = DEFAULT_MAX_VOXELS
+    coarse_weights: str | None = None
 
-    def output_hash(self) -> str:
-        """Hash of every setting that changes what is stored for a case."""
+    def output_hash(self, source: CaseSource | None = None) -> str:
+        """Hash of every setting that changes what is stored for a case.
+
+        Cases outside the labeled split (unlabeled, test) may take their crop from the coarse
+        model, so with ``coarse_weights`` their hash also holds the checkpoint's SHA-256: new
+        weights redo them, while labeled cases (cropped by their labels) stay as they are.
+        """
         values = {
             "coarse_size": list(self.coarse_size),
             "fine_size": list(self.fine_size),
@@ -58,7 +69,24 @@ class PrepareConfig:
             "body_threshold_hu": float(self.body_threshold_hu),
             "format_version": RECORD_FORMAT_VERSION,
         }
+        if self.uses_coarse_model(source):
+            values["coarse_weights_sha256"] = coarse_weights_sha256(self.coarse_weights)
         return config_hash(values)
+
+    def uses_coarse_model(self, source: CaseSource | None) -> bool:
+        """Whether a case without an organ box from labels is cropped by the coarse model."""
+        return bool(self.coarse_weights) and source is not None and source.split != "labeled"
+
+
+def coarse_weights_sha256(path: str) -> str:
+    """SHA-256 of the coarse checkpoint, computed once per process and file version."""
+    stat = os.stat(path)
+    return _sha256_of_version(os.path.abspath(path), stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=4)
+def _sha256_of_version(path: str, mtime_ns: int, size: int) -> str:
+    return file_sha256(path)
 
 
 def to_int16(volume: torch.Tensor) -> np.ndarray:
@@ -78,8 +106,37 @@ def body_box(canonical_image: np.ndarray, threshold_hu: float) -> Box | None:
     return tuple((start * BODY_STRIDE, min(size, stop * BODY_STRIDE)) for (start, stop), size in zip(box, shape))
 
 
-def prepare_case(source: CaseSource, config: PrepareConfig) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def image_box(
+    canonical_image: np.ndarray,
+    spacing_zyx: tuple[float, float, float],
+    config: PrepareConfig,
+    locator: CoarseLocator | None,
+) -> tuple[Box | None, str, str | None]:
+    """The organs' box of a case without labels: from the coarse model if given, else from the body outline.
+
+    Returns:
+        ``(box, crop_source, crop_note)``: the box (canonical voxels, no margin) or None,
+        ``"coarse_model"`` or ``"body_heuristic"``, and why the body outline was used despite a
+        coarse model (else None).
+    """
+    note = None
+    if locator is not None:
+        found = locator.locate(canonical_image, spacing_zyx).organ_box
+        if found is not None:
+            return found, "coarse_model", None
+        note = "the coarse model found no organ; body outline used"
+    return body_box(canonical_image, config.body_threshold_hu), "body_heuristic", note
+
+
+def prepare_case(
+    source: CaseSource, config: PrepareConfig, locator: CoarseLocator | None = None
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Read, check, reorient and resize one case.
+
+    Args:
+        source: the case.
+        config: the run's settings.
+        locator: the coarse model of ``config.coarse_weights`` (loaded here when not given).
 
     Returns:
         ``(meta, arrays)`` ready for :meth:`segcore.store.StoreWriter.put_case`.
@@ -104,8 +161,14 @@ def prepare_case(source: CaseSource, config: PrepareConfig) -> tuple[dict[str, A
         if organ_box is None and source.split == "labeled":
             raise VolumeError(root / source.label_path, "label file holds no organ voxels")
         crop_source = "labels"
+    crop_note = coarse_sha256 = None
     if labels is None or organ_box is None:
-        organ_box, crop_source = body_box(canonical_image, config.body_threshold_hu), "body_heuristic"
+        if config.uses_coarse_model(source):
+            locator = locator or CoarseLocator.from_file(config.coarse_weights, device="cpu")
+            coarse_sha256 = coarse_weights_sha256(config.coarse_weights)
+        else:
+            locator = None
+        organ_box, crop_source, crop_note = image_box(canonical_image, canonical.spacing_zyx, config, locator)
         if organ_box is None:
             raise VolumeError(image_path, f"no body found (nothing above {config.body_threshold_hu:g} HU)")
 
@@ -118,7 +181,7 @@ def prepare_case(source: CaseSource, config: PrepareConfig) -> tuple[dict[str, A
         "id": source.id,
         "split": source.split,
         "format_version": RECORD_FORMAT_VERSION,
-        "config_hash": config.output_hash(),
+        "config_hash": config.output_hash(source),
         "image_path": source.image_path,
         "label_path": source.label_path,
         "geometry": asdict(geometry),
@@ -128,23 +191,46 @@ def prepare_case(source: CaseSource, config: PrepareConfig) -> tuple[dict[str, A
         "crop_box_canonical": [list(pair) for pair in box],
         "crop_box_original": box_to_original(box, reorientation),
         "crop_source": crop_source,
+        "crop_note": crop_note,
+        "coarse_weights_sha256": coarse_sha256,
         "labels_present": [] if labels is None else [int(v) for v in np.unique(labels) if v],
     }
     return meta, arrays
 
 
+_WORKER_LOCATOR: CoarseLocator | None = None
+"""The coarse model of a worker process, loaded once by :func:`_init_worker`."""
+
+
 def _prepare_or_reason(source: CaseSource, config: PrepareConfig):
     """Worker entry: the prepared case, or the one-line reason it failed."""
     try:
-        return prepare_case(source, config)
+        return prepare_case(source, config, _WORKER_LOCATOR)
     except VolumeError as error:
         return str(error)
     except Exception as error:  # one bad case must not stop the batch; report it with its type
         return f"{source.image_path}: {type(error).__name__}: {error}"
 
 
-def _init_worker() -> None:
+def _init_worker(coarse_weights: str | None) -> None:
+    global _WORKER_LOCATOR
     torch.set_num_threads(1)  # one case per core: threads would only fight each other
+    if coarse_weights:
+        _WORKER_LOCATOR = CoarseLocator.from_file(coarse_weights, device="cpu")
+
+
+def load_coarse_locator(config: PrepareConfig) -> CoarseLocator | None:
+    """Load ``config.coarse_weights`` once here, so that a bad file fails the run at once, not every case.
+
+    Raises:
+        ValueError: the file is missing, not a checkpoint, or not a coarse one.
+    """
+    if not config.coarse_weights:
+        return None
+    try:
+        return CoarseLocator.from_file(config.coarse_weights, device="cpu")
+    except (OSError, ValueError, KeyError) as error:
+        raise ValueError(f"coarse weights {config.coarse_weights}: {error}") from None
 
 
 @dataclass
@@ -186,13 +272,14 @@ def run(config: PrepareConfig, *, force: bool = False, progress: bool = True) ->
     as a worker returns it, so an interrupted run loses at most the cases in flight and a
     re-run completes the rest. A worker that dies fails only the cases it had in flight.
     """
+    load_coarse_locator(config)
     cases, problems = find_cases(Path(config.data_root))
     report = PrepareReport(failed=dict(problems))
-    wanted_hash = config.output_hash()
+    wanted_hash = {case.id: config.output_hash(case) for case in cases}
     with StoreWriter(config.out) as writer:
         todo = []
         for case in cases:
-            if not force and writer.stored_config_hash(case.id) == wanted_hash:
+            if not force and writer.stored_config_hash(case.id) == wanted_hash[case.id]:
                 report.skipped.append(case.id)
             else:
                 todo.append(case)
@@ -201,7 +288,7 @@ def run(config: PrepareConfig, *, force: bool = False, progress: bool = True) ->
         while pending:
             _run_pool(pending, config, writer, report, bar)
         bar.close()
-        stored = {case.id for case in cases if writer.stored_config_hash(case.id) == wanted_hash}
+        stored = {case.id for case in cases if writer.stored_config_hash(case.id) == wanted_hash[case.id]}
         splits = make_splits(cases, stored, config.folds, config.seed)
         splits["selections"] = writer.read_splits().get("selections", {})
         writer.put_splits(splits)
@@ -214,7 +301,9 @@ def _run_pool(
     """Feed ``pending`` (consumed from its end) to a worker pool, keeping at most two cases per worker in flight."""
     workers = max(1, min(config.workers, len(pending)))
     in_flight: dict[Future, CaseSource] = {}
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker) as pool:
+    with ProcessPoolExecutor(
+        workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(config.coarse_weights,)
+    ) as pool:
         try:
             while pending or in_flight:
                 while pending and len(in_flight) < 2 * workers:

@@ -1,6 +1,7 @@
 #!/bin/sh
 # Prepare the LMDB case store:
-#   sh data_prepare/run.sh [--config FILE] [--data-root DIR] [--out DIR] [--workers N] [--force] [key=value ...]
+#   sh data_prepare/run.sh [--config FILE] [--data-root DIR] [--out DIR] [--workers N] [--coarse-weights FILE]
+#                          [--force] [key=value ...]
 # Relative paths (here and in the config) are taken from the current directory.
 set -eu
 ROOT=$(cd "$(dirname "$0")/.." && pwd)

@@ -14,6 +14,9 @@ from segcore.geometry import Reorientation
 
 Box = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
 
+DEFAULT_MARGIN_MM = 20.0
+"""Margin added on every side of the organs' box before the fine crop (data preparation and inference alike)."""
+
 
 def foreground_box(mask: np.ndarray) -> Box | None:
     """Bounding box of the non-zero voxels of a ``(z, y, x)`` array, or None when there are none."""
@@ -34,6 +37,21 @@ def expand_box(box: Box, margin_mm: float, spacing_zyx: Sequence[float], shape_z
         margin = int(np.ceil(margin_mm / spacing))
         grown.append((max(0, start - margin), min(int(size), stop + margin)))
     return tuple(grown)
+
+
+def scale_box(box: Box, from_shape_zyx: Sequence[int], to_shape_zyx: Sequence[int]) -> Box:
+    """Map a box on one grid to the smallest box covering the same extent on another grid of the same field of view.
+
+    Voxel ``i`` of an axis of ``n`` voxels covers ``[i, i + 1) * m / n`` on the axis of ``m`` voxels (the
+    ``align_corners=False`` convention of the resizes in :mod:`segcore.resample`), so a box found on a
+    coarse grid maps to whole fine-grid voxels that hold all of it.
+    """
+    scaled = []
+    for (start, stop), source, target in zip(box, from_shape_zyx, to_shape_zyx):
+        source, target = int(source), int(target)
+        # Integer floor / ceiling division: exact, no rounding at box edges.
+        scaled.append((max(0, start * target // source), min(target, -(-stop * target // source))))
+    return tuple(scaled)
 
 
 def crop(array: np.ndarray, box: Box) -> np.ndarray:

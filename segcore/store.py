@@ -25,7 +25,9 @@ in the canonical orientation: ``coarse_image`` / ``fine_image`` as raw HU int16,
 * ``crop_box_canonical``: ``[[z0, z1], [y0, y1], [x0, x1]]`` (half-open) of the fine crop in
   canonical voxels; ``crop_box_original``: the same box in the original file's voxel indices,
   ``[[x0, x1], [y0, y1], [z0, z1]]`` (half-open, ITK axis order); ``crop_source``: ``labels`` |
-  ``coarse_model`` | ``body_heuristic``;
+  ``coarse_model`` | ``body_heuristic``; ``crop_note``: why the body outline was used although a
+  coarse model was given (it found no organ), else null; ``coarse_weights_sha256``: the coarse
+  checkpoint consulted for the crop, else null;
 * ``labels_present``: organ ids present in the full-resolution labels.
 
 Readers open the environment read-only and lock-free, lazily, once per process, so a

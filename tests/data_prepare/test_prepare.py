@@ -14,10 +14,12 @@ from scipy import ndimage
 from torch.utils.data import DataLoader
 
 from data_prepare.prepare import PrepareConfig, run
+from segcore.checkpoint import save_checkpoint
 from segcore.geometry import to_canonical
 from segcore.io import read_label, read_volume, write_volume
 from segcore.store import CaseStore
 from segcore.training.data import StoreDataset
+from tests.tiny_checkpoints import tiny_payload, write_tiny_weights
 
 ROOT = Path(__file__).resolve().parents[2]
 COARSE, FINE = [24, 28, 32], [32, 32, 40]
@@ -201,3 +203,50 @@ def test_arrays_are_zero_copy_views(prepared):
     _, store = prepared
     array = store.arrays(store.ids()[0])["coarse_image"]
     assert not array.flags.writeable and not array.flags.owndata
+
+
+def test_coarse_weights_crop_cases_without_labels(phantom_root, tmp_path):
+    root = tmp_path / "root"
+    shutil.copytree(phantom_root / "trainu_images", root / "trainu_images")
+    labeled = sorted((phantom_root / "train_images").iterdir())[0]
+    (root / "train_images").mkdir()
+    (root / "train_mask").mkdir()
+    shutil.copy(labeled, root / "train_images" / labeled.name)
+    mask_name = labeled.name.replace("_0000", "")
+    shutil.copy(phantom_root / "train_mask" / mask_name, root / "train_mask" / mask_name)
+    # The tiny coarse net is biased so that liver wins everywhere (see tests/tiny_checkpoints.py).
+    weights = write_tiny_weights(tmp_path / "weights") / "coarse.pt"
+    config = tiny_config(root, tmp_path / "store")
+    config.coarse_weights = str(weights)
+    first = run(config, progress=False)
+    assert not first.failed and len(first.stored) == 4, first.summary()
+
+    store = CaseStore(config.out)
+    unlabeled = store.ids("unlabeled")
+    assert len(unlabeled) == 3
+    for case_id in unlabeled:
+        meta = store.meta(case_id)
+        assert meta["crop_source"] == "coarse_model" and meta["crop_note"] is None
+        assert len(meta["coarse_weights_sha256"]) == 64
+        for (start, stop), size in zip(meta["crop_box_canonical"], meta["canonical_shape"]):
+            assert 0 <= start < stop <= size
+        assert store.arrays(case_id)["fine_image"].shape == tuple(FINE)
+    (labeled_id,) = store.ids("labeled")
+    assert store.meta(labeled_id)["crop_source"] == "labels" and store.meta(labeled_id)["coarse_weights_sha256"] is None
+    store.close()
+
+    assert len(run(config, progress=False).skipped) == 4  # same weights: nothing to redo
+
+    # Other weights redo the cases without labels only; this coarse net finds no organ: body outline instead.
+    save_checkpoint(weights, tiny_payload("coarse", winner=0))
+    second = run(config, progress=False)
+    assert sorted(second.stored) == unlabeled and second.skipped == [labeled_id], second.summary()
+    store = CaseStore(config.out)
+    for case_id in unlabeled:
+        meta = store.meta(case_id)
+        assert meta["crop_source"] == "body_heuristic" and "found no organ" in meta["crop_note"]
+    store.close()
+
+    config.coarse_weights = str(tmp_path / "missing.pt")
+    with pytest.raises(ValueError, match="coarse weights .*missing.pt"):
+        run(config, progress=False)

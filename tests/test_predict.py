@@ -1,0 +1,172 @@
+"""predict.sh: a batch over real CTs with bad cases, torchrun shards, skip / overwrite, the embedded sample."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from segcore.io import read_volume, write_volume
+from segcore.predict import find_cases, main
+from segcore.sample import run_sample
+from tests.tiny_checkpoints import write_tiny_weights
+
+ROOT = Path(__file__).resolve().parents[1]
+GOOD = {"ct3mm_0000.nii.gz": "ct3mm.nii.gz", "dicomct": "dicomct.nii.gz"}
+BAD = {"mr4d.nii.gz": "4-D image", "slice2d": "2-D image"}
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    return write_tiny_weights(tmp_path_factory.mktemp("weights"))
+
+
+@pytest.fixture(scope="module")
+def batch_input(real_data, tmp_path_factory) -> Path:
+    """The real NIfTI CT (FLARE name), the DICOM series, a 2-D DICOM slice, a 4-D image and a stray text file."""
+    folder = tmp_path_factory.mktemp("input")
+    (folder / "ct3mm_0000.nii.gz").symlink_to(real_data / "abdomen_ct_3mm.nii.gz")
+    (folder / "dicomct").symlink_to(real_data / "abdomen_ct_dicom", target_is_directory=True)
+    (folder / "slice2d").mkdir()
+    (folder / "slice2d" / "slice.dcm").symlink_to(real_data / "single_slice_ct.dcm")
+    (folder / "mr4d.nii.gz").symlink_to(real_data / "mr_4d_oblique.nii.gz")
+    (folder / "notes.txt").write_text("not an image\n")
+    return folder
+
+
+def run_predict(*args: str) -> subprocess.CompletedProcess:
+    # One thread per process in both the one- and two-process runs: the float summation order, and
+    # so the rare argmax tie, then does not depend on the thread count.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        ["sh", str(ROOT / "predict.sh"), "--no-progress", *args], capture_output=True, text=True, timeout=300, env=env
+    )
+
+
+@pytest.fixture(scope="module")
+def one_process_run(batch_input, weights, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out_one")
+    return out, run_predict("-i", str(batch_input), "-o", str(out), "--weights", str(weights), "--stats")
+
+
+def test_batch_writes_good_cases_on_their_grid_and_reports_bad_ones(one_process_run, batch_input, real_data):
+    out, result = one_process_run
+    assert result.returncode == 1, result.stdout + result.stderr
+    for name, reason in BAD.items():
+        line = next(line for line in result.stdout.splitlines() if line.strip().startswith(f"FAILED {name}:"))
+        assert str(batch_input / name) in line and reason in line, line
+    assert "written 2, skipped 0 (output exists), failed 2" in result.stdout
+    assert "passed over (neither NIfTI nor folder): notes.txt" in result.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["ct3mm.json", "ct3mm.nii.gz", "dicomct.json", "dicomct.nii.gz"]
+
+    for source, output in (("abdomen_ct_3mm.nii.gz", "ct3mm.nii.gz"), ("abdomen_ct_dicom", "dicomct.nii.gz")):
+        _, geometry = read_volume(real_data / source)
+        mask = sitk.ReadImage(str(out / output))
+        assert mask.GetSize() == geometry.size and mask.GetPixelID() == sitk.sitkUInt8
+        np.testing.assert_allclose(mask.GetSpacing(), geometry.spacing, rtol=1e-6)
+        np.testing.assert_allclose(mask.GetOrigin(), geometry.origin, atol=1e-4)
+        np.testing.assert_allclose(mask.GetDirection(), geometry.direction, atol=1e-6)
+        labels = sitk.GetArrayFromImage(mask)
+        assert labels.max() <= 13
+
+        stats = json.loads((out / output.replace(".nii.gz", ".json")).read_text())
+        present = {int(v) for v in np.unique(labels) if v}
+        assert {organ["label"] for organ in stats["organs"].values()} == present
+        for organ in stats["organs"].values():
+            assert organ["voxels"] == int((labels == organ["label"]).sum()) and organ["volume_ml"] > 0
+        assert stats["crop_box_voxels"] == [[0, geometry.size[0]], [0, geometry.size[1]], [0, geometry.size[2]]]
+
+
+def test_two_processes_write_every_case_once_like_one_process(one_process_run, batch_input, weights, tmp_path):
+    reference, _ = one_process_run
+    out = tmp_path / "out_two"
+    result = run_predict("-i", str(batch_input), "-o", str(out), "--weights", str(weights), "--stats", "--nproc", "2")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "(2 process(es) on cpu)" in result.stdout
+    assert "Traceback" not in result.stderr, result.stderr
+    rows = {}
+    for line in result.stdout.splitlines():
+        words = line.split()
+        if words and words[0] in {**GOOD, **BAD}:
+            assert words[0] not in rows, f"{words[0]} listed twice"
+            rows[words[0]] = (words[1], int(words[-1]))
+    # Sorted cases dealt round-robin: ct3mm, dicomct, mr4d, slice2d -> ranks 0, 1, 0, 1.
+    assert rows == {
+        "ct3mm_0000.nii.gz": ("written", 0),
+        "dicomct": ("written", 1),
+        "mr4d.nii.gz": ("failed", 0),
+        "slice2d": ("failed", 1),
+    }
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in reference.iterdir())
+    for output in GOOD.values():
+        ours, theirs = sitk.ReadImage(str(out / output)), sitk.ReadImage(str(reference / output))
+        assert np.array_equal(sitk.GetArrayFromImage(ours), sitk.GetArrayFromImage(theirs)), output
+        assert ours.GetOrigin() == theirs.GetOrigin() and ours.GetDirection() == theirs.GetDirection()
+        ours_stats, their_stats = (
+            json.loads((d / output.replace(".nii.gz", ".json")).read_text()) for d in (out, reference)
+        )
+        assert ours_stats["organs"] == their_stats["organs"]
+
+
+def test_existing_outputs_are_skipped_unless_overwrite(real_data, weights, tmp_path, capsys):
+    source = tmp_path / "in"
+    source.mkdir()
+    (source / "case_0000.nii.gz").symlink_to(real_data / "abdomen_ct_3mm.nii.gz")
+    out = tmp_path / "out"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        args = ["-i", str(source), "-o", str(out), "--weights", str(weights), "--no-progress"]
+        assert main(args) == 0
+        predicted, geometry = read_volume(out / "case.nii.gz", check_ct=False)
+        assert predicted.any()
+        write_volume(out / "case.nii.gz", np.zeros_like(predicted), geometry)  # a stale result to keep or replace
+
+        assert main(args) == 0
+        assert "written 0, skipped 1" in capsys.readouterr().out
+        assert not read_volume(out / "case.nii.gz", check_ct=False)[0].any()
+
+        assert main([*args, "--overwrite"]) == 0
+        assert "written 1, skipped 0" in capsys.readouterr().out
+        assert np.array_equal(read_volume(out / "case.nii.gz", check_ct=False)[0], predicted)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_case_discovery_names_and_collisions(tmp_path):
+    for name in ("a_0000.nii.gz", "b.nii", "c_0001.nii.gz", "e_0000.nii.gz", "e.nii.gz", ".hidden.nii.gz", "x.txt"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "out").mkdir()
+    cases, problems, ignored = find_cases(tmp_path, tmp_path / "out")
+    assert {case.name: case.output_name for case in cases} == {
+        "a_0000.nii.gz": "a.nii.gz",
+        "b.nii": "b.nii.gz",
+        "c_0001.nii.gz": "c_0001.nii.gz",
+        "d": "d.nii.gz",
+    }
+    assert set(problems) == {"e_0000.nii.gz", "e.nii.gz"} and "also claimed by" in problems["e.nii.gz"]
+    assert ignored == ["x.txt"]
+
+
+def test_missing_weights_is_a_one_line_error(tmp_path, capsys):
+    assert main(["--weights", str(tmp_path / "none")]) == 2
+    assert main(["-i", str(tmp_path), "-o", str(tmp_path / "out"), "--weights", str(tmp_path / "none")]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 2 and all(
+        "no model weights in" in line and "coarse.pt and fine.pt" in line for line in errors
+    )
+
+
+def test_embedded_sample_prints_organ_volumes_and_dice(weights, tmp_path, capsys):
+    assert run_sample(weights, "cpu", sample_dir=tmp_path / "sample") == 0
+    output = capsys.readouterr().out
+    assert "mean DSC" in output and "liver" in output and "left_kidney" in output
+    assert (tmp_path / "sample" / "predictions" / "sample.nii.gz").is_file()
+    assert (tmp_path / "sample" / "labels" / "sample.nii.gz").is_file()
