@@ -1,0 +1,1 @@
+"""HTTP service for the two-stage predictor: POST a CT to ``/segment``, get the labels back."""

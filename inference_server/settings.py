@@ -1,0 +1,34 @@
+"""Server settings: one class, read from ``SEGMENT_``-prefixed environment variables; the
+command line (``sh inference_server/run.sh --weights DIR --device cpu``) overrides them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """What the service loads and how much work it accepts.
+
+    Environment variables: ``SEGMENT_WEIGHTS_DIR``, ``SEGMENT_DEVICE``, ``SEGMENT_PRECISION``,
+    ``SEGMENT_MAX_UPLOAD_MB``, ``SEGMENT_MAX_CONCURRENT``, ``SEGMENT_QUEUE_LENGTH``,
+    ``SEGMENT_REQUEST_TIMEOUT_S``, ``SEGMENT_API_KEY``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="SEGMENT_", frozen=True)
+
+    weights_dir: Path | None = Field(None, description="folder with coarse.pt and fine.pt (default: model_weights/)")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    max_upload_mb: float = Field(1024.0, gt=0, description="larger uploads get 413")
+    max_concurrent: int = Field(1, ge=1, description="inferences running at once")
+    queue_length: int = Field(4, ge=0, description="requests waiting for a slot; beyond them 503")
+    request_timeout_s: float = Field(600.0, gt=0, description="wait + inference; beyond it 504")
+    api_key: SecretStr | None = Field(None, description="when set, requests need this X-API-Key")
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
