@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from segcore.labels import LABEL_NAMES
 from segcore.networks import build_network, network_spec
 
 CHECKPOINT_FORMAT_VERSION = 1
@@ -101,6 +102,28 @@ def weights_digest(net: nn.Module) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def make_payload(
+    stage: str,
+    networks: list[dict[str, Any]],
+    input_size,
+    hu_window,
+    config: dict[str, Any],
+    ensemble: list[int] | None = None,
+) -> dict[str, Any]:
+    """A checkpoint payload (the format above) from :func:`network_entry` entries."""
+    return {
+        "stage": stage,
+        "networks": networks,
+        "inference": {
+            "input_size": [int(s) for s in input_size],
+            "hu_window": [float(v) for v in hu_window],
+            "labels": {str(k): v for k, v in LABEL_NAMES.items()},
+            "ensemble": list(range(len(networks))) if ensemble is None else list(ensemble),
+        },
+        "config": config,
+    }
 
 
 def build_networks(

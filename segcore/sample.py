@@ -1,6 +1,6 @@
 """The embedded sample: one synthetic CT segmented with the default model and scored against its truth.
 
-``sh predict.sh`` with no ``-i``/``-o`` runs :func:`run_sample`: it writes a small phantom CT
+``sh predict.sh`` with no ``-i``/``-o`` runs :func:`run_sample`: it writes a medium-size phantom CT
 (fixed seed) to ``dataset/sample/`` if absent, segments it with ``model_weights/`` (or
 ``--weights DIR``), writes the mask to ``dataset/sample/predictions/``, and prints each organ's
 predicted and true volume and its Dice similarity coefficient (DSC, FLARE22 protocol:
@@ -32,12 +32,12 @@ def sample_paths(sample_dir: Path) -> tuple[Path, Path]:
 
 
 def ensure_sample(sample_dir: Path = SAMPLE_DIR) -> tuple[Path, Path]:
-    """Write the sample phantom (small size, every organ in the field of view) unless it exists."""
+    """Write the sample phantom (medium size, every organ in the field of view) unless it exists."""
     image_path, label_path = sample_paths(sample_dir)
     if not (image_path.is_file() and label_path.is_file()):
         from segcore.phantom import generate_case
 
-        phantom = generate_case(SAMPLE_SEED, size="small", full_field=True)
+        phantom = generate_case(SAMPLE_SEED, size="medium", full_field=True)
         write_volume(image_path, phantom.image, phantom.geometry)
         write_volume(label_path, phantom.label, phantom.geometry)
     return image_path, label_path

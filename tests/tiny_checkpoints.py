@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from segcore.checkpoint import network_entry, save_checkpoint
-from segcore.labels import HU_WINDOW, LABEL_NAMES
+from segcore.checkpoint import make_payload, network_entry, save_checkpoint
+from segcore.labels import HU_WINDOW
 from segcore.networks import build_network
 
 TINY_NET = {"base_channels": 4, "depth": 3, "max_channels": 16}
@@ -30,17 +30,7 @@ def tiny_payload(stage: str, *, winner: int | None = None, seed: int = 0) -> dic
     if winner is not None:
         with torch.no_grad():
             net.head.bias[winner] += WINNER_BIAS
-    return {
-        "stage": stage,
-        "networks": [network_entry(net, input_size)],
-        "inference": {
-            "input_size": input_size,
-            "hu_window": list(HU_WINDOW),
-            "labels": {str(k): v for k, v in LABEL_NAMES.items()},
-            "ensemble": [0],
-        },
-        "config": {"test": True},
-    }
+    return make_payload(stage, [network_entry(net, input_size)], input_size, HU_WINDOW, {"test": True})
 
 
 def write_tiny_weights(folder: Path, *, coarse_winner: int = 1) -> Path:

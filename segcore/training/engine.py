@@ -30,9 +30,9 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from segcore import distributed
-from segcore.checkpoint import load_checkpoint, network_entry, save_checkpoint, weights_digest
+from segcore.checkpoint import load_checkpoint, make_payload, network_entry, save_checkpoint, weights_digest
 from segcore.intensity import normalize_hu
-from segcore.labels import LABEL_NAMES, NUM_CLASSES, ORGANS
+from segcore.labels import NUM_CLASSES, ORGANS
 from segcore.networks import build_network
 from segcore.store import CaseStore
 from segcore.training.augment import AugmentConfig, augment_batch
@@ -309,17 +309,13 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _payload(self) -> dict[str, Any]:
-        return {
-            "stage": self.stage.name,
-            "networks": [network_entry(member.net, self.input_size) for member in self.members],
-            "inference": {
-                "input_size": self.input_size,
-                "hu_window": list(self.config["data"]["hu_window"]),
-                "labels": {str(k): v for k, v in LABEL_NAMES.items()},
-                "ensemble": list(range(len(self.members))),
-            },
-            "config": self.config,
-        }
+        return make_payload(
+            self.stage.name,
+            [network_entry(member.net, self.input_size) for member in self.members],
+            self.input_size,
+            self.config["data"]["hu_window"],
+            self.config,
+        )
 
     def save_best(self, variant: str, metrics: dict[str, Any]) -> None:
         if not self.context.is_main:
