@@ -1,0 +1,126 @@
+"""Overhead of the HTTP service over a direct predictor call, and throughput under concurrency.
+
+Run from the repository root::
+
+    .venv/bin/python -m bench.server                       # random production-size nets
+    .venv/bin/python -m bench.server --weights model_weights
+    .venv/bin/python -m bench.server --slices 300 --repeats 5 --clients 4
+
+On one full-size phantom CT (512 x 512 x ``--slices``, see :mod:`bench.fixtures`):
+
+* direct: in this process, ``read_volume`` + ``Predictor.predict`` + ``write_volume`` (what the
+  service does for a request, minus HTTP);
+* server: a real uvicorn process (``inference_server/run.sh``), ``POST /segment`` of the same
+  file from an HTTP client, label NIfTI back (upload, parsing, temp files, download included).
+
+Medians of ``--repeats`` runs each, alternated, and their ratio (target ≤ 1.15), then the
+throughput with ``--clients`` concurrent clients (the server's default limits: one inference
+at a time on CPU). Figures are printed, never judged: this is not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+from bench.fixtures import full_size_ct, random_production_weights
+from segcore.io import read_volume, write_volume
+from segcore.predictor import Predictor
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TARGET_RATIO = 1.15
+
+
+def start_server(weights: Path, device: str, **environment: str) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, **{f"SEGMENT_{k.upper()}": v for k, v in environment.items()}}
+    process = subprocess.Popen(
+        ["sh", str(REPO_ROOT / "inference_server" / "run.sh"), "--port", str(port), "--weights", str(weights),
+         "--device", device, "--log-level", "warning"],
+        env=env,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            time.sleep(0.2)
+    process.kill()
+    raise RuntimeError("the server did not become ready")
+
+
+def post(url: str, path: Path) -> float:
+    started = time.perf_counter()
+    with path.open("rb") as stream:
+        response = httpx.post(f"{url}/segment", files={"file": (path.name, stream)}, timeout=600)
+    response.raise_for_status()
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", type=Path, help="weights folder (default: random production-size nets)")
+    parser.add_argument("--slices", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--requests-per-client", type=int, default=2)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--work", type=Path, help="keep the CT and weights here (default: a temp folder)")
+    args = parser.parse_args()
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench-server-"))
+    work.mkdir(parents=True, exist_ok=True)
+    ct = full_size_ct(work / f"phantom_{args.slices}.nii.gz", args.slices)
+    weights = args.weights or random_production_weights(work / "weights")
+    print(f"CT {ct} ({ct.stat().st_size / 1e6:.1f} MB), weights {weights}, device {args.device}")
+
+    predictor = Predictor.from_weights(weights, args.device)
+
+    def direct() -> float:
+        started = time.perf_counter()
+        image, geometry = read_volume(ct)
+        prediction = predictor.predict(image, geometry)
+        write_volume(work / "direct_labels.nii.gz", prediction.labels, geometry)
+        return time.perf_counter() - started
+
+    process, url = start_server(weights, args.device)
+    try:
+        direct(), post(url, ct)  # warm-up of both
+        direct_times, server_times = [], []
+        for _ in range(args.repeats):
+            direct_times.append(direct())
+            server_times.append(post(url, ct))
+        d, s = statistics.median(direct_times), statistics.median(server_times)
+        print(f"direct  : median {d:.2f} s  runs {[round(t, 2) for t in direct_times]}")
+        print(f"server  : median {s:.2f} s  runs {[round(t, 2) for t in server_times]}")
+        print(f"overhead ratio server/direct: {s / d:.3f} (target <= {TARGET_RATIO})")
+
+        total = args.clients * args.requests_per_client
+        started = time.perf_counter()
+        with ThreadPoolExecutor(args.clients) as pool:
+            latencies = list(pool.map(lambda _: post(url, ct), range(total)))
+        elapsed = time.perf_counter() - started
+        print(
+            f"throughput: {args.clients} clients x {args.requests_per_client} requests: {total / elapsed:.3f} req/s, "
+            f"{elapsed:.1f} s in all, latency median {statistics.median(latencies):.1f} s, max {max(latencies):.1f} s"
+        )
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
