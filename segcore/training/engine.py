@@ -238,7 +238,7 @@ class Trainer:
     def on_step_end(self, logs: dict[str, float], bar) -> None:
         if self.context.is_main:
             logs = {**logs, "lr": self.members[0].scheduler.get_last_lr()[0]}
-            bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in logs.items()})
+            bar.set_postfix({k.replace("/", "_"): f"{v:.4g}" for k, v in logs.items()})
             for key, value in logs.items():
                 self.tensorboard.add_scalar(f"train/{key}", value, self.step)
 
