@@ -11,9 +11,11 @@ Arrays are ``(z, y, x)``; probabilities ``(C, z, y, x)`` with ``C`` classes, bac
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
+import cc3d
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -25,7 +27,8 @@ from segcore.labels import ORGANS
 DEFAULT_CHUNK_ELEMENTS = 1 << 25
 """Elements of one full-resolution slab of probabilities in :func:`resize_argmax` (128 MiB as float32)."""
 
-_FULL_CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)
+_PER_BOX_MAX_COVERAGE = 2.0
+"""In :func:`keep_largest_components`, label organ by organ while their boxes add up to at most this many maps."""
 
 
 def _linear_taps(in_size: int, out_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -77,12 +80,50 @@ def resize_argmax(
     return labels
 
 
+def _largest_components_per_box(labels: np.ndarray, boxes: list[tuple[slice, ...] | None]) -> np.ndarray:
+    """One binary labelling per organ, inside its bounding box: fast when the organs are compact."""
+    cleaned = labels.copy()
+    for label, region in enumerate(boxes, start=1):
+        if region is None:
+            continue
+        mask = labels[region] == label
+        components, count = cc3d.connected_components(mask, connectivity=26, return_N=True, binary_image=True)
+        if count > 1:
+            sizes = np.bincount(components.reshape(-1))
+            sizes[0] = 0
+            cleaned[region][mask & (components != sizes.argmax())] = 0
+    return cleaned
+
+
+def _largest_components_one_pass(labels: np.ndarray) -> np.ndarray:
+    """One multi-label labelling of the whole map (a component holds one organ): fast when organs are scattered."""
+    components, count = cc3d.connected_components(labels, connectivity=26, return_N=True)
+    flat = components.reshape(-1)
+    sizes = np.bincount(flat, minlength=count + 1)
+    organ = np.zeros(count + 1, dtype=labels.dtype)
+    organ[flat] = labels.reshape(-1)
+    # Components sorted by organ, then by size (largest first); the sort is stable, so ties keep raster order.
+    order = 1 + np.lexsort((-sizes[1:], organ[1:]))
+    first_of_organ = np.ones(count, dtype=bool)
+    first_of_organ[1:] = organ[order[1:]] != organ[order[:-1]]
+    keep = np.zeros(count + 1, dtype=bool)
+    keep[0] = True  # background stays background
+    keep[order[first_of_organ]] = True
+    return np.where(keep[components], labels, 0).astype(labels.dtype, copy=False)
+
+
 def keep_largest_components(labels: np.ndarray) -> np.ndarray:
     """Keep, for every label, only its largest connected component; the rest becomes background (0).
 
     Components are 26-connected (voxels touching by a corner belong together), so thin oblique
     structures (vessels, adrenals on coarse grids) are not cut into pieces. Every organ of
-    FLARE22 is one connected structure, so a second component is a false positive.
+    FLARE22 is one connected structure, so a second component is a false positive. Of equally
+    large components, the first in raster order is kept.
+
+    Two ways give the same result, and the cheaper one runs: a trained network's organs are
+    compact, and labelling each organ inside its own box touches fewer voxels than the map holds;
+    a poor network scatters every organ over the whole map, and one multi-label pass (about five
+    times faster than thirteen whole-map passes) wins.
 
     Args:
         labels: ``(z, y, x)`` integer label map.
@@ -90,17 +131,11 @@ def keep_largest_components(labels: np.ndarray) -> np.ndarray:
     Returns:
         A cleaned copy of ``labels`` (same dtype).
     """
-    cleaned = labels.copy()
-    for label, region in enumerate(ndimage.find_objects(labels), start=1):
-        if region is None:
-            continue
-        mask = labels[region] == label
-        components, count = ndimage.label(mask, structure=_FULL_CONNECTIVITY)
-        if count > 1:
-            sizes = np.bincount(components.ravel())
-            sizes[0] = 0
-            cleaned[region][mask & (components != sizes.argmax())] = 0
-    return cleaned
+    boxes = ndimage.find_objects(labels)
+    box_voxels = sum(math.prod(s.stop - s.start for s in box) for box in boxes if box is not None)
+    if box_voxels <= _PER_BOX_MAX_COVERAGE * labels.size:
+        return _largest_components_per_box(labels, boxes)
+    return _largest_components_one_pass(labels)
 
 
 def organ_statistics(labels: np.ndarray, image: np.ndarray, geometry: Geometry) -> dict[str, dict[str, Any]]:

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 from torch import nn
 
+from segcore import postprocess
 from segcore.boxes import box_to_original, expand_box, scale_box
 from segcore.geometry import Geometry, canonical_reorientation, to_canonical
 from segcore.io import read_volume, write_volume
 from segcore.labels import NUM_CLASSES
+from segcore.phantom import generate_case
 from segcore.phantom.scanner import stored_geometry
 from segcore.postprocess import keep_largest_components, organ_statistics, resize_argmax
 from segcore.predictor import CoarseLocator, Predictor, resolve_precision
@@ -164,6 +169,47 @@ def test_keep_largest_components_per_organ():
     cleaned = keep_largest_components(labels)
     assert cleaned[4, 4, 4] == 0 and cleaned[3, 3, 3] == 5 and cleaned[2, 2, 2] == 3
     assert (cleaned[0:2, 0:2, 0:2] == 3).all() and cleaned.dtype == np.uint8
+
+
+def largest_components_one_organ_at_a_time(labels: np.ndarray) -> np.ndarray:
+    """Reference: scipy's 26-connected labelling of each organ's mask on its own."""
+    cleaned = labels.copy()
+    for organ in np.unique(labels[labels > 0]):
+        components, _ = ndimage.label(labels == organ, structure=np.ones((3, 3, 3), bool))
+        sizes = np.bincount(components.ravel())
+        sizes[0] = 0
+        cleaned[(components > 0) & (components != sizes.argmax())] = 0
+    return cleaned
+
+
+def fragmented_labels(seed: int) -> np.ndarray:
+    """Every organ scattered in touching pieces with equal-size ties, as a poor network gives."""
+    generator = torch.Generator().manual_seed(seed)
+    fields = torch.rand((1, NUM_CLASSES, 5, 6, 7), generator=generator)
+    smooth = F.interpolate(fields, size=(20, 24, 28), mode="trilinear").argmax(1)[0].to(torch.uint8).numpy()
+    speckle = torch.randint(0, NUM_CLASSES, smooth.shape, generator=generator, dtype=torch.uint8).numpy()
+    return np.where(np.random.default_rng(seed).random(smooth.shape) < 0.05, speckle, smooth)
+
+
+def compact_labels(seed: int) -> np.ndarray:
+    """Phantom organs (one compact block each) plus a few stray voxels, as a trained network gives."""
+    labels = generate_case(seed, "small").label.copy()
+    rng = np.random.default_rng(seed)
+    strays = tuple(rng.integers(0, size, 40) for size in labels.shape)
+    labels[strays] = rng.integers(1, NUM_CLASSES, 40)
+    return labels
+
+
+@pytest.mark.parametrize("coverage", [0.0, math.inf], ids=["one_pass", "per_box"])
+@pytest.mark.parametrize("make_labels", [fragmented_labels, compact_labels])
+def test_keep_largest_components_matches_per_organ_labelling(monkeypatch, coverage, make_labels):
+    """Both ways of labelling give scipy's per-organ result, whichever way the organs lie."""
+    monkeypatch.setattr(postprocess, "_PER_BOX_MAX_COVERAGE", coverage)
+    for seed in range(2):
+        labels = make_labels(seed)
+        cleaned = keep_largest_components(labels)
+        assert cleaned.dtype == np.uint8 and (cleaned != labels).any()
+        assert np.array_equal(cleaned, largest_components_one_organ_at_a_time(labels))
 
 
 def test_scale_box_covers_the_same_extent():
