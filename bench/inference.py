@@ -5,6 +5,7 @@ Run from the repository root::
     .venv/bin/python -m bench.inference                      # default model and production-size nets, CPU
     .venv/bin/python -m bench.inference --models production --repeats 5 --slices 300
     .venv/bin/python -m bench.inference --device cuda
+    .venv/bin/python -m bench.inference --precision bf16          # autocast bf16 on the CPU
 
 The CT is a full-size phantom (512 x 512 x ``--slices``, 0.8 x 0.8 x 1.25 mm, see
 :mod:`bench.fixtures`). ``default`` is ``model_weights/``; ``production`` has random weights at
@@ -35,7 +36,7 @@ STEPS = [
 TARGETS = {"cpu": {"production": 20.0, "default": 5.0}, "cuda": {"production": 2.0, "default": 2.0}}
 
 
-def measure(ct: Path, weights: Path, device: str, repeats: int, out: Path) -> dict:
+def measure(ct: Path, weights: Path, device: str, precision: str, repeats: int, out: Path) -> dict:
     """In this (fresh) process: warm-up, then ``repeats`` timed read -> predict -> write."""
     import torch
 
@@ -43,7 +44,7 @@ def measure(ct: Path, weights: Path, device: str, repeats: int, out: Path) -> di
     from segcore.io import read_volume, write_volume
     from segcore.predictor import Predictor
 
-    predictor = Predictor.from_weights(weights, device)
+    predictor = Predictor.from_weights(weights, device, precision)
     runs = []
     for _ in range(repeats + 1):
         started = time.perf_counter()
@@ -71,12 +72,20 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
     parser.add_argument("--work", type=Path, help="keep the CT and weights here (default: a temp folder)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         spec = json.loads(args.worker)
-        result = measure(Path(spec["ct"]), Path(spec["weights"]), spec["device"], spec["repeats"], Path(spec["out"]))
+        result = measure(
+            Path(spec["ct"]),
+            Path(spec["weights"]),
+            spec["device"],
+            spec["precision"],
+            spec["repeats"],
+            Path(spec["out"]),
+        )
         print(json.dumps(result))
         return
 
@@ -88,7 +97,8 @@ def main() -> None:
     print(f"CT: 512 x 512 x {args.slices} phantom, {ct.stat().st_size / 1e6:.1f} MB; device {args.device}")
     for model in args.models:
         weights = args.weights if model == "default" else random_production_weights(work / "production_weights")
-        spec = {"ct": str(ct), "weights": str(weights), "device": args.device, "repeats": args.repeats,
+        spec = {"ct": str(ct), "weights": str(weights), "device": args.device, "precision": args.precision,
+                "repeats": args.repeats,
                 "out": str(work / f"labels_{model}.nii.gz")}  # fmt: skip
         completed = subprocess.run(
             [sys.executable, "-m", "bench.inference", "--worker", json.dumps(spec)],
