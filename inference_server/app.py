@@ -162,9 +162,8 @@ async def save_upload(upload: UploadFile, workdir: Path, settings: Settings) -> 
     await upload.seek(0)
     kind = sniff_kind(name, head)
     target = workdir / f"input.{kind}"
-    with target.open("wb") as stream:
-        while chunk := await upload.read(1 << 20):
-            stream.write(chunk)
+    with target.open("wb") as stream:  # one worker thread for the whole copy, not one hop per chunk
+        await anyio.to_thread.run_sync(shutil.copyfileobj, upload.file, stream, 1 << 22)
     if kind != "zip":
         return target
     series = workdir / "series"
@@ -275,7 +274,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     "file": name,
                     "size": list(geometry.size),
                     "spacing": list(geometry.spacing),
-                    "organs": organ_statistics(prediction.labels, image, geometry),
+                    "organs": organ_statistics(prediction.labels, image, geometry) if output == "json" else {},
                     "crop_box": prediction.box,
                     "timings": timings,
                     "warnings": prediction.warnings,
