@@ -21,10 +21,7 @@ at a time on CPU). Figures are printed, never judged: this is not a test.
 from __future__ import annotations
 
 import argparse
-import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,32 +31,12 @@ from pathlib import Path
 import httpx
 
 from bench.fixtures import full_size_ct, random_production_weights
+from inference_server.local import LocalServer
 from segcore.io import read_volume, write_volume
 from segcore.predictor import Predictor
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TARGET_RATIO = 1.15
-
-
-def start_server(weights: Path, device: str, **environment: str) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, **{f"SEGMENT_{k.upper()}": v for k, v in environment.items()}}
-    process = subprocess.Popen(
-        ["sh", str(REPO_ROOT / "inference_server" / "run.sh"), "--port", str(port), "--weights", str(weights),
-         "--device", device, "--log-level", "warning"],
-        env=env,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            time.sleep(0.2)
-    process.kill()
-    raise RuntimeError("the server did not become ready")
 
 
 def post(url: str, path: Path) -> tuple[float, float]:
@@ -97,8 +74,7 @@ def main() -> None:
         write_volume(work / "direct_labels.nii.gz", prediction.labels, geometry)
         return time.perf_counter() - started
 
-    process, url = start_server(weights, args.device)
-    try:
+    with LocalServer(weights, args.device, ready_timeout=120) as url:
         direct(), post(url, ct)  # warm-up of both
         direct_times, server_times, handler_times = [], [], []
         for _ in range(args.repeats):
@@ -124,9 +100,6 @@ def main() -> None:
             f"throughput: {args.clients} clients x {args.requests_per_client} requests: {total / elapsed:.3f} req/s, "
             f"{elapsed:.1f} s in all, latency median {statistics.median(latencies):.1f} s, max {max(latencies):.1f} s"
         )
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 if __name__ == "__main__":

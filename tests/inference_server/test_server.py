@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import os
-import socket
-import subprocess
-import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,46 +13,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from inference_server.local import LocalServer
 from tests.tiny_checkpoints import write_tiny_weights
 
-ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "s3cret-key"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(weights: Path, **environment: str):
-    port = free_port()
-    env = {**os.environ, **{f"SEGMENT_{k.upper()}": v for k, v in environment.items()}}
-    process = subprocess.Popen(
-        ["sh", str(ROOT / "inference_server" / "run.sh"), "--port", str(port), "--weights", str(weights),
-         "--device", "cpu", "--log-level", "warning"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"server exited: {process.stdout.read()}")
-        try:
-            if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            time.sleep(0.2)
-    process.kill()
-    pytest.fail("server did not become ready within 60 s")
-
-
-def stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +26,8 @@ def weights(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(weights):
-    process, url = start_server(weights, max_upload_mb="4")
-    yield url
-    stop(process)
+    with LocalServer(weights, max_upload_mb="4") as url:
+        yield url
 
 
 def zipped(*paths: Path) -> bytes:
@@ -154,8 +113,7 @@ def test_info_describes_labels_models_and_versions(server):
 
 
 def test_overload_turns_requests_away_with_503_never_500(weights, real_data):
-    process, url = start_server(weights, max_concurrent="1", queue_length="1", api_key=API_KEY)
-    try:
+    with LocalServer(weights, max_concurrent="1", queue_length="1", api_key=API_KEY) as url:
         content = zipped(real_data / "abdomen_ct_dicom")
         with ThreadPoolExecutor(6) as pool:
             responses = list(pool.map(lambda _: post(url, "s.zip", content, headers={"X-API-Key": API_KEY}), range(6)))
@@ -172,8 +130,6 @@ def test_overload_turns_requests_away_with_503_never_500(weights, real_data):
         assert post(url, "ct.nii.gz", source, headers={"X-API-Key": "wrong"}).status_code == 401
         assert httpx.get(f"{url}/info").status_code == 401
         assert post(url, "ct.nii.gz", source, headers={"X-API-Key": API_KEY}).status_code == 200
-    finally:
-        stop(process)
 
 
 def test_uploads_leave_no_temporary_files(server, real_data):
@@ -181,3 +137,9 @@ def test_uploads_leave_no_temporary_files(server, real_data):
     post(server, "ct.nii.gz", (real_data / "abdomen_ct_3mm.nii.gz").read_bytes())
     post(server, "cut.nii.gz", truncated_nifti(real_data))
     assert set(Path("/tmp").glob("segment-*")) == before
+
+
+def test_local_server_that_cannot_start_says_why(tmp_path):
+    with pytest.raises(RuntimeError, match="exited with status") as failure:
+        LocalServer(tmp_path / "no_weights").__enter__()
+    assert "no_weights" in str(failure.value)  # the server's own message is passed on
