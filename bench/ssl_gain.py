@@ -1,79 +1,75 @@
-"""What semi-supervised training buys on phantoms: supervised-only, CPS, and CPS + UIF on a shifted test domain.
+"""Does semi-supervised training pay? Arms with the same labels, augmentation and step budget,
+scored on held-out phantoms from many imaging domains, over several training seeds.
 
-Run from the repository root::
+Run from the repository root (resumable: rerun the same command after an interruption)::
 
-    .venv/bin/python -m bench.ssl_gain --work runs/ssl_gain   # defaults: 17-19 min on an idle 2-core CPU
-    .venv/bin/python -m bench.ssl_gain --quick                 # smoke run, a couple of minutes
-    .venv/bin/python -m bench.ssl_gain --work runs/ssl_gain --arms supervised_pair cps --semi semi.rampup_steps=400
+    .venv/bin/python -m bench.ssl_gain --work runs/ssl_gain          # 3 seeds, about 25 min per seed on 2 cores
+    .venv/bin/python -m bench.ssl_gain --work runs/ssl_gain --report  # the tables from what has finished
+    .venv/bin/python -m bench.ssl_gain --quick                        # smoke run, a few minutes
 
-Data (phantoms of size ``small``, written by :func:`segcore.phantom.write_dataset` into
-``WORK/data_<hash of the data settings>`` in two calls, so that each split gets its own domain):
+Design (fixed before any method run was compared; changing it means a new benchmark):
 
-* ``--labeled`` cases (default 6) from one domain, ``PhantomDomain(phase="portal_venous",
-  noise_sigma_hu=10)``: a single-centre labeled set. Fold 0 of 3 (a third of them) validates and
-  picks ``best.pt``; the rest trains. Validation stays in the labeled domain: the test domain is
-  never looked at before the test.
-* ``--unlabeled`` cases (default 32), each with its own random domain (phase, noise 5-40 HU, HU
-  offset, blur, enhancement, oral contrast: :func:`segcore.phantom.tissues.sample_domain`), so the
-  test domain is among them, as with unlabeled scans gathered from many centres.
-* ``--test`` held-out cases (default 8), all in a shifted domain (default arterial phase, 25 HU
-  noise), written as the ``val`` split with labels.
+* **Data** (phantoms of size ``small``, data seed 0): ``--labeled`` 8 cases in one domain
+  (portal venous, 10 HU noise: a single-centre labeled set), of which fold 0 of 4 (2 cases)
+  validates and picks ``best.pt``; ``--unlabeled`` 48 cases and ``--test`` 48 held-out cases,
+  each with its own random domain from one distribution
+  (:func:`segcore.phantom.tissues.sample_domain`: phase, noise 5-40 HU, HU offset, blur,
+  enhancement, oral contrast), as when unlabeled scans come from the same many centres as the
+  scans the model will meet. Test cases are reported in two subsets by
+  :func:`segcore.phantom.tissues.domain_group`: **in-domain** (``portal_venous``: the labeled
+  phase, noise ≤ 15 HU, no oral contrast) and **shifted** (every other group; about three
+  quarters of them).
+* **Stage and size**: the coarse stage at 48³ (``--coarse-size``), where the stored labels
+  themselves score 0.93-1.00 mean DSC (the ceiling column), trained by the real command,
+  ``sh coarse_seg/run.sh --nproc 1 --config coarse_seg/config.tiny.yaml ...``, one thread per
+  process, two processes at a time (``--parallel``).
+* **Budget**: every arm runs ``--steps`` optimisation steps (1500) of batch 2 labeled (+ 2
+  unlabeled) per net, with the same network, optimiser, schedule and augmentation of the
+  labeled batch (``coarse_seg/config.tiny.yaml``: spatial, per-organ contrast, HU remapping,
+  gamma, blur, noise, Fourier amplitude mixing). Arms differ only in how unlabeled data is
+  used. ``--train-seeds`` 0 1 2 repeat every arm with other initialisations and data orders.
+* **Arms**:
 
-Ids cannot collide: each split has its own id pattern (``FLARE22_Tr_*``, ``Case_*``,
-``FLARE22_Ts_*``). The second call rewrites ``phantom_cases.json``, so both calls' records are
-kept in ``WORK/cases_<hash>.json``; a later call with the same data settings reuses the data,
-other settings get their own folder. The store is prepared by :func:`data_prepare.prepare.run`
-with ``data_prepare/config.tiny.yaml`` and a ``--coarse-size`` (default 32³) whole-scan array
-(cases already stored are skipped). Only the coarse stage is trained and compared: it sees the
-whole scan, so it meets the domain shift and the unlabeled data as the fine stage would, and it
-is the only stage that several arms can afford on a CPU.
+  - ``supervised``: one net on the labels; Fourier amplitude sources from the labeled batch.
+  - ``supervised_pair``: two nets on the labels (``semi.weight=0``), evaluated as their
+    ensemble: **the control** for every semi-supervised arm (two nets and an ensemble, no
+    pseudo-labels).
+  - ``supervised_pair_mixall``: the same with Fourier amplitude sources from labeled and
+    unlabeled volumes: separates what style mixing with unlabeled scans gives from what
+    pseudo-labels give.
+  - ``cps``: plain cross pseudo supervision (same augmented view for both nets), amplitude
+    sources from all volumes, ramp-up over 35 % of the steps.
+  - ``cps_uif``: ``cps`` for half the steps, UIF keeps the ``--uif-keep`` most certain half of
+    the unlabeled cases, then the same two nets go on for the other half on that selection
+    (``semi.round_init=previous``): the same 1500 steps in all.
+  - ``cacps`` (**the primary arm**): confidence-aware CPS (seed 002): the teacher labels the
+    weak view, the student learns on the strong view (intensity augmentation + Fourier mixing
+    with amplitude sources from all volumes), pseudo-labels weighted per voxel by the
+    teacher's agreement between the two views, a Dice term (weight 0.5) over the organs present
+    in the pseudo-label, ramp-up over 35 % of the steps.
+  - ``upper_bound``: one net trained with labels on every labeled and unlabeled case (fold 0 of
+    4 of them validates): what the unlabeled cases would give if they were labeled.
 
-Arms, each trained by the real command, ``sh coarse_seg/run.sh --nproc 1 --config
-coarse_seg/config.tiny.yaml ...`` in a subprocess, with the same labeled data, training seed
-(so the same initialisation of net 0, and of net 1 where there are two), network, optimiser,
-augmentation and number of epochs (the same step budget per round):
+* **Scoring**: ``last.pt`` (primary) and ``best.pt`` of every arm; a checkpoint with two nets
+  predicts with their mean softmax. Each test case's stored 48³ image is windowed and z-scored,
+  predicted, resized (nearest) back to the case's original grid, and scored against its
+  ground-truth mask with :func:`segcore.metrics.score_case` (FLARE22 DSC and NSD per organ, an
+  organ absent from both scores 1). A case's score is its mean DSC over the 13 organs.
+* **Comparison**: per test case, the difference of an arm and ``supervised_pair`` averaged over
+  the seeds; the mean over cases with a bootstrap 95 % interval (10 000 resamples of the cases);
+  per organ the same mean difference. The question answered: does ``cacps`` (``last.pt``) beat
+  ``supervised_pair`` on the shifted subset by ≥ +0.03 with the interval above 0, with no organ
+  worse by more than 0.02, and is ``cps_uif`` ≥ ``cps``? Figures are printed, never judged by a test.
 
-* ``supervised``: ``semi.enabled=false``, one network;
-* ``supervised_pair``: ``semi.enabled=true, semi.weight=0``: the CPS arm without its pseudo-label
-  loss, i.e. two independently initialised nets trained on the labels alone, of which
-  ``best.pt`` keeps net 0, net 1 or their ensemble, whichever validates best. CPS gets that
-  choice too, so this, not ``supervised``, is the control that isolates the pseudo-labels;
-* ``cps``: ``semi.enabled=true``, one round of cross pseudo supervision over every unlabeled case;
-* ``cps_uif``: ``semi.rounds=2``: that round, then UIF keeps the ``--uif-keep`` most certain share
-  of the unlabeled cases and a second round trains afresh on them (its ``best.pt`` is evaluated).
-  Round 0 is the very command of the ``cps`` arm (runs are deterministic on the CPU with a
-  given thread count: a rerun repeats every validation figure), so when both arms run, the ``cps`` run is copied in
-  as round 0 and the command continues with ``--resume`` (UIF, then round 1); its wall time
-  counts both.
-
-``--semi semi.KEY=VALUE`` (repeatable) overrides the tiny config's ``semi`` section for the two
-CPS arms. Runs live in ``WORK/runs/<arm>-<hash of the command>``: a later call with the same
-``--work`` reuses every arm whose command is unchanged (the supervised ones when only ``--semi``
-changed). Training processes get ``OMP_NUM_THREADS=--threads`` (default 1): on a 2-core machine
-shared with other jobs, two OpenMP threads per process made steps 10-20 times slower (spinning
-threads waiting for a core), one thread did not.
-
-Evaluation follows inference on the original grid: each test case's stored ``coarse_image`` is
-windowed and z-scored (:func:`segcore.intensity.normalize_hu`), run through the checkpoint's
-ensemble (mean softmax), the argmax map is resized (nearest) to the full-resolution canonical
-shape and the canonical reorientation is undone; the result is scored against the ground-truth
-mask of ``val_mask/`` in the data folder with :func:`segcore.metrics.score_case` (FLARE22 DSC and NSD per
-organ, spacing of the ground truth). The last column, ``coarse_labels``, scores the stored
-coarse labels the same way: the ceiling of any coarse-stage net (thin organs do not survive
-32³). Rows: organs and their mean over organs of the mean over cases; the footer gives each
-arm's training wall time, the load average at its end (the machine may be shared) and the
-variant ``best.pt`` kept, then for each arm the mean over test cases of its per-case mean DSC
-minus that of ``supervised`` and of ``supervised_pair``, with the standard error (8 cases and
-one training seed: differences within two standard errors are noise; ``--train-seed`` repeats
-the training with other initialisations on the same data). The table, per-case scores,
-settings and run records go to ``WORK/ssl_gain_<hash of settings and arms>.csv`` and ``.json``.
-Figures are printed, never judged: this is not a test.
+Every finished (seed, arm) appends one JSON line to ``WORK/results.jsonl`` (wall time, load
+average, per-case per-organ scores of both checkpoints); a rerun skips what is there, resumes an
+interrupted training run from its ``last.pt``, and trains the rest. The report goes to
+``WORK/report.txt`` and ``WORK/report.json``.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import json
 import math
@@ -83,83 +79,107 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TRAIN_CONFIG = "coarse_seg/config.tiny.yaml"
 PREPARE_CONFIG = "data_prepare/config.tiny.yaml"
 LABELED_DOMAIN = {"phase": "portal_venous", "noise_sigma_hu": 10.0}
-VALIDATION_FOLDS = 3
-"""The labeled cases are split into this many folds; fold 0 validates (picks ``best.pt``)."""
+IN_DOMAIN = "portal_venous"
+"""The test subset imaged like the labeled cases (:func:`segcore.phantom.tissues.domain_group`)."""
+VALIDATION_FOLDS = 4
+BATCH = 2
+CONTROL, PRIMARY = "supervised_pair", "cacps"
+ARMS = ("cps_uif", "cacps", "cps", "supervised_pair_mixall", "supervised_pair", "supervised", "upper_bound")
+"""Longest first, so that two parallel processes end together."""
+REPORT_ORDER = (
+    "supervised", "supervised_pair", "supervised_pair_mixall", "cps", "cps_uif", "cacps", "upper_bound",
+)  # fmt: skip
 CEILING = "coarse_labels"
-"""Column of the stored coarse labels scored like a prediction: the ceiling of a coarse-stage net."""
-DATA_FIELDS = ("labeled", "unlabeled", "test", "seed", "test_phase", "test_noise_hu")
-"""The settings that decide the phantoms: a work folder's data is reused while they stay the same."""
-ARMS = ("supervised", "supervised_pair", "cps", "cps_uif")
+DATA_FIELDS = ("labeled", "unlabeled", "test", "seed")
+BOOTSTRAP = 10_000
 
 
 @dataclass
 class Settings:
     """Everything that decides the data and the training runs (saved with the results)."""
 
-    labeled: int = 6
-    unlabeled: int = 32
-    test: int = 8
-    coarse_size: int = 32
-    epochs: int = 600
-    val_every: int = 25
+    labeled: int = 8
+    unlabeled: int = 48
+    test: int = 48
+    coarse_size: int = 48
+    steps: int = 1500
+    validations: int = 10
     seed: int = 0
-    train_seed: int = 0
-    test_phase: str = "arterial"
-    test_noise_hu: float = 25.0
+    train_seeds: tuple[int, ...] = (0, 1, 2)
     uif_keep: float = 0.5
     threads: int = 1
-    semi: tuple[str, ...] = ()
+    parallel: int = 2
+    extra: tuple[str, ...] = field(default_factory=tuple)
 
 
-QUICK = {"labeled": 6, "unlabeled": 6, "test": 2, "epochs": 10, "val_every": 5}
+QUICK = {"labeled": 6, "unlabeled": 4, "test": 4, "steps": 12, "validations": 2, "train_seeds": (0,)}
 """``--quick``: enough to run every step once."""
 
 
-def arm_overrides(arm: str, settings: Settings) -> list[str]:
+def arm_overrides(arm: str, settings: Settings, steps_per_epoch: int, seed: int, domains: Path) -> list[str]:
     """``key=value`` overrides of the tiny coarse config for one arm (store and output_dir apart)."""
     size = settings.coarse_size
+    rounds = 2 if arm == "cps_uif" else 1
+    steps = settings.steps // rounds
+    epochs = math.ceil(steps / steps_per_epoch)
     common = [
         f"input_size=[{size},{size},{size}]",
-        f"train.epochs={settings.epochs}",
-        f"train.val_every={settings.val_every}",
-        f"train.seed={settings.train_seed}",
+        f"train.epochs={epochs}",
+        f"train.max_steps={steps}",
+        f"train.val_every={max(1, epochs // max(1, settings.validations // rounds))}",
+        f"train.seed={seed}",
         "data.workers=0",
+        "semi.rampup_share=0.35",
     ]
-    if arm == "supervised":
-        return [*common, "semi.enabled=false"]
-    if arm == "supervised_pair":  # the CPS arm without its pseudo-label loss: the control for two nets and a pick
-        return [*common, "semi.enabled=true", "semi.rounds=1", "semi.weight=0"]
-    rounds = 1 if arm == "cps" else 2
-    return [*common, "semi.enabled=true", f"semi.rounds={rounds}", f"semi.uif_keep={settings.uif_keep}", *settings.semi]
+    if arm in ("supervised", "upper_bound"):
+        return [*common, "semi.enabled=false", "augment.fourier_sources=labeled", *settings.extra]
+    pair = [*common, "semi.enabled=true", "semi.rounds=1"]
+    if arm == "supervised_pair":
+        return [*pair, "semi.weight=0", "augment.fourier_sources=labeled", *settings.extra]
+    if arm == "supervised_pair_mixall":
+        return [*pair, "semi.weight=0", "augment.fourier_sources=all", *settings.extra]
+    semi = [*common, "semi.enabled=true", "semi.weight=1.0", "augment.fourier_sources=all"]
+    if arm == "cps":
+        return [*semi, "semi.rounds=1", *settings.extra]
+    if arm == "cps_uif":
+        return [
+            *semi, "semi.rounds=2", "semi.round_init=previous", f"semi.uif_keep={settings.uif_keep}",
+            f"semi.uif_domains={domains}", *settings.extra,
+        ]  # fmt: skip
+    if arm == "cacps":
+        return [
+            *semi, "semi.rounds=1", "semi.weak_strong=true", "semi.fourier_confidence=true", "semi.pseudo_dice=0.5",
+            *settings.extra,
+        ]  # fmt: skip
+    raise ValueError(f"unknown arm {arm!r}")
 
 
 # -- data ------------------------------------------------------------------------------------------
 def write_data(root: Path, settings: Settings) -> list[dict[str, Any]]:
-    """The phantoms: labeled cases in one domain, unlabeled ones in random domains, test cases shifted."""
+    """Labeled cases in one domain; unlabeled and test cases in random domains (unlabeled masks kept
+    aside in ``trainu_mask/`` for the upper bound)."""
     from segcore.phantom import write_dataset
     from segcore.phantom.tissues import PhantomDomain
 
-    labeled_domain = PhantomDomain(**LABELED_DOMAIN)
-    test_domain = PhantomDomain(phase=settings.test_phase, noise_sigma_hu=settings.test_noise_hu)
     workers = min(2, os.cpu_count() or 1)
     records = write_dataset(
-        root, settings.labeled, 0, 0, "small", settings.seed, workers=workers, domain=labeled_domain
+        root, settings.labeled, 0, 0, "small", settings.seed, workers=workers, domain=PhantomDomain(**LABELED_DOMAIN)
     )
     records += write_dataset(
-        root, 0, settings.unlabeled, settings.test, "small", settings.seed, workers=workers, val_domain=test_domain
+        root, 0, settings.unlabeled, settings.test, "small", settings.seed, workers=workers, unlabeled_masks=True
     )
     ids = [record["id"] for record in records]
     if len(set(ids)) != len(ids):
@@ -167,8 +187,23 @@ def write_data(root: Path, settings: Settings) -> list[dict[str, Any]]:
     return records
 
 
+def link_upper_bound_root(root: Path, upper: Path) -> None:
+    """A data root where the unlabeled cases are labeled too (symbolic links into ``root``)."""
+    from segcore.phantom.dataset import UNLABELED_MASK_DIR
+
+    for folder in ("train_images", "train_mask"):
+        (upper / folder).mkdir(parents=True, exist_ok=True)
+    pairs = [("train_images", "train_images"), ("train_mask", "train_mask"), ("trainu_images", "train_images")]
+    pairs.append((UNLABELED_MASK_DIR, "train_mask"))
+    for source, target in pairs:
+        for path in sorted((root / source).glob("*.nii.gz")):
+            link = upper / target / path.name
+            if not link.exists():
+                link.symlink_to(path.resolve())
+
+
 def prepare_store(root: Path, store: Path, settings: Settings) -> None:
-    """The LMDB store of the data root, whole scans at ``coarse_size``³ (cases already stored are kept)."""
+    """The LMDB store of a data root, whole scans at ``coarse_size``³ (cases already stored are kept)."""
     from data_prepare.prepare import PrepareConfig, run
     from segcore.config import load_config
 
@@ -181,92 +216,35 @@ def prepare_store(root: Path, store: Path, settings: Settings) -> None:
         raise RuntimeError(f"data_prepare failed on {len(report.failed)} case(s):\n{report.summary()}")
 
 
-# -- training --------------------------------------------------------------------------------------
-def _last_step(run_dir: Path) -> int:
-    """Steps validated so far in a run (every round), from its ``metrics.jsonl`` files."""
-    steps = 0
-    for path in run_dir.rglob("metrics.jsonl"):
-        lines = path.read_text().strip().splitlines()
-        if lines:
-            steps += json.loads(lines[-1])["step"]
-    return steps
-
-
 def steps_per_epoch(store_path: Path) -> int:
-    """Steps of one epoch: the training fold in batches of the tiny config's 2, the last partial batch dropped."""
+    """Steps of one epoch: the training fold in batches of 2, the last partial batch dropped."""
     from segcore.store import CaseStore
 
     store = CaseStore(store_path)
     train_ids, _ = store.fold(0)
     store.close()
-    return max(1, len(train_ids) // 2)
+    return max(1, len(train_ids) // BATCH)
 
 
-def train_arm(
-    arm: str, settings: Settings, store: Path, runs: Path, round0_from: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """Train one arm with ``coarse_seg/run.sh`` (or reuse an identical finished run); returns its record.
-
-    ``round0_from``: the record of the ``cps`` arm, whose run is round 0 of ``cps_uif``: it is
-    copied there and the command continues it with ``--resume`` (UIF, then round 1).
-    """
-    overrides = arm_overrides(arm, settings)
-    # Thread count is part of a run's identity: it changes the order of float sums, so the figures.
-    digest = hashlib.sha256(json.dumps([str(store), settings.threads, *overrides]).encode()).hexdigest()[:8]
-    run_dir = runs / f"{arm}-{digest}"
-    record_path = run_dir / "arm.json"
-    if record_path.exists():
-        record = json.loads(record_path.read_text())
-        print(f"{arm}: reusing {run_dir} (trained in {record['wall_s']:.0f} s)")
-        return record
-    if run_dir.exists():
-        raise RuntimeError(f"{run_dir} holds an unfinished run: remove it, or choose another --work")
-    command = [
-        "sh", "coarse_seg/run.sh", "--nproc", "1", "--device", "cpu", "--config", TRAIN_CONFIG,
-        f"store={store}", f"output_dir={run_dir}", *overrides,
-    ]  # fmt: skip
-    run_dir.mkdir(parents=True)
-    rounds = 2 if arm == "cps_uif" else 1
-    earlier_s = 0.0
-    if round0_from is not None:
-        ignore = shutil.ignore_patterns("arm.json", "train.log")
-        shutil.copytree(round0_from["run_dir"], run_dir / "round0", ignore=ignore)
-        command.append("--resume")
-        earlier_s = round0_from["wall_s"]
-    load_before = os.getloadavg()
+# -- one arm: train, then score both checkpoints --------------------------------------------------
+def train_arm(command: list[str], run_dir: Path, threads: int) -> float:
+    """Run (or resume) one training command; returns the wall time of this call."""
+    resumable = (run_dir / "last.pt").exists() or (run_dir / "round0" / "last.pt").exists()
+    if run_dir.exists() and not resumable:
+        shutil.rmtree(run_dir)  # started but never checkpointed: nothing to keep
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if resumable:
+        command = [*command, "--resume"]
     started = time.perf_counter()
-    with (run_dir / "train.log").open("w") as log:
-        env = {**os.environ, "OMP_NUM_THREADS": str(settings.threads)}
-        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        bar = tqdm(total=rounds * settings.epochs * steps_per_epoch(store), desc=f"train {arm}", unit="step")
-        while process.poll() is None:
-            time.sleep(2.0)
-            done = _last_step(run_dir)
-            if done != bar.n:
-                bar.update(done - bar.n)
-        bar.close()
-    wall = time.perf_counter() - started
-    if process.returncode != 0:
+    with (run_dir / "train.log").open("a") as log:
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        result = subprocess.run(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    if result.returncode != 0:
         tail = "\n".join((run_dir / "train.log").read_text().splitlines()[-20:])
-        raise RuntimeError(f"{arm}: {' '.join(command)} exited with {process.returncode}:\n{tail}")
-    record = {
-        "arm": arm,
-        "command": " ".join(command),
-        "run_dir": str(run_dir),
-        "rounds": rounds,
-        "round0_from": round0_from["run_dir"] if round0_from else None,
-        "wall_s": earlier_s + wall,
-        "this_command_s": wall,
-        "load_before": list(load_before),
-        "load_after": list(os.getloadavg()),
-    }
-    record_path.write_text(json.dumps(record, indent=1))
-    shared = f" (+ {earlier_s:.0f} s of round 0, shared with cps)" if earlier_s else ""
-    print(f"{arm}: trained in {wall:.0f} s{shared} -> {run_dir}")
-    return record
+        raise RuntimeError(f"{' '.join(command)} exited with {result.returncode}:\n{tail}")
+    return time.perf_counter() - started
 
 
-# -- evaluation ------------------------------------------------------------------------------------
 @torch.no_grad()
 def predict_coarse(nets: list[torch.nn.Module], image_hu: np.ndarray, hu_window: tuple[float, float]) -> np.ndarray:
     """Argmax ``(z, y, x)`` uint8 of the nets' mean softmax on a stored coarse image (HU, input size)."""
@@ -292,12 +270,13 @@ def to_original_grid(coarse_labels: np.ndarray, meta: dict[str, Any]) -> np.ndar
     return np.ascontiguousarray(reorientation.undo(canonical))
 
 
-def score_test_cases(store_path: Path, data_root: Path, coarse_labels_of: Callable[[dict], np.ndarray]) -> dict:
-    """FLARE22 DSC and NSD per organ, on the original grid, of a coarse label map of every test case.
+def score_test_cases(store_path: Path, data_root: Path, label_map_of) -> dict[str, dict[str, list[float]]]:
+    """Per test case ``{"dsc": [13 organs], "nsd": [...]}`` of a coarse label map, on the original grid.
 
-    ``coarse_labels_of`` maps a case's stored arrays to its ``(z, y, x)`` label map at the coarse size.
+    ``label_map_of`` maps a case's stored arrays to its ``(z, y, x)`` label map at the coarse size.
     """
     from segcore.evaluate import read_labels
+    from segcore.labels import ORGANS
     from segcore.metrics import score_case
     from segcore.store import CaseStore
 
@@ -305,127 +284,218 @@ def score_test_cases(store_path: Path, data_root: Path, coarse_labels_of: Callab
     cases = {}
     for case_id in store.ids("test"):
         meta = store.meta(case_id)
-        prediction = to_original_grid(coarse_labels_of(store.arrays(case_id)), meta)
+        prediction = to_original_grid(label_map_of(store.arrays(case_id)), meta)
         gt, geometry = read_labels(data_root / meta["label_path"])
         if gt.shape != prediction.shape:
             raise RuntimeError(f"{case_id}: prediction {prediction.shape} vs ground truth {gt.shape}")
         scores = score_case(gt, prediction, geometry.spacing_zyx)
-        cases[case_id] = {organ: asdict(score) for organ, score in scores.items()}
+        cases[case_id] = {metric: [round(getattr(scores[o], metric), 6) for o in ORGANS] for metric in ("dsc", "nsd")}
     store.close()
     return cases
 
 
-def evaluate_arm(checkpoint: Path, store_path: Path, data_root: Path) -> dict[str, Any]:
-    """Scores of one checkpoint's ensemble on the test cases, and which variant the checkpoint holds."""
+def score_checkpoint(checkpoint: Path, store_path: Path, data_root: Path) -> dict[str, Any]:
+    """Scores of one checkpoint's ensemble on the test cases."""
     from segcore.checkpoint import build_networks, load_checkpoint
 
     payload = load_checkpoint(checkpoint)
     networks = build_networks(payload)
-    nets = [networks[index] for index in payload["inference"]["ensemble"]]
+    nets = [networks[index].eval() for index in payload["inference"]["ensemble"]]
     hu_window = tuple(payload["inference"]["hu_window"])
     cases = score_test_cases(
         store_path, data_root, lambda arrays: predict_coarse(nets, arrays["coarse_image"], hu_window)
     )
     chosen = payload.get("metrics", {})
-    return {"cases": cases, "variant": chosen.get("variant", "net0"), "step": chosen.get("step")}
+    return {"cases": cases, "variant": chosen.get("variant", f"{len(nets)} net(s)"), "step": chosen.get("step")}
 
 
-def organ_means(cases: dict[str, dict[int, dict[str, float]]]) -> dict[int, dict[str, float]]:
-    from segcore.labels import ORGANS
-
+def run_job(job: dict[str, Any]) -> dict[str, Any]:
+    """Train one (seed, arm) and score its ``last.pt`` and ``best.pt``: one results line."""
+    torch.set_num_threads(job["threads"])
+    run_dir = Path(job["run_dir"])
+    load_before = os.getloadavg()
+    wall = train_arm(job["command"], run_dir, job["threads"])
+    last = run_dir / "last.pt"
+    if not last.exists():
+        last = sorted(run_dir.glob("round*/last.pt"))[-1]
+    started = time.perf_counter()
+    scores = {
+        name: score_checkpoint(path, Path(job["store"]), Path(job["data_root"]))
+        for name, path in (("last", last), ("best", run_dir / "best.pt"))
+    }
+    uif = run_dir / "round0" / "uif.csv"
     return {
-        organ: {metric: float(np.mean([case[organ][metric] for case in cases.values()])) for metric in ("dsc", "nsd")}
-        for organ in ORGANS
+        "seed": job["seed"],
+        "arm": job["arm"],
+        "run_dir": str(run_dir),
+        "command": " ".join(job["command"]),
+        "train_s": round(wall, 1),
+        "score_s": round(time.perf_counter() - started, 1),
+        "load_before": list(load_before),
+        "load_after": list(os.getloadavg()),
+        "uif_csv": uif.read_text() if uif.exists() else None,
+        "checkpoints": scores,
     }
 
 
-def case_mean_dsc(cases: dict[str, dict[int, dict[str, float]]]) -> dict[str, float]:
-    return {case_id: float(np.mean([score["dsc"] for score in organs.values()])) for case_id, organs in cases.items()}
-
-
 # -- report ----------------------------------------------------------------------------------------
-def table(results: dict[str, dict[str, Any]], trained: dict[str, dict[str, Any]]) -> tuple[str, list[list[str]]]:
-    """The printed table and its CSV rows (organ, then DSC and NSD per arm)."""
+def bootstrap_interval(values: np.ndarray, rng: np.random.Generator) -> tuple[float, float]:
+    """95 % percentile interval of the mean of ``values`` over resamples of its entries."""
+    if len(values) < 2:
+        return float("nan"), float("nan")
+    means = values[rng.integers(0, len(values), (BOOTSTRAP, len(values)))].mean(1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def organ_dsc(results: list[dict], arm: str, checkpoint: str, case_ids: list[str]) -> np.ndarray:
+    """``(seeds, cases, 13)`` DSC of ``arm`` over the seeds it has finished (seed order)."""
+    rows = sorted((r for r in results if r["arm"] == arm), key=lambda r: r["seed"])
+    return np.array([[r["checkpoints"][checkpoint]["cases"][c]["dsc"] for c in case_ids] for r in rows])
+
+
+def report(results: list[dict], subsets: dict[str, list[str]], ceiling: dict, settings: Settings) -> tuple[str, dict]:
+    """The printed report and its JSON figures."""
     from segcore.labels import ORGANS
-    from segcore.metrics import TOLERANCE_MM
 
-    arms = list(results)
-    means = {arm: organ_means(results[arm]["cases"]) for arm in arms}
-    width = 19
-    lines = [f"{'':<22}{'':>7}" + "".join(f"{arm:>{width}}" for arm in arms)]
-    lines.append(f"{'organ':<22}{'tol mm':>7}" + "".join(f"{'DSC':>{width - 9}}{'NSD':>9}" for _ in arms))
-    rows = [["organ", *[f"{arm}_{metric}" for arm in arms for metric in ("DSC", "NSD")]]]
-    for organ, name in ORGANS.items():
-        values = [means[arm][organ][metric] for arm in arms for metric in ("dsc", "nsd")]
-        lines.append(f"{name:<22}{TOLERANCE_MM[organ]:>7g}" + _cells(values, width))
-        rows.append([name, *[f"{value:.4f}" for value in values]])
-    mean_values = [float(np.mean([means[arm][o][m] for o in ORGANS])) for arm in arms for m in ("dsc", "nsd")]
-    lines.append(f"{'mean':<22}{'':>7}" + _cells(mean_values, width))
-    rows.append(["mean", *[f"{value:.4f}" for value in mean_values]])
-    lines.append("")
-    for arm in trained:
-        record, result = trained[arm], results[arm]
-        load = ", ".join(f"{value:.2f}" for value in record["load_after"])
-        kept = f"{result['variant']} at step {result['step']}"
-        shared = " (round 0 is the cps run)" if record.get("round0_from") else ""
-        lines.append(
-            f"{arm:<16} train {record['wall_s']:5.0f} s{shared}, load average at its end {load}; best.pt: {kept}"
-        )
-    for arm in trained:
-        for baseline in ("supervised", "supervised_pair"):
-            if baseline in results and arms.index(baseline) < arms.index(arm):
-                lines.append(f"{arm} - {baseline}: " + paired_difference(results[arm], results[baseline]))
-    return "\n".join(lines), rows
-
-
-def paired_difference(result: dict[str, Any], baseline: dict[str, Any]) -> str:
-    """Mean over test cases of the per-case mean DSC difference, with its standard error."""
-    mine, theirs = case_mean_dsc(result["cases"]), case_mean_dsc(baseline["cases"])
-    differences = np.array([mine[case_id] - theirs[case_id] for case_id in theirs])
-    error = differences.std(ddof=1) / math.sqrt(len(differences)) if len(differences) > 1 else float("nan")
-    return (
-        f"mean DSC {differences.mean():+.4f} ± {error:.4f} (standard error over {len(differences)} test cases; "
-        f"higher on {int((differences > 0).sum())}, lower on {int((differences < 0).sum())})"
+    names = list(ORGANS.values())
+    arms = [arm for arm in REPORT_ORDER if any(r["arm"] == arm for r in results)]
+    rng = np.random.default_rng(0)
+    lines, figures = [], {"settings": asdict(settings), "subsets": {k: len(v) for k, v in subsets.items()}}
+    lines.append(
+        f"ssl_gain: coarse stage {settings.coarse_size}^3, {settings.steps} steps per arm, {settings.labeled} labeled "
+        f"(portal venous, 10 HU; 2 validate), {settings.unlabeled} unlabeled + {settings.test} test in random domains; "
+        f"test subsets: " + ", ".join(f"{k} {len(v)} cases" for k, v in subsets.items())
     )
+    complete = {arm: sorted(r["seed"] for r in results if r["arm"] == arm) for arm in arms}
+    lines.append("seeds finished: " + ", ".join(f"{arm} {complete[arm]}" for arm in arms))
+
+    for checkpoint in ("last", "best"):
+        lines.append(f"\nMean DSC per seed ({checkpoint}.pt), subsets in-domain / shifted / all; training wall s")
+        for arm in arms:
+            cells = []
+            for r in sorted((r for r in results if r["arm"] == arm), key=lambda r: r["seed"]):
+                per = [
+                    np.mean([r["checkpoints"][checkpoint]["cases"][c]["dsc"] for c in ids]) for ids in subsets.values()
+                ]
+                cells.append(f"s{r['seed']}: " + "/".join(f"{v:.4f}" for v in per) + f" ({r['train_s']:.0f} s)")
+            lines.append(f"  {arm:<24}" + "  ".join(cells))
+    ceiling_means = [np.mean([np.mean(ceiling[c]["dsc"]) for c in ids]) for ids in subsets.values()]
+    lines.append(f"  {CEILING:<24}" + "/".join(f"{v:.4f}" for v in ceiling_means) + " (stored 48^3 labels)")
+
+    shifted = subsets["shifted"]
+    lines.append("\nPer-organ DSC, shifted subset, last.pt, mean over seeds and cases")
+    lines.append(f"{'organ':<22}" + "".join(f"{arm[:13]:>14}" for arm in arms) + f"{CEILING:>14}")
+    organ_table = {arm: organ_dsc(results, arm, "last", shifted).mean((0, 1)) for arm in arms}
+    ceiling_organs = np.array([ceiling[c]["dsc"] for c in shifted]).mean(0)
+    for o, name in enumerate(names):
+        lines.append(
+            f"{name:<22}" + "".join(f"{organ_table[a][o]:>14.4f}" for a in arms) + f"{ceiling_organs[o]:>14.4f}"
+        )
+    lines.append(
+        f"{'mean':<22}" + "".join(f"{organ_table[a].mean():>14.4f}" for a in arms) + f"{ceiling_organs.mean():>14.4f}"
+    )
+    figures["organ_dsc_shifted_last"] = {arm: organ_table[arm].tolist() for arm in arms}
+
+    figures["differences"] = {}
+    if CONTROL in arms:
+        for checkpoint in ("last", "best"):
+            lines.append(
+                f"\n{checkpoint}.pt minus {CONTROL}: per case, mean over common seeds; mean over cases "
+                f"[bootstrap 95 % interval]"
+            )
+            for arm in arms:
+                if arm == CONTROL:
+                    continue
+                common = sorted(set(complete[arm]) & set(complete[CONTROL]))
+                if not common:
+                    continue
+                cells = []
+                for subset, ids in subsets.items():
+                    mine = _seed_subset(results, arm, checkpoint, ids, common)
+                    theirs = _seed_subset(results, CONTROL, checkpoint, ids, common)
+                    per_case = (mine - theirs).mean(2).mean(0)
+                    low, high = bootstrap_interval(per_case, rng)
+                    cells.append(f"{subset} {per_case.mean():+.4f} [{low:+.4f}, {high:+.4f}]")
+                    figures["differences"][f"{arm}-{CONTROL}/{checkpoint}/{subset}"] = {
+                        "mean": float(per_case.mean()), "ci95": [low, high], "seeds": common,
+                    }  # fmt: skip
+                lines.append(f"  {arm:<24}" + "; ".join(cells) + f" (seeds {common})")
+
+    if PRIMARY in arms and CONTROL in arms:
+        common = sorted(set(complete[PRIMARY]) & set(complete[CONTROL]))
+        mine = _seed_subset(results, PRIMARY, "last", shifted, common)
+        theirs = _seed_subset(results, CONTROL, "last", shifted, common)
+        per_organ = (mine - theirs).mean((0, 1))
+        lines.append(f"\n{PRIMARY} minus {CONTROL} per organ, shifted subset, last.pt (seeds {common}):")
+        lines.append("  " + ", ".join(f"{name} {value:+.4f}" for name, value in zip(names, per_organ)))
+        per_seed = (mine - theirs).mean((1, 2))
+        lines.append("  per seed: " + ", ".join(f"s{s} {v:+.4f}" for s, v in zip(common, per_seed)))
+        gain = figures["differences"].get(f"{PRIMARY}-{CONTROL}/last/shifted", {})
+        worst = float(per_organ.min())
+        lines.append(
+            f"  target: gain >= +0.03 with the interval above 0 -> {gain.get('mean', float('nan')):+.4f} "
+            f"[{gain.get('ci95', [float('nan')] * 2)[0]:+.4f}, {gain.get('ci95', [float('nan')] * 2)[1]:+.4f}]; "
+            f"no organ worse by > 0.02 -> worst {names[int(per_organ.argmin())]} {worst:+.4f}; "
+            f"every seed positive -> {bool((per_seed > 0).all())}"
+        )
+        figures["primary_per_organ"] = dict(zip(names, per_organ.tolist()))
+        figures["primary_per_seed"] = dict(zip(map(str, common), per_seed.tolist()))
+    if "cps" in arms and "cps_uif" in arms:
+        common = sorted(set(complete["cps"]) & set(complete["cps_uif"]))
+        for subset, ids in subsets.items():
+            diff = _seed_subset(results, "cps_uif", "last", ids, common) - _seed_subset(
+                results, "cps", "last", ids, common
+            )
+            per_case = diff.mean(2).mean(0)
+            low, high = bootstrap_interval(per_case, rng)
+            lines.append(
+                f"cps_uif minus cps, {subset}, last.pt: {per_case.mean():+.4f} "
+                f"[{low:+.4f}, {high:+.4f}] (seeds {common})"
+            )
+    for r in results:
+        if r["uif_csv"]:
+            lines.append(f"UIF pick, seed {r['seed']}: {uif_per_domain(r['uif_csv'])}")
+    return "\n".join(lines), figures
 
 
-def _cells(values: list[float], width: int) -> str:
-    return "".join(f"{values[i]:>{width - 9}.4f}{values[i + 1]:>9.4f}" for i in range(0, len(values), 2))
+def _seed_subset(results: list[dict], arm: str, checkpoint: str, ids: list[str], seeds: list[int]) -> np.ndarray:
+    rows = {r["seed"]: r for r in results if r["arm"] == arm}
+    return np.array([[rows[s]["checkpoints"][checkpoint]["cases"][c]["dsc"] for c in ids] for s in seeds])
 
 
+def uif_per_domain(text: str) -> str:
+    import csv
+    import io
+
+    from segcore.training.uif import per_domain_summary
+
+    rows = list(csv.DictReader(io.StringIO(text)))
+    return per_domain_summary(rows, [row["case_id"] for row in rows if row["selected"] == "1"])
+
+
+# -- main ------------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
     defaults = Settings()
     parser = argparse.ArgumentParser(prog="bench.ssl_gain", description=__doc__.split("\n")[0])
-    parser.add_argument("--work", type=Path, help="folder for data, store, runs and results (default: a new temp dir)")
+    parser.add_argument("--work", type=Path, help="folder for data, stores, runs and results (default: a new temp dir)")
     parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}")
+    parser.add_argument("--report", action="store_true", help="only print the report of what has finished")
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
-    parser.add_argument("--labeled", type=int, default=defaults.labeled, help="labeled cases (a third validate)")
-    parser.add_argument("--unlabeled", type=int, default=defaults.unlabeled)
-    parser.add_argument("--test", type=int, default=defaults.test, help="held-out cases in the shifted domain")
-    parser.add_argument("--coarse-size", type=int, default=defaults.coarse_size, help="coarse array edge, voxels")
-    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="epochs per training round")
-    parser.add_argument("--val-every", type=int, default=defaults.val_every, help="epochs between validations")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="phantom and fold seed")
-    parser.add_argument(
-        "--train-seed", type=int, default=defaults.train_seed, help="training seed (initialisations, data order)"
-    )
-    parser.add_argument("--test-phase", default=defaults.test_phase, help="contrast phase of the test cases")
-    parser.add_argument("--test-noise-hu", type=float, default=defaults.test_noise_hu, help="their noise sigma")
-    parser.add_argument("--threads", type=int, default=defaults.threads, help="torch threads per training process")
+    for name in ("labeled", "unlabeled", "test", "coarse_size", "steps", "validations", "seed", "threads", "parallel"):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
+    parser.add_argument("--train-seeds", type=int, nargs="+", default=list(defaults.train_seeds))
     parser.add_argument("--uif-keep", type=float, default=defaults.uif_keep, help="share or count UIF keeps")
     parser.add_argument(
-        "--semi", action="append", default=[], metavar="KEY=VALUE",
-        help="override for both CPS arms, e.g. semi.weight=0.5 (repeatable)",
+        "--extra", action="append", default=[], metavar="KEY=VALUE",
+        help="config override for every arm (a different benchmark: results go to their own runs)",
     )  # fmt: skip
     args = parser.parse_args(argv)
-    for override in args.semi:
-        if not override.startswith("semi.") or "=" not in override:
-            parser.error(f"--semi {override!r}: expected semi.KEY=VALUE")
-    values = {name: getattr(args, name) for name in Settings.__dataclass_fields__ if name != "semi"}
-    explicit = {name for name in values if getattr(args, name) != getattr(defaults, name)}
+    values = {name: getattr(args, name) for name in Settings.__dataclass_fields__ if name != "extra"}
+    values["train_seeds"] = tuple(values["train_seeds"])
+    explicit = {name for name in values if values[name] != getattr(defaults, name)}
     if args.quick:
         values.update({name: value for name, value in QUICK.items() if name not in explicit})
-    return args, Settings(**values, semi=tuple(args.semi))
+    return args, Settings(**values, extra=tuple(args.extra))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -435,41 +505,95 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     data_settings = {name: getattr(settings, name) for name in DATA_FIELDS}
     data_key = hashlib.sha256(json.dumps(data_settings).encode()).hexdigest()[:8]
-    data_root, store = work / f"data_{data_key}", work / f"store_{data_key}_{settings.coarse_size}.lmdb"
-    print(f"ssl_gain: {work}; {settings}; load average {os.getloadavg()}, {os.cpu_count()} CPUs")
+    data_root, upper_root = work / f"data_{data_key}", work / f"data_{data_key}_all_labeled"
+    store = work / f"store_{data_key}_{settings.coarse_size}.lmdb"
+    upper_store = work / f"store_{data_key}_{settings.coarse_size}_all_labeled.lmdb"
+    manifest = work / f"cases_{data_key}.json"
+    results_path = work / "results.jsonl"
+    print(f"ssl_gain: {work}; {settings}; load average {os.getloadavg()}, {os.cpu_count()} CPUs", flush=True)
 
     started = time.perf_counter()
-    manifest = work / f"cases_{data_key}.json"
     if not manifest.exists():
         records = write_data(data_root, settings)
-        manifest.write_text(json.dumps({"settings": data_settings, "cases": records}, indent=1))
+        manifest.write_text(json.dumps(records, indent=1))
+    records = json.loads(manifest.read_text())
     prepare_store(data_root, store, settings)
-    print(f"ssl_gain: data and store ready in {time.perf_counter() - started:.0f} s")
+    if "upper_bound" in args.arms:
+        link_upper_bound_root(data_root, upper_root)
+        prepare_store(upper_root, upper_store, settings)
+    print(f"ssl_gain: data and stores ready in {time.perf_counter() - started:.0f} s", flush=True)
 
-    trained: dict[str, dict[str, Any]] = {}
-    for arm in args.arms:
-        round0_from = trained.get("cps") if arm == "cps_uif" else None
-        trained[arm] = train_arm(arm, settings, store, work / "runs", round0_from)
-    results = {}
-    for arm in tqdm(args.arms, desc="evaluate"):
-        results[arm] = evaluate_arm(Path(trained[arm]["run_dir"]) / "best.pt", store, data_root)
-    # What a perfect coarse net would score: the stored coarse labels, brought back the same way.
-    results[CEILING] = {"cases": score_test_cases(store, data_root, lambda arrays: np.array(arrays["coarse_label"]))}
-    text, rows = table(results, trained)
-    print(
-        f"\nCoarse stage ({settings.coarse_size}³), {settings.test} test phantoms in the {settings.test_phase} "
-        f"phase with {settings.test_noise_hu:g} HU noise; trained on {settings.labeled} labeled "
-        f"(portal venous, 10 HU; a third validate) + {settings.unlabeled} unlabeled (random domains), "
-        f"{settings.epochs} epochs per round, data seed {settings.seed}, training seed {settings.train_seed}"
-        + (f", {' '.join(settings.semi)}" if settings.semi else "")
-    )
-    print(text)
-    summary = {"settings": asdict(settings), "arms": args.arms, "trained": trained, "results": results, "table": text}
-    stem = work / f"ssl_gain_{hashlib.sha256(json.dumps([summary['settings'], args.arms]).encode()).hexdigest()[:8]}"
-    with stem.with_suffix(".csv").open("w", newline="") as stream:
-        csv.writer(stream).writerows(rows)
-    stem.with_suffix(".json").write_text(json.dumps(summary, indent=1))
-    print(f"\nssl_gain: total {time.perf_counter() - started:.0f} s; table in {stem}.csv, everything in {stem}.json")
+    from segcore.phantom.tissues import domain_group
+    from segcore.store import CaseStore
+
+    groups = {r["id"]: domain_group(r["domain"]) for r in records}
+    reader = CaseStore(store)
+    test_ids = reader.ids("test")
+    reader.close()
+    subsets = {
+        "in-domain": [c for c in test_ids if groups[c] == IN_DOMAIN],
+        "shifted": [c for c in test_ids if groups[c] != IN_DOMAIN],
+        "all": test_ids,
+    }
+    ceiling_path = work / f"ceiling_{data_key}_{settings.coarse_size}.json"
+    if not ceiling_path.exists():
+        ceiling = score_test_cases(store, data_root, lambda arrays: np.array(arrays["coarse_label"]))
+        ceiling_path.write_text(json.dumps(ceiling))
+    ceiling = json.loads(ceiling_path.read_text())
+
+    run_key = hashlib.sha256(json.dumps([asdict(settings)[k] for k in ("coarse_size", "steps", "validations",
+                             "uif_keep", "threads", "extra")] + [data_key]).encode()).hexdigest()[:8]  # fmt: skip
+    results = [json.loads(line) for line in results_path.read_text().splitlines()] if results_path.exists() else []
+    results = [r for r in results if r.get("run_key") == run_key]
+    done = {(r["seed"], r["arm"]) for r in results}
+    jobs = []
+    spe = {"main": steps_per_epoch(store)}
+    if "upper_bound" in args.arms:
+        spe["upper"] = steps_per_epoch(upper_store)
+    for seed in settings.train_seeds:
+        for arm in args.arms:
+            if (seed, arm) in done or args.report:
+                continue
+            upper = arm == "upper_bound"
+            arm_store = upper_store if upper else store
+            overrides = arm_overrides(arm, settings, spe["upper" if upper else "main"], seed, manifest)
+            run_dir = work / "runs" / run_key / f"seed{seed}" / arm
+            command = [
+                "sh", "coarse_seg/run.sh", "--nproc", "1", "--device", "cpu", "--config", TRAIN_CONFIG,
+                f"store={arm_store}", f"output_dir={run_dir}", *overrides,
+            ]  # fmt: skip
+            jobs.append({
+                "seed": seed, "arm": arm, "run_dir": str(run_dir), "command": command, "threads": settings.threads,
+                "store": str(store), "data_root": str(data_root),
+            })  # fmt: skip
+    if jobs:
+        print(f"ssl_gain: {len(jobs)} runs to train, {settings.parallel} at a time (run key {run_key})", flush=True)
+        with ProcessPoolExecutor(settings.parallel, mp_context=get_context("spawn")) as pool:
+            futures = {pool.submit(run_job, job): job for job in jobs}
+            for future in as_completed(futures):
+                job = futures[future]
+                try:
+                    line = {"run_key": run_key, **future.result()}
+                except Exception as error:  # one failed run must not lose the others
+                    print(f"ssl_gain: seed {job['seed']} {job['arm']} FAILED: {error}", flush=True)
+                    continue
+                with results_path.open("a") as stream:
+                    stream.write(json.dumps(line) + "\n")
+                results.append(line)
+                shifted = np.mean([np.mean(line["checkpoints"]["last"]["cases"][c]["dsc"]) for c in subsets["shifted"]])
+                print(
+                    f"ssl_gain: seed {job['seed']} {job['arm']}: trained in {line['train_s']:.0f} s, "
+                    f"last.pt shifted mean DSC {shifted:.4f} ({time.perf_counter() - started:.0f} s so far)",
+                    flush=True,
+                )
+    if not results:
+        print("ssl_gain: no finished runs yet")
+        return 1
+    text, figures = report(results, subsets, ceiling, settings)
+    print("\n" + text)
+    (work / "report.txt").write_text(text + "\n")
+    (work / "report.json").write_text(json.dumps(figures, indent=1))
+    print(f"\nssl_gain: total {time.perf_counter() - started:.0f} s; report in {work / 'report.txt'}")
     return 0
 
 

@@ -29,6 +29,7 @@ from segcore.phantom.generate import generate_case
 from segcore.phantom.tissues import PhantomDomain
 
 MANIFEST = "phantom_cases.json"
+UNLABELED_MASK_DIR = "trainu_mask"
 
 
 @dataclass(frozen=True)
@@ -77,15 +78,15 @@ def _is_full_field(seed: int, split: str, index: int) -> bool:
 
 
 def _make_case(task: tuple) -> dict:
-    out, split, index, seed, size, domain, threads = task
+    out, split, index, seed, size, domain, threads, mask_dir = task
     started = time.perf_counter()
     full_field = _is_full_field(seed, split, index)
     phantom = generate_case(case_seed(seed, split, index), size, domain, full_field=full_field, threads=threads)
     generated = time.perf_counter()
     spec, name = SPLITS[split], case_id(split, index)
     write_volume(Path(out) / spec.image_dir / f"{name}_0000.nii.gz", phantom.image, phantom.geometry)
-    if spec.mask_dir is not None:
-        write_volume(Path(out) / spec.mask_dir / f"{name}.nii.gz", phantom.label, phantom.geometry)
+    if mask_dir is not None:
+        write_volume(Path(out) / mask_dir / f"{name}.nii.gz", phantom.label, phantom.geometry)
     return {
         "id": name,
         "split": split,
@@ -109,6 +110,7 @@ def write_dataset(
     workers: int = 1,
     domain: PhantomDomain | None = None,
     val_domain: PhantomDomain | None = None,
+    unlabeled_masks: bool = False,
     progress: bool = True,
 ) -> list[dict]:
     """Generate phantoms and write them in the FLARE22 layout.
@@ -121,6 +123,8 @@ def write_dataset(
         workers: processes (1: in this process).
         domain: force this imaging domain on every case (None: each case draws its own).
         val_domain: force this domain on the validation cases only (a shifted test set).
+        unlabeled_masks: also write the unlabeled cases' labels, to ``trainu_mask/`` (a folder
+            ``data_prepare`` does not read: for upper-bound experiments that label everything).
         progress: show a progress bar.
 
     Returns:
@@ -133,13 +137,17 @@ def write_dataset(
             raise ValueError(f"{name}: number of cases must not be negative (got {count})")
     # Worker processes already fill the CPUs: one thread each.
     threads = 1 if workers > 1 else None
+    mask_dirs = {name: spec.mask_dir for name, spec in SPLITS.items()}
+    if unlabeled_masks:
+        mask_dirs["unlabeled"] = UNLABELED_MASK_DIR
     tasks = [
-        (str(out), split, index, seed, size, (val_domain or domain) if split == "val" else domain, threads)
+        (str(out), split, index, seed, size, (val_domain or domain) if split == "val" else domain, threads,
+         mask_dirs[split])
         for split, count in (("labeled", labeled), ("unlabeled", unlabeled), ("val", val))
         for index in range(count)
-    ]
-    for spec in SPLITS.values():
-        for folder in (spec.image_dir, spec.mask_dir):
+    ]  # fmt: skip
+    for name, spec in SPLITS.items():
+        for folder in (spec.image_dir, mask_dirs[name]):
             if folder is not None:
                 (out / folder).mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=len(tasks), desc="phantoms", unit="case", disable=not progress)

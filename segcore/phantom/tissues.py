@@ -163,3 +163,19 @@ def hu_lookup(domain: PhantomDomain, rng: np.random.Generator) -> np.ndarray:
             table[code] = ORAL_CONTRAST_HU + rng.normal(0.0, 30.0)
     table[[code for code in range(256) if code != Tissue.AIR]] += domain.hu_offset
     return table
+
+
+NOISY_HU = 15.0
+"""Noise above this makes a domain "noisy" in :func:`domain_group`."""
+
+
+def domain_group(domain: dict | PhantomDomain) -> str:
+    """A short name of a domain's group: the phase, ``+noisy`` above :data:`NOISY_HU`, ``+oral``
+    with oral contrast (``portal_venous`` is the routine, low-noise group)."""
+    values = domain.as_dict() if isinstance(domain, PhantomDomain) else domain
+    name = values["phase"]
+    if values["noise_sigma_hu"] > NOISY_HU:
+        name += "+noisy"
+    if values.get("oral_contrast"):
+        name += "+oral"
+    return name

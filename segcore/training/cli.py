@@ -3,10 +3,12 @@
 With ``semi.enabled`` and ``semi.rounds`` = R > 1 one command runs the whole schedule: round 0
 trains CPS on every unlabeled case; after each round, UIF scores the unlabeled cases with that
 round's two nets and stores the most certain ``semi.uif_keep`` as a selection; the next round
-trains (from a fresh initialisation) on that selection. Round ``r`` lives in
-``output_dir/round<r>/`` (with ``uif.csv``: the scores that chose round r+1's cases), and the
-last round's ``best.pt`` is copied to ``output_dir/best.pt``. ``--resume`` skips finished
-rounds and continues the unfinished one.
+trains on that selection, from a fresh initialisation (``semi.round_init: fresh``) or from the
+previous round's nets (``previous``). Round ``r`` lives in ``output_dir/round<r>/`` (with
+``uif.csv``: the scores that chose round r+1's cases), and the last round's ``best.pt`` is
+copied to ``output_dir/best.pt``. ``--resume`` skips finished rounds and continues the
+unfinished one. Selections are named ``uif_<stage>_fold<f>_round<r>_<run>``, ``<run>`` a hash of
+the resolved output dir and the config, so runs sharing a store never overwrite each other's.
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ from typing import Any
 import yaml
 
 from segcore import distributed
-from segcore.config import load_config
+from segcore.config import config_hash, load_config
 from segcore.training.cps import CPSConfig
 from segcore.training.engine import Stage, Trainer
-from segcore.training.uif import run_uif
+from segcore.training.uif import load_domains, run_uif
 
 
 def round_configs(config: dict[str, Any], stage: Stage) -> list[dict[str, Any]]:
@@ -33,11 +35,14 @@ def round_configs(config: dict[str, Any], stage: Stage) -> list[dict[str, Any]]:
     if not semi.enabled or semi.rounds <= 1:
         return [config]
     base, rounds = Path(config["output_dir"]), []
+    run_key = config_hash({"output_dir": str(base.resolve()), "config": config})[:8]
     for r in range(semi.rounds):
         round_config = copy.deepcopy(config)
         round_config["output_dir"] = str(base / f"round{r}")
         if r > 0:
-            round_config["semi"]["unlabeled_split"] = f"uif_{stage.name}_fold{config['fold']}_round{r}"
+            round_config["semi"]["unlabeled_split"] = f"uif_{stage.name}_fold{config['fold']}_round{r}_{run_key}"
+            if semi.round_init == "previous":
+                round_config["semi"]["init_from"] = str(base / f"round{r - 1}" / "last.pt")
         rounds.append(round_config)
     return rounds
 
@@ -95,9 +100,10 @@ def main(stage: Stage, default_config: Path, argv: list[str] | None = None) -> i
             train_round(round_config, stage, context, args.resume)  # a finished round resumes to a no-op
             if r + 1 < len(rounds) and not (Path(rounds[r + 1]["output_dir"]) / "last.pt").exists():
                 selection = rounds[r + 1]["semi"]["unlabeled_split"]
+                semi = CPSConfig(**config["semi"])
                 kept = run_uif(
-                    output_dir / "last.pt", Path(config["store"]), CPSConfig(**config["semi"]).uif_keep,
-                    selection, output_dir / "uif.csv", context,
+                    output_dir / "last.pt", Path(config["store"]), semi.uif_keep, selection,
+                    output_dir / "uif.csv", context, domains=load_domains(semi.uif_domains),
                 )  # fmt: skip
                 if context.is_main:
                     print(f"{stage.name}_seg: UIF kept {len(kept)} unlabeled cases as {selection!r} for round {r + 1}")

@@ -1,17 +1,34 @@
 """Cross pseudo supervision (CPS): two networks of one architecture teach each other.
 
 Each step draws a labeled batch (the epoch's loader) and, independently, an unlabeled batch
-(an endless stream reshuffled at every pass). Both go through both networks; for net ``i``::
+(an endless stream reshuffled at every pass). For net ``i`` with teacher ``j = 1 - i``::
 
-    loss_i = DiceCE(logits_i[labeled], labels)
-           + weight * ramp(step) * CE(logits_i[all], argmax(logits_j).detach())
+    loss_i = DiceCE(logits_i[labeled], labels) + weight * ramp(step) * pseudo_i
 
-The pseudo-label is the other net's argmax over all 14 channels, background included (ids
-0..13, exactly the label ids: no shift, no dropped channel), and no gradient reaches the net
-that made it. ``ramp`` is the sigmoid ramp-up ``exp(-5 (1 - t)^2)``, ``t = step / rampup_steps``
-clipped to 1. Options: ``confidence`` ignores voxels where the teacher's top probability is
-lower; ``class_balance`` weights the pseudo-label cross-entropy by inverse square-root class
-frequency in the batch so small organs (adrenals, esophagus) are not drowned by background.
+Plain CPS (the defaults): both nets see the same augmented view of the labeled and the
+unlabeled batch, and ``pseudo_i = CE(logits_i, argmax(logits_j).detach())`` over both batches.
+The pseudo-label is the teacher's argmax over all 14 channels, background included (ids 0..13,
+exactly the label ids: no shift, no dropped channel), and no gradient reaches the teacher.
+
+Options (each a ``semi`` config switch):
+
+* ``weak_strong``: the teacher labels the unlabeled batch's weak view (spatial augmentation
+  only, no gradient), the student learns on its strong view (the same geometry, plus the
+  intensity augmentation and Fourier mixing), on the unlabeled batch only.
+* ``fourier_confidence`` (with ``weak_strong``; seed 002, Yao et al., AAAI 2022): the teacher's
+  logits on the weak and on the strong (Fourier-augmented) view are averaged for the
+  pseudo-label, and each voxel's cross-entropy is weighted by ``exp(-KL(p_strong || p_weak))``,
+  the agreement of the teacher with itself across the two views (1: the style change did not
+  move its prediction; towards 0: it did, so the pseudo-label there is unreliable).
+* ``pseudo_dice``: weight of a soft Dice term against the pseudo-label over the organs present in it.
+* ``confidence``: ignore voxels where the teacher's top probability is lower.
+* ``class_balance``: weight the cross-entropy by inverse square-root class frequency in the batch.
+* ``rampup_share``: the sigmoid ramp-up ``exp(-5 (1 - t)^2)`` lasts this share of the run's
+  planned steps (``train.epochs``; else ``rampup_steps``), so the pseudo-labels weigh in once
+  the nets find the organs.
+* ``init_from``: start both nets from a checkpoint holding two (e.g. the supervised pair's ``last.pt``).
+* ``weight: 0``: no pseudo-labels at all (the two-net supervised control); the unlabeled batch is
+  then only drawn when Fourier mixing takes amplitude sources from it.
 """
 
 from __future__ import annotations
@@ -23,10 +40,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from segcore.training.augment import random_fourier_mix
 from segcore.training.data import EndlessBatches, StoreDataset, make_loader
 from segcore.training.losses import dice_ce_loss
 
 IGNORE = -100  # F.cross_entropy's default ignore_index
+ROUND_INITS = ("fresh", "previous")
 
 
 def sigmoid_rampup(step: int, rampup_steps: int) -> float:
@@ -47,6 +66,20 @@ def pseudo_labels(teacher_logits: torch.Tensor, confidence: float | None = None)
     return labels
 
 
+def view_consistent_labels(weak_logits: torch.Tensor, strong_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pseudo-labels and per-voxel confidence from a teacher's logits on two views ``(N, C, z, y, x)``.
+
+    Returns:
+        ``(labels, confidence)``: the argmax of the mean logits, and ``exp(-KL(p_strong || p_weak))``
+        in (0, 1], both ``(N, z, y, x)`` and detached.
+    """
+    with torch.no_grad():
+        weak, strong = weak_logits.detach().float(), strong_logits.detach().float()
+        log_weak, log_strong = F.log_softmax(weak, dim=1), F.log_softmax(strong, dim=1)
+        divergence = (log_strong.exp() * (log_strong - log_weak)).sum(1).clamp_min(0)
+        return ((weak + strong) / 2).argmax(1), torch.exp(-divergence)
+
+
 def balanced_weights(targets: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Per-class weights ``1/sqrt(frequency)`` over the non-ignored voxels, mean 1 over present classes."""
     valid = targets[targets != IGNORE]
@@ -56,34 +89,104 @@ def balanced_weights(targets: torch.Tensor, num_classes: int) -> torch.Tensor:
     return weights / weights[present].mean() if present.any() else torch.ones_like(weights)
 
 
+def present_organ_dice_loss(student_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """1 - mean soft Dice over the (sample, organ) pairs present in ``targets`` (ignored voxels left out)."""
+    valid = (targets != IGNORE).unsqueeze(1)
+    probabilities = torch.softmax(student_logits.float(), dim=1) * valid
+    one_hot = F.one_hot(targets.clamp_min(0), student_logits.shape[1]).movedim(-1, 1).float() * valid
+    dims = tuple(range(2, one_hot.ndim))
+    present = one_hot.sum(dims)[:, 1:] > 0
+    if not present.any():
+        return student_logits.sum() * 0.0
+    intersection = (probabilities * one_hot).sum(dims)[:, 1:]
+    denominator = (probabilities.sum(dims) + one_hot.sum(dims))[:, 1:]
+    dice = (2 * intersection + 1e-5) / (denominator + 1e-5)
+    return 1 - dice[present].mean()
+
+
+def pseudo_label_loss(
+    student_logits: torch.Tensor,
+    targets: torch.Tensor,
+    voxel_weights: torch.Tensor | None = None,
+    class_balance: bool = False,
+    dice_weight: float = 0.0,
+) -> torch.Tensor:
+    """Cross-entropy of the student against pseudo-labels ``targets`` (``IGNORE`` left out).
+
+    Args:
+        student_logits: ``(N, C, z, y, x)``.
+        targets: ``(N, z, y, x)`` class ids or ``IGNORE``.
+        voxel_weights: ``(N, z, y, x)`` confidence per voxel: the loss is the mean over the
+            non-ignored voxels of weight x cross-entropy.
+        class_balance: weight classes by :func:`balanced_weights`.
+        dice_weight: add this times :func:`present_organ_dice_loss`.
+    """
+    if (targets == IGNORE).all():
+        return student_logits.sum() * 0.0
+    class_weights = (
+        balanced_weights(targets, student_logits.shape[1]).to(student_logits.device) if class_balance else None
+    )
+    logits = student_logits.float()
+    if voxel_weights is None:
+        loss = F.cross_entropy(logits, targets, weight=class_weights, ignore_index=IGNORE)
+    else:
+        per_voxel = F.cross_entropy(logits, targets, weight=class_weights, ignore_index=IGNORE, reduction="none")
+        valid = targets != IGNORE
+        loss = (per_voxel * voxel_weights.to(per_voxel))[valid].sum() / valid.sum()
+    if dice_weight:
+        loss = loss + dice_weight * present_organ_dice_loss(student_logits, targets)
+    return loss
+
+
 def cps_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
     confidence: float | None = None,
     class_balance: bool = False,
 ) -> torch.Tensor:
-    """Cross-entropy of the student against the teacher's pseudo-labels (no gradient to the teacher)."""
-    targets = pseudo_labels(teacher_logits, confidence)
-    if (targets == IGNORE).all():
-        return student_logits.sum() * 0.0
-    weight = balanced_weights(targets, student_logits.shape[1]).to(student_logits.device) if class_balance else None
-    return F.cross_entropy(student_logits.float(), targets, weight=weight, ignore_index=IGNORE)
+    """Plain CPS: cross-entropy of the student against the teacher's argmax (no gradient to the teacher)."""
+    return pseudo_label_loss(student_logits, pseudo_labels(teacher_logits, confidence), class_balance=class_balance)
 
 
 @dataclass
 class CPSConfig:
-    """The ``semi`` section of a stage config."""
+    """The ``semi`` section of a stage config (unknown keys are refused)."""
 
     enabled: bool = False
     networks: int = 2
     weight: float = 1.0  # lambda
     rampup_steps: int = 1000
+    rampup_share: float | None = None  # share of the run's steps; overrides rampup_steps
+    weak_strong: bool = False
+    fourier_confidence: bool = False
+    pseudo_dice: float = 0.0
     confidence: float | None = None
     class_balance: bool = False
+    init_from: str | None = None  # checkpoint with two nets to start from
     unlabeled_split: str = "unlabeled"  # or a UIF selection name
     unlabeled_batch_size: int = 2
+    allow_body_crops: bool = False  # fine stage: accept unlabeled crops from the body outline
     rounds: int = 1  # > 1: UIF between rounds (see segcore.training.uif)
+    round_init: str = "fresh"  # rounds after the first: fresh initialisation, or the previous round's nets
     uif_keep: float = 0.1  # share (< 1) or count (>= 1) of unlabeled cases kept by UIF
+    uif_domains: str | None = None  # JSON of case domains (a phantom_cases.json): UIF reports picks per domain
+
+    def __post_init__(self) -> None:
+        if self.fourier_confidence and not self.weak_strong:
+            raise ValueError("semi.fourier_confidence needs semi.weak_strong: the teacher compares its two views")
+        if self.round_init not in ROUND_INITS:
+            raise ValueError(f"semi.round_init={self.round_init!r}: expected one of {ROUND_INITS}")
+        if self.rampup_share is not None and not 0 <= self.rampup_share <= 1:
+            raise ValueError(f"semi.rampup_share={self.rampup_share}: expected a share in [0, 1]")
+
+    def rampup_length(self, total_steps: int) -> int:
+        """Steps of the ramp-up in a run of ``total_steps``."""
+        return round(self.rampup_share * total_steps) if self.rampup_share is not None else self.rampup_steps
+
+
+def body_crop_ids(store, ids: list[str]) -> list[str]:
+    """The cases among ``ids`` whose fine crop was taken from the body outline, not the organs."""
+    return [case_id for case_id in ids if store.meta(case_id).get("crop_source") == "body_heuristic"]
 
 
 class CPSStep:
@@ -97,35 +200,74 @@ class CPSStep:
         ids = trainer.unlabeled_ids()
         if not ids:
             raise ValueError(f"{store.path}: split {config.unlabeled_split!r} holds no cases for CPS")
-        dataset = StoreDataset(store, ids, trainer.stage.image_key)
-        context, data_cfg = trainer.context, trainer.config["data"]
-        loader = make_loader(
-            dataset, config.unlabeled_batch_size, context.rank, context.world_size,
-            trainer.config["train"]["seed"] + 1, data_cfg["workers"], pin=context.device.type == "cuda",
-        )  # fmt: skip
-        self.unlabeled = EndlessBatches(loader)
+        if trainer.stage.name == "fine" and not config.allow_body_crops:
+            body = body_crop_ids(store, ids)
+            if body:
+                raise ValueError(
+                    f"{store.path}: {len(body)} of {len(ids)} unlabeled fine crops (e.g. {', '.join(body[:3])}) "
+                    "come from the body outline, not the organs, so the fine nets would learn from whole "
+                    "bodies: run data_prepare with --coarse-weights (a trained coarse model) first, or set "
+                    "semi.allow_body_crops=true"
+                )
+        self.rampup_steps = config.rampup_length(trainer.total_steps)  # the planned run, as the LR schedule
+        self.unlabeled = None
+        if config.weight > 0 or trainer.augment.fourier_sources == "all":
+            dataset = StoreDataset(store, ids, trainer.stage.image_key)
+            context, data_cfg = trainer.context, trainer.config["data"]
+            loader = make_loader(
+                dataset, config.unlabeled_batch_size, context.rank, context.world_size,
+                trainer.config["train"]["seed"] + 1, data_cfg["workers"], pin=context.device.type == "cuda",
+            )  # fmt: skip
+            self.unlabeled = EndlessBatches(loader)
 
     def __call__(self, trainer, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        config, augment = self.config, trainer.augment
         images, labels = trainer.prepare_batch(batch, with_labels=True)
-        unlabeled, _ = trainer.prepare_batch(self.unlabeled.next(), with_labels=False)
-        inputs = torch.cat([images, unlabeled])
         count = images.shape[0]
+        if self.unlabeled is None:  # weight 0, Fourier sources from the labeled batch: the supervised pair
+            images = random_fourier_mix(images, images, augment, trainer.generator)
+            return trainer.supervised_updates(images, labels)
+        weak, strong, _ = trainer.prepare_views(self.unlabeled.next(), with_labels=False)
+        pool = torch.cat([images, strong]) if augment.fourier_sources == "all" else images
+        images = random_fourier_mix(images, pool, augment, trainer.generator)
+        if augment.fourier_sources == "all":
+            strong = random_fourier_mix(strong, pool, augment, trainer.generator, offset=count)
+        if config.weight == 0:
+            return trainer.supervised_updates(images, labels)
+
+        teacher_weak = None
+        if config.weak_strong:
+            with torch.no_grad(), trainer.autocast():
+                teacher_weak = [member.module(weak).float() for member in trainer.members]
+        inputs = torch.cat([images, strong])
         logits = []
         for member in trainer.members:
             with trainer.autocast():
                 logits.append(member.net(inputs))
-        weight = self.config.weight * sigmoid_rampup(trainer.step, self.config.rampup_steps)
+        weight = config.weight * sigmoid_rampup(trainer.step, self.rampup_steps)
         logs = {"cps_weight": weight}
         for i, member in enumerate(trainer.members):
             supervised = dice_ce_loss(logits[i][:count], labels)
-            pseudo = cps_loss(logits[i], logits[1 - i], self.config.confidence, self.config.class_balance)
+            teacher = logits[1 - i].detach()
+            voxel_weights = None
+            if config.weak_strong:
+                student = logits[i][count:]
+                if config.fourier_confidence:
+                    targets, voxel_weights = view_consistent_labels(teacher_weak[1 - i], teacher[count:])
+                    logs[f"confidence/net{i}"] = float(voxel_weights.mean())
+                else:
+                    targets = pseudo_labels(teacher_weak[1 - i], config.confidence)
+            else:
+                student, targets = logits[i], pseudo_labels(teacher, config.confidence)
+            pseudo = pseudo_label_loss(student, targets, voxel_weights, config.class_balance, config.pseudo_dice)
             trainer.optimize(member, supervised + weight * pseudo)
             logs[f"loss/net{i}"] = supervised.item()
             logs[f"cps/net{i}"] = pseudo.item()
         return logs
 
     def state_dict(self) -> dict[str, Any]:
-        return self.unlabeled.state_dict()
+        return self.unlabeled.state_dict() if self.unlabeled is not None else {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.unlabeled.load_state_dict(state)
+        if self.unlabeled is not None and state:
+            self.unlabeled.load_state_dict(state)

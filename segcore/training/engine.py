@@ -35,7 +35,7 @@ from segcore.intensity import normalize_hu
 from segcore.labels import NUM_CLASSES, ORGANS
 from segcore.networks import build_network
 from segcore.store import CaseStore
-from segcore.training.augment import AugmentConfig, augment_batch
+from segcore.training.augment import AugmentConfig, augment_views, random_fourier_mix
 from segcore.training.cps import CPSConfig, CPSStep
 from segcore.training.data import StoreDataset, make_loader
 from segcore.training.losses import dice_ce_loss, hard_dice_per_class
@@ -107,18 +107,13 @@ def make_optimizer(params, config: dict[str, Any]) -> torch.optim.Optimizer:
 
 
 class SupervisedStep:
-    """One optimisation step of every member on a labeled batch: Dice + cross-entropy."""
+    """One optimisation step of every member on a labeled batch: Dice + cross-entropy
+    (Fourier amplitude sources: the labeled batch itself)."""
 
     def __call__(self, trainer: Trainer, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         images, labels = trainer.prepare_batch(batch, with_labels=True)
-        logs = {}
-        for i, member in enumerate(trainer.members):
-            with trainer.autocast():
-                logits = member.net(images)
-            loss = dice_ce_loss(logits, labels)
-            trainer.optimize(member, loss)
-            logs[f"loss/net{i}"] = loss.item()
-        return logs
+        images = random_fourier_mix(images, images, trainer.augment, trainer.generator)
+        return trainer.supervised_updates(images, labels)
 
 
 @dataclass
@@ -136,6 +131,8 @@ class Trainer:
         self.input_size = [int(s) for s in config["input_size"]]
         self.semi = CPSConfig(**config.get("semi") or {})
         self.augment = AugmentConfig(**config.get("augment", {}))
+        if self.augment.fourier_sources == "all" and not self.semi.enabled:
+            raise ValueError("augment.fourier_sources=all needs semi.enabled (the unlabeled batches are the sources)")
         self.generator = torch.Generator().manual_seed(train_cfg["seed"] * 1000 + context.rank)
         self.amp_dtype, use_scaler = autocast_settings(train_cfg.get("amp", "auto"), context.device)
         self.output_dir = Path(config["output_dir"])
@@ -152,8 +149,11 @@ class Trainer:
         )  # fmt: skip
         self.steps_per_epoch = len(self.loader)
         self.total_steps = train_cfg["epochs"] * self.steps_per_epoch
+        self.max_steps = min(self.total_steps, train_cfg.get("max_steps") or self.total_steps)
 
         self.members = [self._make_member(i, use_scaler) for i in range(self.network_count())]
+        if self.semi.enabled and self.semi.init_from:
+            self.load_weights(Path(self.semi.init_from))
         self.step, self.best_dice, self.history, self.finished = 0, -math.inf, [], False
         self.step_fn = CPSStep(self, self.semi) if self.semi.enabled else SupervisedStep()
         self.tensorboard = None
@@ -189,14 +189,32 @@ class Trainer:
             return nullcontext()
         return torch.autocast(self.context.device.type, dtype=self.amp_dtype)
 
-    def prepare_batch(self, batch: dict[str, torch.Tensor], with_labels: bool, augment: bool = True):
-        """Move to the device, augment (at input size), window and z-score."""
+    def prepare_views(self, batch: dict[str, torch.Tensor], with_labels: bool, augment: bool = True):
+        """Move to the device, augment at input size, window and z-score: ``(weak, strong, labels)``
+        (one geometry; the strong view adds the intensity augmentation)."""
         device = self.context.device
         images = batch["image"].to(device, non_blocking=True).float()
         labels = batch["label"].to(device, non_blocking=True).long() if with_labels else None
         config = self.augment if augment else AugmentConfig(enabled=False)
-        images, labels = augment_batch(images, labels, self.input_size, config, self.generator)
-        return normalize_hu(images, tuple(self.config["data"]["hu_window"])), labels
+        window = tuple(self.config["data"]["hu_window"])
+        weak, strong, labels = augment_views(images, labels, self.input_size, config, self.generator, window)
+        return normalize_hu(weak, window), normalize_hu(strong, window), labels
+
+    def prepare_batch(self, batch: dict[str, torch.Tensor], with_labels: bool, augment: bool = True):
+        """The strong view and labels of :meth:`prepare_views`."""
+        _, strong, labels = self.prepare_views(batch, with_labels, augment)
+        return strong, labels
+
+    def supervised_updates(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        """One Dice + cross-entropy step of every member on a prepared labeled batch."""
+        logs = {}
+        for i, member in enumerate(self.members):
+            with self.autocast():
+                logits = member.net(images)
+            loss = dice_ce_loss(logits, labels)
+            self.optimize(member, loss)
+            logs[f"loss/net{i}"] = loss.item()
+        return logs
 
     def optimize(self, member: Member, loss: torch.Tensor) -> None:
         member.optimizer.zero_grad(set_to_none=True)
@@ -211,7 +229,7 @@ class Trainer:
     # -- hooks ---------------------------------------------------------------------------------
     def fit(self) -> None:
         """Train until ``train.epochs`` (or ``train.max_steps``), validating every ``val_every`` epochs."""
-        max_steps = self.config["train"].get("max_steps") or self.total_steps
+        max_steps = self.max_steps
         start_epoch, skip = divmod(self.step, self.steps_per_epoch)
         for epoch in range(start_epoch, self.config["train"]["epochs"]):
             if self.step >= max_steps:
@@ -348,6 +366,14 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
         }
         save_checkpoint(self.output_dir / "last.pt", payload)
+
+    def load_weights(self, path: Path) -> None:
+        """Start every member from the matching net of a checkpoint (``semi.init_from``)."""
+        payload = load_checkpoint(path, map_location=self.context.device)
+        if len(payload["networks"]) < len(self.members):
+            raise ValueError(f"{path}: holds {len(payload['networks'])} network(s), {len(self.members)} needed")
+        for member, entry in zip(self.members, payload["networks"]):
+            member.module.load_state_dict(entry["state_dict"])
 
     def resume(self) -> None:
         """Continue from ``output_dir/last.pt``: weights, optimizer, schedule, scaler, step and RNG."""

@@ -1,14 +1,23 @@
 """Uncertainty-based image filtering (UIF): keep the unlabeled cases the two CPS nets are sure of.
 
 Every unlabeled case of the store is run through both networks of a CPS checkpoint (at the
-stage's input size, no augmentation). With ``p`` the average of their softmax outputs and
-``F`` the voxels whose ``argmax(p)`` is an organ:
+stage's input size, no augmentation). With ``p_a``, ``p_b`` their softmax outputs and ``p``
+their average, both scores are taken over the union of the two nets' foreground, so that
+organs one net or both nets half-see count, and a case where both nets miss organs does not
+look certain:
 
-* ``entropy``: mean over ``F`` of ``-sum_c p_c log p_c``, divided by ``log 14`` (0..1);
-* ``disagreement``: ``1 - `` the mean Dice, over the organs either net predicts, between the
-  two nets' argmax maps (0: identical maps, 1: no overlap);
+* ``entropy``: mean of ``-sum_c p_c log p_c / log 14`` (0..1) over the voxels where either net
+  gives the organs together at least ``FOREGROUND_DOUBT`` of its probability (an organ both
+  nets miss with doubt is in there; confidently empty background is not);
+* ``disagreement``: the share of the voxels that either net labels as an organ where the two
+  argmax maps differ (0: identical maps, 1: no voxel agrees);
 * ``uncertainty = entropy + disagreement``; a case where no organ is predicted gets the
   maximum (2), since nothing can be learned from it.
+
+Both are voxel-level, so an organ weighs by its size: a small organ found imperfectly no longer
+makes a case look as uncertain as a liver the nets disagree on. When the cases' imaging
+domains are known (phantoms: ``phantom_cases.json``), ``uif.csv`` has a ``domain`` column and
+the pick is summarised per domain.
 
 The ``keep`` most certain cases (lowest uncertainty; ties by case id, so the pick is
 reproducible) become a named selection in the store, and every score goes to a CSV::
@@ -23,12 +32,13 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from segcore import distributed
@@ -37,31 +47,47 @@ from segcore.intensity import normalize_hu
 from segcore.resample import resize_image
 from segcore.store import CaseStore, StoreWriter
 
-FIELDS = ["case_id", "entropy", "disagreement", "uncertainty", "foreground_fraction", "selected"]
+FIELDS = ["case_id", "domain", "entropy", "disagreement", "uncertainty", "foreground_fraction", "selected"]
+FOREGROUND_DOUBT = 0.25
+"""A voxel is in the entropy region when either net gives the organs together at least this probability."""
 
 
 def uncertainty_scores(probabilities_a: torch.Tensor, probabilities_b: torch.Tensor) -> dict[str, float]:
     """Scores of one case from the two nets' softmax outputs ``(C, z, y, x)``."""
-    mean = (probabilities_a + probabilities_b) / 2
-    foreground = mean.argmax(0) > 0
+    labels_a, labels_b = probabilities_a.argmax(0), probabilities_b.argmax(0)
+    foreground = (labels_a > 0) | (labels_b > 0)
     if not foreground.any():
         return {"entropy": 1.0, "disagreement": 1.0, "uncertainty": 2.0, "foreground_fraction": 0.0}
+    doubtful = (1 - torch.minimum(probabilities_a[0], probabilities_b[0])) >= FOREGROUND_DOUBT
+    region = foreground | doubtful
+    mean = (probabilities_a + probabilities_b) / 2
     entropy_map = -(mean * mean.clamp_min(1e-12).log()).sum(0)
-    entropy = float(entropy_map[foreground].mean()) / math.log(mean.shape[0])
-    labels_a, labels_b = probabilities_a.argmax(0), probabilities_b.argmax(0)
-    dices = []
-    for organ in range(1, mean.shape[0]):
-        in_a, in_b = labels_a == organ, labels_b == organ
-        total = int(in_a.sum() + in_b.sum())
-        if total:
-            dices.append(2 * int((in_a & in_b).sum()) / total)
-    disagreement = 1 - float(np.mean(dices)) if dices else 1.0
+    entropy = float(entropy_map[region].mean()) / math.log(mean.shape[0])
+    disagreement = float((labels_a != labels_b)[foreground].float().mean())
     return {
         "entropy": entropy,
         "disagreement": disagreement,
         "uncertainty": entropy + disagreement,
         "foreground_fraction": float(foreground.float().mean()),
     }
+
+
+def load_domains(path: str | Path | None) -> dict[str, str] | None:
+    """Case id -> imaging domain group from a ``phantom_cases.json`` (None: no file given)."""
+    if path is None:
+        return None
+    from segcore.phantom.tissues import domain_group
+
+    records = json.loads(Path(path).read_text())
+    return {record["id"]: domain_group(record["domain"]) for record in records if "domain" in record}
+
+
+def per_domain_summary(rows: list[dict], selected: list[str]) -> str:
+    """``domain: kept/total`` for every domain of ``rows`` (each row has a ``domain``)."""
+    chosen = set(selected)
+    totals = Counter(row["domain"] for row in rows)
+    kept = Counter(row["domain"] for row in rows if row["case_id"] in chosen)
+    return ", ".join(f"{domain} {kept[domain]}/{totals[domain]}" for domain in sorted(totals))
 
 
 @torch.no_grad()
@@ -97,7 +123,7 @@ def write_scores(rows: list[dict], selected: list[str], path: Path) -> None:
         writer = csv.DictWriter(stream, fieldnames=FIELDS)
         writer.writeheader()
         for row in sorted(rows, key=lambda row: (row["uncertainty"], row["case_id"])):
-            writer.writerow({**row, "selected": int(row["case_id"] in chosen)})
+            writer.writerow({"domain": "", **row, "selected": int(row["case_id"] in chosen)})
 
 
 def run_uif(
@@ -108,9 +134,11 @@ def run_uif(
     csv_path: Path,
     context: distributed.DistributedContext,
     source_split: str = "unlabeled",
+    domains: dict[str, str] | None = None,
 ) -> list[str]:
     """Score the ``source_split`` cases (shared over the ranks), store the pick as ``name``.
 
+    ``domains``: case id -> imaging domain, written to the CSV and summarised per domain.
     Every rank returns the selected ids. Call it with no store reader open (LMDB readers are lock-free).
     """
     payload = load_checkpoint(checkpoint, map_location=context.device)
@@ -123,8 +151,13 @@ def run_uif(
     store.close()
     rows = [row for part in distributed.gather_objects(mine) for row in part]
     selected = select(rows, keep)
+    if domains is not None:
+        for row in rows:
+            row["domain"] = domains.get(row["case_id"], "unknown")
     if context.is_main:
         write_scores(rows, selected, csv_path)
+        if domains is not None:
+            print(f"uif: {name}: kept per domain: {per_domain_summary(rows, selected)}")
         with StoreWriter(store_path) as writer:
             writer.put_selection(name, selected)
     distributed.barrier()
@@ -138,12 +171,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", type=float, default=0.1, help="share (< 1) or count (>= 1) to keep")
     parser.add_argument("--name", required=True, help="name of the selection written to the store")
     parser.add_argument("--csv", type=Path, help="scores CSV (default: next to the checkpoint, <name>.csv)")
+    parser.add_argument("--domains", type=Path, help="phantom_cases.json: report the pick per imaging domain")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     args = parser.parse_args(argv)
     context = distributed.setup(args.device)
     try:
         csv_path = args.csv or args.checkpoint.with_name(f"{args.name}.csv")
-        selected = run_uif(args.checkpoint, args.store, args.keep, args.name, csv_path, context)
+        selected = run_uif(
+            args.checkpoint, args.store, args.keep, args.name, csv_path, context, domains=load_domains(args.domains)
+        )
     except (ValueError, KeyError, FileNotFoundError) as error:
         print(f"uif: {error}", file=sys.stderr)
         return 1

@@ -141,8 +141,9 @@ def test_two_process_cps_rounds_keep_both_nets_in_sync_and_store_the_uif_pick(ti
     with (out / "round0" / "uif.csv").open() as stream:
         table = list(csv.DictReader(stream))
     store = CaseStore(store_copy)
-    picked = store.selection("uif_coarse_fold0_round1")
+    name = load_checkpoint(out / "round1" / "last.pt")["config"]["semi"]["unlabeled_split"]
+    assert name.startswith("uif_coarse_fold0_round1_")  # unique per run: hash of output dir and config
+    picked = store.selection(name)
     assert len(table) == len(store.ids("unlabeled")) and len(picked) == 2
     assert picked == [row["case_id"] for row in table[:2]]
-    assert load_checkpoint(out / "round1" / "last.pt")["config"]["semi"]["unlabeled_split"] == "uif_coarse_fold0_round1"
     assert (out / "best.pt").read_bytes() == (out / "round1" / "best.pt").read_bytes()
