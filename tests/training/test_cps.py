@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import subprocess
 from pathlib import Path
@@ -13,8 +14,20 @@ import torch.nn.functional as F
 
 from segcore.checkpoint import load_checkpoint
 from segcore.store import CaseStore, StoreWriter
-from segcore.training.cps import IGNORE, balanced_weights, cps_loss, pseudo_labels, sigmoid_rampup
-from segcore.training.uif import select, uncertainty_scores, write_scores
+from segcore.training.cli import round_configs
+from segcore.training.cps import (
+    IGNORE,
+    CPSConfig,
+    balanced_weights,
+    cps_loss,
+    present_organ_dice_loss,
+    pseudo_label_loss,
+    pseudo_labels,
+    sigmoid_rampup,
+    view_consistent_labels,
+)
+from segcore.training.engine import Stage
+from segcore.training.uif import load_domains, per_domain_summary, select, uncertainty_scores, write_scores
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -147,3 +160,124 @@ def test_two_process_cps_rounds_keep_both_nets_in_sync_and_store_the_uif_pick(ti
     assert len(table) == len(store.ids("unlabeled")) and len(picked) == 2
     assert picked == [row["case_id"] for row in table[:2]]
     assert (out / "best.pt").read_bytes() == (out / "round1" / "best.pt").read_bytes()
+
+
+def test_view_consistent_labels_trust_voxels_where_the_teachers_views_agree():
+    weak = torch.full((1, 14, 1, 1, 3), -4.0)
+    weak[0, 5, 0, 0, :] = 4.0  # aorta everywhere on the weak view
+    strong = weak.clone()
+    strong[0, 5, 0, 0, 1] = -4.0  # the style change moved the middle voxel ...
+    strong[0, 6, 0, 0, 1] = 6.0  # ... to the IVC, more sharply than the weak view's aorta
+    labels, confidence = view_consistent_labels(weak, strong)
+    assert labels.flatten().tolist() == [5, 6, 5]  # argmax of the mean logits
+    assert confidence[0, 0, 0, 0] == pytest.approx(1.0) and confidence[0, 0, 0, 2] == pytest.approx(1.0)
+    p_weak, p_strong = torch.softmax(weak[0, :, 0, 0, 1], 0), torch.softmax(strong[0, :, 0, 0, 1], 0)
+    kl = float((p_strong * (p_strong.log() - p_weak.log())).sum())
+    assert confidence[0, 0, 0, 1] == pytest.approx(math.exp(-kl), rel=1e-4) and kl > 1
+
+
+def test_voxel_weights_scale_each_voxels_cross_entropy():
+    student = torch.randn((1, 14, 1, 1, 3), requires_grad=True)
+    targets = torch.tensor([[[[2, 7, IGNORE]]]])
+    weights = torch.tensor([[[[1.0, 0.0, 1.0]]]])
+    per_voxel = F.cross_entropy(student[..., :2], targets[..., :2], reduction="none")
+    # Mean over the non-ignored voxels of weight x CE: the zero-weight voxel counts in the mean, not the sum.
+    torch.testing.assert_close(pseudo_label_loss(student, targets, weights), per_voxel[..., 0].sum() / 2)
+    pseudo_label_loss(student, targets, weights).backward()
+    assert student.grad[..., 1].abs().sum() == 0 and student.grad[..., 0].abs().sum() > 0
+
+
+def test_pseudo_dice_counts_only_organs_present_in_the_pseudo_label():
+    targets = torch.zeros((1, 4, 4, 4), dtype=torch.long)
+    targets[0, :2] = 1  # liver in half the volume; no other organ
+    perfect = F.one_hot(targets, 14).movedim(-1, 1).float() * 40.0
+    assert present_organ_dice_loss(perfect, targets).item() == pytest.approx(0.0, abs=1e-4)
+    wrong = perfect.clone()
+    wrong[:, 3] = wrong[:, 1] + 20  # spleen predicted where the liver is
+    loss = present_organ_dice_loss(wrong, targets)
+    assert loss.item() == pytest.approx(1.0, abs=1e-3)  # liver Dice 0; absent spleen is not averaged in
+    ignored = targets.clone()
+    ignored[0, :2] = IGNORE
+    assert present_organ_dice_loss(wrong, ignored).item() == 0.0  # no organ left to score
+    with_dice = pseudo_label_loss(wrong, targets, dice_weight=0.5)
+    assert with_dice.item() == pytest.approx(pseudo_label_loss(wrong, targets).item() + 0.5 * loss.item(), rel=1e-5)
+
+
+def test_rampup_share_and_config_checks():
+    assert CPSConfig(rampup_share=0.35).rampup_length(1000) == 350
+    assert CPSConfig(rampup_steps=40).rampup_length(1000) == 40
+    with pytest.raises(ValueError, match="weak_strong"):
+        CPSConfig(fourier_confidence=True)
+    with pytest.raises(ValueError, match="round_init"):
+        CPSConfig(round_init="warm")
+    with pytest.raises(TypeError):
+        CPSConfig(rampup_sharee=0.3)  # a typo is refused
+
+
+def test_uif_does_not_call_a_case_certain_because_both_nets_missed_its_small_organs():
+    """Both nets confident on the liver; the adrenal either found by both, or missed by both with doubt."""
+
+    def case(adrenal_probability: float) -> torch.Tensor:
+        probabilities = torch.zeros((14, 8, 8, 8))
+        probabilities[0] = 0.99
+        probabilities[2] = 0.01
+        probabilities[:, 1:5, 1:5, 1:5] = 0.0
+        probabilities[1, 1:5, 1:5, 1:5], probabilities[0, 1:5, 1:5, 1:5] = 0.95, 0.05
+        probabilities[:, 6, 6, 6] = 0.0
+        probabilities[7, 6, 6, 6], probabilities[0, 6, 6, 6] = adrenal_probability, 1 - adrenal_probability
+        return probabilities
+
+    found, missed = case(0.9), case(0.4)
+    rows = [
+        {"case_id": "found", **uncertainty_scores(found, found)},
+        {"case_id": "missed", **uncertainty_scores(missed, missed)},
+    ]
+    assert rows[1]["uncertainty"] > rows[0]["uncertainty"]  # scored only over argmax foreground it would rank first
+    assert select(rows, 1) == ["found"]
+
+
+def test_uif_disagreement_is_voxel_level_so_organs_weigh_by_size():
+    liver_only = torch.zeros((14, 8, 8, 8))
+    liver_only[0] = 1.0
+    liver_only[:, :4] = 0.0
+    liver_only[1, :4] = 1.0  # 256 liver voxels
+    other = liver_only.clone()
+    other[:, 7, 7, 7] = 0.0
+    other[8, 7, 7, 7] = 1.0  # one net adds a one-voxel adrenal
+    scores = uncertainty_scores(liver_only, other)
+    assert scores["disagreement"] == pytest.approx(1 / 257)  # per-organ Dice averaging would say 0.5
+
+
+def test_uif_reports_its_pick_per_domain(tmp_path):
+    manifest = tmp_path / "phantom_cases.json"
+    domain = {"phase": "arterial", "noise_sigma_hu": 30.0, "oral_contrast": False}
+    manifest.write_text(json.dumps([
+        {"id": "a", "domain": domain}, {"id": "b", "domain": {**domain, "phase": "portal_venous", "noise_sigma_hu": 8}},
+        {"id": "c", "domain": domain},
+    ]))  # fmt: skip
+    domains = load_domains(manifest)
+    assert domains == {"a": "arterial+noisy", "b": "portal_venous", "c": "arterial+noisy"}
+    rows = [{"case_id": case_id, "domain": domains[case_id]} for case_id in "abc"]
+    assert per_domain_summary(rows, ["a", "b"]) == "arterial+noisy 1/2, portal_venous 1/1"
+    write_scores([{**row, "entropy": 0, "disagreement": 0, "uncertainty": 0, "foreground_fraction": 0}
+                  for row in rows], ["a"], tmp_path / "uif.csv")  # fmt: skip
+    with (tmp_path / "uif.csv").open() as stream:
+        assert [row["domain"] for row in csv.DictReader(stream)] == [
+            "arterial+noisy",
+            "portal_venous",
+            "arterial+noisy",
+        ]
+
+
+def test_uif_selection_names_are_unique_per_run_and_stable(tmp_path):
+    config = {"output_dir": str(tmp_path / "run_a"), "fold": 0, "semi": {"enabled": True, "rounds": 2}}
+    stage = Stage("coarse", "coarse_image", "coarse_label")
+    name_a = round_configs(config, stage)[1]["semi"]["unlabeled_split"]
+    assert name_a == round_configs(json.loads(json.dumps(config)), stage)[1]["semi"]["unlabeled_split"]
+    other_dir = {**config, "output_dir": str(tmp_path / "run_b")}
+    other_keep = {**config, "semi": {**config["semi"], "uif_keep": 0.3}}
+    names = {name_a, *(round_configs(c, stage)[1]["semi"]["unlabeled_split"] for c in (other_dir, other_keep))}
+    assert len(names) == 3 and all(n.startswith("uif_coarse_fold0_round1_") for n in names)
+    previous = {**config, "semi": {**config["semi"], "round_init": "previous"}}
+    assert round_configs(previous, stage)[1]["semi"]["init_from"] == str(tmp_path / "run_a" / "round0" / "last.pt")
+    assert "init_from" not in round_configs(config, stage)[1]["semi"]

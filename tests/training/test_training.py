@@ -13,6 +13,7 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 from coarse_seg.train import STAGE as COARSE
+from fine_seg.train import STAGE as FINE
 from segcore.checkpoint import build_networks, load_checkpoint
 from segcore.config import load_config
 from segcore.intensity import normalize_hu
@@ -116,6 +117,54 @@ def test_resume_continues_at_the_saved_step_lr_and_optimizer_state(semi, tiny_st
     for resumed_net, straight_net in zip(resumed["networks"], straight["networks"]):
         for name, expected in straight_net["state_dict"].items():
             torch.testing.assert_close(resumed_net["state_dict"][name], expected, msg=name)
+
+
+def test_confidence_aware_cps_with_fourier_mixing_trains_and_logs_its_confidence(tiny_store, tmp_path):
+    semi = [
+        "semi.enabled=true", "semi.unlabeled_batch_size=1", "semi.weak_strong=true", "semi.fourier_confidence=true",
+        "semi.pseudo_dice=0.5", "augment.fourier_sources=all", "augment.fourier_probability=1.0",
+    ]  # fmt: skip
+    payload = train(tiny_store, tmp_path / "cacps", *semi)
+    assert payload["training_state"]["finished"] and len(payload["networks"]) == 2
+    logged = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "python"), "-c", TENSORBOARD_TAGS, str(tmp_path / "cacps" / "tensorboard")],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert "train/confidence/net0" in logged and "train/cps/net1" in logged
+
+
+TENSORBOARD_TAGS = """
+import sys
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+events = EventAccumulator(sys.argv[1]); events.Reload(); print(" ".join(events.Tags()["scalars"]))
+"""
+
+
+def test_init_from_starts_both_nets_from_a_pairs_checkpoint(tiny_store, tmp_path):
+    pair = train(tiny_store, tmp_path / "pair", "semi.enabled=true", "semi.weight=0", "train.epochs=1")
+    # With a zero learning rate the nets cannot move: what comes out is what went in.
+    started = train(
+        tiny_store, tmp_path / "started", "semi.enabled=true", "semi.unlabeled_batch_size=1", "train.epochs=1",
+        "optimizer.lr=0.0", f"semi.init_from={tmp_path / 'pair' / 'last.pt'}",
+    )  # fmt: skip
+    for mine, source in zip(started["networks"], pair["networks"]):
+        for name, value in source["state_dict"].items():
+            torch.testing.assert_close(mine["state_dict"][name], value, msg=name)
+    assert not torch.equal(
+        started["networks"][0]["state_dict"]["stem.0.weight"], started["networks"][1]["state_dict"]["stem.0.weight"]
+    )
+
+
+def test_fine_stage_cps_refuses_unlabeled_crops_from_the_body_outline(tiny_store, tmp_path, capsys):
+    # The tiny store was prepared without --coarse-weights: its unlabeled fine crops are whole bodies.
+    argv = [
+        "--config", str(ROOT / "fine_seg" / "config.tiny.yaml"), "--device", "cpu", f"store={tiny_store}",
+        "train.epochs=1", "semi.enabled=true", "semi.unlabeled_batch_size=1",
+    ]  # fmt: skip
+    assert main(FINE, ROOT, [*argv, f"output_dir={tmp_path / 'refused'}"]) == 1
+    error = capsys.readouterr().err
+    assert "body outline" in error and "--coarse-weights" in error and str(tiny_store) in error
+    assert main(FINE, ROOT, [*argv, f"output_dir={tmp_path / 'allowed'}", "semi.allow_body_crops=true"]) == 0
 
 
 def test_fresh_run_refuses_to_overwrite_and_resume_needs_a_run(tiny_store, tmp_path, capsys):
