@@ -1,8 +1,16 @@
 """Process-group set-up, read once from torchrun's variables.
 
 Launch: ``torchrun --nproc-per-node N -m coarse_seg.train ...`` (``sh coarse_seg/run.sh --nproc N``).
-NCCL when the process drives a GPU, Gloo on CPUs. A plain ``python -m`` start (no torchrun
+On GPUs the process group has two backends, NCCL for CUDA tensors and Gloo for CPU tensors
+(``"cpu:gloo,cuda:nccl"``): NCCL alone refuses a CPU tensor ("No backend type associated with
+device type cpu"), and some collectives carry CPU tensors by nature (validation sums built from
+``.cpu()`` values, pickled objects). On CPUs, Gloo. A plain ``python -m`` start (no torchrun
 variables) is a world of one and needs no process group.
+
+Every collective of the project goes through this module: :func:`all_reduce_sum` (validation
+sums), :func:`gather_objects` (checkpoint RNG states and weight digests, UIF scores, predict's
+errors and summary), :func:`barrier` (UIF). DDP's gradient all-reduce runs inside
+``DistributedDataParallel`` on the model's device.
 """
 
 from __future__ import annotations
@@ -43,6 +51,16 @@ def resolve_device(preference: str = "auto", local_rank: int = 0) -> torch.devic
     return torch.device("cuda", local_rank % torch.cuda.device_count())
 
 
+ACCELERATOR_BACKEND = "nccl"
+"""The backend of CUDA tensors (tests put an NCCL-like stand-in here)."""
+
+
+def process_group_backend(device_type: str) -> str:
+    """The ``init_process_group`` backend for processes on ``device_type``: Gloo on CPUs; on GPUs
+    NCCL for CUDA tensors and Gloo for CPU ones, so no tensor meets a backend that refuses it."""
+    return f"cpu:gloo,cuda:{ACCELERATOR_BACKEND}" if device_type == "cuda" else "gloo"
+
+
 def setup(device: str = "auto", timeout_minutes: float = 30.0) -> DistributedContext:
     """Read RANK / LOCAL_RANK / WORLD_SIZE and join the process group when there is more than one process."""
     rank = int(os.environ.get("RANK", 0))
@@ -52,8 +70,7 @@ def setup(device: str = "auto", timeout_minutes: float = 30.0) -> DistributedCon
     if resolved.type == "cuda":
         torch.cuda.set_device(resolved)
     if world_size > 1 and not dist.is_initialized():
-        backend = "nccl" if resolved.type == "cuda" else "gloo"
-        dist.init_process_group(backend, timeout=timedelta(minutes=timeout_minutes))
+        dist.init_process_group(process_group_backend(resolved.type), timeout=timedelta(minutes=timeout_minutes))
     return DistributedContext(rank, local_rank, world_size, resolved)
 
 
@@ -64,7 +81,7 @@ def cleanup() -> None:
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum a tensor over all ranks (in place); a no-op for a world of one."""
+    """Sum a tensor over all ranks (in place), on the CPU or the GPU; a no-op without a process group."""
     if dist.is_initialized():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
