@@ -85,10 +85,21 @@ def probe_output(net: nn.Module, input_size) -> list[float]:
     return logits.mean(dim=(0, 2, 3, 4)).tolist()
 
 
+def unwrap(net: nn.Module) -> nn.Module:
+    """The plain network inside ``DistributedDataParallel`` and ``torch.compile`` wrappers."""
+    while True:
+        if hasattr(net, "_orig_mod"):  # torch.compile
+            net = net._orig_mod
+        elif isinstance(net, nn.parallel.DistributedDataParallel):
+            net = net.module
+        else:
+            return net
+
+
 def network_entry(net: nn.Module, input_size=None) -> dict[str, Any]:
     """The checkpoint entry of one network: architecture, constructor arguments, weights and,
     when ``input_size`` is given, its :func:`probe_output` at that size."""
-    net = getattr(net, "module", net)  # unwrap DistributedDataParallel
+    net = unwrap(net)
     entry = {**network_spec(net), "state_dict": net.state_dict()}
     if input_size is not None:
         entry["probe"] = probe_output(net, input_size)
@@ -98,9 +109,10 @@ def network_entry(net: nn.Module, input_size=None) -> dict[str, Any]:
 def weights_digest(net: nn.Module) -> str:
     """SHA-256 of a network's parameters and buffers: equal digests mean bit-identical weights."""
     digest = hashlib.sha256()
-    for name, tensor in getattr(net, "module", net).state_dict().items():
+    for name, tensor in unwrap(net).state_dict().items():
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        # Logical (C) order whatever the memory format: a channels-last net has the digest of its plain twin.
+        digest.update(tensor.detach().cpu().flatten().contiguous().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 

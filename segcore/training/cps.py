@@ -237,13 +237,10 @@ class CPSStep:
 
         teacher_weak = None
         if config.weak_strong:
-            with torch.no_grad(), trainer.autocast():
-                teacher_weak = [member.module(weak).float() for member in trainer.members]
+            with torch.no_grad():
+                teacher_weak = [trainer.run(member.module, weak).float() for member in trainer.members]
         inputs = torch.cat([images, strong])
-        logits = []
-        for member in trainer.members:
-            with trainer.autocast():
-                logits.append(member.net(inputs))
+        logits = [trainer.run(member.net, inputs) for member in trainer.members]
         weight = config.weight * sigmoid_rampup(trainer.step, self.rampup_steps)
         logs = {"cps_weight": weight}
         for i, member in enumerate(trainer.members):

@@ -30,7 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from segcore import distributed
-from segcore.checkpoint import load_checkpoint, make_payload, network_entry, save_checkpoint, weights_digest
+from segcore.checkpoint import load_checkpoint, make_payload, network_entry, save_checkpoint, unwrap, weights_digest
 from segcore.intensity import normalize_hu
 from segcore.labels import NUM_CLASSES, ORGANS
 from segcore.networks import build_network
@@ -61,7 +61,8 @@ class Member:
 
     @property
     def module(self) -> nn.Module:
-        return getattr(self.net, "module", self.net)
+        """The plain network (no DDP or compile wrapper): weights, checkpoints, no-grad passes."""
+        return unwrap(self.net)
 
 
 def poly_schedule(total_steps: int, warmup_steps: int, power: float = 0.9):
@@ -92,6 +93,16 @@ def autocast_settings(amp: str, device: torch.device) -> tuple[torch.dtype | Non
     if amp == "bf16":
         return torch.bfloat16, False
     raise ValueError(f"amp={amp!r}: expected auto, fp16, bf16 or off")
+
+
+def use_channels_last(setting: str | bool, device: torch.device) -> bool:
+    """``train.channels_last``: ``auto`` (on CUDA, where cuDNN's 3-D convolutions are faster in
+    channels-last-3d), true or false."""
+    if setting == "auto":
+        return device.type == "cuda"
+    if isinstance(setting, bool):
+        return setting
+    raise ValueError(f"train.channels_last={setting!r}: expected auto, true or false")
 
 
 def make_optimizer(params, config: dict[str, Any]) -> torch.optim.Optimizer:
@@ -135,6 +146,7 @@ class Trainer:
             raise ValueError("augment.fourier_sources=all needs semi.enabled (the unlabeled batches are the sources)")
         self.generator = torch.Generator().manual_seed(train_cfg["seed"] * 1000 + context.rank)
         self.amp_dtype, use_scaler = autocast_settings(train_cfg.get("amp", "auto"), context.device)
+        self.channels_last = use_channels_last(train_cfg.get("channels_last", "auto"), context.device)
         self.output_dir = Path(config["output_dir"])
 
         self.store = CaseStore(config["store"])
@@ -175,9 +187,13 @@ class Trainer:
         # Differently seeded initialisations (cross pseudo supervision needs two distinct nets).
         torch.manual_seed(self.config["train"]["seed"] + 7919 * index)
         net = build_network(net_cfg["arch"], **net_cfg.get("init_args", {})).to(self.context.device)
+        if self.channels_last:
+            net = net.to(memory_format=torch.channels_last_3d)
         if self.context.distributed:
             device_ids = [self.context.device.index] if self.context.device.type == "cuda" else None
             net = DistributedDataParallel(net, device_ids=device_ids)
+        if self.config["train"].get("compile", False):
+            net = torch.compile(net)
         optimizer = make_optimizer(net.parameters(), self.config["optimizer"])
         warmup = int(self.config["optimizer"].get("warmup_steps", 0))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_schedule(self.total_steps, warmup))
@@ -188,6 +204,13 @@ class Trainer:
         if self.amp_dtype is None:
             return nullcontext()
         return torch.autocast(self.context.device.type, dtype=self.amp_dtype)
+
+    def run(self, net: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """Logits of ``net`` on a prepared batch, in the memory format and autocast of this run."""
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last_3d)
+        with self.autocast():
+            return net(images)
 
     def prepare_views(self, batch: dict[str, torch.Tensor], with_labels: bool, augment: bool = True):
         """Move to the device, augment at input size, window and z-score: ``(weak, strong, labels)``
@@ -209,9 +232,7 @@ class Trainer:
         """One Dice + cross-entropy step of every member on a prepared labeled batch."""
         logs = {}
         for i, member in enumerate(self.members):
-            with self.autocast():
-                logits = member.net(images)
-            loss = dice_ce_loss(logits, labels)
+            loss = dice_ce_loss(self.run(member.net, images), labels)
             self.optimize(member, loss)
             logs[f"loss/net{i}"] = loss.item()
         return logs
@@ -282,10 +303,7 @@ class Trainer:
             item = dataset[self.val_ids.index(case_id)]
             batch = {"image": item["image"][None], "label": item["label"][None]}
             images, labels = self.prepare_batch(batch, with_labels=True, augment=False)
-            probabilities = []
-            for member in self.members:
-                with self.autocast():
-                    probabilities.append(torch.softmax(member.module(images).float(), dim=1))
+            probabilities = [torch.softmax(self.run(m.module, images).float(), dim=1) for m in self.members]
             predictions = [p.argmax(1) for p in probabilities]
             if len(self.members) > 1:
                 predictions.append(torch.stack(probabilities).mean(0).argmax(1))

@@ -212,3 +212,15 @@ def test_amp_settings_per_device_including_yaml_off(tmp_path):
     config.write_text("train: {amp: auto}\n")
     off = load_config(config, ["train.amp=off"])["train"]["amp"]  # YAML 1.1 reads it as False
     assert autocast_settings(off, cuda) == (None, False)
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "compile"])
+def test_channels_last_and_compiled_nets_train_like_the_plain_ones(layout, tiny_store, tmp_path):
+    """The GPU speed switches, forced on the CPU: same weights (up to float order), plain checkpoints."""
+    switch = "train.channels_last=true" if layout == "channels_last" else "train.compile=true"
+    plain = train(tiny_store, tmp_path / "plain", "train.epochs=1", "train.channels_last=false")
+    fast = train(tiny_store, tmp_path / layout, "train.epochs=1", "train.channels_last=false", switch)
+    assert fast["networks"][0]["state_dict"].keys() == plain["networks"][0]["state_dict"].keys()  # no wrapper prefix
+    for name, value in plain["networks"][0]["state_dict"].items():
+        torch.testing.assert_close(fast["networks"][0]["state_dict"][name], value, rtol=1e-3, atol=1e-4, msg=name)
+    build_networks(fast, verify=True)
