@@ -4,8 +4,9 @@ Launch: ``torchrun --nproc-per-node N -m coarse_seg.train ...`` (``sh coarse_seg
 On GPUs the process group has two backends, NCCL for CUDA tensors and Gloo for CPU tensors
 (``"cpu:gloo,cuda:nccl"``): NCCL alone refuses a CPU tensor ("No backend type associated with
 device type cpu"), and some collectives carry CPU tensors by nature (validation sums built from
-``.cpu()`` values, pickled objects). On CPUs, Gloo. A plain ``python -m`` start (no torchrun
-variables) is a world of one and needs no process group.
+``.cpu()`` values, pickled objects). On CPUs, Gloo. A process started by torchrun joins the
+group even alone (``--nproc 1``), so one process takes the same collective paths as many; a
+plain ``python -m`` start (no torchrun variables) is a world of one without a process group.
 
 Every collective of the project goes through this module: :func:`all_reduce_sum` (validation
 sums), :func:`gather_objects` (checkpoint RNG states and weight digests, UIF scores, predict's
@@ -70,13 +71,14 @@ def configure_device(device: torch.device) -> None:
 
 
 def setup(device: str = "auto", timeout_minutes: float = 30.0) -> DistributedContext:
-    """Read RANK / LOCAL_RANK / WORLD_SIZE and join the process group when there is more than one process."""
+    """Read RANK / LOCAL_RANK / WORLD_SIZE and join the process group under torchrun (any world size)."""
     rank = int(os.environ.get("RANK", 0))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     resolved = resolve_device(device, local_rank)
     configure_device(resolved)
-    if world_size > 1 and not dist.is_initialized():
+    launched = world_size > 1 or "MASTER_ADDR" in os.environ
+    if launched and not dist.is_initialized():
         dist.init_process_group(process_group_backend(resolved.type), timeout=timedelta(minutes=timeout_minutes))
     return DistributedContext(rank, local_rank, world_size, resolved)
 

@@ -9,6 +9,7 @@ device type cpu"). A validation of the real trainer then runs under the process 
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -68,3 +69,18 @@ def test_validation_runs_under_the_gpu_process_group(nccl_like, tiny_store, tmp_
     trainer.close()
     assert math.isfinite(metrics["net0"]["mean_dice"])
     assert (tmp_path / "last.pt").exists()
+
+
+def test_a_torchrun_process_joins_the_group_even_alone(monkeypatch):
+    port = 29_000 + os.getpid() % 1000
+    for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1"}.items():
+        monkeypatch.setenv(key, value)
+    try:
+        context = distributed.setup("cpu")
+        assert dist.is_initialized() and dist.get_backend() == "gloo"
+        assert context.world_size == 1 and not context.distributed  # no DDP wrapper for one process
+    finally:
+        distributed.cleanup()
+    monkeypatch.delenv("MASTER_ADDR")
+    distributed.setup("cpu")
+    assert not dist.is_initialized()  # a plain start: no group
