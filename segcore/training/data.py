@@ -53,7 +53,12 @@ class ResumableSampler(DistributedSampler):
 
 
 def make_loader(dataset: Dataset, batch_size: int, rank: int, world_size: int, seed: int, workers: int, pin: bool):
-    """A loader whose sampler reshuffles every epoch (``loader.sampler.set_epoch``)."""
+    """A loader whose sampler reshuffles every epoch (``loader.sampler.set_epoch``).
+
+    Worker processes are spawned, not forked: the trainer has the store open, and a forked child
+    inherits LMDB's record of open environments, so its own open would be refused ("already open
+    in this process"); a spawned one unpickles a closed :class:`CaseStore` and opens its own.
+    """
     sampler = ResumableSampler(dataset, world_size, rank, seed)
     return DataLoader(
         dataset,
@@ -63,6 +68,7 @@ def make_loader(dataset: Dataset, batch_size: int, rank: int, world_size: int, s
         pin_memory=pin,
         drop_last=len(sampler) >= batch_size,
         persistent_workers=workers > 0,
+        multiprocessing_context="spawn" if workers > 0 else None,
     )
 
 

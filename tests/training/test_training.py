@@ -224,3 +224,17 @@ def test_channels_last_and_compiled_nets_train_like_the_plain_ones(layout, tiny_
     for name, value in plain["networks"][0]["state_dict"].items():
         torch.testing.assert_close(fast["networks"][0]["state_dict"][name], value, rtol=1e-3, atol=1e-4, msg=name)
     build_networks(fast, verify=True)
+
+
+def test_loader_workers_read_a_store_the_trainer_already_opened(tiny_store):
+    """The production configs use data.workers: 2, and the trainer opens the store before its loader starts."""
+    from segcore.training.data import StoreDataset, make_loader
+
+    store = CaseStore(tiny_store)
+    ids = store.ids("labeled")  # opens the environment in this process
+    loader = make_loader(StoreDataset(store, ids, "coarse_image", "coarse_label"), 2, 0, 1, 0, 2, pin=False)
+    loader.sampler.set_epoch(0)
+    batches = list(loader)
+    assert sum(batch["image"].shape[0] for batch in batches) == len(loader.sampler)
+    assert sorted(i for batch in batches for i in batch["index"].tolist()) == sorted(loader.sampler)
+    store.close()
