@@ -49,6 +49,10 @@ Design (fixed before any method run was compared; changing it means a new benchm
     in the pseudo-label, ramp-up over 35 % of the steps.
   - ``upper_bound``: one net trained with labels on every labeled and unlabeled case (fold 0 of
     4 of them validates): what the unlabeled cases would give if they were labeled.
+  - ``cps_restart`` (added after seed 0 of the arms above had run, as a control for ``cps_uif``,
+    never the primary arm): ``cps_uif`` with UIF keeping every unlabeled case, so the only
+    difference from ``cps`` is the second learning-rate cycle that ``cps_uif``'s second half
+    starts (warm-up and decay again), and the only difference from ``cps_uif`` is the selection.
 
 * **Scoring**: ``last.pt`` (primary) and ``best.pt`` of every arm; a checkpoint with two nets
   predicts with their mean softmax. Each test case's stored 48³ image is windowed and z-scored,
@@ -97,10 +101,12 @@ IN_DOMAIN = "portal_venous"
 VALIDATION_FOLDS = 4
 BATCH = 2
 CONTROL, PRIMARY = "supervised_pair", "cacps"
-ARMS = ("cps_uif", "cacps", "cps", "supervised_pair_mixall", "supervised_pair", "supervised", "upper_bound")
+ARMS = (
+    "cps_uif", "cacps", "cps", "supervised_pair_mixall", "supervised_pair", "supervised", "upper_bound", "cps_restart",
+)  # fmt: skip
 """Longest first, so that two parallel processes end together."""
 REPORT_ORDER = (
-    "supervised", "supervised_pair", "supervised_pair_mixall", "cps", "cps_uif", "cacps", "upper_bound",
+    "supervised", "supervised_pair", "supervised_pair_mixall", "cps", "cps_uif", "cps_restart", "cacps", "upper_bound",
 )  # fmt: skip
 CEILING = "coarse_labels"
 DATA_FIELDS = ("labeled", "unlabeled", "test", "seed")
@@ -132,7 +138,7 @@ QUICK = {"labeled": 6, "unlabeled": 4, "test": 4, "steps": 12, "validations": 2,
 def arm_overrides(arm: str, settings: Settings, steps_per_epoch: int, seed: int, domains: Path) -> list[str]:
     """``key=value`` overrides of the tiny coarse config for one arm (store and output_dir apart)."""
     size = settings.coarse_size
-    rounds = 2 if arm == "cps_uif" else 1
+    rounds = 2 if arm in ("cps_uif", "cps_restart") else 1
     steps = settings.steps // rounds
     epochs = math.ceil(steps / steps_per_epoch)
     common = [
@@ -154,9 +160,10 @@ def arm_overrides(arm: str, settings: Settings, steps_per_epoch: int, seed: int,
     semi = [*common, "semi.enabled=true", "semi.weight=1.0", "augment.fourier_sources=all"]
     if arm == "cps":
         return [*semi, "semi.rounds=1", *settings.extra]
-    if arm == "cps_uif":
+    if arm in ("cps_uif", "cps_restart"):
+        keep = settings.uif_keep if arm == "cps_uif" else settings.unlabeled  # a count: every case
         return [
-            *semi, "semi.rounds=2", "semi.round_init=previous", f"semi.uif_keep={settings.uif_keep}",
+            *semi, "semi.rounds=2", "semi.round_init=previous", f"semi.uif_keep={keep}",
             f"semi.uif_domains={domains}", *settings.extra,
         ]  # fmt: skip
     if arm == "cacps":
@@ -440,21 +447,23 @@ def report(results: list[dict], subsets: dict[str, list[str]], ceiling: dict, se
         )
         figures["primary_per_organ"] = dict(zip(names, per_organ.tolist()))
         figures["primary_per_seed"] = dict(zip(map(str, common), per_seed.tolist()))
-    if "cps" in arms and "cps_uif" in arms:
-        common = sorted(set(complete["cps"]) & set(complete["cps_uif"]))
+    for arm, baseline in (("cps_uif", "cps"), ("cps_restart", "cps"), ("cps_uif", "cps_restart")):
+        if arm not in arms or baseline not in arms:
+            continue
+        common = sorted(set(complete[arm]) & set(complete[baseline]))
         for subset, ids in subsets.items():
-            diff = _seed_subset(results, "cps_uif", "last", ids, common) - _seed_subset(
-                results, "cps", "last", ids, common
+            diff = _seed_subset(results, arm, "last", ids, common) - _seed_subset(
+                results, baseline, "last", ids, common
             )
             per_case = diff.mean(2).mean(0)
             low, high = bootstrap_interval(per_case, rng)
             lines.append(
-                f"cps_uif minus cps, {subset}, last.pt: {per_case.mean():+.4f} "
+                f"{arm} minus {baseline}, {subset}, last.pt: {per_case.mean():+.4f} "
                 f"[{low:+.4f}, {high:+.4f}] (seeds {common})"
             )
     for r in results:
         if r["uif_csv"]:
-            lines.append(f"UIF pick, seed {r['seed']}: {uif_per_domain(r['uif_csv'])}")
+            lines.append(f"UIF pick, {r['arm']} seed {r['seed']}: {uif_per_domain(r['uif_csv'])}")
     return "\n".join(lines), figures
 
 
