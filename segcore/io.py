@@ -274,6 +274,17 @@ def _grid_difference(geometry: Geometry, reference: Geometry) -> str:
     return "origin differs by more than the tolerance"
 
 
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file beside it and a rename (never a half file)."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_text(text)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
 def write_volume(path: str | os.PathLike, array: np.ndarray, geometry: Geometry, *, compress: bool = True) -> None:
     """Write a ``(z, y, x)`` array as NIfTI carrying exactly ``geometry``, atomically.
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -36,7 +35,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from segcore import distributed
-from segcore.io import VolumeError, case_stem, is_nifti, write_volume
+from segcore.io import VolumeError, case_stem, is_nifti, write_text_atomic, write_volume
 from segcore.postprocess import organ_statistics
 from segcore.predictor import PRECISIONS, Predictor
 
@@ -108,12 +107,7 @@ def find_cases(input_dir: Path, output_dir: Path | None = None) -> tuple[list[Ca
 
 
 def _write_json(path: Path, content: dict) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_text(json.dumps(content, indent=2) + "\n")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    write_text_atomic(path, json.dumps(content, indent=2) + "\n")
 
 
 def predict_case(predictor: Predictor, case: Case, output_dir: Path, *, stats: bool) -> CaseResult:

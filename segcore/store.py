@@ -4,8 +4,15 @@ One LMDB environment (a folder) per dataset. Keys and values:
 
 * ``case/<id>`` -> one record per case (format below);
 * ``meta/splits`` -> JSON: ``{"folds": [[id, ...] x 5], "unlabeled": [...], "test": [...],
-  "selections": {name: [...]}}`` (``selections`` holds named subsets such as UIF picks);
+  "selections": {name: [...]}}`` (``selections`` here only in stores written before selections
+  moved to files, below);
 * ``meta/format`` -> JSON: ``{"format_version": RECORD_FORMAT_VERSION}``.
+
+Named selections (such as UIF picks) are files next to the LMDB data, ``<store>/selections/
+<name>.json`` (a JSON list of ids), each written atomically (temporary file, then rename). They are
+not LMDB writes: readers open the environment without locks, so an LMDB write can reuse pages a
+running reader still walks, and a UIF pick made while another training run reads the same store
+must not touch it. A re-run of ``data_prepare`` that changes nothing writes nothing either.
 
 Record format (version 1), little-endian::
 
@@ -38,6 +45,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 from pathlib import Path
 from typing import Any
@@ -50,6 +58,8 @@ MAGIC = b"SEGR"
 ALIGNMENT = 64
 CASE_PREFIX = "case/"
 SPLITS_KEY = b"meta/splits"
+SELECTIONS_DIR = "selections"
+_SELECTION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 FORMAT_KEY = b"meta/format"
 _HEADER = struct.Struct("<4sII")
 _INITIAL_MAP_SIZE = 1 << 30
@@ -184,12 +194,15 @@ class CaseStore:
         )
 
     def selection(self, name: str) -> list[str]:
-        """The ids of a named selection (e.g. a UIF pick written by :meth:`StoreWriter.put_selection`)."""
-        selections = self.splits().get("selections", {})
-        if name not in selections:
-            known = ", ".join(sorted(selections)) or "none"
-            raise KeyError(f"{self.path}: no selection named {name!r} (stored: {known})")
-        return list(selections[name])
+        """The ids of a named selection (e.g. a UIF pick written by :func:`write_selection`)."""
+        path = _selection_path(self.path, name)
+        if path.is_file():
+            return list(json.loads(path.read_text()))
+        legacy = self.splits().get("selections", {})  # stores written before selections were files
+        if name not in legacy:
+            known = sorted({p.stem for p in (self.path / SELECTIONS_DIR).glob("*.json")} | set(legacy))
+            raise KeyError(f"{self.path}: no selection named {name!r} (stored: {', '.join(known) or 'none'})")
+        return list(legacy[name])
 
     def fold(self, index: int) -> tuple[list[str], list[str]]:
         """``(train_ids, validation_ids)`` of labeled cases for cross-validation fold ``index``."""
@@ -210,11 +223,12 @@ class StoreWriter:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self._env = lmdb.open(str(self.path), map_size=_INITIAL_MAP_SIZE, max_dbs=0)
-        with self._env.begin(write=True) as txn:
+        with self._env.begin() as txn:
             existing = txn.get(FORMAT_KEY)
-            if existing is not None and json.loads(existing)["format_version"] != RECORD_FORMAT_VERSION:
-                raise ValueError(f"{self.path}: store of another record format; write a new one or use --force")
-            txn.put(FORMAT_KEY, json.dumps({"format_version": RECORD_FORMAT_VERSION}).encode())
+        if existing is not None and json.loads(existing)["format_version"] != RECORD_FORMAT_VERSION:
+            raise ValueError(f"{self.path}: store of another record format; write a new one or use --force")
+        if existing is None:  # opening an existing store writes nothing
+            self._put(FORMAT_KEY, json.dumps({"format_version": RECORD_FORMAT_VERSION}).encode())
 
     def _put(self, key: bytes, value: bytes) -> None:
         while True:
@@ -242,18 +256,13 @@ class StoreWriter:
         return json.loads(raw) if raw is not None else {}
 
     def put_splits(self, splits: dict[str, Any]) -> None:
-        """Replace the split lists."""
-        self._put(SPLITS_KEY, json.dumps(splits, sort_keys=True).encode())
+        """Replace the split lists (no write when they are unchanged)."""
+        if self.read_splits() != json.loads(json.dumps(splits)):
+            self._put(SPLITS_KEY, json.dumps(splits, sort_keys=True).encode())
 
     def put_selection(self, name: str, ids: list[str]) -> None:
-        """Store (or replace) a named selection of case ids in the split lists.
-
-        Readers open the store without locks, so write while no reader holds it open (the
-        training rounds close their readers before UIF writes its pick).
-        """
-        splits = self.read_splits()
-        splits.setdefault("selections", {})[name] = list(ids)
-        self.put_splits(splits)
+        """:func:`write_selection` into this store."""
+        write_selection(self.path, name, ids)
 
     def close(self) -> None:
         self._env.close()
@@ -263,3 +272,20 @@ class StoreWriter:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+def _selection_path(store: Path, name: str) -> Path:
+    if not _SELECTION_NAME.fullmatch(name):
+        raise ValueError(f"selection name {name!r}: use letters, digits, '_', '.', '-' (at most 128)")
+    return Path(store) / SELECTIONS_DIR / f"{name}.json"
+
+
+def write_selection(store: str | os.PathLike, name: str, ids: list[str]) -> Path:
+    """Store (or replace) a named selection of case ids as ``<store>/selections/<name>.json``,
+    atomically and without touching the LMDB data (see the module docstring)."""
+    from segcore.io import write_text_atomic
+
+    path = _selection_path(Path(store), name)
+    path.parent.mkdir(exist_ok=True)
+    write_text_atomic(path, json.dumps(list(ids)))
+    return path

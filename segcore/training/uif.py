@@ -45,7 +45,7 @@ from segcore import distributed
 from segcore.checkpoint import build_networks, load_checkpoint
 from segcore.intensity import normalize_hu
 from segcore.resample import resize_image
-from segcore.store import CaseStore, StoreWriter
+from segcore.store import CaseStore, write_selection
 
 FIELDS = ["case_id", "domain", "entropy", "disagreement", "uncertainty", "foreground_fraction", "selected"]
 FOREGROUND_DOUBT = 0.25
@@ -139,7 +139,8 @@ def run_uif(
     """Score the ``source_split`` cases (shared over the ranks), store the pick as ``name``.
 
     ``domains``: case id -> imaging domain, written to the CSV and summarised per domain.
-    Every rank returns the selected ids. Call it with no store reader open (LMDB readers are lock-free).
+    Every rank returns the selected ids. The pick is a file beside the store, not an LMDB write, so
+    other runs reading the store meanwhile are safe.
     """
     payload = load_checkpoint(checkpoint, map_location=context.device)
     store = CaseStore(store_path)
@@ -158,8 +159,7 @@ def run_uif(
         write_scores(rows, selected, csv_path)
         if domains is not None:
             print(f"uif: {name}: kept per domain: {per_domain_summary(rows, selected)}")
-        with StoreWriter(store_path) as writer:
-            writer.put_selection(name, selected)
+        write_selection(store_path, name, selected)
     distributed.barrier()
     return selected
 

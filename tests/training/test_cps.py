@@ -281,3 +281,45 @@ def test_uif_selection_names_are_unique_per_run_and_stable(tmp_path):
     previous = {**config, "semi": {**config["semi"], "round_init": "previous"}}
     assert round_configs(previous, stage)[1]["semi"]["init_from"] == str(tmp_path / "run_a" / "round0" / "last.pt")
     assert "init_from" not in round_configs(config, stage)[1]["semi"]
+
+
+def test_a_uif_pick_never_writes_into_the_lmdb_other_runs_read(phantom_root, tiny_store, tmp_path):
+    """Readers are lock-free, so an LMDB write could reuse pages a running reader still walks."""
+    from data_prepare.prepare import PrepareConfig, run
+    from segcore.config import load_config
+    from segcore.store import write_selection
+
+    store_copy = tmp_path / "store.lmdb"
+    subprocess.run(["cp", "-r", str(tiny_store), str(store_copy)], check=True)
+    data = store_copy / "data.mdb"
+    before = data.read_bytes()
+    reader = CaseStore(store_copy)
+    unlabeled = reader.ids("unlabeled")  # a reader holds the store open, as another training run would
+    write_selection(store_copy, "uif_coarse_fold0_round1_abc", unlabeled[:2])
+    assert reader.selection("uif_coarse_fold0_round1_abc") == unlabeled[:2]  # visible to the open reader
+    assert data.read_bytes() == before
+    reader.close()  # LMDB allows one environment per path and process: the writer below needs this one
+    with StoreWriter(store_copy) as writer:  # opening a writer and re-putting equal splits writes nothing
+        writer.put_splits(writer.read_splits())
+    assert data.read_bytes() == before
+    with pytest.raises(ValueError, match="selection name"):
+        write_selection(store_copy, "../escape", [])
+    # A data_prepare re-run that changes nothing leaves the LMDB as it was, and the pick with it.
+    settings = load_config(ROOT / "data_prepare" / "config.tiny.yaml")
+    settings.update(data_root=str(phantom_root), out=str(store_copy), workers=1)
+    assert not run(PrepareConfig(**settings), progress=False).failed
+    assert data.read_bytes() == before
+    assert CaseStore(store_copy).selection("uif_coarse_fold0_round1_abc") == unlabeled[:2]
+
+
+def test_selections_stored_in_the_lmdb_by_older_versions_still_read(tiny_store, tmp_path):
+    store_copy = tmp_path / "store.lmdb"
+    subprocess.run(["cp", "-r", str(tiny_store), str(store_copy)], check=True)
+    with StoreWriter(store_copy) as writer:
+        splits = writer.read_splits()
+        splits["selections"] = {"old_pick": ["Case_00001"]}
+        writer.put_splits(splits)
+    store = CaseStore(store_copy)
+    assert store.selection("old_pick") == ["Case_00001"]
+    with pytest.raises(KeyError, match="stored: old_pick"):
+        store.selection("missing")
