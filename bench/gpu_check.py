@@ -13,7 +13,8 @@ Steps, each a real command run from the repository root (``{py}`` is the venv's 
    ``--resume``; ``nccl cps``: a semi-supervised run (confidence-aware CPS, Fourier mixing) on
    the same store.
 5. ``network steps``: ``bench.networks --device cuda`` (production-size forward and training
-   step times, fp32 and fp16 autocast, peak memory); ``training step``: the engine's real step.
+   step times, fp32 and fp16 autocast, peak memory); ``training step``: the engine's real step;
+   ``loader``: ``bench.loader`` with the augmentation on the GPU (does the store keep it fed?).
 6. ``inference``: ``bench.inference --device cuda`` on the 512x512x300 CT, production-size nets
    (target: at most 1 s end to end without file reading and writing; it reports both).
 7. ``predict.sh``: the embedded sample with ``--device cuda``; ``server``: the HTTP service on
@@ -109,6 +110,23 @@ def steps(python: str, work: Path) -> list[Step]:
         Step("nccl cps", (*train, f"output_dir={runs / 'cacps'}", "train.epochs=2", *cacps), 120),
         Step("network steps", (python, "-m", "bench.networks", "--device", "cuda", "--quick"), 240),
         Step("training step", (python, "-m", "bench.training_step", "--device", "cuda"), 240),
+        Step(
+            "loader",
+            (
+                python,
+                "-m",
+                "bench.loader",
+                "--device",
+                "cuda",
+                "--cases",
+                "4",
+                "--batches",
+                "10",
+                "--work",
+                str(work / "loader"),
+            ),
+            300,
+        ),  # fmt: skip
         Step(
             "inference",
             (python, "-m", "bench.inference", "--device", "cuda", "--repeats", "3", "--work", str(work / "inference")),

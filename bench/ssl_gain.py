@@ -553,8 +553,8 @@ def main(argv: list[str] | None = None) -> int:
     run_key = hashlib.sha256(json.dumps([asdict(settings)[k] for k in ("coarse_size", "steps", "validations",
                              "uif_keep", "threads", "extra")] + [data_key]).encode()).hexdigest()[:8]  # fmt: skip
     results = [json.loads(line) for line in results_path.read_text().splitlines()] if results_path.exists() else []
-    # One line per (seed, arm): two invocations sharing a work folder may both finish one run.
-    results = list({(r["seed"], r["arm"]): r for r in results if r.get("run_key") == run_key}.values())
+    # One line per (seed, arm), the first: two invocations sharing a work folder may both finish a run.
+    results = list({(r["seed"], r["arm"]): r for r in reversed(results) if r.get("run_key") == run_key}.values())
     done = {(r["seed"], r["arm"]) for r in results}
     jobs = []
     spe = {"main": steps_per_epoch(store)}
