@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from segcore.training.augment import random_fourier_mix
 from segcore.training.data import EndlessBatches, StoreDataset, make_loader
-from segcore.training.losses import dice_ce_loss
+from segcore.training.losses import dice_ce_loss, soft_dice_per_class
 
 IGNORE = -100  # F.cross_entropy's default ignore_index
 ROUND_INITS = ("fresh", "previous")
@@ -92,15 +92,11 @@ def balanced_weights(targets: torch.Tensor, num_classes: int) -> torch.Tensor:
 def present_organ_dice_loss(student_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """1 - mean soft Dice over the (sample, organ) pairs present in ``targets`` (ignored voxels left out)."""
     valid = (targets != IGNORE).unsqueeze(1)
-    probabilities = torch.softmax(student_logits.float(), dim=1) * valid
-    one_hot = F.one_hot(targets.clamp_min(0), student_logits.shape[1]).movedim(-1, 1).float() * valid
-    dims = tuple(range(2, one_hot.ndim))
-    present = one_hot.sum(dims)[:, 1:] > 0
+    clean = targets.clamp_min(0)  # ignored voxels become background, which is not scored
+    present = F.one_hot(clean, student_logits.shape[1]).flatten(1, -2).any(1)[:, 1:]
     if not present.any():
         return student_logits.sum() * 0.0
-    intersection = (probabilities * one_hot).sum(dims)[:, 1:]
-    denominator = (probabilities.sum(dims) + one_hot.sum(dims))[:, 1:]
-    dice = (2 * intersection + 1e-5) / (denominator + 1e-5)
+    dice = soft_dice_per_class(torch.softmax(student_logits.float(), dim=1) * valid, clean)[:, 1:]
     return 1 - dice[present].mean()
 
 
