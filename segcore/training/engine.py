@@ -142,6 +142,7 @@ class Trainer:
         self.input_size = [int(s) for s in config["input_size"]]
         self.semi = CPSConfig(**config.get("semi") or {})
         self.augment = AugmentConfig(**config.get("augment", {}))
+        self.hu_window = tuple(config["data"]["hu_window"])
         if self.augment.fourier_sources == "all" and not self.semi.enabled:
             raise ValueError("augment.fourier_sources=all needs semi.enabled (the unlabeled batches are the sources)")
         self.generator = torch.Generator().manual_seed(train_cfg["seed"] * 1000 + context.rank)
@@ -212,21 +213,24 @@ class Trainer:
         with self.autocast():
             return net(images)
 
-    def prepare_views(self, batch: dict[str, torch.Tensor], with_labels: bool, augment: bool = True):
-        """Move to the device, augment at input size, window and z-score: ``(weak, strong, labels)``
-        (one geometry; the strong view adds the intensity augmentation)."""
+    def _augmented(self, batch: dict[str, torch.Tensor], with_labels: bool, augment: bool):
+        """Weak and strong HU views (one geometry) and labels of a batch, on the device, at input size."""
         device = self.context.device
         images = batch["image"].to(device, non_blocking=True).float()
         labels = batch["label"].to(device, non_blocking=True).long() if with_labels else None
         config = self.augment if augment else AugmentConfig(enabled=False)
-        window = tuple(self.config["data"]["hu_window"])
-        weak, strong, labels = augment_views(images, labels, self.input_size, config, self.generator, window)
-        return normalize_hu(weak, window), normalize_hu(strong, window), labels
+        return augment_views(images, labels, self.input_size, config, self.generator, self.hu_window)
+
+    def prepare_views(self, batch: dict[str, torch.Tensor], with_labels: bool, augment: bool = True):
+        """Move to the device, augment at input size, window and z-score: ``(weak, strong, labels)``
+        (one geometry; the strong view adds the intensity augmentation)."""
+        weak, strong, labels = self._augmented(batch, with_labels, augment)
+        return normalize_hu(weak, self.hu_window), normalize_hu(strong, self.hu_window), labels
 
     def prepare_batch(self, batch: dict[str, torch.Tensor], with_labels: bool, augment: bool = True):
-        """The strong view and labels of :meth:`prepare_views`."""
-        _, strong, labels = self.prepare_views(batch, with_labels, augment)
-        return strong, labels
+        """The strong view and labels of :meth:`prepare_views` (the weak one is not normalised)."""
+        _, strong, labels = self._augmented(batch, with_labels, augment)
+        return normalize_hu(strong, self.hu_window), labels
 
     def supervised_updates(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
         """One Dice + cross-entropy step of every member on a prepared labeled batch."""
