@@ -7,15 +7,21 @@ applies DICOM rescale slope/intercept and NIfTI ``scl_slope``), and ``geometry``
 back so that the file carries exactly that size, spacing, origin and direction.
 
 Every failure is a :class:`VolumeError` whose message names the file and the reason
-in one line.
+in one line, and whose ``kind`` says what went wrong (:data:`ErrorKind`).
+
+Order of the checks: everything that can be refused from the headers (dimensions, voxel and
+byte counts, spacing, NIfTI qform/sform agreement, DICOM rows × columns × slices) is refused
+before a voxel is decoded, so a 2 KB file that claims 2 GB costs nothing.
 """
 
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import zlib
 from pathlib import Path
+from typing import Literal, NamedTuple
 
 import nibabel as nib
 import numpy as np
@@ -27,16 +33,30 @@ from segcore.labels import MAX_LABEL
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 DEFAULT_MAX_VOXELS = 1024 * 1024 * 1024
 """Largest volume accepted by default (1 Gi voxels: 2 GiB as int16)."""
+DEFAULT_MAX_BYTES = 2 * 1024 * 1024 * 1024
+"""Largest decoded pixel data accepted by default (voxels × bytes per voxel)."""
+SPACING_RANGE_MM = (0.01, 50.0)
+"""Voxel sizes outside this range are header errors, not scans (ITK would silently use 1 mm for 0)."""
+PLACEMENT_TOLERANCE_VOXELS = 0.05
+"""Largest disagreement, in voxels, between where ITK and nibabel put a corner of a NIfTI grid."""
 CT_AIR_OR_FAT_HU = -200.0
 """Any CT of a body holds air or fat below this HU; a volume with nothing below it is not a CT in HU."""
+
+
+ErrorKind = Literal["unreadable", "not_3d", "too_large", "geometry", "not_ct", "invalid"]
+"""What is wrong with an input: ``unreadable`` (missing, empty, truncated, corrupt: the bytes),
+``not_3d`` (2-D, 4-D, vector voxels), ``too_large`` (voxels or bytes over the limit),
+``geometry`` (impossible spacing, ambiguous orientation), ``not_ct`` (values), ``invalid``
+(anything else: labels, grids that do not match, ...)."""
 
 
 class VolumeError(ValueError):
     """An input volume that cannot be used; the message names the file and the reason."""
 
-    def __init__(self, path: str | os.PathLike, reason: str):
+    def __init__(self, path: str | os.PathLike, reason: str, kind: ErrorKind = "invalid"):
         self.path = str(path)
         self.reason = reason
+        self.kind = kind
         super().__init__(f"{self.path}: {reason}")
 
 
@@ -75,48 +95,169 @@ def to_image(array: np.ndarray, geometry: Geometry) -> sitk.Image:
     return image
 
 
-def _read_image(path: Path) -> sitk.Image:
+class Limits(NamedTuple):
+    """How much one input may cost once decoded."""
+
+    max_voxels: int = DEFAULT_MAX_VOXELS
+    max_bytes: int = DEFAULT_MAX_BYTES
+
+
+class ImageInfo(NamedTuple):
+    """What a header says about an image, before its pixels are read."""
+
+    size: tuple[int, ...]
+    components: int
+    bytes_per_voxel: int
+    spacing: tuple[float, ...]
+
+
+DEFAULT_LIMITS = Limits()
+UNLIMITED = Limits(np.iinfo(np.int64).max, np.iinfo(np.int64).max)
+"""No size limit (label files: their grid must equal an accepted CT's anyway)."""
+
+
+def _info_of(source: sitk.Image | sitk.ImageFileReader, slices: int = 1) -> ImageInfo:
+    """The :class:`ImageInfo` of an image or of a reader after ``ReadImageInformation``; ``slices``
+    stacks that many such images (a DICOM series of single-slice files)."""
+    size = tuple(int(s) for s in source.GetSize())
+    if slices > 1:
+        size = (*size[:2], slices)
+    pixel = source.GetPixelID() if isinstance(source, sitk.Image) else source.GetPixelIDValue()
+    components = int(
+        source.GetNumberOfComponentsPerPixel() if isinstance(source, sitk.Image) else source.GetNumberOfComponents()
+    )
+    return ImageInfo(size, components, components * _component_bytes(pixel), tuple(source.GetSpacing()))
+
+
+def _component_bytes(pixel_id: int) -> int:
+    """Bytes per component of a SimpleITK pixel type."""
+    return sitk.GetArrayViewFromImage(sitk.Image([1, 1], pixel_id)).dtype.itemsize
+
+
+def _read_image(path: Path, limits: Limits) -> sitk.Image:
     if not path.exists():
-        raise VolumeError(path, "no such file or folder")
+        raise VolumeError(path, "no such file or folder", "unreadable")
     if path.is_dir():
-        return _read_dicom_series(path)
+        return _read_dicom_series(path, limits)
     if path.stat().st_size == 0:
-        raise VolumeError(path, "empty file")
-    if is_nifti(path):
-        _check_nifti_payload(path)
+        raise VolumeError(path, "empty file", "unreadable")
+    nifti = _nifti_header(path) if is_nifti(path) else None
+    if nifti is not None:
+        _check_nifti_header(path, nifti, limits)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
     try:
-        return sitk.ReadImage(str(path))
+        reader.ReadImageInformation()
     except RuntimeError as error:
-        raise VolumeError(path, f"unreadable or truncated image ({_first_itk_line(error)})") from None
+        raise VolumeError(path, f"unreadable or truncated image ({_first_itk_line(error)})", "unreadable") from None
+    check_shape(path, _info_of(reader), limits)
+    if nifti is not None:
+        _check_nifti_placement(path, nifti, geometry_of(reader))
+        _check_nifti_payload(path, nifti)
+    try:
+        return reader.Execute()
+    except RuntimeError as error:
+        raise VolumeError(path, f"unreadable or truncated image ({_first_itk_line(error)})", "unreadable") from None
 
 
-def _check_nifti_payload(path: Path) -> None:
-    """Refuse truncated or corrupt NIfTI files and float data with NaN/Inf.
-
-    ITK reads a truncated ``.nii.gz`` without complaint (the missing voxels come back as 0)
-    and turns NaN/Inf into 0, so both are checked here on the raw payload.
-    """
+def _nifti_header(path: Path) -> nib.Nifti1Image | nib.Nifti2Image:
+    """The NIfTI image as nibabel opens it (header only; no voxel is read)."""
     try:
         image = nib.load(path)
-        expected = (
-            int(image.dataobj.offset) + int(np.prod(image.shape, dtype=np.int64)) * image.get_data_dtype().itemsize
-        )
     except Exception as error:  # nibabel raises several types for a bad header
-        raise VolumeError(path, f"unreadable NIfTI header ({type(error).__name__}: {error})") from None
-    if str(path).lower().endswith(".gz"):
-        available = 0
-        try:
-            with gzip.open(path, "rb") as stream:
-                while chunk := stream.read(1 << 24):
-                    available += len(chunk)
-        except (EOFError, OSError, zlib.error) as error:
-            raise VolumeError(path, f"truncated or corrupt gzip stream ({error})") from None
-    else:
-        available = path.stat().st_size
+        raise VolumeError(path, f"unreadable NIfTI header ({type(error).__name__}: {error})", "unreadable") from None
+    if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise VolumeError(path, f"not a NIfTI-1/2 file ({type(image).__name__})", "unreadable")
+    return image
+
+
+def _check_nifti_header(path: Path, image: nib.Nifti1Image, limits: Limits) -> None:
+    """Size and spacing from the NIfTI header: voxels, bytes, and pixdim of the spatial axes."""
+    shape = tuple(int(s) for s in image.shape)
+    itemsize = image.get_data_dtype().itemsize
+    _check_size(path, "×".join(str(s) for s in shape), int(np.prod(shape, dtype=np.int64)), itemsize, limits)
+    pixdim = _raw_pixdim(path, image)[1 : 1 + min(len(shape), 3)]
+    low, high = SPACING_RANGE_MM
+    if not (np.isfinite(pixdim).all() and (pixdim >= low).all() and (pixdim <= high).all()):
+        shown = ", ".join(f"{value:g}" for value in pixdim)
+        raise VolumeError(
+            path, f"impossible voxel spacing in pixdim ({shown}); expected {low:g} to {high:g} mm", "geometry"
+        )
+
+
+def _raw_pixdim(path: Path, image: nib.Nifti1Image) -> np.ndarray:
+    """``pixdim`` as stored: nibabel's loader silently turns 0 into 1 and negatives into their absolute value."""
+    opener = gzip.open if str(path).lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as stream:
+            raw = stream.read(image.header.sizeof_hdr)
+        header = type(image.header).from_fileobj(io.BytesIO(raw), check=False)
+    except (EOFError, OSError, zlib.error, ValueError) as error:
+        raise VolumeError(path, f"unreadable NIfTI header ({error})", "unreadable") from None
+    return np.asarray(header["pixdim"], dtype=np.float64)
+
+
+def _check_size(path: Path, shown: str, voxels: int, bytes_per_voxel: int, limits: Limits) -> None:
+    if voxels > limits.max_voxels:
+        raise VolumeError(path, f"absurd size {shown} ({voxels:,} voxels > limit {limits.max_voxels:,})", "too_large")
+    if voxels * bytes_per_voxel > limits.max_bytes:
+        raise VolumeError(
+            path,
+            f"absurd size {shown} ({voxels * bytes_per_voxel:,} bytes decoded > limit {limits.max_bytes:,})",
+            "too_large",
+        )
+
+
+def _check_nifti_placement(path: Path, image: nib.Nifti1Image, geometry: Geometry) -> None:
+    """Refuse a NIfTI file that ITK and nibabel would place differently.
+
+    The mask is written with ITK's reading of the grid; a nibabel user must see it on the scan.
+    They disagree when the sform and qform differ (ITK may pass over a sheared or scaled sform
+    that nibabel takes) or when ITK repairs the header; the message names the forms and codes.
+    """
+    corners = np.array(np.meshgrid(*[[0, n - 1] for n in geometry.size], indexing="ij")).reshape(3, -1).T
+    itk_world = geometry.index_to_physical(corners) * np.array([-1.0, -1.0, 1.0])  # LPS -> RAS
+    nib_world = nib.affines.apply_affine(image.affine, corners)
+    apart = float(np.linalg.norm(itk_world - nib_world, axis=1).max())
+    if apart > PLACEMENT_TOLERANCE_VOXELS * min(geometry.spacing):
+        header = image.header
+        codes = f"qform_code {int(header['qform_code'])}, sform_code {int(header['sform_code'])}"
+        raise VolumeError(
+            path,
+            f"ambiguous orientation: the qform and sform ({codes}) place voxels up to {apart:.3g} mm apart "
+            "as SimpleITK and nibabel read them; fix the header so that both agree",
+            "geometry",
+        )
+
+
+def _check_nifti_payload(path: Path, image: nib.Nifti1Image) -> None:
+    """Refuse truncated or corrupt NIfTI files and float data with NaN/Inf, streaming the payload.
+
+    ITK reads a truncated ``.nii.gz`` without complaint (the missing voxels come back as 0)
+    and turns NaN/Inf into 0, so both are checked here on the raw bytes, a chunk at a time.
+    """
+    dtype = image.get_data_dtype()
+    expected = int(np.prod(image.shape, dtype=np.int64)) * dtype.itemsize
+    floating = np.issubdtype(dtype, np.floating)
+    opener = gzip.open if str(path).lower().endswith(".gz") else open
+    available, pending, finite = 0, b"", True
+    try:
+        with opener(path, "rb") as stream:
+            stream.seek(int(image.dataobj.offset))
+            while (chunk := stream.read(1 << 24)) and available < expected:
+                chunk = chunk[: expected - available]
+                available += len(chunk)
+                if floating and finite:
+                    pending += chunk
+                    whole = len(pending) - len(pending) % dtype.itemsize
+                    finite = bool(np.isfinite(np.frombuffer(pending[:whole], dtype)).all())
+                    pending = pending[whole:]
+    except (EOFError, OSError, zlib.error) as error:
+        raise VolumeError(path, f"truncated or corrupt gzip stream ({error})", "unreadable") from None
     if available < expected:
-        raise VolumeError(path, f"truncated file: {available:,} of {expected:,} bytes")
-    if np.issubdtype(image.get_data_dtype(), np.floating) and not np.isfinite(np.asanyarray(image.dataobj)).all():
-        raise VolumeError(path, "non-finite values (NaN or Inf) in the image")
+        raise VolumeError(path, f"truncated file: {available:,} of {expected:,} bytes", "unreadable")
+    if not finite:
+        raise VolumeError(path, "non-finite values (NaN or Inf) in the image", "not_ct")
 
 
 def _first_itk_line(error: RuntimeError) -> str:
@@ -131,20 +272,25 @@ def dicom_series(folder: Path) -> list[str]:
     Raises:
         VolumeError: when the folder holds no series or more than one.
     """
+    return [name for name, _ in _series_headers(folder)]
+
+
+def _series_headers(folder: Path) -> list[tuple[str, ImageInfo]]:
+    """The one DICOM series in ``folder``: ``(file, header info)`` sorted by slice position."""
     try:
         series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     except RuntimeError as error:
-        raise VolumeError(folder, f"unreadable DICOM folder ({_first_itk_line(error)})") from None
+        raise VolumeError(folder, f"unreadable DICOM folder ({_first_itk_line(error)})", "unreadable") from None
     if len(series_ids) != 1:
         what = "no DICOM series" if not series_ids else f"{len(series_ids)} DICOM series (expected one)"
-        raise VolumeError(folder, f"folder holds {what}")
+        raise VolumeError(folder, f"folder holds {what}", "unreadable" if not series_ids else "invalid")
     files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_ids[0]))
     return _sorted_by_position(folder, files)
 
 
-def _sorted_by_position(folder: Path, files: list[str]) -> list[str]:
+def _sorted_by_position(folder: Path, files: list[str]) -> list[tuple[str, ImageInfo]]:
     """Sort slices by their Image Position (Patient) projected on the slice normal."""
-    positions = []
+    slices = []
     normal = None
     reader = sitk.ImageFileReader()
     for name in files:
@@ -152,37 +298,44 @@ def _sorted_by_position(folder: Path, files: list[str]) -> list[str]:
         try:
             reader.ReadImageInformation()
         except RuntimeError as error:
-            raise VolumeError(name, f"unreadable DICOM file ({_first_itk_line(error)})") from None
+            raise VolumeError(name, f"unreadable DICOM file ({_first_itk_line(error)})", "unreadable") from None
         if normal is None:
             direction = np.asarray(reader.GetDirection()).reshape(3, 3)
             normal = direction[:, 2]
-        positions.append(float(np.dot(normal, reader.GetOrigin())))
-    if len(set(np.round(positions, 4))) != len(positions):
-        raise VolumeError(folder, "DICOM series has slices at duplicate positions")
-    return [name for _, name in sorted(zip(positions, files))]
+        slices.append((float(np.dot(normal, reader.GetOrigin())), name, _info_of(reader)))
+    if len({round(position, 4) for position, _, _ in slices}) != len(slices):
+        raise VolumeError(folder, "DICOM series has slices at duplicate positions", "geometry")
+    return [(name, info) for _, name, info in sorted(slices)]
 
 
-def _read_dicom_series(folder: Path) -> sitk.Image:
-    files = dicom_series(folder)
+def _read_dicom_series(folder: Path, limits: Limits) -> sitk.Image:
+    series = _series_headers(folder)
+    first = series[0][1]
+    if len(series) > 1:  # slices stack along z; a multi-frame file carries its frames in its own size
+        frames = sum(info.size[2] if len(info.size) == 3 else 1 for _, info in series)
+        first = first._replace(size=(*first.size[:2], frames))
+    check_shape(folder, first, limits)
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
+    reader.SetFileNames([name for name, _ in series])
     try:
         return reader.Execute()
     except RuntimeError as error:
-        raise VolumeError(folder, f"unreadable DICOM series ({_first_itk_line(error)})") from None
+        raise VolumeError(folder, f"unreadable DICOM series ({_first_itk_line(error)})", "unreadable") from None
 
 
 def read_volume(
     path: str | os.PathLike,
     *,
     max_voxels: int = DEFAULT_MAX_VOXELS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
     check_ct: bool = True,
 ) -> tuple[np.ndarray, Geometry]:
     """Read a CT volume: a ``.nii``/``.nii.gz`` file or a folder holding one DICOM series.
 
     Args:
         path: the file or DICOM folder.
-        max_voxels: refuse volumes with more voxels than this.
+        max_voxels: refuse volumes with more voxels than this (from the headers, before decoding).
+        max_bytes: refuse volumes whose decoded pixel data is larger than this.
         check_ct: also check that the values look like CT in HU (finite, something below
             :data:`CT_AIR_OR_FAT_HU`).
 
@@ -190,44 +343,42 @@ def read_volume(
         ``(array, geometry)``: the ``(z, y, x)`` array and its :class:`Geometry`.
 
     Raises:
-        VolumeError: unreadable or truncated file, not 3-D, not scalar, too large,
-            non-finite values, or (with ``check_ct``) not a CT.
+        VolumeError: unreadable or truncated file, not 3-D, not scalar, too large, impossible
+            spacing, NIfTI qform/sform that disagree, non-finite values, or (with ``check_ct``) not a CT.
     """
     path = Path(path)
-    image = _read_image(path)
-    check_shape(path, image, max_voxels=max_voxels)
+    image = _read_image(path, Limits(max_voxels, max_bytes))
+    check_shape(path, _info_of(image), Limits(max_voxels, max_bytes))
     array = sitk.GetArrayFromImage(image)
     if check_ct:
         check_ct_values(path, array)
     return array, geometry_of(image)
 
 
-def check_shape(path: Path, image: sitk.Image, *, max_voxels: int = DEFAULT_MAX_VOXELS) -> None:
-    """Refuse images that are not scalar 3-D volumes of a sane size."""
-    size = image.GetSize()
+def check_shape(path: Path, info: ImageInfo, limits: Limits = DEFAULT_LIMITS) -> None:
+    """Refuse images that are not scalar 3-D volumes of a sane size and spacing."""
+    size = info.size
     shown = "×".join(str(s) for s in size)
-    if image.GetDimension() != 3:
-        raise VolumeError(path, f"{image.GetDimension()}-D image (size {shown}); expected a 3-D volume")
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise VolumeError(
-            path, f"{image.GetNumberOfComponentsPerPixel()} components per voxel; expected a scalar image"
-        )
+    if len(size) != 3:
+        raise VolumeError(path, f"{len(size)}-D image (size {shown}); expected a 3-D volume", "not_3d")
+    if info.components != 1:
+        raise VolumeError(path, f"{info.components} components per voxel; expected a scalar image", "not_3d")
     if min(size) < 2:
-        raise VolumeError(path, f"2-D image (size {shown}); expected a 3-D volume")
-    voxels = int(np.prod(size, dtype=np.int64))
-    if voxels > max_voxels:
-        raise VolumeError(path, f"absurd size {shown} ({voxels:,} voxels > limit {max_voxels:,})")
-    if min(image.GetSpacing()) <= 0:
-        raise VolumeError(path, f"non-positive voxel spacing {image.GetSpacing()}")
+        raise VolumeError(path, f"2-D image (size {shown}); expected a 3-D volume", "not_3d")
+    _check_size(path, shown, int(np.prod(size, dtype=np.int64)), info.bytes_per_voxel, limits)
+    if min(info.spacing) <= 0:
+        raise VolumeError(path, f"non-positive voxel spacing {info.spacing}", "geometry")
 
 
 def check_ct_values(path: Path, array: np.ndarray) -> None:
     """Refuse arrays with non-finite values, or whose values do not look like CT in HU."""
     if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
-        raise VolumeError(path, "non-finite values (NaN or Inf) in the image")
+        raise VolumeError(path, "non-finite values (NaN or Inf) in the image", "not_ct")
     low = float(array.min())
     if low > CT_AIR_OR_FAT_HU:
-        raise VolumeError(path, f"not a CT in HU: lowest value {low:g} > {CT_AIR_OR_FAT_HU:g} (no air or fat anywhere)")
+        raise VolumeError(
+            path, f"not a CT in HU: lowest value {low:g} > {CT_AIR_OR_FAT_HU:g} (no air or fat anywhere)", "not_ct"
+        )
 
 
 def read_label(
@@ -248,8 +399,8 @@ def read_label(
             labels outside ``0..13``.
     """
     path = Path(path)
-    image = _read_image(path)
-    check_shape(path, image, max_voxels=np.iinfo(np.int64).max)
+    image = _read_image(path, UNLIMITED)
+    check_shape(path, _info_of(image), UNLIMITED)
     geometry = geometry_of(image)
     if not geometry.same_grid(reference):
         against = f" of {image_path}" if image_path else ""

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import gzip
 import shutil
 
+import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -160,3 +162,107 @@ def test_truncated_uncompressed_nifti_is_refused(write_ct, tmp_path):
     truncated.write_bytes(source.read_bytes()[:-100])
     with pytest.raises(VolumeError, match="truncated file"):
         read_volume(truncated)
+
+
+def nifti_with_header(path, data, affine, edit=None):
+    """Write ``data`` under nibabel's header for ``affine`` after ``edit(header)``, byte for byte as
+    edited (nibabel's own writer would repair a zero or negative pixdim)."""
+    header = nib.Nifti1Image(data, affine).header
+    header["vox_offset"] = 352
+    if edit is not None:
+        edit(header)
+    with gzip.open(path, "wb") as stream:
+        stream.write(header.binaryblock + b"\0" * 4 + data.tobytes(order="F"))
+    return path
+
+
+CT_AFFINE = np.array([[-3.0, 0, 0, 90], [0, -3.0, 0, 80], [0, 0, 3.0, -60], [0, 0, 0, 1]])
+
+
+def small_ct(shape=(8, 7, 6), dtype=np.int16):
+    return np.random.default_rng(0).integers(-1000, 400, size=shape).astype(dtype)
+
+
+def test_sizes_are_refused_from_the_header_before_any_voxel_is_read(tmp_path):
+    # The header claims 1100×1000×1000 int16 (2.2 GB) but the file holds 10 KB: the size is refused
+    # first (a reader that decodes first would report truncation, after decompressing everything).
+    path = tmp_path / "claims_huge.nii.gz"
+    image = nib.Nifti1Image(small_ct(), CT_AFFINE)
+    header = image.header.copy()
+    header.set_data_shape((1100, 1000, 1000))
+    with gzip.open(path, "wb") as stream:
+        stream.write(header.binaryblock + b"\0" * 4 + small_ct().tobytes())
+    with pytest.raises(VolumeError, match="absurd size 1100×1000×1000") as error:
+        read_volume(path)
+    assert error.value.kind == "too_large"
+
+    # Bytes count as well as voxels: float64 doubles the cost of every voxel.
+    wide = nifti_with_header(tmp_path / "wide.nii.gz", small_ct(dtype=np.float64), CT_AFFINE)
+    with pytest.raises(VolumeError, match="bytes"):
+        read_volume(wide, max_bytes=8 * 7 * 6 * 4)
+    assert read_volume(wide, max_bytes=8 * 7 * 6 * 8)[0].shape == (6, 7, 8)
+
+
+@pytest.mark.parametrize(
+    ("pixdim", "words"),
+    [(0.0, "spacing"), (np.nan, "spacing"), (np.inf, "spacing"), (-3.0, "spacing"), (1e-30, "spacing"),
+     (500.0, "spacing")],
+)  # fmt: skip
+def test_impossible_voxel_spacing_is_refused_not_replaced(tmp_path, pixdim, words):
+    def edit(header):
+        header["pixdim"][1] = pixdim
+
+    path = nifti_with_header(tmp_path / "bad_pixdim.nii.gz", small_ct(), CT_AFFINE, edit)
+    with pytest.raises(VolumeError, match=words) as error:
+        read_volume(path)
+    assert error.value.kind == "geometry" and "pixdim" in error.value.reason
+
+
+def test_qform_and_sform_that_place_voxels_differently_are_refused(tmp_path):
+    sheared = CT_AFFINE.copy()
+    sheared[0, 1] = 1.5
+
+    def edit(header):
+        header.set_qform(CT_AFFINE, code=1)
+        header.set_sform(sheared, code=1)
+
+    path = nifti_with_header(tmp_path / "sheared.nii.gz", small_ct(), CT_AFFINE, edit)
+    with pytest.raises(VolumeError, match="sform") as error:
+        read_volume(path)
+    assert "qform" in error.value.reason and error.value.kind == "geometry"
+
+    def neither(header):
+        header.set_qform(None, code=0)
+        header.set_sform(None, code=0)
+
+    unplaced = nifti_with_header(tmp_path / "no_orientation.nii.gz", small_ct(), CT_AFFINE, neither)
+    with pytest.raises(VolumeError, match="qform_code 0, sform_code 0"):
+        read_volume(unplaced)  # ITK and nibabel fall back to different placements
+    assert read_volume(nifti_with_header(tmp_path / "fine.nii.gz", small_ct(), CT_AFFINE))[0].shape == (6, 7, 8)
+
+
+def test_dicom_series_size_is_checked_before_its_pixels_are_decoded(real_data, tmp_path):
+    # The last file's pixel data is overwritten with noise: decoding it would fail, so a refusal
+    # for size proves the check comes from the headers first.
+    folder = tmp_path / "series"
+    shutil.copytree(real_data / "abdomen_ct_dicom", folder)
+    last = sorted(folder.iterdir())[-1]
+    data = last.read_bytes()
+    last.write_bytes(data[: len(data) // 2] + np.random.default_rng(0).bytes(len(data) - len(data) // 2))
+    with pytest.raises(VolumeError, match="absurd size 512×512×20") as error:
+        read_volume(folder, max_voxels=512 * 512 * 10)
+    assert error.value.kind == "too_large"
+
+
+def test_error_kinds_tell_unreadable_from_not_a_ct(real_data, tmp_path):
+    garbage = tmp_path / "garbage.nii.gz"
+    garbage.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(VolumeError) as error:
+        read_volume(garbage)
+    assert error.value.kind == "unreadable"
+    with pytest.raises(VolumeError) as error:
+        read_volume(real_data / "mr_4d_oblique.nii.gz")
+    assert error.value.kind == "not_3d"
+    with pytest.raises(VolumeError) as error:
+        read_volume(tmp_path / "missing.nii.gz")
+    assert error.value.kind == "unreadable"
