@@ -12,6 +12,20 @@ Existing outputs are kept (the case is skipped) unless ``--overwrite``; writes a
 interrupted run leaves whole files only and a re-run finishes the rest. ``--stats`` also writes
 ``<id>.json`` (per-organ volume in mL, mean HU, bounding box; the crop box; warnings; timings).
 
+OUTPUT_DIR is checked before the weights load or any case is read: it is created if missing,
+must be a folder, and must take a new file (a probe file is written and removed; permission bits
+say nothing for root). A bad one is a one-line usage error.
+
+Runs started at the same time on one OUTPUT_DIR split the cases: a run claims a case with an
+exclusive ``flock`` on ``OUTPUT_DIR/.<id>.lock`` (see :func:`claim_case`). A case another run
+holds is put off to the end of the list and then waited for; once claimed, its outputs are
+looked for again, and a case the other run wrote counts as skipped. The claim is dropped and its
+file removed once the case is written or has failed. The kernel drops the locks of a process
+that dies, so a killed run's claims pass to the next run with no stale-lock handling; only its
+hidden lock files stay behind, and the next run that claims such a case removes its file. With
+``--overwrite`` a run redoes every case, so two concurrent runs may each write a case (in turn,
+never at once).
+
 With ``--nproc N`` (``python -m torch.distributed.run --standalone --nproc-per-node N -m
 segcore.predict ...``), rank ``r`` of ``W`` takes ``sorted_cases[r::W]``, so every case is
 written exactly once; rank 0 gathers the results and prints the summary. Each rank uses its
@@ -19,17 +33,22 @@ own GPU (NCCL) or, on CPUs (Gloo), ``OMP_NUM_THREADS`` threads (predict.sh gives
 share of the cores unless ``OMP_NUM_THREADS`` is set).
 
 A case that cannot be read or segmented is reported with its file and the reason and the batch
-goes on. Exit status: 0 when every case is written or skipped, 1 when any case failed, 2 for a
-usage error (bad folders, missing or bad weights).
+goes on (a concurrent run waiting for that case then tries it again). Exit status: 0 when every
+case is written or skipped, 1 when any case failed, 2 for a usage error (bad folders, missing or
+bad weights).
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
+import os
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 from tqdm import tqdm
@@ -72,6 +91,26 @@ class CaseResult:
     rank: int = 0
 
 
+@dataclass(frozen=True)
+class Claim:
+    """This run's hold on one case: an open lock file carrying an exclusive ``flock``."""
+
+    path: Path
+    descriptor: int
+
+    def release(self) -> None:
+        """Remove the lock file, then drop the lock.
+
+        In this order a run that opens the path afterwards creates a new file, and one that had
+        opened the old file before the removal sees, once it holds the lock, that the path no
+        longer names that file (:func:`claim_case` then tries again). Dropping the lock first
+        would let a third run lock the old file just before its removal, while a fourth locks
+        the new one.
+        """
+        self.path.unlink(missing_ok=True)
+        os.close(self.descriptor)
+
+
 def output_name(path: Path) -> str:
     """``<id>_0000.nii.gz`` -> ``<id>.nii.gz``; other files and folders keep their stem, plus ``.nii.gz``."""
     stem = case_stem(path)
@@ -104,6 +143,60 @@ def find_cases(input_dir: Path, output_dir: Path | None = None) -> tuple[list[Ca
                 others = ", ".join(other.name for other in owners if other is not case)
                 problems[case.name] = f"{case.path}: output name {name} is also claimed by {others}"
     return [case for case in cases if case.name not in problems], problems, ignored
+
+
+def check_output_folder(folder: Path) -> str | None:
+    """Create ``folder`` if missing and try a new file in it; ``None`` when usable, else the reason.
+
+    Writing a probe file is the only sure test: ``os.access`` and the permission bits say yes to
+    root on a read-only folder, and a read-only file system is found out only by writing.
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        return "exists and is not a folder"
+    except NotADirectoryError:
+        return "cannot be created: a part of its path is a file"
+    except OSError as error:
+        return f"cannot be created: {error.strerror}"
+    try:
+        descriptor, probe = tempfile.mkstemp(prefix=".predict-probe-", dir=folder)
+    except OSError as error:
+        return f"not writable: {error.strerror}"
+    os.close(descriptor)
+    os.unlink(probe)
+    return None
+
+
+def lock_path(output_dir: Path, case: Case) -> Path:
+    """The case's claim file: hidden, so :func:`find_cases` never takes it for a case."""
+    return output_dir / f".{case.case_id}.lock"
+
+
+def claim_case(path: Path, *, wait: bool) -> Claim | None:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing); ``None`` when another process
+    holds it and ``wait`` is false.
+
+    The kernel drops a process's locks when it exits or is killed, so a lock file left by a
+    killed run is simply taken over. A lock taken on a file that its holder removed meanwhile
+    (see :meth:`Claim.release`) guards nothing; the path is opened again until the lock held is
+    on the file the path names.
+    """
+    while True:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except OSError as error:
+            os.close(descriptor)
+            if isinstance(error, BlockingIOError):
+                return None
+            raise
+        try:
+            if os.path.samestat(os.fstat(descriptor), os.stat(path)):
+                return Claim(path, descriptor)
+        except FileNotFoundError:
+            pass
+        os.close(descriptor)
 
 
 def _write_json(path: Path, content: dict) -> None:
@@ -140,6 +233,37 @@ def predict_case(predictor: Predictor, case: Case, output_dir: Path, *, stats: b
     )
 
 
+def outputs_exist(case: Case, output_dir: Path, *, stats: bool) -> bool:
+    """Whether the case's mask (and, with ``stats``, its statistics) is already in ``output_dir``."""
+    wanted = [output_dir / case.output_name] + ([output_dir / f"{case.case_id}.json"] if stats else [])
+    return all(path.exists() for path in wanted)
+
+
+def settle_case(
+    predictor: Predictor, case: Case, output_dir: Path, *, overwrite: bool, stats: bool, wait: bool
+) -> CaseResult | None:
+    """Skip the case, or claim it and predict it; ``None`` when another run holds it and ``wait`` is false."""
+    if not overwrite and outputs_exist(case, output_dir, stats=stats):
+        return CaseResult(case.name, case.output_name, "skipped")
+    try:
+        claim = claim_case(lock_path(output_dir, case), wait=wait)
+    except OSError as error:
+        reason = f"{lock_path(output_dir, case)}: cannot claim the case: {error.strerror}"
+        return CaseResult(case.name, case.output_name, "failed", reason=reason)
+    if claim is None:
+        return None
+    try:
+        # Another run may have held the claim and written the case meanwhile. A holder removes its
+        # lock file only after its outputs are in place, so whoever locks after it, the old file or
+        # a new one, finds them here; claim_case's same-file check keeps two runs from holding one
+        # case at once when the holder failed it.
+        if not overwrite and outputs_exist(case, output_dir, stats=stats):
+            return CaseResult(case.name, case.output_name, "skipped")
+        return predict_case(predictor, case, output_dir, stats=stats)
+    finally:
+        claim.release()
+
+
 def predict_cases(
     predictor: Predictor,
     cases: list[Case],
@@ -150,16 +274,28 @@ def predict_cases(
     progress: bool = True,
     rank: int = 0,
 ) -> list[CaseResult]:
-    """Run :func:`predict_case` over ``cases``, skipping those whose outputs exist (unless ``overwrite``)."""
-    results = []
-    for case in tqdm(cases, desc="predict", unit="case", disable=not progress):
-        wanted = [output_dir / case.output_name] + ([output_dir / f"{case.case_id}.json"] if stats else [])
-        if not overwrite and all(path.exists() for path in wanted):
-            result = CaseResult(case.name, case.output_name, "skipped")
-        else:
-            result = predict_case(predictor, case, output_dir, stats=stats)
+    """Settle every case (:func:`settle_case`), in order; those another run holds are put off to the
+    end and then waited for, so concurrent runs over one ``output_dir`` split the cases.
+
+    Returns:
+        The results in the order the cases were settled.
+    """
+    settle = partial(settle_case, predictor, output_dir=output_dir, overwrite=overwrite, stats=stats)
+    results: list[CaseResult] = []
+    deferred: list[Case] = []
+    with tqdm(total=len(cases), desc="predict", unit="case", disable=not progress) as bar:
+        for case in cases:
+            result = settle(case, wait=False)
+            if result is None:
+                deferred.append(case)
+            else:
+                results.append(result)
+                bar.update()
+        for case in deferred:
+            results.append(settle(case, wait=True))
+            bar.update()
+    for result in results:
         result.rank = rank
-        results.append(result)
     return results
 
 
@@ -212,22 +348,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def first_error(error: str | None) -> str | None:
+    """The first error of any rank, on every rank, so that all ranks stop or go on together."""
+    return next((e for e in distributed.gather_objects(error) if e), None)
+
+
 def run_batch(args: argparse.Namespace, context: distributed.DistributedContext) -> int:
     """Every rank predicts its share; rank 0 prints the summary. Returns the exit status (the same on every rank)."""
     say = print if context.is_main else (lambda *a, **k: None)
     if not args.input.is_dir():
         say(f"predict: input folder {args.input} does not exist", file=sys.stderr)
         return 2
-    # Every rank loads the model; all must succeed before any starts (a lone failure would hang the others).
+    # Every rank checks the folder and loads the model; all must succeed before any goes on (a
+    # rank that stopped alone would leave the others waiting for it at the final gather).
+    problem = check_output_folder(args.output)
+    error = f"predict: output folder {args.output}: {problem}" if problem else None
+    if (error := first_error(error)) is not None:
+        say(error, file=sys.stderr)
+        return 2
     try:
         predictor, error = Predictor.from_weights(args.weights, context.device, args.precision), None
     except (OSError, ValueError, RuntimeError) as failure:
         predictor, error = None, f"predict: {failure}"
-    errors = [e for e in distributed.gather_objects(error) if e]
-    if errors:
-        say(errors[0], file=sys.stderr)
+    if (error := first_error(error)) is not None:
+        say(error, file=sys.stderr)
         return 2
-    args.output.mkdir(parents=True, exist_ok=True)
     cases, problems, ignored = find_cases(args.input, args.output)
     say(
         f"predict: {len(cases) + len(problems)} case(s) in {args.input} -> {args.output} "

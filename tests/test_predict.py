@@ -1,10 +1,15 @@
-"""predict.sh: a batch over real CTs with bad cases, torchrun shards, skip / overwrite, the embedded sample."""
+"""predict.sh: a batch over real CTs with bad cases, torchrun shards, skip / overwrite, the output folder
+check, concurrent runs sharing the cases through claims, the embedded sample."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +17,10 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from segcore import predict
 from segcore.io import read_volume, write_volume
 from segcore.predict import find_cases, main
+from segcore.predictor import Predictor
 from segcore.sample import run_sample
 from tests.tiny_checkpoints import write_tiny_weights
 
@@ -40,13 +47,42 @@ def batch_input(real_data, tmp_path_factory) -> Path:
     return folder
 
 
+PREDICT = ["sh", str(ROOT / "predict.sh"), "--no-progress"]
+# One thread per process in both the one- and two-process runs: the float summation order, and
+# so the rare argmax tie, then does not depend on the thread count.
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
+HOLD_LOCK = (
+    "import fcntl, sys, time; lock = open(sys.argv[1], 'w'); fcntl.flock(lock, fcntl.LOCK_EX); "
+    "print('held', flush=True); time.sleep(300)"
+)
+"""A stand-in for a predict.sh run that claimed a case (its argument: the lock file) and hangs there."""
+
+
 def run_predict(*args: str) -> subprocess.CompletedProcess:
-    # One thread per process in both the one- and two-process runs: the float summation order, and
-    # so the rare argmax tie, then does not depend on the thread count.
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        ["sh", str(ROOT / "predict.sh"), "--no-progress", *args], capture_output=True, text=True, timeout=300, env=env
-    )
+    return subprocess.run([*PREDICT, *args], capture_output=True, text=True, timeout=300, env=ONE_THREAD)
+
+
+def summary_statuses(stdout: str, names: set[str]) -> dict[str, str]:
+    """``{case: status}`` from the summary table of a run."""
+    rows = [line.split() for line in stdout.splitlines()]
+    return {words[0]: words[1] for words in rows if words and words[0] in names}
+
+
+@pytest.fixture
+def one_thread():
+    """In-process runs on one thread, like the predict.sh runs here (see ``ONE_THREAD``)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def copies_of_the_real_ct(real_data: Path, folder: Path, names: list[str]) -> Path:
+    """``folder`` holding one link to the real 3 mm CT per name."""
+    folder.mkdir()
+    for name in names:
+        (folder / name).symlink_to(real_data / "abdomen_ct_3mm.nii.gz")
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -114,29 +150,128 @@ def test_two_processes_write_every_case_once_like_one_process(one_process_run, b
         assert ours_stats["organs"] == their_stats["organs"]
 
 
-def test_existing_outputs_are_skipped_unless_overwrite(real_data, weights, tmp_path, capsys):
-    source = tmp_path / "in"
-    source.mkdir()
-    (source / "case_0000.nii.gz").symlink_to(real_data / "abdomen_ct_3mm.nii.gz")
+def test_existing_outputs_are_skipped_unless_overwrite(real_data, weights, tmp_path, capsys, one_thread):
+    source = copies_of_the_real_ct(real_data, tmp_path / "in", ["case_0000.nii.gz"])
     out = tmp_path / "out"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        args = ["-i", str(source), "-o", str(out), "--weights", str(weights), "--no-progress"]
-        assert main(args) == 0
-        predicted, geometry = read_volume(out / "case.nii.gz", check_ct=False)
-        assert predicted.any()
-        write_volume(out / "case.nii.gz", np.zeros_like(predicted), geometry)  # a stale result to keep or replace
+    args = ["-i", str(source), "-o", str(out), "--weights", str(weights), "--no-progress"]
+    assert main(args) == 0
+    predicted, geometry = read_volume(out / "case.nii.gz", check_ct=False)
+    assert predicted.any()
+    write_volume(out / "case.nii.gz", np.zeros_like(predicted), geometry)  # a stale result to keep or replace
 
-        assert main(args) == 0
-        assert "written 0, skipped 1" in capsys.readouterr().out
-        assert not read_volume(out / "case.nii.gz", check_ct=False)[0].any()
+    assert main(args) == 0
+    assert "written 0, skipped 1" in capsys.readouterr().out
+    assert not read_volume(out / "case.nii.gz", check_ct=False)[0].any()
 
-        assert main([*args, "--overwrite"]) == 0
-        assert "written 1, skipped 0" in capsys.readouterr().out
-        assert np.array_equal(read_volume(out / "case.nii.gz", check_ct=False)[0], predicted)
-    finally:
-        torch.set_num_threads(threads)
+    assert main([*args, "--overwrite"]) == 0
+    assert "written 1, skipped 0" in capsys.readouterr().out
+    assert np.array_equal(read_volume(out / "case.nii.gz", check_ct=False)[0], predicted)
+
+
+@pytest.mark.parametrize(
+    ("output", "reason"),
+    [
+        ("a_file", "exists and is not a folder"),
+        ("a_file/out", "cannot be created"),
+        ("/proc/predict_out", "cannot be created"),
+        ("/sys", "not writable"),  # sysfs refuses new files even to root, for whom chmod means nothing
+    ],
+)
+def test_a_bad_output_folder_is_a_one_line_usage_error_before_the_weights_load(output, reason, tmp_path, capsys):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "a_file").write_text("not a folder\n")
+    output = str(tmp_path / output) if not output.startswith("/") else output
+    # Missing weights would be the error if they were loaded before the output folder was checked.
+    assert main(["-i", str(tmp_path / "in"), "-o", output, "--weights", str(tmp_path / "none")]) == 2
+    errors = capsys.readouterr().err.splitlines()
+    assert len(errors) == 1 and errors[0].startswith(f"predict: output folder {output}: {reason}"), errors
+
+
+def test_the_output_folder_check_creates_the_folder_and_writes_a_probe(tmp_path):
+    nested = tmp_path / "new" / "out"
+    assert predict.check_output_folder(nested) is None
+    assert nested.is_dir() and not any(nested.iterdir())
+    assert predict.check_output_folder(Path("/sys")).startswith("not writable")
+
+
+def test_every_rank_refuses_an_output_file_and_none_hangs(weights, tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "a_file").write_text("not a folder\n")
+    args = ["-i", str(tmp_path / "in"), "-o", str(tmp_path / "a_file"), "--weights", str(weights)]
+    result = run_predict(*args, "--nproc", "2")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.splitlines() == [f"predict: output folder {tmp_path / 'a_file'}: exists and is not a folder"]
+
+
+def test_concurrent_runs_split_the_cases(real_data, weights, tmp_path):
+    names = [f"case{index}_0000.nii.gz" for index in range(6)]
+    source = copies_of_the_real_ct(real_data, tmp_path / "in", names)
+    out = tmp_path / "out"
+    command = [*PREDICT, "-i", str(source), "-o", str(out), "--weights", str(weights)]
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, "env": ONE_THREAD}
+    runs = [subprocess.Popen(command, **pipes) for _ in range(2)]
+    outputs = [run.communicate(timeout=300) for run in runs]
+    written = []
+    for run, (stdout, stderr) in zip(runs, outputs):
+        assert run.returncode == 0, stdout + stderr
+        statuses = summary_statuses(stdout, set(names))
+        assert set(statuses) == set(names) and set(statuses.values()) <= {"written", "skipped"}, stdout
+        written.append(sum(status == "written" for status in statuses.values()))
+    assert sum(written) == len(names), f"cases written by each run: {written}"
+    masks = [sitk.GetArrayFromImage(sitk.ReadImage(str(out / name.replace("_0000", "")))) for name in names]
+    assert masks[0].any() and masks[0].max() <= 13
+    assert all(np.array_equal(mask, masks[0]) for mask in masks)
+    assert not [path.name for path in out.iterdir() if path.name.startswith(".")]  # no lock, probe or temporary
+
+
+def test_a_case_claimed_elsewhere_is_put_off_then_finished(real_data, weights, tmp_path, one_thread):
+    source = copies_of_the_real_ct(real_data, tmp_path / "in", ["a_0000.nii.gz", "b_0000.nii.gz"])
+    out = tmp_path / "out"
+    out.mkdir()
+    cases, _, _ = find_cases(source, out)
+    predictor = Predictor.from_weights(weights, "cpu")
+    lock_file = out / ".a.lock"
+    with lock_file.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        release = threading.Timer(1.0, lock.close)  # closing the file drops the lock, as the holder's exit would
+        release.start()
+        results = predict.predict_cases(predictor, cases, out, progress=False)
+        release.join()
+    assert [(result.name, result.status) for result in results] == [
+        ("b_0000.nii.gz", "written"),
+        ("a_0000.nii.gz", "written"),
+    ]
+    assert (out / "a.nii.gz").is_file() and not lock_file.exists()
+
+
+def test_a_waiting_claim_ends_on_the_lock_file_the_path_names(tmp_path):
+    path = tmp_path / ".case.lock"
+    held = predict.claim_case(path, wait=False)
+    assert predict.claim_case(path, wait=False) is None
+    waited = []
+    waiter = threading.Thread(target=lambda: waited.append(predict.claim_case(path, wait=True)))
+    waiter.start()
+    time.sleep(0.5)  # the waiter opens the lock file and waits for its lock
+    held.release()  # removes that file first: a lock on it now guards nothing
+    waiter.join(timeout=10)
+    assert os.path.samestat(os.fstat(waited[0].descriptor), path.stat())
+    waited[0].release()
+    assert not path.exists()
+
+
+def test_a_killed_runs_claim_is_taken_over(real_data, weights, tmp_path, capsys, one_thread):
+    source = copies_of_the_real_ct(real_data, tmp_path / "in", ["case_0000.nii.gz"])
+    out = tmp_path / "out"
+    out.mkdir()
+    lock_file = out / ".case.lock"
+    with subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(lock_file)], stdout=subprocess.PIPE, text=True
+    ) as holder:
+        assert holder.stdout.readline() == "held\n"
+        holder.kill()
+    assert main(["-i", str(source), "-o", str(out), "--weights", str(weights), "--no-progress"]) == 0
+    assert "written 1, skipped 0" in capsys.readouterr().out
+    assert (out / "case.nii.gz").is_file() and not lock_file.exists()
 
 
 def test_case_discovery_names_and_collisions(tmp_path):
