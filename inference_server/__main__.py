@@ -7,9 +7,19 @@ from __future__ import annotations
 import argparse
 
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from inference_server.app import create_app
 from inference_server.settings import Settings
+
+
+class IdleClosingH11Protocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol, except that a connection that never sends a byte is closed
+    after the keep-alive timeout (uvicorn starts that timer only after a first response)."""
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -22,7 +32,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     overrides = {"weights_dir": args.weights, "device": args.device}
     settings = Settings(**{key: value for key, value in overrides.items() if value is not None})
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
+    uvicorn.run(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        http=IdleClosingH11Protocol,
+        timeout_keep_alive=settings.idle_timeout_s,
+        limit_concurrency=settings.max_connections,
+    )
 
 
 if __name__ == "__main__":

@@ -15,7 +15,10 @@ class Settings(BaseSettings):
 
     Environment variables: ``SEGMENT_WEIGHTS_DIR``, ``SEGMENT_DEVICE``, ``SEGMENT_PRECISION``,
     ``SEGMENT_MAX_UPLOAD_MB``, ``SEGMENT_MAX_CONCURRENT``, ``SEGMENT_QUEUE_LENGTH``,
-    ``SEGMENT_REQUEST_TIMEOUT_S``, ``SEGMENT_API_KEY``.
+    ``SEGMENT_REQUEST_TIMEOUT_S``, ``SEGMENT_IDLE_TIMEOUT_S``, ``SEGMENT_MAX_CONNECTIONS``,
+    ``SEGMENT_MAX_UNPACKED_MB``, ``SEGMENT_MAX_ZIP_MEMBERS``, ``SEGMENT_MAX_COMPRESSION_RATIO``,
+    ``SEGMENT_API_KEY``. Temporary files go to ``TMPDIR`` (default ``/tmp``), one private folder
+    per request, removed when its work ends.
     """
 
     model_config = SettingsConfigDict(env_prefix="SEGMENT_", frozen=True)
@@ -27,8 +30,21 @@ class Settings(BaseSettings):
     max_concurrent: int = Field(1, ge=1, description="inferences running at once")
     queue_length: int = Field(4, ge=0, description="requests waiting for a slot; beyond them 503")
     request_timeout_s: float = Field(600.0, gt=0, description="wait + inference; beyond it 504")
+    idle_timeout_s: float = Field(
+        15.0, gt=0, description="longest silence from a client: before its request (then closed) or in its body (408)"
+    )
+    max_connections: int = Field(64, ge=1, description="open connections at once; beyond them 503")
+    max_unpacked_mb: float = Field(2048.0, gt=0, description="a zipped DICOM series unpacks to at most this (413)")
+    max_zip_members: int = Field(5000, ge=1, description="files in a zipped DICOM series (422 beyond)")
+    max_compression_ratio: float = Field(
+        100.0, gt=1, description="unpacked / packed bytes of a zip member and of the whole zip (413 beyond)"
+    )
     api_key: SecretStr | None = Field(None, description="when set, requests need this X-API-Key")
 
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def max_unpacked_bytes(self) -> int:
+        return int(self.max_unpacked_mb * 1024 * 1024)

@@ -1,0 +1,162 @@
+"""Who gets in, and when: admission is decided from the request's headers, before its body.
+
+:class:`SegmentGate` (ASGI middleware, ``POST /segment`` only) answers 401 for a missing or
+wrong API key, 413 for a declared body over the limit and 503 when every inference slot and
+queue place is taken, all before a byte of the body is read. An admitted request holds a
+:class:`Ticket` (a place in the count) from its headers until its work ends; so uploads in
+progress count against capacity, and there are never more uploads than places. While the body
+streams in, a gap longer than the idle timeout ends it with 408 and a running byte count past
+the limit with 413.
+
+:meth:`Ticket.run` hands the work and its temporary folder to a worker task: the folder is
+removed by that task after the worker thread ends, whatever the request's outcome (a 504
+returns at once; the thread cannot be interrupted, keeps its slot and its folder until it
+ends, and then both are freed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+from fastapi import HTTPException
+from fastapi.responses import JSONResponse
+from pydantic import SecretStr
+
+SEGMENT_PATH = "/segment"
+
+
+def key_matches(given: str | None, expected: SecretStr | None) -> bool:
+    """Whether ``given`` is the configured API key (always true when none is configured)."""
+    return expected is None or (
+        given is not None and secrets.compare_digest(given.encode(), expected.get_secret_value().encode())
+    )
+
+
+def unauthorized() -> HTTPException:
+    return HTTPException(401, "missing or wrong X-API-Key", {"WWW-Authenticate": "X-API-Key"})
+
+
+def too_large(limit: int) -> HTTPException:
+    return HTTPException(413, f"upload larger than the limit of {limit / 2**20:.0f} MB")
+
+
+def busy() -> HTTPException:
+    return HTTPException(503, "busy: every inference slot and queue place is taken", {"Retry-After": "5"})
+
+
+class Admission:
+    """At most ``concurrent`` inferences at once and ``concurrent + queue`` requests admitted."""
+
+    def __init__(self, concurrent: int, queue: int):
+        self.capacity = concurrent + queue
+        self.admitted = 0
+        self.slots = asyncio.Semaphore(concurrent)
+        self.running: set[asyncio.Task] = set()
+
+    def admit(self) -> Ticket:
+        """A place for one request; 503 (:func:`busy`) when there is none."""
+        if self.admitted >= self.capacity:
+            raise busy()
+        self.admitted += 1
+        return Ticket(self)
+
+
+class Ticket:
+    """One admitted request's place; given back once, by the request or by its worker task."""
+
+    def __init__(self, admission: Admission):
+        self.admission = admission
+        self.handed_over = False
+        self.released = False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.admission.admitted -= 1
+
+    async def run(self, function: Callable[[], Any], timeout: float, workdir: Path) -> Any:
+        """Run ``function`` in a worker thread when a slot is free; 504 past ``timeout``.
+
+        From here on the worker task owns the place and ``workdir``: both are given back when the
+        thread has ended, never before.
+        """
+        self.handed_over = True
+
+        async def in_slot():
+            try:
+                async with self.admission.slots:
+                    return await anyio.to_thread.run_sync(function)
+            finally:
+                shutil.rmtree(workdir, ignore_errors=True)
+                self.release()
+
+        task = asyncio.create_task(in_slot())
+        self.admission.running.add(task)
+        task.add_done_callback(self.admission.running.discard)
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+        if not done:
+            raise HTTPException(504, f"no result within the request timeout of {timeout:g} s")
+        return task.result()
+
+
+class SegmentGate:
+    """ASGI middleware: admission from the headers of ``POST /segment``, then a guarded body."""
+
+    def __init__(self, app, admission: Admission, api_key: SecretStr | None, limit: int, idle_timeout: float):
+        self.app, self.admission, self.api_key = app, admission, api_key
+        self.limit, self.idle_timeout = limit, idle_timeout
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] != SEGMENT_PATH or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        try:
+            ticket = self._admit(headers)
+        except HTTPException as refused:
+            response = JSONResponse({"detail": refused.detail}, refused.status_code, refused.headers)
+            return await response(scope, receive, send)
+        scope.setdefault("state", {})["ticket"] = ticket
+        try:
+            return await self.app(scope, self._guarded(receive), send)
+        finally:
+            if not ticket.handed_over:
+                ticket.release()
+
+    def _admit(self, headers: dict[bytes, bytes]) -> Ticket:
+        given = headers.get(b"x-api-key")
+        if not key_matches(given.decode("latin-1") if given is not None else None, self.api_key):
+            raise unauthorized()
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            raise too_large(self.limit)
+        return self.admission.admit()
+
+    def _guarded(self, receive):
+        """``receive`` with a running byte count and, until the body is complete, an idle timeout.
+
+        Raised while the endpoint parses the body, the HTTP errors reach FastAPI's handler.
+        """
+        received, complete = 0, False
+
+        async def guarded_receive():
+            nonlocal received, complete
+            if complete:  # after the body, receive only waits for a disconnect: no timeout
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.idle_timeout)
+            except TimeoutError:
+                raise HTTPException(408, f"upload idle for more than {self.idle_timeout:g} s") from None
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                complete = not message.get("more_body", False)
+                if received > self.limit:
+                    raise too_large(self.limit)
+            return message
+
+        return guarded_receive
