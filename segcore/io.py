@@ -37,6 +37,10 @@ DEFAULT_MAX_BYTES = 2 * 1024 * 1024 * 1024
 """Largest decoded pixel data accepted by default (voxels × bytes per voxel)."""
 SPACING_RANGE_MM = (0.01, 50.0)
 """Voxel sizes outside this range are header errors, not scans (ITK would silently use 1 mm for 0)."""
+NIFTI_PLACEMENT_FIELDS = (
+    "pixdim", "quatern_b", "quatern_c", "quatern_d", "qoffset_x", "qoffset_y", "qoffset_z", "srow_x", "srow_y", "srow_z"
+)  # fmt: skip
+"""NIfTI header fields that place the grid in space; an Inf in ``srow_y`` hangs ITK's reader for good."""
 PLACEMENT_TOLERANCE_VOXELS = 0.05
 """Largest disagreement, in voxels, between where ITK and nibabel put a corner of a NIfTI grid."""
 CT_AIR_OR_FAT_HU = -200.0
@@ -176,7 +180,12 @@ def _check_nifti_header(path: Path, image: nib.Nifti1Image, limits: Limits) -> N
     shape = tuple(int(s) for s in image.shape)
     itemsize = image.get_data_dtype().itemsize
     _check_size(path, "×".join(str(s) for s in shape), int(np.prod(shape, dtype=np.int64)), itemsize, limits)
-    pixdim = _raw_pixdim(path, image)[1 : 1 + min(len(shape), 3)]
+    raw = _raw_header(path, image)
+    placement = np.concatenate([raw[field].ravel() for field in NIFTI_PLACEMENT_FIELDS]).astype(np.float64)
+    if not np.isfinite(placement).all():
+        bad = [field for field in NIFTI_PLACEMENT_FIELDS if not np.isfinite(raw[field]).all()]
+        raise VolumeError(path, f"non-finite values in the header's {', '.join(bad)}", "geometry")
+    pixdim = raw["pixdim"][1 : 1 + min(len(shape), 3)].astype(np.float64)
     low, high = SPACING_RANGE_MM
     if not (np.isfinite(pixdim).all() and (pixdim >= low).all() and (pixdim <= high).all()):
         shown = ", ".join(f"{value:g}" for value in pixdim)
@@ -185,8 +194,9 @@ def _check_nifti_header(path: Path, image: nib.Nifti1Image, limits: Limits) -> N
         )
 
 
-def _raw_pixdim(path: Path, image: nib.Nifti1Image) -> np.ndarray:
-    """``pixdim`` as stored: nibabel's loader silently turns 0 into 1 and negatives into their absolute value."""
+def _raw_header(path: Path, image: nib.Nifti1Image) -> nib.Nifti1Header:
+    """The header as stored: nibabel's loader silently turns a 0 pixdim into 1 and negatives into
+    their absolute value."""
     opener = gzip.open if str(path).lower().endswith(".gz") else open
     try:
         with opener(path, "rb") as stream:
@@ -194,7 +204,7 @@ def _raw_pixdim(path: Path, image: nib.Nifti1Image) -> np.ndarray:
         header = type(image.header).from_fileobj(io.BytesIO(raw), check=False)
     except (EOFError, OSError, zlib.error, ValueError) as error:
         raise VolumeError(path, f"unreadable NIfTI header ({error})", "unreadable") from None
-    return np.asarray(header["pixdim"], dtype=np.float64)
+    return header
 
 
 def _check_size(path: Path, shown: str, voxels: int, bytes_per_voxel: int, limits: Limits) -> None:

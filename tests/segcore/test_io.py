@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import gzip
 import shutil
+import threading
 
 import nibabel as nib
 import numpy as np
@@ -266,3 +267,26 @@ def test_error_kinds_tell_unreadable_from_not_a_ct(real_data, tmp_path):
     with pytest.raises(VolumeError) as error:
         read_volume(tmp_path / "missing.nii.gz")
     assert error.value.kind == "unreadable"
+
+
+def test_a_non_finite_sform_is_refused_before_it_reaches_itk(tmp_path):
+    # ITK's reader never returns from this header (an Inf in srow_y with sform_code 4): a server
+    # worker would hold its slot for good. The reader runs in a thread so that a hang fails the test.
+    def infinite(header):
+        header["sform_code"] = 4
+        header["srow_y"] = [-3.8, np.inf, 0.01, 1.98]
+
+    path = nifti_with_header(tmp_path / "inf_srow.nii.gz", small_ct(), CT_AFFINE, infinite)
+    outcome: list[BaseException] = []
+
+    def read():
+        try:
+            read_volume(path)
+        except BaseException as error:  # noqa: BLE001 - the outcome is inspected below
+            outcome.append(error)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout=20)
+    assert outcome and isinstance(outcome[0], VolumeError), "the reader hung or raised something else"
+    assert "srow_y" in outcome[0].reason and outcome[0].kind == "geometry"
