@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import zipfile
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Literal
@@ -65,10 +67,7 @@ def extract_series(archive: Path, folder: Path, limits: ZipLimits, name: str) ->
     """Unpack a zip's files (flattened, names sanitised) into ``folder``, within ``limits``."""
     folder.mkdir(mode=0o700)
     try:
-        _check_directory_record(archive, limits, name)
-        with zipfile.ZipFile(archive) as bundle:
-            members = [member for member in bundle.infolist() if not member.is_dir()]
-            _check_members(members, limits, name)
+        with _checked_archive(archive, limits, name) as (bundle, members):
             budget = _Budget(limits, archive.stat().st_size, name)
             for index, member in enumerate(members):
                 safe = f"{index:06d}_{PurePosixPath(member.filename.replace(chr(92), '/')).name}"
@@ -81,6 +80,26 @@ def extract_series(archive: Path, folder: Path, limits: ZipLimits, name: str) ->
     except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as error:
         raise HTTPException(400, f"{name}: not a readable zip archive ({error})") from None
     return folder
+
+
+def check_archive(archive: Path, limits: ZipLimits, name: str) -> None:
+    """Every check that needs only the zip's directories (milliseconds, whatever the archive
+    claims to hold): a server runs it before queueing the work; :func:`extract_series` again."""
+    try:
+        with _checked_archive(archive, limits, name):
+            pass
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as error:
+        raise HTTPException(400, f"{name}: not a readable zip archive ({error})") from None
+
+
+@contextmanager
+def _checked_archive(archive: Path, limits: ZipLimits, name: str) -> Iterator[tuple[zipfile.ZipFile, list]]:
+    """The open archive and its file members, once the end record and the directory passed."""
+    _check_directory_record(archive, limits, name)
+    with zipfile.ZipFile(archive) as bundle:
+        members = [member for member in bundle.infolist() if not member.is_dir()]
+        _check_members(members, limits, name)
+        yield bundle, members
 
 
 def _check_directory_record(archive: Path, limits: ZipLimits, name: str) -> None:

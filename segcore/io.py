@@ -143,6 +143,28 @@ def _read_image(path: Path, limits: Limits) -> sitk.Image:
         raise VolumeError(path, "no such file or folder", "unreadable")
     if path.is_dir():
         return _read_dicom_series(path, limits)
+    reader, nifti = _header_checked_reader(path, limits)
+    if nifti is not None:
+        _check_nifti_payload(path, nifti)
+    try:
+        return reader.Execute()
+    except RuntimeError as error:
+        raise VolumeError(path, f"unreadable or truncated image ({_first_itk_line(error)})", "unreadable") from None
+
+
+def check_file_header(
+    path: str | os.PathLike, *, max_voxels: int = DEFAULT_MAX_VOXELS, max_bytes: int = DEFAULT_MAX_BYTES
+) -> None:
+    """Every check of :func:`read_volume` that needs only an image file's header (milliseconds,
+    whatever the file claims): a server runs it before queueing the work."""
+    path = Path(path)
+    if not path.is_file():
+        raise VolumeError(path, "no such file", "unreadable")
+    _header_checked_reader(path, Limits(max_voxels, max_bytes))
+
+
+def _header_checked_reader(path: Path, limits: Limits) -> tuple[sitk.ImageFileReader, nib.Nifti1Image | None]:
+    """A reader whose header passed every check (size, spacing, placement), and the NIfTI header if any."""
     if path.stat().st_size == 0:
         raise VolumeError(path, "empty file", "unreadable")
     nifti = _nifti_header(path) if is_nifti(path) else None
@@ -157,11 +179,7 @@ def _read_image(path: Path, limits: Limits) -> sitk.Image:
     check_shape(path, _info_of(reader), limits)
     if nifti is not None:
         _check_nifti_placement(path, nifti, geometry_of(reader))
-        _check_nifti_payload(path, nifti)
-    try:
-        return reader.Execute()
-    except RuntimeError as error:
-        raise VolumeError(path, f"unreadable or truncated image ({_first_itk_line(error)})", "unreadable") from None
+    return reader, nifti
 
 
 def _nifti_header(path: Path) -> nib.Nifti1Image | nib.Nifti2Image:

@@ -251,3 +251,25 @@ def test_concurrent_slow_uploads_are_capped(guarded):
         thread.join()
     statuses = sorted(answer[9:12] for answer in answers)
     assert statuses.count(b"503") >= 3, statuses  # one place (1 slot, no queue): the others are turned away
+
+
+def test_a_bomb_is_refused_without_waiting_for_the_busy_slot(weights, tmp_path):
+    large = nifti_with_header(tmp_path / "large.nii.gz", small_ct((320, 320, 160)), CT_AFFINE).read_bytes()
+    bomb_bytes = zip_of({"a.dcm": b"\0" * (30 << 20)})
+    temp = tmp_path / "server_tmp"
+    temp.mkdir()
+    with serving(weights, temp, max_concurrent="1", queue_length="1") as url:
+        finished: dict[str, float] = {}
+
+        def honest():
+            assert post(url, "large.nii.gz", large).status_code == 200
+            finished["honest"] = time.monotonic()
+
+        worker = threading.Thread(target=honest)
+        worker.start()
+        time.sleep(0.5)  # the honest request holds the only slot
+        bomb = post(url, "z.zip", bomb_bytes)
+        finished["bomb"] = time.monotonic()
+        worker.join()
+        assert bomb.status_code == 413, bomb.text
+        assert finished["bomb"] < finished["honest"], "the bomb waited for the slot before its refusal"
