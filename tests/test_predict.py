@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -242,21 +241,6 @@ def test_a_case_claimed_elsewhere_is_put_off_then_finished(real_data, weights, t
         ("a_0000.nii.gz", "written"),
     ]
     assert (out / "a.nii.gz").is_file() and not lock_file.exists()
-
-
-def test_a_waiting_claim_ends_on_the_lock_file_the_path_names(tmp_path):
-    path = tmp_path / ".case.lock"
-    held = predict.claim_case(path, wait=False)
-    assert predict.claim_case(path, wait=False) is None
-    waited = []
-    waiter = threading.Thread(target=lambda: waited.append(predict.claim_case(path, wait=True)))
-    waiter.start()
-    time.sleep(0.5)  # the waiter opens the lock file and waits for its lock
-    held.release()  # removes that file first: a lock on it now guards nothing
-    waiter.join(timeout=10)
-    assert os.path.samestat(os.fstat(waited[0].descriptor), path.stat())
-    waited[0].release()
-    assert not path.exists()
 
 
 def test_a_killed_runs_claim_is_taken_over(real_data, weights, tmp_path, capsys, one_thread):
