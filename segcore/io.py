@@ -41,6 +41,8 @@ NIFTI_PLACEMENT_FIELDS = (
     "pixdim", "quatern_b", "quatern_c", "quatern_d", "qoffset_x", "qoffset_y", "qoffset_z", "srow_x", "srow_y", "srow_z"
 )  # fmt: skip
 """NIfTI header fields that place the grid in space; an Inf in ``srow_y`` hangs ITK's reader for good."""
+UNIFORM_SLICE_TOLERANCE = 0.01
+"""Largest departure of a DICOM slice gap from the series' median gap, as a share of it."""
 PLACEMENT_TOLERANCE_VOXELS = 0.05
 """Largest disagreement, in voxels, between where ITK and nibabel put a corner of a NIfTI grid."""
 CT_AIR_OR_FAT_HU = -200.0
@@ -333,22 +335,56 @@ def _sorted_by_position(folder: Path, files: list[str]) -> list[tuple[str, Image
         slices.append((float(np.dot(normal, reader.GetOrigin())), name, _info_of(reader)))
     if len({round(position, 4) for position, _, _ in slices}) != len(slices):
         raise VolumeError(folder, "DICOM series has slices at duplicate positions", "geometry")
-    return [(name, info) for _, name, info in sorted(slices)]
+    slices.sort()
+    _check_uniform_spacing(folder, [position for position, _, _ in slices])
+    return [(name, info) for _, name, info in slices]
+
+
+def _check_uniform_spacing(folder: Path, positions: list[float]) -> None:
+    """Refuse a series whose slices are not evenly spaced (missing slices, a varying step).
+
+    A volume has one z spacing: read as one, such a series would put every slice after the gap
+    at the wrong place, in the mask as much as in the scan (ITK only warns). Refused rather than
+    resampled: the mask could then not be written back on the original slices exactly.
+    """
+    if len(positions) < 3:
+        return
+    gaps = np.diff(positions)
+    step = float(np.median(gaps))
+    worst = int(np.argmax(np.abs(gaps - step)))
+    if abs(gaps[worst] - step) > max(UNIFORM_SLICE_TOLERANCE * step, 1e-3):
+        raise VolumeError(
+            folder,
+            f"non-uniform slice spacing: slices are {step:.4g} mm apart but {gaps[worst]:.4g} mm between slice "
+            f"{worst + 1} and {worst + 2} of {len(positions)} (missing slices or a varying step); resample the "
+            "series to even spacing first",
+            "geometry",
+        )
 
 
 def _read_dicom_series(folder: Path, limits: Limits) -> sitk.Image:
     series = _series_headers(folder)
-    first = series[0][1]
-    if len(series) > 1:  # slices stack along z; a multi-frame file carries its frames in its own size
-        frames = sum(info.size[2] if len(info.size) == 3 else 1 for _, info in series)
-        first = first._replace(size=(*first.size[:2], frames))
-    check_shape(folder, first, limits)
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames([name for name, _ in series])
+    if len(series) == 1:  # one file: a single slice or a multi-frame (enhanced) volume, read as a file
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(series[0][0])
+        size = series[0][1].size
+    else:  # slices stack along z
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames([name for name, _ in series])
+        size = (*series[0][1].size[:2], len(series))
+    shown = "×".join(str(s) for s in size)
+    _check_size(folder, shown, int(np.prod(size, dtype=np.int64)), series[0][1].bytes_per_voxel, limits)
     try:
         return reader.Execute()
     except RuntimeError as error:
         raise VolumeError(folder, f"unreadable DICOM series ({_first_itk_line(error)})", "unreadable") from None
+
+
+def _without_trailing_singletons(image: sitk.Image) -> sitk.Image:
+    """A 3-D volume stored with extra axes of size 1 (x, y, z, 1) as the 3-D volume it is."""
+    while image.GetDimension() > 3 and image.GetSize()[-1] == 1:
+        image = image[(slice(None),) * (image.GetDimension() - 1) + (0,)]
+    return image
 
 
 def read_volume(
@@ -375,7 +411,7 @@ def read_volume(
             spacing, NIfTI qform/sform that disagree, non-finite values, or (with ``check_ct``) not a CT.
     """
     path = Path(path)
-    image = _read_image(path, Limits(max_voxels, max_bytes))
+    image = _without_trailing_singletons(_read_image(path, Limits(max_voxels, max_bytes)))
     check_shape(path, _info_of(image), Limits(max_voxels, max_bytes))
     array = sitk.GetArrayFromImage(image)
     if check_ct:

@@ -78,6 +78,12 @@ def test_zipped_dicom_series(server, real_data):
     assert 'filename="series_labels.nii.gz"' in response.headers["content-disposition"]
 
 
+def missing_slice(real_data) -> list[Path]:
+    """The shared series' files but one in the middle (names sort by position)."""
+    files = sorted((real_data / "abdomen_ct_dicom").iterdir())
+    return files[:10] + files[11:]
+
+
 def truncated_nifti(real_data) -> bytes:
     data = (real_data / "abdomen_ct_3mm.nii.gz").read_bytes()
     return data[: len(data) // 2]
@@ -94,6 +100,7 @@ def truncated_nifti(real_data) -> bytes:
         ("two.zip", lambda d: zipped(d / "abdomen_ct_dicom", d / "single_slice_ct.dcm"), 422, "series"),
         ("big.nii.gz", lambda d: gzip.compress(b"\0" * 64) + b"\0" * (5 << 20), 413, "limit"),
         ("not.zip", lambda d: b"PK\x03\x04" + b"\0" * 100, 400, "zip"),
+        ("gappy.zip", lambda d: zipped(*missing_slice(d)), 422, "non-uniform"),
     ],
 )
 def test_bad_inputs_get_their_4xx_with_a_json_detail(server, real_data, name, make, status, words):

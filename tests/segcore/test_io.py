@@ -290,3 +290,57 @@ def test_a_non_finite_sform_is_refused_before_it_reaches_itk(tmp_path):
     reader.join(timeout=20)
     assert outcome and isinstance(outcome[0], VolumeError), "the reader hung or raised something else"
     assert "srow_y" in outcome[0].reason and outcome[0].kind == "geometry"
+
+
+def series_without(real_data, folder, dropped: set[int]):
+    """The shared DICOM series minus the files at ``dropped`` (names sort by position)."""
+    folder.mkdir()
+    for index, source in enumerate(sorted((real_data / "abdomen_ct_dicom").iterdir())):
+        if index not in dropped:
+            shutil.copy(source, folder / source.name)
+    return folder
+
+
+@pytest.mark.parametrize(("dropped", "gap"), [({10}, "4 mm"), ({4, 12, 13}, "6 mm")])
+def test_dicom_series_with_missing_slices_is_refused_naming_the_gap(real_data, tmp_path, dropped, gap):
+    folder = series_without(real_data, tmp_path / "gappy", dropped)
+    with pytest.raises(VolumeError, match="non-uniform slice spacing") as error:
+        read_volume(folder)
+    assert f"{gap} between slice" in error.value.reason and "2 mm apart" in error.value.reason
+    assert error.value.kind == "geometry"
+
+
+def enhanced_ct(real_data, folder):
+    """The shared series as one legacy-converted enhanced (multi-frame) CT file, made with highdicom
+    (the shared files lack the UIDs a conversion needs: fresh ones are given)."""
+    import highdicom
+    import pydicom
+    from pydicom.uid import CTImageStorage, generate_uid
+
+    slices = [pydicom.dcmread(path) for path in sorted((real_data / "abdomen_ct_dicom").iterdir())]
+    study, series, frame = generate_uid(), generate_uid(), generate_uid()
+    for number, dataset in enumerate(slices, start=1):
+        dataset.SOPClassUID, dataset.SOPInstanceUID = CTImageStorage, generate_uid()
+        dataset.StudyInstanceUID, dataset.SeriesInstanceUID, dataset.FrameOfReferenceUID = study, series, frame
+        dataset.InstanceNumber = number
+    enhanced = highdicom.legacy.LegacyConvertedEnhancedCTImage(
+        legacy_datasets=slices, series_instance_uid=generate_uid(), series_number=1, sop_instance_uid=generate_uid(),
+        instance_number=1,
+    )  # fmt: skip
+    folder.mkdir()
+    enhanced.save_as(folder / "enhanced.dcm")
+    return folder
+
+
+def test_an_enhanced_multi_frame_ct_reads_as_the_series_it_came_from(real_data, tmp_path):
+    array, geometry = read_volume(enhanced_ct(real_data, tmp_path / "enhanced"))
+    reference, reference_geometry = read_volume(real_data / "abdomen_ct_dicom")
+    assert array.shape == (20, 512, 512)
+    assert np.array_equal(to_canonical(array, geometry)[0], to_canonical(reference, reference_geometry)[0])
+    assert np.allclose(corners(geometry), corners(reference_geometry), atol=1e-3)  # the same box in space
+
+
+def corners(geometry):
+    """The physical positions of a grid's 8 corner voxels, in a fixed order."""
+    index = np.array(np.meshgrid(*[[0, n - 1] for n in geometry.size], indexing="ij")).reshape(3, -1).T
+    return np.array(sorted(map(tuple, np.round(geometry.index_to_physical(index), 4))))
