@@ -188,6 +188,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "crop_box": prediction.box,
                 "timings": timings,
                 "warnings": prediction.warnings,
+                "model_notice": model.notice,
             }
             if output == "json":
                 return None, summary
@@ -204,6 +205,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         }
         if summary["warnings"]:
             headers["X-Segmentation-Warnings"] = ascii_header("; ".join(summary["warnings"]))
+        if model.notice:
+            headers["X-Model-Notice"] = ascii_header(model.notice)
         if body is None:
             return fastapi.responses.JSONResponse(Segmentation(**summary).model_dump(), headers=headers)
         headers["Content-Disposition"] = attachment(download_name(name))

@@ -23,6 +23,7 @@ class Segmentation(BaseModel):
     crop_box: list[list[int]] | None = Field(description="the fine stage's crop in input voxels (x, y, z), or null")
     timings: dict[str, float] = Field(description="seconds per step")
     warnings: list[str]
+    model_notice: str | None = Field(None, description="what the loaded weights must not be used for, if anything")
 
 
 class Info(BaseModel):

@@ -11,6 +11,7 @@ A checkpoint is a ``torch.save`` dict::
                     "ensemble": [indices of the networks to average at inference]},
       "config": {...},                     # the training config that made it
       "metrics": {...},                    # validation figures at save time
+      "notice": str | absent,              # what the weights must not be used for; said once per run
       "training_state": {...} | absent,    # optimizer, scaler, scheduler, step, epoch, RNG: for --resume
     }
 

@@ -334,6 +334,8 @@ def run_batch(args: argparse.Namespace, context: distributed.DistributedContext)
     )
     if ignored:
         say(f"  passed over (neither NIfTI nor folder): {', '.join(ignored)}")
+    if predictor.notice:
+        say(f"predict: NOTE on these weights: {predictor.notice}")
     started = time.perf_counter()
     mine = cases[context.rank :: context.world_size]
     results = predict_cases(

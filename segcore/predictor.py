@@ -314,6 +314,11 @@ class Predictor:
         )
         self.chunk_elements = chunk_elements
         self.sources: dict[str, dict[str, str]] = {}
+        notices = dict.fromkeys(
+            payload["notice"] for payload in (coarse_payload, fine_payload) if payload.get("notice")
+        )
+        self.notice: str | None = " ".join(notices) or None
+        """What the weights must not be used for (the checkpoints' ``notice``), or None: said once per run."""
 
     @classmethod
     def from_weights(
@@ -350,6 +355,7 @@ class Predictor:
             "device": str(self.device),
             "precision": str(self.fine.autocast_dtype).removeprefix("torch."),
             "margin_mm": self.locator.margin_mm,
+            "notice": self.notice,
             **{
                 name: {
                     "input_size": list(model.input_size),

@@ -29,6 +29,11 @@ def predictor() -> Predictor:
     return Predictor.from_weights(WEIGHTS, "cpu", "fp32", verify=True)
 
 
+def test_the_default_model_says_it_is_not_for_real_scans(predictor):
+    assert "phantoms" in predictor.notice and "not for real scans" in predictor.notice
+    assert predictor.info()["notice"] == predictor.notice
+
+
 def test_weights_are_small_enough_to_ship():
     for name in ("coarse.pt", "fine.pt"):
         assert (WEIGHTS / name).stat().st_size < 5 * 2**20, name

@@ -26,11 +26,12 @@ from tests.tiny_checkpoints import write_tiny_weights
 ROOT = Path(__file__).resolve().parents[1]
 GOOD = {"ct3mm_0000.nii.gz": "ct3mm.nii.gz", "dicomct": "dicomct.nii.gz"}
 BAD = {"mr4d.nii.gz": "4-D image", "slice2d": "2-D image"}
+NOTICE = "trained on phantoms: not for real scans"
 
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> Path:
-    return write_tiny_weights(tmp_path_factory.mktemp("weights"))
+    return write_tiny_weights(tmp_path_factory.mktemp("weights"), notice=NOTICE)
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +99,7 @@ def test_batch_writes_good_cases_on_their_grid_and_reports_bad_ones(one_process_
         assert str(batch_input / name) in line and reason in line, line
     assert "written 2, skipped 0 (output exists), failed 2" in result.stdout
     assert "passed over (neither NIfTI nor folder): notes.txt" in result.stdout
+    assert result.stdout.count(NOTICE) == 1, result.stdout  # once per run, not per case
     assert sorted(p.name for p in out.iterdir()) == ["ct3mm.json", "ct3mm.nii.gz", "dicomct.json", "dicomct.nii.gz"]
 
     for source, output in (("abdomen_ct_3mm.nii.gz", "ct3mm.nii.gz"), ("abdomen_ct_dicom", "dicomct.nii.gz")):

@@ -33,9 +33,11 @@ def tiny_payload(stage: str, *, winner: int | None = None, seed: int = 0) -> dic
     return make_payload(stage, [network_entry(net, input_size)], input_size, HU_WINDOW, {"test": True})
 
 
-def write_tiny_weights(folder: Path, *, coarse_winner: int = 1) -> Path:
-    """``folder/coarse.pt`` (class ``coarse_winner`` wins everywhere) and ``folder/fine.pt`` (random)."""
+def write_tiny_weights(folder: Path, *, coarse_winner: int = 1, notice: str | None = None) -> Path:
+    """``folder/coarse.pt`` (class ``coarse_winner`` wins everywhere) and ``folder/fine.pt`` (random),
+    both carrying ``notice`` if given."""
     folder.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(folder / "coarse.pt", tiny_payload("coarse", winner=coarse_winner))
-    save_checkpoint(folder / "fine.pt", tiny_payload("fine", seed=1))
+    extra = {"notice": notice} if notice else {}
+    save_checkpoint(folder / "coarse.pt", {**tiny_payload("coarse", winner=coarse_winner), **extra})
+    save_checkpoint(folder / "fine.pt", {**tiny_payload("fine", seed=1), **extra})
     return folder

@@ -17,11 +17,12 @@ from inference_server.local import LocalServer
 from tests.tiny_checkpoints import write_tiny_weights
 
 API_KEY = "s3cret-key"
+NOTICE = "trained on phantoms: not for real scans"
 
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> Path:
-    return write_tiny_weights(tmp_path_factory.mktemp("weights"))
+    return write_tiny_weights(tmp_path_factory.mktemp("weights"), notice=NOTICE)
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +71,8 @@ def test_json_output_reports_organ_volumes(server, real_data):
     for organ in body["organs"].values():
         assert organ["volume_ml"] == pytest.approx(organ["voxels"] * 27 / 1000, rel=1e-3)
     assert {"read", "coarse_network", "fine_network", "total"} <= set(body["timings"])
+    assert body["model_notice"] == NOTICE and response.headers["x-model-notice"] == NOTICE
+    assert httpx.get(f"{server}/info").json()["model"]["notice"] == NOTICE
 
 
 def test_zipped_dicom_series(server, real_data):

@@ -254,3 +254,10 @@ def test_cuda_fp16_prediction_keeps_the_grid(real_data):
     prediction, image, _ = predictor.predict_file(real_data / DICOM)
     assert prediction.labels.shape == image.shape and prediction.labels.dtype == np.uint8
     assert prediction.labels.max() <= 13
+
+
+def test_the_checkpoints_notice_is_said_once_and_only_when_there_is_one():
+    assert Predictor(tiny_payload("coarse"), tiny_payload("fine"), device="cpu").notice is None
+    marked = {**tiny_payload("fine"), "notice": "not for real scans"}
+    both = Predictor({**tiny_payload("coarse"), "notice": "not for real scans"}, marked, device="cpu")
+    assert both.notice == "not for real scans" and both.info()["notice"] == "not for real scans"
