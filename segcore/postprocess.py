@@ -87,7 +87,8 @@ def _largest_components_per_box(labels: np.ndarray, boxes: list[tuple[slice, ...
         if region is None:
             continue
         mask = labels[region] == label
-        components, count = cc3d.connected_components(mask, connectivity=26, return_N=True, binary_image=True)
+        # A 0/1 uint8 image, not binary_image=True: cc3d 4.1 fails on binary boxes such as 3×1×1.
+        components, count = cc3d.connected_components(mask.view(np.uint8), connectivity=26, return_N=True)
         if count > 1:
             sizes = np.bincount(components.reshape(-1))
             sizes[0] = 0

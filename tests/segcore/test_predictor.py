@@ -261,3 +261,13 @@ def test_the_checkpoints_notice_is_said_once_and_only_when_there_is_one():
     marked = {**tiny_payload("fine"), "notice": "not for real scans"}
     both = Predictor({**tiny_payload("coarse"), "notice": "not for real scans"}, marked, device="cpu")
     assert both.notice == "not for real scans" and both.info()["notice"] == "not for real scans"
+
+
+def test_largest_component_of_an_organ_one_voxel_thin_in_two_axes():
+    # An organ whose box is 3×1×1 with a gap: cc3d's binary mode fails on such a box ("maximum
+    # length exception"), seen on a phantom cut to its pelvis.
+    labels = np.zeros((8, 8, 8), dtype=np.uint8)
+    labels[2, 3, 3] = labels[4, 3, 3] = 5
+    labels[5:8, 5:8, 5:8] = 1
+    cleaned = keep_largest_components(labels)
+    assert (cleaned == 5).sum() == 1 and cleaned[2, 3, 3] == 5 and (cleaned == 1).sum() == 27
