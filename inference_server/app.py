@@ -189,6 +189,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "timings": timings,
                 "warnings": prediction.warnings,
                 "model_notice": model.notice,
+                "quality": prediction.quality.as_dict(),
             }
             if output == "json":
                 return None, summary
@@ -205,6 +206,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         }
         if summary["warnings"]:
             headers["X-Segmentation-Warnings"] = ascii_header("; ".join(summary["warnings"]))
+        quality = summary["quality"]
+        headers["X-Quality-Verdict"] = quality["verdict"]
+        if quality["reasons"]:
+            headers["X-Quality-Reasons"] = ascii_header("; ".join(quality["reasons"]))
         if model.notice:
             headers["X-Model-Notice"] = ascii_header(model.notice)
         if body is None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 
@@ -11,6 +13,18 @@ class Organ(BaseModel):
     volume_ml: float
     mean_hu: float
     box_voxels: list[list[int]] = Field(description="[[x0, x1], [y0, y1], [z0, z1]], half-open, input voxel indices")
+
+
+class Quality(BaseModel):
+    """How far to trust the segmentation (``segcore.quality``)."""
+
+    verdict: Literal["ok", "review", "fail"]
+    reasons: list[str]
+    entropy: float = Field(description="fine net's mean normalised entropy over the organ region (0..1)")
+    coarse_fine_dice: float = Field(description="agreement of the two stages on the fine crop")
+    organ_count: int
+    chest_share: float = Field(description="share of body slices that show lungs")
+    organs: dict[str, dict] = Field(description="per organ: volume_ml, entropy, uncertain_share, plausible_volume, ...")
 
 
 class Segmentation(BaseModel):
@@ -24,6 +38,7 @@ class Segmentation(BaseModel):
     timings: dict[str, float] = Field(description="seconds per step")
     warnings: list[str]
     model_notice: str | None = Field(None, description="what the loaded weights must not be used for, if anything")
+    quality: Quality
 
 
 class Info(BaseModel):

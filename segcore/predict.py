@@ -1,7 +1,7 @@
 """Batch prediction over a folder of CTs, in one process or sharded over torchrun processes.
 
     sh predict.sh -i INPUT_DIR -o OUTPUT_DIR [--weights DIR] [--device auto|cpu|cuda]
-                  [--precision auto|fp32|fp16|bf16] [--nproc N] [--stats] [--overwrite]
+                  [--precision auto|fp32|fp16|bf16] [--nproc N] [--stats] [--overwrite] [--strict]
     sh predict.sh                # the embedded sample: see segcore.sample
 
 Cases are every ``.nii``/``.nii.gz`` file and every folder (one DICOM series each) directly in
@@ -89,6 +89,8 @@ class CaseResult:
     organs: int = 0
     warnings: list[str] = field(default_factory=list)
     rank: int = 0
+    verdict: str = ""
+    quality_reasons: list[str] = field(default_factory=list)
 
 
 def output_name(path: Path) -> str:
@@ -157,12 +159,20 @@ def _write_json(path: Path, content: dict) -> None:
     write_text_atomic(path, json.dumps(content, indent=2) + "\n")
 
 
-def predict_case(predictor: Predictor, case: Case, output_dir: Path, *, stats: bool) -> CaseResult:
-    """Segment one case and write its mask (and statistics); failures become a ``failed`` result."""
+def predict_case(
+    predictor: Predictor, case: Case, output_dir: Path, *, stats: bool, strict: bool = False
+) -> CaseResult:
+    """Segment one case and write its mask (and statistics); failures become a ``failed`` result.
+
+    With ``strict``, a case whose quality verdict is ``fail`` gets no mask and is ``failed``.
+    """
     started = time.perf_counter()
     try:
         prediction, image, geometry = predictor.predict_file(case.path)
-        write_volume(output_dir / case.output_name, prediction.labels, geometry)
+        quality = prediction.quality
+        refused = strict and quality.verdict == "fail"
+        if not refused:
+            write_volume(output_dir / case.output_name, prediction.labels, geometry)
         statistics = organ_statistics(prediction.labels, image, geometry)
         if stats:
             _write_json(
@@ -173,6 +183,8 @@ def predict_case(predictor: Predictor, case: Case, output_dir: Path, *, stats: b
                     "organs": statistics,
                     "crop_box_voxels": prediction.box,
                     "warnings": prediction.warnings,
+                    "quality": quality.as_dict(),
+                    "mask_written": not refused,
                     "timings_s": {name: round(value, 4) for name, value in prediction.timings.items()},
                 },
             )
@@ -182,9 +194,13 @@ def predict_case(predictor: Predictor, case: Case, output_dir: Path, *, stats: b
         reason = f"{case.path}: {type(error).__name__}: {error}"
         return CaseResult(case.name, case.output_name, "failed", time.perf_counter() - started, reason)
     seconds = time.perf_counter() - started
-    return CaseResult(
-        case.name, case.output_name, "written", seconds, organs=len(statistics), warnings=prediction.warnings
-    )
+    result = CaseResult(
+        case.name, case.output_name, "written", seconds, organs=len(statistics), warnings=prediction.warnings,
+        verdict=quality.verdict, quality_reasons=quality.reasons,
+    )  # fmt: skip
+    if refused:
+        result.status, result.reason = "failed", f"{case.path}: quality verdict fail (--strict: no mask written)"
+    return result
 
 
 def outputs_exist(case: Case, output_dir: Path, *, stats: bool) -> bool:
@@ -194,7 +210,14 @@ def outputs_exist(case: Case, output_dir: Path, *, stats: bool) -> bool:
 
 
 def settle_case(
-    predictor: Predictor, case: Case, output_dir: Path, *, overwrite: bool, stats: bool, wait: bool
+    predictor: Predictor,
+    case: Case,
+    output_dir: Path,
+    *,
+    overwrite: bool,
+    stats: bool,
+    wait: bool,
+    strict: bool = False,
 ) -> CaseResult | None:
     """Skip the case, or claim it and predict it; ``None`` when another run holds it and ``wait`` is false."""
     if not overwrite and outputs_exist(case, output_dir, stats=stats):
@@ -213,7 +236,7 @@ def settle_case(
         # case at once when the holder failed it.
         if not overwrite and outputs_exist(case, output_dir, stats=stats):
             return CaseResult(case.name, case.output_name, "skipped")
-        return predict_case(predictor, case, output_dir, stats=stats)
+        return predict_case(predictor, case, output_dir, stats=stats, strict=strict)
     finally:
         claim.release()
 
@@ -225,6 +248,7 @@ def predict_cases(
     *,
     overwrite: bool = False,
     stats: bool = False,
+    strict: bool = False,
     progress: bool = True,
     rank: int = 0,
 ) -> list[CaseResult]:
@@ -234,7 +258,7 @@ def predict_cases(
     Returns:
         The results in the order the cases were settled.
     """
-    settle = partial(settle_case, predictor, output_dir=output_dir, overwrite=overwrite, stats=stats)
+    settle = partial(settle_case, predictor, output_dir=output_dir, overwrite=overwrite, stats=stats, strict=strict)
     results: list[CaseResult] = []
     deferred: list[Case] = []
     with tqdm(total=len(cases), desc="predict", unit="case", disable=not progress) as bar:
@@ -254,15 +278,16 @@ def predict_cases(
 
 
 def summary(results: list[CaseResult], elapsed: float, world_size: int = 1) -> str:
-    """A per-case table (status, seconds, organs found), the counts, and every failure with its reason."""
+    """A per-case table (status, seconds, organs found, quality verdict), the counts, every quality
+    concern and every failure with its reason."""
     width = max([len("case"), *(len(result.name) for result in results)])
     rank_header = f"{'rank':>5}" if world_size > 1 else ""
-    lines = [f"{'case':<{width}}  {'status':<8}{'time s':>8}{'organs':>8}{rank_header}"]
+    lines = [f"{'case':<{width}}  {'status':<8}{'time s':>8}{'organs':>8}  {'verdict':<7}{rank_header}"]
     for result in sorted(results, key=lambda r: r.name):
         rank = f"{result.rank:>5}" if world_size > 1 else ""
         time_s = f"{result.seconds:>8.2f}" if result.status != "skipped" else f"{'-':>8}"
         organs = f"{result.organs:>8}" if result.status == "written" else f"{'-':>8}"
-        lines.append(f"{result.name:<{width}}  {result.status:<8}{time_s}{organs}{rank}")
+        lines.append(f"{result.name:<{width}}  {result.status:<8}{time_s}{organs}  {result.verdict or '-':<7}{rank}")
     counts = {status: sum(r.status == status for r in results) for status in ("written", "skipped", "failed")}
     written = [r.seconds for r in results if r.status == "written"]
     mean = f" (mean {sum(written) / len(written):.2f} s per written case)" if written else ""
@@ -271,6 +296,11 @@ def summary(results: list[CaseResult], elapsed: float, world_size: int = 1) -> s
         f"in {elapsed:.1f} s{mean}"
     )
     lines += [f"  WARNING {r.name}: {warning}" for r in results for warning in r.warnings]
+    lines += [
+        f"  {r.verdict.upper()} {r.name}: {'; '.join(r.quality_reasons)}"
+        for r in sorted(results, key=lambda r: r.name)
+        if r.verdict in ("review", "fail")
+    ]
     lines += [f"  FAILED {r.name}: {r.reason}" for r in sorted(results, key=lambda r: r.name) if r.status == "failed"]
     return "\n".join(lines)
 
@@ -289,6 +319,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--precision", choices=("auto", *PRECISIONS), default="auto", help="default: %(default)s")
     parser.add_argument("--stats", action="store_true", help="also write <id>.json with per-organ statistics")
     parser.add_argument("--overwrite", action="store_true", help="redo cases whose output exists")
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="write no mask for a case whose quality verdict is fail; it counts as failed",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
         "--status-file",
@@ -339,7 +374,7 @@ def run_batch(args: argparse.Namespace, context: distributed.DistributedContext)
     started = time.perf_counter()
     mine = cases[context.rank :: context.world_size]
     results = predict_cases(
-        predictor, mine, args.output, overwrite=args.overwrite, stats=args.stats,
+        predictor, mine, args.output, overwrite=args.overwrite, stats=args.stats, strict=args.strict,
         progress=context.is_main and not args.no_progress, rank=context.rank,
     )  # fmt: skip
     gathered = [result for part in distributed.gather_objects([asdict(r) for r in results]) for result in part]

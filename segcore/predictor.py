@@ -47,6 +47,7 @@ from segcore.intensity import normalize_hu
 from segcore.io import read_volume
 from segcore.labels import LABEL_NAMES
 from segcore.postprocess import DEFAULT_CHUNK_ELEMENTS, keep_largest_components, organ_statistics, resize_argmax
+from segcore.quality import Quality, assess, coarse_on_crop, empty_quality
 from segcore.resample import resize_image
 
 __all__ = ["CoarseLocator", "CoarseResult", "Prediction", "Predictor", "StageModel", "organ_statistics"]
@@ -274,6 +275,7 @@ class Prediction:
             ``coarse_box``, ``fine_resize``, ``fine_network``, ``fine_restore``, ``cleanup``,
             ``paste``, ``total``; :meth:`Predictor.predict_file` adds ``read``).
         warnings: what the caller should know (empty mask, ...).
+        quality: how far to trust it: measures and an ``ok | review | fail`` verdict (:mod:`segcore.quality`).
     """
 
     labels: np.ndarray
@@ -281,6 +283,7 @@ class Prediction:
     coarse_organs: list[int]
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    quality: Quality | None = None
 
 
 class Predictor:
@@ -398,18 +401,22 @@ class Predictor:
         warnings = []
         if coarse.box is None:
             warnings.append("the coarse stage found no organ: the mask is empty")
+            assessed = empty_quality(canonical_image)
         else:
             region = tuple(slice(start, stop) for start, stop in coarse.box)
             probabilities = self.fine.probabilities(volume[region], watch)
             del volume
             crop_shape = tuple(stop - start for start, stop in coarse.box)
             crop_labels = resize_argmax(probabilities, crop_shape, chunk_elements=self.chunk_elements)
-            del probabilities
             watch.lap("fine_restore")
             canonical_labels[region] = keep_largest_components(crop_labels)
             watch.lap("cleanup")
             if not canonical_labels.any():
                 warnings.append("the fine stage found no organ inside the coarse box: the mask is empty")
+            coarse_in_crop = coarse_on_crop(coarse.labels, coarse.box, canonical.shape_zyx, probabilities.shape[1:])
+            assessed = assess(probabilities, coarse_in_crop, canonical_labels, canonical_image, canonical.spacing_zyx)
+            del probabilities
+        watch.lap("quality")
         labels = np.ascontiguousarray(reorientation.undo(canonical_labels))
         watch.lap("paste")
         watch.timings["total"] = time.perf_counter() - started
@@ -419,6 +426,7 @@ class Predictor:
             coarse_organs=coarse.organs,
             timings=watch.timings,
             warnings=warnings,
+            quality=assessed,
         )
 
     def predict_file(self, path: str | os.PathLike) -> tuple[Prediction, np.ndarray, Geometry]:

@@ -50,3 +50,24 @@ def test_default_model_segments_unseen_phantoms(predictor, tmp_path):
         scores = score_files(output, tmp_path / "val_mask" / output.name)
         means.append(np.mean([score.dsc for score in scores.values()]))
     assert np.mean(means) > CARD_MEAN_DSC - MARGIN, means
+
+
+def test_real_scans_are_not_passed_as_ok(predictor, real_data):
+    # Thresholds were fixed on phantoms (bench/quality.py); these real files were not used for it.
+    chest = predictor.predict_file(real_data / "chest_crop_1p5mm.nii.gz")[0].quality
+    assert chest.verdict == "fail" and "mostly chest" in " ".join(chest.reasons), chest.reasons
+    abdomen = predictor.predict_file(real_data / "abdomen_ct_3mm.nii.gz")[0].quality
+    assert abdomen.verdict != "ok", abdomen
+
+
+def test_strict_writes_no_mask_for_a_failed_case(real_data, tmp_path, capsys):
+    from segcore.predict import main
+
+    source = tmp_path / "in"
+    source.mkdir()
+    (source / "chest_0000.nii.gz").symlink_to(real_data / "chest_crop_1p5mm.nii.gz")
+    status = main(["-i", str(source), "-o", str(tmp_path / "out"), "--strict", "--no-progress", "--stats"])
+    printed = capsys.readouterr().out
+    assert status == 1 and not (tmp_path / "out" / "chest.nii.gz").exists()
+    assert "quality verdict fail" in printed and "FAIL chest_0000.nii.gz: the field of view is mostly chest" in printed
+    assert '"verdict": "fail"' in (tmp_path / "out" / "chest.json").read_text()

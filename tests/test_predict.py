@@ -100,6 +100,9 @@ def test_batch_writes_good_cases_on_their_grid_and_reports_bad_ones(one_process_
     assert "written 2, skipped 0 (output exists), failed 2" in result.stdout
     assert "passed over (neither NIfTI nor folder): notes.txt" in result.stdout
     assert result.stdout.count(NOTICE) == 1, result.stdout  # once per run, not per case
+    header = next(line for line in result.stdout.splitlines() if line.startswith("case "))
+    assert header.split()[-1] == "verdict", header
+    assert json.loads((out / "ct3mm.json").read_text())["quality"]["verdict"] in ("ok", "review", "fail")
     assert sorted(p.name for p in out.iterdir()) == ["ct3mm.json", "ct3mm.nii.gz", "dicomct.json", "dicomct.nii.gz"]
 
     for source, output in (("abdomen_ct_3mm.nii.gz", "ct3mm.nii.gz"), ("abdomen_ct_dicom", "dicomct.nii.gz")):

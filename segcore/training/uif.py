@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import sys
 from collections import Counter
 from pathlib import Path
@@ -44,12 +43,11 @@ import torch
 from segcore import distributed
 from segcore.checkpoint import build_networks, load_checkpoint
 from segcore.intensity import normalize_hu
+from segcore.quality import FOREGROUND_DOUBT, normalised_entropy
 from segcore.resample import resize_image
 from segcore.store import CaseStore, write_selection
 
 FIELDS = ["case_id", "domain", "entropy", "disagreement", "uncertainty", "foreground_fraction", "selected"]
-FOREGROUND_DOUBT = 0.25
-"""A voxel is in the entropy region when either net gives the organs together at least this probability."""
 
 
 def uncertainty_scores(probabilities_a: torch.Tensor, probabilities_b: torch.Tensor) -> dict[str, float]:
@@ -61,8 +59,7 @@ def uncertainty_scores(probabilities_a: torch.Tensor, probabilities_b: torch.Ten
     doubtful = (1 - torch.minimum(probabilities_a[0], probabilities_b[0])) >= FOREGROUND_DOUBT
     region = foreground | doubtful
     mean = (probabilities_a + probabilities_b) / 2
-    entropy_map = -(mean * mean.clamp_min(1e-12).log()).sum(0)
-    entropy = float(entropy_map[region].mean()) / math.log(mean.shape[0])
+    entropy = float(normalised_entropy(mean)[region].mean())
     disagreement = float((labels_a != labels_b)[foreground].float().mean())
     return {
         "entropy": entropy,

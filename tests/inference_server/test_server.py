@@ -72,6 +72,8 @@ def test_json_output_reports_organ_volumes(server, real_data):
         assert organ["volume_ml"] == pytest.approx(organ["voxels"] * 27 / 1000, rel=1e-3)
     assert {"read", "coarse_network", "fine_network", "total"} <= set(body["timings"])
     assert body["model_notice"] == NOTICE and response.headers["x-model-notice"] == NOTICE
+    assert body["quality"]["verdict"] == response.headers["x-quality-verdict"] in ("ok", "review", "fail")
+    assert set(body["quality"]) >= {"reasons", "entropy", "coarse_fine_dice", "organ_count", "chest_share", "organs"}
     assert httpx.get(f"{server}/info").json()["model"]["notice"] == NOTICE
 
 
