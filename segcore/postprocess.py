@@ -3,7 +3,8 @@
 * :func:`resize_argmax`: class probabilities at the network's size -> uint8 labels at another
   size, slab by slab, so that full-resolution float probabilities of every class never exist
   all at once;
-* :func:`keep_largest_components`: per organ, keep the largest connected component;
+* :func:`keep_components`: per organ, keep the largest connected component and, for organs a
+  partial field of view may split, the sizeable other pieces;
 * :func:`organ_statistics`: volume, mean HU and bounding box of every organ present.
 
 Arrays are ``(z, y, x)``; probabilities ``(C, z, y, x)`` with ``C`` classes, background first.
@@ -28,7 +29,7 @@ DEFAULT_CHUNK_ELEMENTS = 1 << 25
 """Elements of one full-resolution slab of probabilities in :func:`resize_argmax` (128 MiB as float32)."""
 
 _PER_BOX_MAX_COVERAGE = 2.0
-"""In :func:`keep_largest_components`, label organ by organ while their boxes add up to at most this many maps."""
+"""In :func:`keep_components`, label organ by organ while their boxes add up to at most this many maps."""
 
 
 def _linear_taps(in_size: int, out_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -80,7 +81,28 @@ def resize_argmax(
     return labels
 
 
-def _largest_components_per_box(labels: np.ndarray, boxes: list[tuple[slice, ...] | None]) -> np.ndarray:
+SPLIT_ORGAN_SHARE = 0.1
+"""Organs a partial field of view or a thin prediction may cut into pieces (tubes, hollow organs,
+the pancreas' tail) keep every component at least this share of their largest."""
+COMPONENT_SHARES = np.ones(256)
+for _name in ("pancreas", "aorta", "esophagus", "stomach", "duodenum"):
+    COMPONENT_SHARES[next(label for label, name in ORGANS.items() if name == _name)] = SPLIT_ORGAN_SHARE
+"""Per label: components smaller than this share of the organ's largest are removed; 1 keeps the
+largest only (liver, spleen, kidneys, adrenals, gallbladder: one compact organ, a second piece
+is a false positive)."""
+LARGEST_ONLY = np.ones(256)
+
+
+def _kept(sizes: np.ndarray, organ: np.ndarray, largest: np.ndarray, shares: np.ndarray) -> np.ndarray:
+    """Which components to keep: each organ's largest (``largest``: a mask), and those at least
+    ``shares[organ]`` of it where that share is below 1."""
+    organ_max = np.zeros(256, dtype=np.int64)
+    np.maximum.at(organ_max, organ, sizes)
+    share = shares[organ]
+    return largest | ((share < 1) & (sizes >= share * organ_max[organ]))
+
+
+def _components_per_box(labels: np.ndarray, boxes: list[tuple[slice, ...] | None], shares: np.ndarray) -> np.ndarray:
     """One binary labelling per organ, inside its bounding box: fast when the organs are compact."""
     cleaned = labels.copy()
     for label, region in enumerate(boxes, start=1):
@@ -90,13 +112,15 @@ def _largest_components_per_box(labels: np.ndarray, boxes: list[tuple[slice, ...
         # A 0/1 uint8 image, not binary_image=True: cc3d 4.1 fails on binary boxes such as 3×1×1.
         components, count = cc3d.connected_components(mask.view(np.uint8), connectivity=26, return_N=True)
         if count > 1:
-            sizes = np.bincount(components.reshape(-1))
-            sizes[0] = 0
-            cleaned[region][mask & (components != sizes.argmax())] = 0
+            sizes = np.bincount(components.reshape(-1))[1:]
+            largest = np.zeros(count, dtype=bool)
+            largest[sizes.argmax()] = True
+            keep = np.concatenate([[True], _kept(sizes, np.full(count, label), largest, shares)])
+            cleaned[region][mask & ~keep[components]] = 0
     return cleaned
 
 
-def _largest_components_one_pass(labels: np.ndarray) -> np.ndarray:
+def _components_one_pass(labels: np.ndarray, shares: np.ndarray) -> np.ndarray:
     """One multi-label labelling of the whole map (a component holds one organ): fast when organs are scattered."""
     components, count = cc3d.connected_components(labels, connectivity=26, return_N=True)
     flat = components.reshape(-1)
@@ -107,19 +131,24 @@ def _largest_components_one_pass(labels: np.ndarray) -> np.ndarray:
     order = 1 + np.lexsort((-sizes[1:], organ[1:]))
     first_of_organ = np.ones(count, dtype=bool)
     first_of_organ[1:] = organ[order[1:]] != organ[order[:-1]]
-    keep = np.zeros(count + 1, dtype=bool)
+    largest = np.zeros(count + 1, dtype=bool)
+    largest[order[first_of_organ]] = True
+    keep = _kept(sizes, organ.astype(np.int64), largest, shares)
     keep[0] = True  # background stays background
-    keep[order[first_of_organ]] = True
     return np.where(keep[components], labels, 0).astype(labels.dtype, copy=False)
 
 
-def keep_largest_components(labels: np.ndarray) -> np.ndarray:
-    """Keep, for every label, only its largest connected component; the rest becomes background (0).
+def keep_components(labels: np.ndarray, shares: np.ndarray = COMPONENT_SHARES) -> np.ndarray:
+    """Per label, keep its largest connected component and, where ``shares[label]`` < 1, every
+    component at least that share of the largest; the rest becomes background (0).
+
+    The default (:data:`COMPONENT_SHARES`) keeps one piece of a compact organ and the sizeable
+    pieces of organs a partial field of view or a thin prediction splits (``bench/components.py``
+    measures the rule on phantoms cut by the field of view).
 
     Components are 26-connected (voxels touching by a corner belong together), so thin oblique
-    structures (vessels, adrenals on coarse grids) are not cut into pieces. Every organ of
-    FLARE22 is one connected structure, so a second component is a false positive. Of equally
-    large components, the first in raster order is kept.
+    structures (vessels, adrenals on coarse grids) are not cut into pieces. Of equally large
+    components, the first in raster order counts as the largest.
 
     Two ways give the same result, and the cheaper one runs: a trained network's organs are
     compact, and labelling each organ inside its own box touches fewer voxels than the map holds;
@@ -127,7 +156,8 @@ def keep_largest_components(labels: np.ndarray) -> np.ndarray:
     times faster than thirteen whole-map passes) wins.
 
     Args:
-        labels: ``(z, y, x)`` integer label map.
+        labels: ``(z, y, x)`` integer label map (labels below 256).
+        shares: per label, the share of its largest component a further component needs.
 
     Returns:
         A cleaned copy of ``labels`` (same dtype).
@@ -135,8 +165,14 @@ def keep_largest_components(labels: np.ndarray) -> np.ndarray:
     boxes = ndimage.find_objects(labels)
     box_voxels = sum(math.prod(s.stop - s.start for s in box) for box in boxes if box is not None)
     if box_voxels <= _PER_BOX_MAX_COVERAGE * labels.size:
-        return _largest_components_per_box(labels, boxes)
-    return _largest_components_one_pass(labels)
+        return _components_per_box(labels, boxes, shares)
+    return _components_one_pass(labels, shares)
+
+
+def keep_largest_components(labels: np.ndarray) -> np.ndarray:
+    """Keep, for every label, only its largest connected component (:func:`keep_components` with
+    every share 1)."""
+    return keep_components(labels, LARGEST_ONLY)
 
 
 def organ_statistics(labels: np.ndarray, image: np.ndarray, geometry: Geometry) -> dict[str, dict[str, Any]]:

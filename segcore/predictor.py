@@ -13,13 +13,14 @@ Steps of :meth:`Predictor.predict` (the contract in DESIGN.md, "Two-stage predic
 1. reorient the array to the canonical orientation (a view: axis permutation and flips);
 2. coarse: resize the whole canonical volume on the device to the coarse checkpoint's
    ``input_size`` (trilinear), window and z-score with its ``hu_window``, run its ensemble (mean
-   softmax), argmax, keep the largest connected component per organ, take the box of all organs,
+   softmax), argmax, clean up components per organ (:func:`segcore.postprocess.keep_components`),
+   take the box of all organs,
    map it to full-resolution canonical voxels and add ``margin_mm`` on every side (as
    ``data_prepare`` does for its fine crops);
 3. fine: crop the full-resolution canonical volume to that box, resize it to the fine
    ``input_size``, normalise, run, bring the probabilities back to the crop's size and argmax
    slab by slab (:func:`segcore.postprocess.resize_argmax`: the crop is the only full-resolution
-   region, and only uint8 labels exist at full size), keep the largest component per organ;
+   region, and only uint8 labels exist at full size), clean up components per organ;
 4. paste the crop's labels into a zero mask of the canonical shape, undo the reorientation.
 
 When the coarse stage finds no organ the mask is empty and :attr:`Prediction.warnings` says so.
@@ -46,7 +47,13 @@ from segcore.geometry import Geometry, to_canonical
 from segcore.intensity import normalize_hu
 from segcore.io import read_volume
 from segcore.labels import LABEL_NAMES
-from segcore.postprocess import DEFAULT_CHUNK_ELEMENTS, keep_largest_components, organ_statistics, resize_argmax
+from segcore.postprocess import (
+    COMPONENT_SHARES,
+    DEFAULT_CHUNK_ELEMENTS,
+    keep_components,
+    organ_statistics,
+    resize_argmax,
+)
 from segcore.quality import Quality, assess, coarse_on_crop, empty_quality
 from segcore.resample import resize_image
 
@@ -185,7 +192,7 @@ class CoarseResult:
     Attributes:
         organ_box: box of all organs in full-resolution canonical voxels (no margin), or None.
         box: ``organ_box`` grown by the margin and clipped to the volume, or None.
-        labels: the coarse label map ``(z, y, x)`` at the coarse input size, largest component per organ.
+        labels: the coarse label map ``(z, y, x)`` at the coarse input size, components cleaned up.
         organs: organ ids found.
     """
 
@@ -217,6 +224,8 @@ class CoarseLocator:
     ):
         self.device = _device(device)
         self.margin_mm = float(margin_mm)
+        self.component_shares = COMPONENT_SHARES
+        """Component clean-up rule of both stages (:func:`segcore.postprocess.keep_components`)."""
         self.model = StageModel.from_payload(
             payload, "coarse", self.device, resolve_precision(precision, self.device), verify
         )
@@ -249,7 +258,7 @@ class CoarseLocator:
         self, volume: torch.Tensor, canonical_spacing_zyx: tuple[float, float, float], watch: _Stopwatch
     ) -> CoarseResult:
         probabilities = self.model.probabilities(volume, watch)
-        labels = keep_largest_components(probabilities.argmax(dim=0).to(torch.uint8).cpu().numpy())
+        labels = keep_components(probabilities.argmax(dim=0).to(torch.uint8).cpu().numpy(), self.component_shares)
         del probabilities
         coarse_box = foreground_box(labels)
         organ_box = box = None
@@ -409,7 +418,7 @@ class Predictor:
             crop_shape = tuple(stop - start for start, stop in coarse.box)
             crop_labels = resize_argmax(probabilities, crop_shape, chunk_elements=self.chunk_elements)
             watch.lap("fine_restore")
-            canonical_labels[region] = keep_largest_components(crop_labels)
+            canonical_labels[region] = keep_components(crop_labels, self.locator.component_shares)
             watch.lap("cleanup")
             if not canonical_labels.any():
                 warnings.append("the fine stage found no organ inside the coarse box: the mask is empty")

@@ -171,15 +171,28 @@ def test_keep_largest_components_per_organ():
     assert (cleaned[0:2, 0:2, 0:2] == 3).all() and cleaned.dtype == np.uint8
 
 
-def largest_components_one_organ_at_a_time(labels: np.ndarray) -> np.ndarray:
+def components_one_organ_at_a_time(labels: np.ndarray, shares=postprocess.LARGEST_ONLY) -> np.ndarray:
     """Reference: scipy's 26-connected labelling of each organ's mask on its own."""
     cleaned = labels.copy()
     for organ in np.unique(labels[labels > 0]):
         components, _ = ndimage.label(labels == organ, structure=np.ones((3, 3, 3), bool))
         sizes = np.bincount(components.ravel())
         sizes[0] = 0
-        cleaned[(components > 0) & (components != sizes.argmax())] = 0
+        kept = sizes >= shares[organ] * sizes.max() if shares[organ] < 1 else np.arange(sizes.size) == sizes.argmax()
+        cleaned[(components > 0) & ~kept[components]] = 0
     return cleaned
+
+
+def test_organs_a_field_of_view_splits_keep_their_sizeable_pieces():
+    labels = np.zeros((12, 12, 12), np.uint8)
+    labels[0:3, 0:3, 0:3] = 12  # duodenum, 27 voxels
+    labels[6:8, 0:2, 0:2] = 12  # its other part, 8 voxels (30 %): kept
+    labels[11, 11, 0] = 12  # a one-voxel fragment (4 %): removed
+    labels[0:3, 6:9, 6:9] = 1  # liver, 27 voxels
+    labels[6:8, 6:8, 6:8] = 1  # a second liver piece: a false positive whatever its size
+    cleaned = postprocess.keep_components(labels)
+    assert (cleaned == 12).sum() == 35 and cleaned[11, 11, 0] == 0
+    assert (cleaned == 1).sum() == 27
 
 
 def fragmented_labels(seed: int) -> np.ndarray:
@@ -200,16 +213,17 @@ def compact_labels(seed: int) -> np.ndarray:
     return labels
 
 
+@pytest.mark.parametrize("shares", [postprocess.LARGEST_ONLY, postprocess.COMPONENT_SHARES], ids=["largest", "shares"])
 @pytest.mark.parametrize("coverage", [0.0, math.inf], ids=["one_pass", "per_box"])
 @pytest.mark.parametrize("make_labels", [fragmented_labels, compact_labels])
-def test_keep_largest_components_matches_per_organ_labelling(monkeypatch, coverage, make_labels):
+def test_component_cleanup_matches_per_organ_labelling(monkeypatch, coverage, make_labels, shares):
     """Both ways of labelling give scipy's per-organ result, whichever way the organs lie."""
     monkeypatch.setattr(postprocess, "_PER_BOX_MAX_COVERAGE", coverage)
     for seed in range(2):
         labels = make_labels(seed)
-        cleaned = keep_largest_components(labels)
+        cleaned = postprocess.keep_components(labels, shares)
         assert cleaned.dtype == np.uint8 and (cleaned != labels).any()
-        assert np.array_equal(cleaned, largest_components_one_organ_at_a_time(labels))
+        assert np.array_equal(cleaned, components_one_organ_at_a_time(labels, shares))
 
 
 def test_scale_box_covers_the_same_extent():
