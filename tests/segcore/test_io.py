@@ -344,3 +344,16 @@ def corners(geometry):
     """The physical positions of a grid's 8 corner voxels, in a fixed order."""
     index = np.array(np.meshgrid(*[[0, n - 1] for n in geometry.size], indexing="ij")).reshape(3, -1).T
     return np.array(sorted(map(tuple, np.round(geometry.index_to_physical(index), 4))))
+
+
+@pytest.mark.parametrize("variant", ["big_endian", "scaled", "uncompressed"])
+def test_voxels_read_as_nibabel_reads_them(tmp_path, variant):
+    data = small_ct()
+    image = nib.Nifti1Image(data.astype(">i2") if variant == "big_endian" else data, CT_AFFINE)
+    if variant == "scaled":
+        image.header.set_slope_inter(2.0, -1024.0)
+    path = tmp_path / ("ct.nii" if variant == "uncompressed" else "ct.nii.gz")
+    nib.save(image, path)
+    array, _ = read_volume(path)
+    assert np.allclose(array, np.asanyarray(nib.load(path).dataobj).transpose(2, 1, 0))
+    assert array.flags.writeable
