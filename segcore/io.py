@@ -170,8 +170,8 @@ def _image_array(path: Path, image: sitk.Image, limits: Limits) -> tuple[np.ndar
 
 def _raw_voxels(image: nib.Nifti1Image) -> bool:
     """Whether the stored values are the voxels (no ``scl_slope``/``scl_inter`` to apply)."""
-    slope, intercept = image.header.get_slope_inter()
-    return slope in (None, 1.0) and intercept in (None, 0.0)
+    # nibabel moves scl_slope/scl_inter from the loaded header into the array proxy.
+    return float(image.dataobj.slope) == 1.0 and float(image.dataobj.inter) == 0.0
 
 
 def _nifti_voxels(path: Path, image: nib.Nifti1Image, size_xyz: tuple[int, ...]) -> np.ndarray:
