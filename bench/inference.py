@@ -31,7 +31,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STEPS = [
     "read", "reorient", "coarse_resize", "coarse_network", "coarse_box", "fine_resize", "fine_network",
-    "fine_restore", "cleanup", "paste", "write",
+    "fine_restore", "cleanup", "quality", "paste", "write",
 ]  # fmt: skip
 TARGETS = {"cpu": {"production": 20.0, "default": 5.0}, "cuda": {"production": 2.0, "default": 2.0}}
 

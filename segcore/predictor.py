@@ -54,7 +54,7 @@ from segcore.postprocess import (
     organ_statistics,
     resize_argmax,
 )
-from segcore.quality import Quality, assess, coarse_on_crop, empty_quality
+from segcore.quality import Quality, assess, coarse_on_crop, edge_labels, empty_quality
 from segcore.resample import resize_image
 
 __all__ = ["CoarseLocator", "CoarseResult", "Prediction", "Predictor", "StageModel", "organ_statistics"]
@@ -258,7 +258,7 @@ class CoarseLocator:
         self, volume: torch.Tensor, canonical_spacing_zyx: tuple[float, float, float], watch: _Stopwatch
     ) -> CoarseResult:
         probabilities = self.model.probabilities(volume, watch)
-        labels = keep_components(probabilities.argmax(dim=0).to(torch.uint8).cpu().numpy(), self.component_shares)
+        labels = keep_components(probabilities.max(dim=0).indices.to(torch.uint8).cpu().numpy(), self.component_shares)
         del probabilities
         coarse_box = foreground_box(labels)
         organ_box = box = None
@@ -423,7 +423,10 @@ class Predictor:
             if not canonical_labels.any():
                 warnings.append("the fine stage found no organ inside the coarse box: the mask is empty")
             coarse_in_crop = coarse_on_crop(coarse.labels, coarse.box, canonical.shape_zyx, probabilities.shape[1:])
-            assessed = assess(probabilities, coarse_in_crop, canonical_labels, canonical_image, canonical.spacing_zyx)
+            assessed = assess(
+                probabilities, coarse_in_crop, canonical_labels[region], edge_labels(canonical_labels),
+                canonical_image, canonical.spacing_zyx,
+            )  # fmt: skip
             del probabilities
         watch.lap("quality")
         labels = np.ascontiguousarray(reorientation.undo(canonical_labels))

@@ -96,19 +96,21 @@ class Quality:
 
 def normalised_entropy(probabilities: torch.Tensor) -> torch.Tensor:
     """``-sum_c p_c log p_c / log C`` of ``(C, ...)`` probabilities: 0 (certain) to 1 (uniform)."""
-    return -(probabilities * probabilities.clamp_min(1e-12).log()).sum(0) / math.log(probabilities.shape[0])
+    return torch.special.xlogy(probabilities, probabilities).sum(0).neg_() / math.log(probabilities.shape[0])
 
 
-def entropy_region(probabilities: torch.Tensor) -> torch.Tensor:
-    """Voxels given to an organ, or where the organs together get at least :data:`FOREGROUND_DOUBT`."""
-    return (probabilities.argmax(0) > 0) | ((1 - probabilities[0]) >= FOREGROUND_DOUBT)
+def entropy_region(labels: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
+    """Voxels given to an organ, or where the organs together get at least :data:`FOREGROUND_DOUBT`
+    (``background``: the background class's probability)."""
+    return (labels > 0) | (background <= 1 - FOREGROUND_DOUBT)
 
 
-def chest_share(canonical_image: np.ndarray, step: int = 2) -> float:
+def chest_share(canonical_image: np.ndarray) -> float:
     """Share of the body slices (canonical axis 0) that show lungs: more than :data:`CHEST_AIR_SHARE`
     of the slice's non-air voxels in the lung range :data:`LUNG_HU`, away from outside air (the
     skin's partial-volume rim falls in that range too). Works on crops that cut through the body;
-    every ``step``-th voxel in-plane."""
+    on every ``step``-th voxel in-plane, ``step`` bringing the plane to about 128 voxels a side."""
+    step = max(1, min(canonical_image.shape[1:]) // 128)
     chest = body = 0
     for plane in canonical_image[:, ::step, ::step]:
         tissue = plane > LUNG_HU[0]
@@ -121,15 +123,15 @@ def chest_share(canonical_image: np.ndarray, step: int = 2) -> float:
     return chest / body if body else 0.0
 
 
-def stage_agreement(fine_labels: torch.Tensor, coarse_in_crop: torch.Tensor) -> float:
-    """Mean Dice over the organs in either ``(z, y, x)`` label map (1.0 when both are empty)."""
-    scores = []
-    for organ in torch.unique(torch.cat([fine_labels.unique(), coarse_in_crop.unique()])).tolist():
-        if organ == 0:
-            continue
-        a, b = fine_labels == organ, coarse_in_crop == organ
-        scores.append(2 * float((a & b).sum()) / float(a.sum() + b.sum()))
-    return float(np.mean(scores)) if scores else 1.0
+def stage_agreement(fine_labels: torch.Tensor, coarse_in_crop: torch.Tensor, classes: int = len(ORGANS) + 1) -> float:
+    """Mean Dice over the organs in either ``(z, y, x)`` label map (1.0 when both are empty), from
+    one joint histogram of the two maps."""
+    joint = torch.bincount(
+        fine_labels.reshape(-1).long() * classes + coarse_in_crop.reshape(-1).long(), minlength=classes * classes
+    ).reshape(classes, classes)
+    sizes = (joint.sum(1) + joint.sum(0))[1:]  # voxels of each organ in the fine map plus in the coarse one
+    present = sizes > 0
+    return float((2 * joint.diagonal()[1:][present] / sizes[present]).mean()) if present.any() else 1.0
 
 
 def coarse_on_crop(coarse_labels: np.ndarray, crop_box, full_shape, size) -> torch.Tensor:
@@ -144,31 +146,42 @@ def coarse_on_crop(coarse_labels: np.ndarray, crop_box, full_shape, size) -> tor
 
 
 def organ_measures(
-    probabilities: torch.Tensor, canonical_labels: np.ndarray, spacing_zyx: tuple[float, float, float]
+    fine_labels: torch.Tensor,
+    entropy: torch.Tensor,
+    labels: np.ndarray,
+    cut_labels: set[int],
+    spacing_zyx: tuple[float, float, float],
 ) -> dict[str, dict[str, Any]]:
-    """Per organ present in ``canonical_labels``: entropy and uncertain share (fine grid), volume, range check."""
-    fine_labels = probabilities.argmax(0)
-    entropy = normalised_entropy(probabilities)
+    """Per organ present in the final ``labels``: its entropy and uncertain share on the fine grid
+    (``fine_labels``, ``entropy``), its volume and whether that is plausible (the lower bound
+    waived for the organs in ``cut_labels``, cut by the scan's first or last slice)."""
+    classes = len(ORGANS) + 1
+    flat = fine_labels.reshape(-1).long()
+    fine_counts = torch.bincount(flat, minlength=classes).double()
+    entropy_sums = torch.bincount(flat, weights=entropy.reshape(-1).double(), minlength=classes)
+    uncertain = torch.bincount(flat, weights=(entropy > UNCERTAIN_ENTROPY).reshape(-1).double(), minlength=classes)
+    counts = np.bincount(labels.reshape(-1), minlength=classes)
     voxel_ml = float(np.prod(spacing_zyx)) / 1000.0
-    counts = np.bincount(canonical_labels.reshape(-1), minlength=len(ORGANS) + 1)
-    boxes = ndimage.find_objects(canonical_labels)
     measures = {}
     for organ, name in ORGANS.items():
         if counts[organ] == 0:
             continue
-        mine = entropy[fine_labels == organ]
         volume = round(float(counts[organ]) * voxel_ml, 3)
         low, high = PLAUSIBLE_ML.get(name, (0.0, math.inf))
-        box = boxes[organ - 1]
-        cut = box is not None and (box[0].start == 0 or box[0].stop == canonical_labels.shape[0])
+        seen = float(fine_counts[organ])
         measures[name] = {
             "volume_ml": volume,
-            "entropy": round(float(mine.mean()), 4) if mine.numel() else None,
-            "uncertain_share": round(float((mine > UNCERTAIN_ENTROPY).float().mean()), 4) if mine.numel() else None,
-            "cut_by_field_of_view": bool(cut),
-            "plausible_volume": bool(volume <= high and (cut or volume >= low)),
+            "entropy": round(float(entropy_sums[organ]) / seen, 4) if seen else None,
+            "uncertain_share": round(float(uncertain[organ]) / seen, 4) if seen else None,
+            "cut_by_field_of_view": organ in cut_labels,
+            "plausible_volume": bool(volume <= high and (organ in cut_labels or volume >= low)),
         }
     return measures
+
+
+def edge_labels(canonical_labels: np.ndarray) -> set[int]:
+    """Labels present on the first or last slice (canonical axis 0): organs the scan cuts."""
+    return {int(v) for v in np.unique(canonical_labels[[0, -1]]) if v}
 
 
 def verdict(
@@ -199,21 +212,28 @@ def verdict(
 def assess(
     probabilities: torch.Tensor,
     coarse_in_crop: torch.Tensor,
-    canonical_labels: np.ndarray,
+    crop_labels: np.ndarray,
+    cut_labels: set[int],
     canonical_image: np.ndarray,
     spacing_zyx: tuple[float, float, float],
     thresholds: Thresholds | None = None,
 ) -> Quality:
     """The :class:`Quality` of one case from the fine probabilities ``(C, z, y, x)`` at the fine input
-    size, the coarse labels on the same crop and grid, the final canonical labels and image."""
+    size, the coarse labels on the same crop and grid, the final labels of the crop (all the organ
+    voxels there are), the organs the scan cuts (:func:`edge_labels`) and the canonical image.
+
+    One pass for each quantity over the fine grid (``max``, not ``argmax``: several times faster
+    over the class axis), joint histograms instead of a mask per organ."""
     probabilities = probabilities.float().cpu()
-    region = entropy_region(probabilities)
-    entropy = float(normalised_entropy(probabilities)[region].mean()) if region.any() else 1.0
-    agreement = stage_agreement(probabilities.argmax(0).to(torch.uint8), coarse_in_crop.cpu())
-    organs = organ_measures(probabilities, canonical_labels, spacing_zyx)
+    fine_labels = probabilities.max(0).indices
+    entropy = normalised_entropy(probabilities)
+    region = entropy_region(fine_labels, probabilities[0])
+    case_entropy = float(entropy[region].mean()) if region.any() else 1.0
+    agreement = stage_agreement(fine_labels, coarse_in_crop.cpu())
+    organs = organ_measures(fine_labels, entropy, crop_labels, cut_labels, spacing_zyx)
     chest = chest_share(canonical_image)
-    status, reasons = verdict(entropy, agreement, chest, organs, thresholds or Thresholds())
-    return Quality(status, reasons, round(entropy, 4), round(agreement, 4), len(organs), round(chest, 4), organs)
+    status, reasons = verdict(case_entropy, agreement, chest, organs, thresholds or Thresholds())
+    return Quality(status, reasons, round(case_entropy, 4), round(agreement, 4), len(organs), round(chest, 4), organs)
 
 
 def empty_quality(canonical_image: np.ndarray) -> Quality:

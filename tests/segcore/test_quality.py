@@ -10,6 +10,7 @@ from segcore.quality import (
     Thresholds,
     chest_share,
     coarse_on_crop,
+    edge_labels,
     normalised_entropy,
     organ_measures,
     stage_agreement,
@@ -49,11 +50,16 @@ def test_organ_volumes_are_checked_against_adult_ranges_unless_cut_by_the_scan()
     labels = np.zeros((20, 20, 20), dtype=np.uint8)
     labels[5:15, 5:15, 5:15] = 2  # right kidney: 1000 voxels of 1 mL: 1000 mL, implausible
     labels[0:2, 0:2, 0:2] = 1  # liver: 8 mL, far too small, but it touches the first slice
-    probabilities = torch.zeros(14, 4, 4, 4)
-    probabilities[0] = 1
-    measures = organ_measures(probabilities, labels, (10.0, 10.0, 10.0))
-    assert measures["right_kidney"]["volume_ml"] == 1000.0 and not measures["right_kidney"]["plausible_volume"]
+    fine_labels = torch.zeros(4, 4, 4, dtype=torch.long)
+    fine_labels[:2] = 2
+    entropy = torch.zeros(4, 4, 4)
+    entropy[0] = 0.5  # half the kidney's fine voxels are uncertain
+    measures = organ_measures(fine_labels, entropy, labels, edge_labels(labels), (10.0, 10.0, 10.0))
+    kidney = measures["right_kidney"]
+    assert kidney["volume_ml"] == 1000.0 and not kidney["plausible_volume"]
+    assert kidney["entropy"] == pytest.approx(0.25) and kidney["uncertain_share"] == pytest.approx(0.5)
     assert measures["liver"]["cut_by_field_of_view"] and measures["liver"]["plausible_volume"]
+    assert measures["liver"]["entropy"] is None  # no fine voxel of it
 
 
 def ct_slices(lungs: bool) -> np.ndarray:
