@@ -418,13 +418,14 @@ class Predictor:
             crop_shape = tuple(stop - start for start, stop in coarse.box)
             crop_labels = resize_argmax(probabilities, crop_shape, chunk_elements=self.chunk_elements)
             watch.lap("fine_restore")
-            canonical_labels[region] = keep_components(crop_labels, self.locator.component_shares)
+            crop_labels = keep_components(crop_labels, self.locator.component_shares)
+            canonical_labels[region] = crop_labels
             watch.lap("cleanup")
             if not canonical_labels.any():
                 warnings.append("the fine stage found no organ inside the coarse box: the mask is empty")
             coarse_in_crop = coarse_on_crop(coarse.labels, coarse.box, canonical.shape_zyx, probabilities.shape[1:])
             assessed = assess(
-                probabilities, coarse_in_crop, canonical_labels[region], edge_labels(canonical_labels),
+                probabilities, coarse_in_crop, crop_labels, edge_labels(canonical_labels),
                 canonical_image, canonical.spacing_zyx,
             )  # fmt: skip
             del probabilities
