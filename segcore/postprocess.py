@@ -77,7 +77,7 @@ def resize_argmax(
         # Channels-last keeps each voxel's class scores together: the argmax over them is several times faster.
         slices = blended.transpose(0, 1).contiguous(memory_format=torch.channels_last)
         in_plane = F.interpolate(slices, size=(out_y, out_x), mode="bilinear", align_corners=False)
-        labels[start:stop] = in_plane.argmax(dim=1).to(torch.uint8).cpu().numpy()
+        labels[start:stop] = in_plane.max(dim=1).indices.to(torch.uint8).cpu().numpy()  # max: faster than argmax
     return labels
 
 
