@@ -160,6 +160,22 @@ def test_resize_argmax_in_slabs_equals_one_trilinear_resize(size):
         assert labels.dtype == np.uint8 and np.array_equal(labels, expected.numpy())
 
 
+@pytest.mark.parametrize("size", [(40, 20, 25), (9, 30, 31)])
+def test_resize_argmax_with_organs_in_some_slices_only_equals_one_trilinear_resize(size):
+    # Organ-like probabilities: each class peaks in its own band of slices and is near 0 elsewhere,
+    # so most slabs resize a few classes only; the labels must still equal the dense resize.
+    generator = torch.Generator().manual_seed(1)
+    layout = torch.zeros((12, 9, 11), dtype=torch.long)
+    for organ in range(1, NUM_CLASSES):
+        band = slice(organ - 1, organ + 1)
+        layout[band, organ % 9 : organ % 9 + 3, organ % 11 : organ % 11 + 4] = organ
+    logits = 8.0 * F.one_hot(layout, NUM_CLASSES).permute(3, 0, 1, 2).double()
+    probabilities = torch.softmax(logits + torch.randn(logits.shape, generator=generator, dtype=torch.float64), 0)
+    expected = F.interpolate(probabilities[None], size=size, mode="trilinear", align_corners=False)[0].argmax(0)
+    for chunk in (1, 1 << 25):
+        assert np.array_equal(resize_argmax(probabilities, size, chunk_elements=chunk), expected.numpy())
+
+
 def test_keep_largest_components_per_organ():
     labels = np.zeros((6, 6, 6), np.uint8)
     labels[0:2, 0:2, 0:2] = 3  # 8 voxels
