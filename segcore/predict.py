@@ -173,8 +173,8 @@ def predict_case(
         refused = strict and quality.verdict == "fail"
         if not refused:
             write_volume(output_dir / case.output_name, prediction.labels, geometry)
-        statistics = organ_statistics(prediction.labels, image, geometry)
         if stats:
+            statistics = organ_statistics(prediction.labels, image, geometry)
             _write_json(
                 output_dir / f"{case.case_id}.json",
                 {
@@ -195,7 +195,7 @@ def predict_case(
         return CaseResult(case.name, case.output_name, "failed", time.perf_counter() - started, reason)
     seconds = time.perf_counter() - started
     result = CaseResult(
-        case.name, case.output_name, "written", seconds, organs=len(statistics), warnings=prediction.warnings,
+        case.name, case.output_name, "written", seconds, organs=quality.organ_count, warnings=prediction.warnings,
         verdict=quality.verdict, quality_reasons=quality.reasons,
     )  # fmt: skip
     if refused:

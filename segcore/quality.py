@@ -160,7 +160,8 @@ def organ_measures(
     fine_counts = torch.bincount(flat, minlength=classes).double()
     entropy_sums = torch.bincount(flat, weights=entropy.reshape(-1).double(), minlength=classes)
     uncertain = torch.bincount(flat, weights=(entropy > UNCERTAIN_ENTROPY).reshape(-1).double(), minlength=classes)
-    counts = np.bincount(labels.reshape(-1), minlength=classes)
+    # torch counts uint8 as it is; numpy's bincount first widens every voxel to 64 bits.
+    counts = torch.bincount(torch.from_numpy(np.ascontiguousarray(labels)).reshape(-1), minlength=classes).numpy()
     voxel_ml = float(np.prod(spacing_zyx)) / 1000.0
     measures = {}
     for organ, name in ORGANS.items():
