@@ -85,8 +85,10 @@ def resize_argmax(
             labels[start:stop] = int(contenders[0])
             continue
         w = weight[:, start:stop]
-        chosen = probabilities[contenders]
-        blended = chosen[:, lower[start:stop]] * (1 - w) + chosen[:, upper[start:stop]] * w
+        window = probabilities[:, first:last]  # the slab's source slices (a view)
+        if contenders.numel() < classes:
+            window = window[contenders]
+        blended = window[:, lower[start:stop] - first] * (1 - w) + window[:, upper[start:stop] - first] * w
         # Channels-last keeps each voxel's class scores together: the max over them is several times faster.
         slices = blended.transpose(0, 1).contiguous(memory_format=torch.channels_last)
         in_plane = F.interpolate(slices, size=(out_y, out_x), mode="bilinear", align_corners=False)
