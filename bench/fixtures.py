@@ -25,6 +25,14 @@ def full_size_ct(path: Path, slices: int = 300, seed: int = 0) -> Path:
     return path
 
 
+def full_size_labels(path: Path, slices: int = 300, seed: int = 0) -> Path:
+    """The organ labels of :func:`full_size_ct`'s phantom at ``path`` (kept if it exists)."""
+    if not path.exists():
+        phantom = generate_case(seed, "full", geometry=clinical_grid(slices))
+        write_volume(path, phantom.label, phantom.geometry)
+    return path
+
+
 def random_production_weights(folder: Path, liver_bias: float = 100.0) -> Path:
     """``coarse.pt`` / ``fine.pt`` with production-size nets and random weights in ``folder``.
 
