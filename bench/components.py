@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.quality import crop_z
+from bench.quality import crop_z, organ_dice
 from segcore.geometry import to_canonical
 from segcore.labels import ORGANS
 from segcore.phantom import generate_case
@@ -39,15 +39,6 @@ def variants(seed: int):
     yield "whole", phantom.image, phantom.label, phantom.geometry
     yield "upper_third_cut", *crop_z(phantom.image, phantom.label, phantom.geometry, slice(0, int(z.max() - third)))
     yield "lower_third_cut", *crop_z(phantom.image, phantom.label, phantom.geometry, slice(int(z.min() + third), None))
-
-
-def organ_dice(truth: np.ndarray, predicted: np.ndarray) -> dict[int, float]:
-    scores = {}
-    for organ in ORGANS:
-        a, b = truth == organ, predicted == organ
-        if a.any() or b.any():
-            scores[organ] = 2 * float((a & b).sum()) / float(a.sum() + b.sum())
-    return scores
 
 
 def main(argv: list[str] | None = None) -> None:

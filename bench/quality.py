@@ -32,6 +32,7 @@ import numpy as np
 from scipy import stats
 
 from segcore.geometry import Geometry, to_canonical
+from segcore.metrics import dice
 from segcore.phantom import generate_case
 from segcore.predictor import DEFAULT_WEIGHTS_DIR, Predictor
 from segcore.quality import Thresholds, verdict
@@ -80,12 +81,14 @@ def corrupt(kind: str, image: np.ndarray, label: np.ndarray, geometry: Geometry,
     return np.clip(values, -1024, 3071).astype(np.int16), label, geometry
 
 
+def organ_dice(truth: np.ndarray, predicted: np.ndarray) -> dict[int, float]:
+    """Dice of every organ in the truth or the prediction (an organ absent from both is left out)."""
+    present = (set(np.unique(truth).tolist()) | set(np.unique(predicted).tolist())) - {0}
+    return {organ: dice(truth == organ, predicted == organ) for organ in sorted(present)}
+
+
 def mean_dice(truth: np.ndarray, predicted: np.ndarray) -> float:
-    organs = set(np.unique(truth).tolist()) | set(np.unique(predicted).tolist())
-    scores = [
-        2 * np.sum((truth == organ) & (predicted == organ)) / (np.sum(truth == organ) + np.sum(predicted == organ))
-        for organ in organs - {0}
-    ]
+    scores = list(organ_dice(truth, predicted).values())
     return float(np.mean(scores)) if scores else 1.0
 
 

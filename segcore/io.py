@@ -123,12 +123,9 @@ UNLIMITED = Limits(np.iinfo(np.int64).max, np.iinfo(np.int64).max)
 """No size limit (label files: their grid must equal an accepted CT's anyway)."""
 
 
-def _info_of(source: sitk.Image | sitk.ImageFileReader, slices: int = 1) -> ImageInfo:
-    """The :class:`ImageInfo` of an image or of a reader after ``ReadImageInformation``; ``slices``
-    stacks that many such images (a DICOM series of single-slice files)."""
+def _info_of(source: sitk.Image | sitk.ImageFileReader) -> ImageInfo:
+    """The :class:`ImageInfo` of an image or of a reader after ``ReadImageInformation``."""
     size = tuple(int(s) for s in source.GetSize())
-    if slices > 1:
-        size = (*size[:2], slices)
     pixel = source.GetPixelID() if isinstance(source, sitk.Image) else source.GetPixelIDValue()
     components = int(
         source.GetNumberOfComponentsPerPixel() if isinstance(source, sitk.Image) else source.GetNumberOfComponents()
