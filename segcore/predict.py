@@ -41,6 +41,7 @@ bad weights).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -53,6 +54,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from segcore import distributed
+from segcore.allocator import keep_freed_memory
 from segcore.claims import claim_case
 from segcore.io import VolumeError, case_stem, is_nifti, write_text_atomic, write_volume
 from segcore.postprocess import organ_statistics
@@ -386,6 +388,7 @@ def run_batch(args: argparse.Namespace, context: distributed.DistributedContext)
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    keep_freed_memory()  # a batch reuses the same sizes case after case: see segcore.allocator
     try:
         context = distributed.setup(args.device, timeout_minutes=DISTRIBUTED_TIMEOUT_MINUTES)
     except RuntimeError as error:
@@ -400,6 +403,9 @@ def main(argv: list[str] | None = None) -> int:
             status = run_batch(args, context)
     finally:
         distributed.cleanup()
+        # Interpreter exit collects every object left (torch alone leaves ~10^5): frozen ones are
+        # skipped, which saves ~0.3 s of a one-case run's ~2.4 s.
+        gc.freeze()
     if args.status_file is None:
         return status
     if context.local_rank == 0:  # one writer per machine: each node's predict.sh reads its own file
