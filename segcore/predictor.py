@@ -24,8 +24,9 @@ Steps of :meth:`Predictor.predict` (the contract in DESIGN.md, "Two-stage predic
 4. paste the crop's labels into a zero mask of the canonical shape, undo the reorientation.
 
 When the coarse stage finds no organ the mask is empty and :attr:`Prediction.warnings` says so.
-Precision ``auto`` is fp16 autocast on CUDA and fp32 on the CPU (``bf16`` is accepted on both);
-softmax and everything after it run in float32.
+Precision ``auto`` is fp16 autocast on CUDA, and on the CPU bf16 autocast where the CPU has
+native bf16 instructions, else fp32 (:func:`resolve_precision`); softmax and everything after it
+run in float32.
 """
 
 from __future__ import annotations
@@ -73,10 +74,24 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def native_bf16() -> bool:
+    """Whether this CPU computes in bfloat16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slower."""
+    cpu = torch.cpu
+    return any(bool(getattr(cpu, probe, lambda: False)()) for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """``auto`` -> fp16 on CUDA, fp32 on the CPU; ``fp32`` | ``fp16`` (CUDA only) | ``bf16`` as named."""
+    """``auto`` -> fp16 autocast on CUDA; on the CPU bf16 where it is native (:func:`native_bf16`),
+    else fp32. ``fp32`` | ``fp16`` (CUDA only) | ``bf16`` as named.
+
+    bf16 on the CPU, measured on a 2-core AVX512-BF16 machine: the production fine net 1.49 →
+    0.67 s per forward pass; the default model's labels agree with fp32 on 99.989 % of the voxels
+    of the 512×512×300 phantom and 99.946 % of the real 3 mm CT (README, "Inference speed").
+    """
     if precision == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
+        if device.type == "cuda":
+            return torch.float16
+        return torch.bfloat16 if native_bf16() else torch.float32
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; expected auto, {', '.join(PRECISIONS)}")
     if precision == "fp16" and device.type != "cuda":
@@ -92,10 +107,14 @@ def _device(device: str | torch.device) -> torch.device:
     return resolved
 
 
-def _upload(volume: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A ``(z, y, x)`` volume as a tensor on ``device``; int16 and float32 travel as they are."""
+def _upload(volume: np.ndarray | torch.Tensor, device: torch.device) -> np.ndarray | torch.Tensor:
+    """A ``(z, y, x)`` volume as the stages take it: on the CPU as it is (a numpy view is resized
+    and cropped in place, :func:`segcore.resample.resize_image`: no copy of the whole volume), on a
+    GPU as a tensor there; int16 and float32 travel as they are."""
     if isinstance(volume, torch.Tensor):
         return volume.to(device)
+    if device.type == "cpu":
+        return volume
     if volume.dtype not in (np.int16, np.float32):
         volume = volume.astype(np.float32)
     if not (volume.flags.c_contiguous and volume.flags.writeable):
@@ -179,10 +198,10 @@ class StageModel:
         total = None
         with torch.autocast(device_type, dtype=self.autocast_dtype, enabled=self.autocast_dtype != torch.float32):
             for net in self.nets:
-                probabilities = torch.softmax(net(image).float(), dim=1)
+                probabilities = torch.softmax(net(image), dim=1, dtype=torch.float32)
                 total = probabilities if total is None else total.add_(probabilities)
         watch.lap(f"{self.stage}_network")
-        return total[0] / len(self.nets)
+        return total[0] if len(self.nets) == 1 else total[0].div_(len(self.nets))
 
 
 @dataclass

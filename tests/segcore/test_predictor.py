@@ -20,6 +20,7 @@ from segcore.labels import NUM_CLASSES
 from segcore.phantom import generate_case
 from segcore.phantom.scanner import stored_geometry
 from segcore.postprocess import keep_largest_components, organ_statistics, resize_argmax
+from segcore import predictor as predictor_module
 from segcore.predictor import CoarseLocator, Predictor, resolve_precision
 from tests.tiny_checkpoints import tiny_payload, write_tiny_weights
 
@@ -263,8 +264,15 @@ def test_organ_statistics_volume_mean_and_box():
     assert statistics["left_kidney"]["box_voxels"] == [[5, 6], [4, 5], [3, 4]]
 
 
+@pytest.mark.parametrize("native, expected", [(True, torch.bfloat16), (False, torch.float32)])
+def test_auto_precision_on_the_cpu_is_bf16_only_where_the_cpu_has_it(monkeypatch, native, expected):
+    monkeypatch.setattr(predictor_module, "native_bf16", lambda: native)
+    assert resolve_precision("auto", torch.device("cpu")) == expected
+    assert resolve_precision("fp32", torch.device("cpu")) == torch.float32
+    assert resolve_precision("auto", torch.device("cuda")) == torch.float16
+
+
 def test_precision_and_checkpoint_checks(real_data, tmp_path):
-    assert resolve_precision("auto", torch.device("cpu")) == torch.float32
     with pytest.raises(ValueError, match="fp16 autocast needs a CUDA device"):
         resolve_precision("fp16", torch.device("cpu"))
     with pytest.raises(ValueError, match="'fine' checkpoint was given as the coarse model"):
