@@ -8,6 +8,7 @@ then sampled inside it); thinner structures may vanish at coarse sizes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -37,7 +38,7 @@ def _linear_taps(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray, n
     source = (np.arange(size_out, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
     source = np.maximum(source, np.float32(0))
     first = source.astype(np.int64)  # floor: source >= 0
-    return first, np.minimum(first + 1, size_in - 1), source - first
+    return first, np.minimum(first + 1, size_in - 1), (source - first).astype(np.float32)
 
 
 def _resize_3d_separable(volume: np.ndarray | torch.Tensor, size_zyx: tuple[int, int, int]) -> torch.Tensor:
@@ -84,8 +85,11 @@ def resize_image(
 ) -> torch.Tensor:
     """Trilinear resize (``align_corners=False``) of a ``(z, y, x)``, ``(C, z, y, x)`` or ``(N, C, z, y, x)`` volume.
 
-    A 3-D volume that stays on the CPU goes through :func:`_resize_3d_separable` (no float copy of
-    the input, any strides); others through ``F.interpolate`` on their device.
+    A 3-D volume on the CPU that shrinks at least 8-fold in voxels goes through
+    :func:`_resize_3d_separable` (no float copy of the input, any strides: a CT to a network's
+    input); others through ``F.interpolate`` on their device, which is faster where most input
+    voxels are read anyway (measured on a 512×512×300 CT, 2 cores: whole CT to 48³ 0.017 s vs
+    0.115 s, to 160³ 0.17 s vs 0.14 s and 470 MB fewer; a 266×264×392 crop to 192³ 0.18 s vs 0.04 s).
 
     Returns:
         A float32 tensor with the same leading axes and spatial size ``size_zyx``.
@@ -94,7 +98,7 @@ def resize_image(
     on_cpu = torch.device(device).type == "cpu" if device is not None else not (
         isinstance(volume, torch.Tensor) and volume.device.type != "cpu"
     )
-    if volume.ndim == 3 and on_cpu:
+    if volume.ndim == 3 and on_cpu and math.prod(size_zyx) * 8 <= math.prod(volume.shape):
         return _resize_3d_separable(volume, size_zyx)
     tensor, squeeze = _as_5d(volume, torch.float32, device)
     if tuple(tensor.shape[2:]) != size_zyx:
