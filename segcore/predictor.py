@@ -56,7 +56,7 @@ from segcore.postprocess import (
     resize_argmax,
 )
 from segcore.quality import Quality, assess, coarse_on_crop, edge_labels, empty_quality
-from segcore.resample import resize_image
+from segcore.resample import resize_image, upsampled_softmax
 
 __all__ = ["CoarseLocator", "CoarseResult", "Prediction", "Predictor", "StageModel", "organ_statistics"]
 
@@ -196,12 +196,14 @@ class StageModel:
             image = image.contiguous(memory_format=torch.channels_last_3d)
         watch.lap(f"{self.stage}_resize")
         total = None
-        with torch.autocast(device_type, dtype=self.autocast_dtype, enabled=self.autocast_dtype != torch.float32):
-            for net in self.nets:
-                probabilities = torch.softmax(net(image), dim=1, dtype=torch.float32)
-                total = probabilities if total is None else total.add_(probabilities)
+        for net in self.nets:
+            with torch.autocast(device_type, dtype=self.autocast_dtype, enabled=self.autocast_dtype != torch.float32):
+                logits = net(image, half_resolution=True)[0]
+            # the nets' last step (trilinear x2 to the input size) is done with the softmax, in float32, by slabs
+            probabilities = upsampled_softmax(logits, self.input_size)
+            total = probabilities if total is None else total.add_(probabilities)
         watch.lap(f"{self.stage}_network")
-        return total[0] if len(self.nets) == 1 else total[0].div_(len(self.nets))
+        return total if len(self.nets) == 1 else total.div_(len(self.nets))
 
 
 @dataclass

@@ -108,6 +108,34 @@ def resize_image(
     return tensor
 
 
+def upsampled_softmax(logits: torch.Tensor, size_zyx: Sequence[int], *, slab: int = 8) -> torch.Tensor:
+    """Class probabilities of ``(C, z, y, x)`` logits resized trilinearly to ``size_zyx``: float32 ``(C, *size_zyx)``.
+
+    The same as ``torch.softmax(F.interpolate(logits[None].float(), size_zyx, mode="trilinear",
+    align_corners=False)[0], dim=0)`` up to float32 rounding, built ``slab`` output planes at a
+    time: the source planes a slab needs are resized in-plane (bilinear), blended along z with
+    the trilinear taps (:func:`_linear_taps`), and the softmax is taken while the slab is in
+    cache. The full-size logits never exist: for the fine net's 14×192³ output that is 396 MB and
+    two passes over it fewer (measured on 2 cores: see README, "Inference speed").
+    """
+    size_zyx = tuple(int(s) for s in size_zyx)
+    device = logits.device
+    probabilities = torch.empty((logits.shape[0], *size_zyx), dtype=torch.float32, device=device)
+    first, second, weight = _linear_taps(logits.shape[1], size_zyx[0])
+    for start in range(0, size_zyx[0], slab):
+        stop = min(start + slab, size_zyx[0])
+        low, high = int(first[start]), int(second[stop - 1])
+        planes = logits[:, low : high + 1].float().transpose(0, 1)  # (planes, C, y, x)
+        if tuple(planes.shape[2:]) != size_zyx[1:]:
+            planes = F.interpolate(planes, size=size_zyx[1:], mode="bilinear", align_corners=False)
+        below = torch.from_numpy(first[start:stop] - low).to(device)
+        above = torch.from_numpy(second[start:stop] - low).to(device)
+        blend = torch.from_numpy(weight[start:stop]).to(device).view(-1, 1, 1, 1)
+        mixed = planes[below].mul_(1 - blend).add_(planes[above].mul_(blend))
+        probabilities[:, start:stop] = torch.softmax(mixed, dim=1).transpose(0, 1)
+    return probabilities
+
+
 def resize_labels(
     labels: np.ndarray | torch.Tensor,
     size_zyx: Sequence[int],

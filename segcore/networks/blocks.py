@@ -171,8 +171,11 @@ class SegmentationNetwork(nn.Module):
                 nn.init.zeros_(module.bias)
 
     @staticmethod
-    def upsample_logits(logits: torch.Tensor) -> torch.Tensor:
-        """Trilinear ×2 upsampling of the half-resolution logits to the input size."""
+    def upsample_logits(logits: torch.Tensor, half_resolution: bool = False) -> torch.Tensor:
+        """Trilinear ×2 upsampling of the half-resolution logits to the input size (none with
+        ``half_resolution``: :func:`segcore.resample.upsampled_softmax` does it with the softmax)."""
+        if half_resolution:
+            return logits
         return F.interpolate(logits, scale_factor=2, mode="trilinear", align_corners=False)
 
 

@@ -80,8 +80,9 @@ class EfficientContextNet(SegmentationNetwork):
         self.head = nn.Conv3d(channels[0], num_classes, 1)
         self.init_weights()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``(N, num_classes, D, H, W)`` for images ``(N, in_channels, D, H, W)``."""
+    def forward(self, x: torch.Tensor, half_resolution: bool = False) -> torch.Tensor:
+        """Logits ``(N, num_classes, D, H, W)`` for images ``(N, in_channels, D, H, W)``; with
+        ``half_resolution`` the logits before the final trilinear ×2 upsampling ``(N, num_classes, D/2, H/2, W/2)``."""
         self.check_input(x)
         features = self.stem(x)
         skips = []
@@ -90,4 +91,4 @@ class EfficientContextNet(SegmentationNetwork):
             skips.append(features)
         for level in reversed(range(len(self.decoder))):
             features = self.decoder[level](self.upsamplers[level](features) + skips[level])
-        return self.upsample_logits(self.head(features))
+        return self.upsample_logits(self.head(features), half_resolution)

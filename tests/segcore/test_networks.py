@@ -40,6 +40,17 @@ def test_output_has_input_size_and_all_classes(arch, size_zyx):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
+def test_half_resolution_logits_are_the_output_before_its_upsampling(arch):
+    net = tiny(arch).eval()
+    with torch.inference_mode():
+        full = net(images((16, 24, 32)))
+        half = net(images((16, 24, 32)), half_resolution=True)
+    assert half.shape == (1, NUM_CLASSES, 8, 12, 16)
+    upsampled = torch.nn.functional.interpolate(half, size=(16, 24, 32), mode="trilinear", align_corners=False)
+    assert torch.equal(upsampled, full)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
 def test_rebuilt_from_spec_gives_identical_outputs(arch):
     net = tiny(arch, seed=0).eval()
     spec = json.loads(json.dumps(network_spec(net)))  # checkpoints keep it as plain data

@@ -45,18 +45,22 @@ def predictor(tmp_path_factory) -> Predictor:
 class SubBoxCoarseNet(nn.Module):
     """A stand-in coarse net: liver in a fixed part of its (canonical) input grid, plus a stray voxel.
 
-    Liver fills coarse voxels z 4:12, y 2:8, x 9:15 of the 16^3 grid; the single liver voxel at
-    (0, 0, 0) is not connected to it and must be dropped by the largest-component clean-up.
+    Liver fills coarse voxels z 4:12, y 2:8, x 8:14 of the 16^3 grid; the liver voxels at the
+    origin are not connected to it and must be dropped by the largest-component clean-up. Like the
+    real nets it gives half-resolution logits when asked (the predictor upsamples them x2): the
+    region's bounds are even and the liver logit is 2 against 1, so after the upsampling the liver
+    is again exactly the region (its trilinear weights 0.25 / 0.75 give 0.5 < 1 < 1.5).
     """
 
-    region = ((4, 12), (2, 8), (9, 15))
+    region = ((4, 12), (2, 8), (8, 14))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = torch.zeros((x.shape[0], NUM_CLASSES, *x.shape[2:]))
+    def forward(self, x: torch.Tensor, half_resolution: bool = False) -> torch.Tensor:
+        factor = 2 if half_resolution else 1
+        logits = torch.zeros((x.shape[0], NUM_CLASSES, *(size // factor for size in x.shape[2:])))
         logits[:, 0] = 1.0
-        (z0, z1), (y0, y1), (x0, x1) = self.region
-        logits[:, 1, z0:z1, y0:y1, x0:x1] = 5.0
-        logits[:, 1, 0, 0, 0] = 5.0
+        (z0, z1), (y0, y1), (x0, x1) = ((low // factor, high // factor) for low, high in self.region)
+        logits[:, 1, z0:z1, y0:y1, x0:x1] = 2.0
+        logits[:, 1, 0, 0, 0] = 2.0
         return logits
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from segcore.resample import _resize_3d_separable, resize_image, resize_labels
+from segcore.resample import _resize_3d_separable, resize_image, resize_labels, upsampled_softmax
 
 
 def reference(volume: np.ndarray, size) -> torch.Tensor:
@@ -61,3 +61,16 @@ def test_labels_are_sampled_not_blended():
     resized = resize_labels(labels, (4, 4, 4))
     assert resized.dtype == torch.uint8 and set(resized.unique().tolist()) == {0, 3}
     assert resized[:2].eq(3).all() and resized[2:].eq(0).all()
+
+
+@pytest.mark.parametrize("shape, size", [((14, 12, 10, 8), (24, 20, 16)), ((3, 5, 7, 9), (10, 14, 18)), ((4, 9, 6, 6), (9, 6, 6))])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_upsampled_softmax_is_the_softmax_of_the_trilinear_resize(shape, size, dtype):
+    logits = (torch.randn(shape, generator=torch.Generator().manual_seed(0)) * 4).to(dtype)
+    expected = torch.softmax(
+        F.interpolate(logits[None].float(), size=size, mode="trilinear", align_corners=False)[0], dim=0
+    )
+    got = upsampled_softmax(logits, size, slab=3)  # slabs that do not divide the depth
+    assert got.dtype == torch.float32 and got.shape == (shape[0], *size)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(got.sum(0), torch.ones(size), rtol=0, atol=1e-5)
