@@ -150,8 +150,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cases", type=int, default=6, help=f"phantoms per set (each in {len(CORRUPTIONS)} variants)")
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS_DIR)
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--precision", default="auto", choices=["auto", "fp32", "bf16"], help="as predict.sh (auto: bf16 where native)"
+    )
     args = parser.parse_args(argv)
-    predictor = Predictor.from_weights(args.weights, "cpu", "fp32")
+    predictor = Predictor.from_weights(args.weights, "cpu", args.precision)
+    print(f"precision {predictor.info()['precision']}")
     started = time.perf_counter()
     calibration = run_cases(predictor, CALIBRATION_SEEDS, args.cases)
     report = run_cases(predictor, REPORT_SEEDS, args.cases)

@@ -24,26 +24,13 @@ from scipy import ndimage
 
 from segcore.geometry import Geometry
 from segcore.labels import ORGANS
+from segcore.resample import linear_taps
 
 DEFAULT_CHUNK_ELEMENTS = 1 << 25
 """Elements of one full-resolution slab of probabilities in :func:`resize_argmax` (128 MiB as float32)."""
 
 _PER_BOX_MAX_COVERAGE = 2.0
 """In :func:`keep_components`, label organ by organ while their boxes add up to at most this many maps."""
-
-
-def _linear_taps(in_size: int, out_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Source indices and weights of a 1-D linear resize, exactly as ``F.interpolate(align_corners=False)``.
-
-    Returns:
-        ``(lower, upper, weight)``: output ``i`` is ``(1 - weight[i]) * in[lower[i]] + weight[i] * in[upper[i]]``.
-    """
-    scale = in_size / out_size
-    source = ((torch.arange(out_size, dtype=torch.float64) + 0.5) * scale - 0.5).clamp_min(0)
-    lower = source.floor().long().clamp_max(in_size - 1)
-    upper = (lower + 1).clamp_max(in_size - 1)
-    weight = (source - lower).clamp(0, 1)
-    return lower.to(device), upper.to(device), weight.to(device)
 
 
 def resize_argmax(
@@ -71,7 +58,7 @@ def resize_argmax(
     """
     classes, in_z = probabilities.shape[0], probabilities.shape[1]
     out_z, out_y, out_x = (int(s) for s in size_zyx)
-    lower, upper, weight = _linear_taps(in_z, out_z, probabilities.device)
+    lower, upper, weight = (torch.from_numpy(taps).to(probabilities.device) for taps in linear_taps(in_z, out_z))
     weight = weight.to(probabilities.dtype)[None, :, None, None]
     peaks = probabilities.amax(dim=(2, 3))  # (C, z): each class's largest value on each source slice
     floors = probabilities.sum(0).amin(dim=(1, 2)) / classes  # (z,): no blend's top class falls below

@@ -31,7 +31,7 @@ def _as_5d(volume: np.ndarray | torch.Tensor, dtype: torch.dtype | None, device:
     return tensor, 0
 
 
-def _linear_taps(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def linear_taps(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The two source indices and the second one's weight of each output voxel along one axis,
     as ``F.interpolate(mode="trilinear", align_corners=False)`` places them (float32 coordinates)."""
     scale = np.float32(size_in) / np.float32(size_out)
@@ -63,7 +63,7 @@ def _resize_3d_separable(volume: np.ndarray | torch.Tensor, size_zyx: tuple[int,
         size_in, size_out = tensor.shape[axis], size_zyx[axis]
         if size_in == size_out:
             continue
-        first, second, weight = _linear_taps(size_in, size_out)
+        first, second, weight = linear_taps(size_in, size_out)
         if axis in flipped:  # the output runs the other way along this axis
             first, second = size_in - 1 - first, size_in - 1 - second
             flipped.remove(axis)
@@ -114,14 +114,14 @@ def upsampled_softmax(logits: torch.Tensor, size_zyx: Sequence[int], *, slab: in
     The same as ``torch.softmax(F.interpolate(logits[None].float(), size_zyx, mode="trilinear",
     align_corners=False)[0], dim=0)`` up to float32 rounding, built ``slab`` output planes at a
     time: the source planes a slab needs are resized in-plane (bilinear), blended along z with
-    the trilinear taps (:func:`_linear_taps`), and the softmax is taken while the slab is in
+    the trilinear taps (:func:`linear_taps`), and the softmax is taken while the slab is in
     cache. The full-size logits never exist: for the fine net's 14×192³ output that is 396 MB and
     two passes over it fewer (measured on 2 cores: see README, "Inference speed").
     """
     size_zyx = tuple(int(s) for s in size_zyx)
     device = logits.device
     probabilities = torch.empty((logits.shape[0], *size_zyx), dtype=torch.float32, device=device)
-    first, second, weight = _linear_taps(logits.shape[1], size_zyx[0])
+    first, second, weight = linear_taps(logits.shape[1], size_zyx[0])
     for start in range(0, size_zyx[0], slab):
         stop = min(start + slab, size_zyx[0])
         low, high = int(first[start]), int(second[stop - 1])
