@@ -269,8 +269,8 @@ def run_whole(model: str, spec: dict, work: Path, repeats: int) -> tuple[list[fl
         if not link.exists():
             link.symlink_to(spec["ct"])
         output = work / f"whole_output_{model}"
-        command = ["sh", "predict.sh", "-i", str(folder), "-o", str(output), "--overwrite",
-                   "--weights", spec["weights"], "--device", spec["device"], "--precision", spec["precision"]]  # fmt: skip
+        command = ["sh", "predict.sh", "-i", str(folder), "-o", str(output), "--overwrite", "--weights",
+                   spec["weights"], "--device", spec["device"], "--precision", spec["precision"]]  # fmt: skip
     walls, peaks = [], []
     for result in whole_process(command, repeats):
         subtract = json.loads(result["tail"].strip().splitlines()[-1])["oracle_build_s"] if model == "realistic" else 0

@@ -76,8 +76,8 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 def native_bf16() -> bool:
     """Whether this CPU computes in bfloat16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slower."""
-    cpu = torch.cpu
-    return any(bool(getattr(cpu, probe, lambda: False)()) for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, probe, lambda: False)()) for probe in probes)
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:

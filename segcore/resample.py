@@ -95,8 +95,10 @@ def resize_image(
         A float32 tensor with the same leading axes and spatial size ``size_zyx``.
     """
     size_zyx = tuple(int(s) for s in size_zyx)
-    on_cpu = torch.device(device).type == "cpu" if device is not None else not (
-        isinstance(volume, torch.Tensor) and volume.device.type != "cpu"
+    on_cpu = (
+        torch.device(device).type == "cpu"
+        if device is not None
+        else not (isinstance(volume, torch.Tensor) and volume.device.type != "cpu")
     )
     if volume.ndim == 3 and on_cpu and math.prod(size_zyx) * 8 <= math.prod(volume.shape):
         return _resize_3d_separable(volume, size_zyx)

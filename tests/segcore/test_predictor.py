@@ -13,6 +13,7 @@ from scipy import ndimage
 from torch import nn
 
 from segcore import postprocess
+from segcore import predictor as predictor_module
 from segcore.boxes import box_to_original, expand_box, scale_box
 from segcore.geometry import Geometry, canonical_reorientation, to_canonical
 from segcore.io import read_volume, write_volume
@@ -20,7 +21,6 @@ from segcore.labels import NUM_CLASSES
 from segcore.phantom import generate_case
 from segcore.phantom.scanner import stored_geometry
 from segcore.postprocess import keep_largest_components, organ_statistics, resize_argmax
-from segcore import predictor as predictor_module
 from segcore.predictor import CoarseLocator, Predictor, resolve_precision
 from tests.tiny_checkpoints import tiny_payload, write_tiny_weights
 

@@ -63,7 +63,9 @@ def test_labels_are_sampled_not_blended():
     assert resized[:2].eq(3).all() and resized[2:].eq(0).all()
 
 
-@pytest.mark.parametrize("shape, size", [((14, 12, 10, 8), (24, 20, 16)), ((3, 5, 7, 9), (10, 14, 18)), ((4, 9, 6, 6), (9, 6, 6))])
+@pytest.mark.parametrize(
+    "shape, size", [((14, 12, 10, 8), (24, 20, 16)), ((3, 5, 7, 9), (10, 14, 18)), ((4, 9, 6, 6), (9, 6, 6))]
+)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_upsampled_softmax_is_the_softmax_of_the_trilinear_resize(shape, size, dtype):
     logits = (torch.randn(shape, generator=torch.Generator().manual_seed(0)) * 4).to(dtype)
