@@ -75,8 +75,8 @@ def measure(stage_name: str, amp: str, device_name: str, steps: int) -> dict[str
     import importlib
 
     from data_prepare.prepare import PrepareConfig
-    from segcore.config import load_config
     from segcore.distributed import DistributedContext
+    from segcore.training.config import load_stage_config
     from segcore.training.engine import Trainer
 
     module, config_path, size_field = STAGES[stage_name]
@@ -87,8 +87,8 @@ def measure(stage_name: str, amp: str, device_name: str, steps: int) -> dict[str
         store = Path(folder) / "store.lmdb"
         amp_value = json.dumps(amp)  # quoted: YAML would read off as false
         overrides = [f"store={store}", f"output_dir={folder}/run", "data.workers=0", f"train.amp={amp_value}"]
-        config = load_config(REPO_ROOT / config_path, overrides)
-        write_random_store(store, stage, getattr(PrepareConfig(), size_field), config["data"]["batch_size"])
+        config = load_stage_config(REPO_ROOT / config_path, overrides)
+        write_random_store(store, stage, getattr(PrepareConfig(), size_field), config.data.batch_size)
         context = DistributedContext(rank=0, local_rank=0, world_size=1, device=device)
         trainer = Trainer(config, stage, context)
         batch = next(iter(trainer.loader))
@@ -120,8 +120,8 @@ def measure(stage_name: str, amp: str, device_name: str, steps: int) -> dict[str
         "peak_gb": _peak_memory_gb(device),
         "baseline_gb": baseline_gb,
         "batch": list(batch["image"].shape),
-        "arch": config["network"]["arch"],
-        "input_size": config["input_size"],
+        "arch": config.network.arch,
+        "input_size": list(config.input_size),
         "loss": logs,
     }
 

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from pydantic import ConfigDict
 
 from segcore.labels import HU_WINDOW, ORGAN_IDS
 
@@ -55,6 +56,8 @@ class AugmentConfig:
     ``fourier_sources``: where amplitude spectra come from, ``labeled`` (the labeled batch) or
     ``all`` (labeled and unlabeled batches; semi-supervised steps only).
     """
+
+    __pydantic_config__ = ConfigDict(extra="forbid")  # validated by segcore.training.config
 
     enabled: bool = True
     spatial_probability: float = 0.8

@@ -14,47 +14,45 @@ the resolved output dir and the config, so runs sharing a store never overwrite 
 from __future__ import annotations
 
 import argparse
-import copy
 import shutil
 import sys
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 from segcore import distributed
-from segcore.config import config_hash, load_config
-from segcore.training.cps import CPSConfig
+from segcore.config import config_hash
+from segcore.training.config import StageConfig, load_stage_config
 from segcore.training.engine import Stage, Trainer
 from segcore.training.uif import load_domains, run_uif
 
 
-def round_configs(config: dict[str, Any], stage: Stage) -> list[dict[str, Any]]:
+def round_configs(config: StageConfig, stage: Stage) -> list[StageConfig]:
     """One config per training round (a single one without UIF rounds)."""
-    semi = CPSConfig(**config.get("semi") or {})
+    semi = config.semi
     if not semi.enabled or semi.rounds <= 1:
         return [config]
-    base, rounds = Path(config["output_dir"]), []
-    run_key = config_hash({"output_dir": str(base.resolve()), "config": config})[:8]
+    base, rounds = Path(config.output_dir), []
+    run_key = config_hash({"output_dir": str(base.resolve()), "config": config.as_dict()})[:8]
     for r in range(semi.rounds):
-        round_config = copy.deepcopy(config)
-        round_config["output_dir"] = str(base / f"round{r}")
+        round_semi = semi
         if r > 0:
-            round_config["semi"]["unlabeled_split"] = f"uif_{stage.name}_fold{config['fold']}_round{r}_{run_key}"
+            round_semi = replace(round_semi, unlabeled_split=f"uif_{stage.name}_fold{config.fold}_round{r}_{run_key}")
             if semi.round_init == "previous":
-                round_config["semi"]["init_from"] = str(base / f"round{r - 1}" / "last.pt")
-        rounds.append(round_config)
+                round_semi = replace(round_semi, init_from=str(base / f"round{r - 1}" / "last.pt"))
+        rounds.append(replace(config, output_dir=str(base / f"round{r}"), semi=round_semi))
     return rounds
 
 
-def train_round(config: dict[str, Any], stage: Stage, context, resume: bool) -> float:
-    output_dir = Path(config["output_dir"])
+def train_round(config: StageConfig, stage: Stage, context, resume: bool) -> float:
+    output_dir = Path(config.output_dir)
     trainer = Trainer(config, stage, context)
     if resume and (output_dir / "last.pt").exists():
         trainer.resume()
     if context.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        (output_dir / "config.yaml").write_text(yaml.safe_dump(config.as_dict(), sort_keys=False))
         print(
             f"{stage.name}_seg: {context.world_size} process(es) on {context.device.type}, "
             f"{trainer.steps_per_epoch} steps/epoch, starting at step {trainer.step} -> {output_dir}"
@@ -75,13 +73,13 @@ def main(stage: Stage, default_config: Path, argv: list[str] | None = None) -> i
     parser.add_argument("overrides", nargs="*", help="config overrides, key=value (e.g. train.epochs=10)")
     args = parser.parse_args(argv)
     try:
-        config = load_config(args.config, args.overrides)
+        config = load_stage_config(args.config, args.overrides)
         rounds = round_configs(config, stage)
     except (OSError, ValueError, TypeError) as error:
         print(f"{stage.name}_seg: bad config: {error}", file=sys.stderr)
         return 2
 
-    first = Path(rounds[0]["output_dir"]) / "last.pt"
+    first = Path(rounds[0].output_dir) / "last.pt"
     if first.exists() and not args.resume:
         print(
             f"{stage.name}_seg: {first} already exists: pass --resume to continue that run, "
@@ -96,21 +94,21 @@ def main(stage: Stage, default_config: Path, argv: list[str] | None = None) -> i
     context = distributed.setup(args.device)
     try:
         for r, round_config in enumerate(rounds):
-            output_dir = Path(round_config["output_dir"])
+            output_dir = Path(round_config.output_dir)
             train_round(round_config, stage, context, args.resume)  # a finished round resumes to a no-op
-            if r + 1 < len(rounds) and not (Path(rounds[r + 1]["output_dir"]) / "last.pt").exists():
-                selection = rounds[r + 1]["semi"]["unlabeled_split"]
-                semi = CPSConfig(**config["semi"])
+            if r + 1 < len(rounds) and not (Path(rounds[r + 1].output_dir) / "last.pt").exists():
+                selection = rounds[r + 1].semi.unlabeled_split
+                semi = config.semi
                 kept = run_uif(
-                    output_dir / "last.pt", Path(config["store"]), semi.uif_keep, selection,
+                    output_dir / "last.pt", Path(config.store), semi.uif_keep, selection,
                     output_dir / "uif.csv", context, domains=load_domains(semi.uif_domains),
                 )  # fmt: skip
                 if context.is_main:
                     print(f"{stage.name}_seg: UIF kept {len(kept)} unlabeled cases as {selection!r} for round {r + 1}")
-        last_best = Path(rounds[-1]["output_dir"]) / "best.pt"
+        last_best = Path(rounds[-1].output_dir) / "best.pt"
         if len(rounds) > 1 and context.is_main and last_best.exists():
-            shutil.copyfile(last_best, Path(config["output_dir"]) / ".best.pt.tmp")
-            (Path(config["output_dir"]) / ".best.pt.tmp").replace(Path(config["output_dir"]) / "best.pt")
+            shutil.copyfile(last_best, Path(config.output_dir) / ".best.pt.tmp")
+            (Path(config.output_dir) / ".best.pt.tmp").replace(Path(config.output_dir) / "best.pt")
     except (ValueError, KeyError, FileNotFoundError) as error:
         print(f"{stage.name}_seg: {error}", file=sys.stderr)
         return 1

@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import ConfigDict
 
 from segcore.training.augment import random_fourier_mix
 from segcore.training.data import EndlessBatches, StoreDataset, make_loader
@@ -148,6 +149,8 @@ def cps_loss(
 class CPSConfig:
     """The ``semi`` section of a stage config (unknown keys are refused)."""
 
+    __pydantic_config__ = ConfigDict(extra="forbid")  # validated by segcore.training.config
+
     enabled: bool = False
     networks: int = 2
     weight: float = 1.0  # lambda
@@ -209,10 +212,10 @@ class CPSStep:
         self.unlabeled = None
         if config.weight > 0 or trainer.augment.fourier_sources == "all":
             dataset = StoreDataset(store, ids, trainer.stage.image_key)
-            context, data_cfg = trainer.context, trainer.config["data"]
+            context, data_cfg = trainer.context, trainer.config.data
             loader = make_loader(
                 dataset, config.unlabeled_batch_size, context.rank, context.world_size,
-                trainer.config["train"]["seed"] + 1, data_cfg["workers"], pin=context.device.type == "cuda",
+                trainer.config.train.seed + 1, data_cfg.workers, pin=context.device.type == "cuda",
             )  # fmt: skip
             self.unlabeled = EndlessBatches(loader)
 

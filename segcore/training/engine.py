@@ -36,7 +36,8 @@ from segcore.labels import NUM_CLASSES, ORGANS
 from segcore.networks import build_network
 from segcore.store import CaseStore
 from segcore.training.augment import AugmentConfig, augment_views, random_fourier_mix
-from segcore.training.cps import CPSConfig, CPSStep
+from segcore.training.config import OptimizerConfig, StageConfig
+from segcore.training.cps import CPSStep
 from segcore.training.data import StoreDataset, make_loader
 from segcore.training.losses import dice_ce_loss, hard_dice_per_class
 
@@ -105,16 +106,12 @@ def use_channels_last(setting: str | bool, device: torch.device) -> bool:
     raise ValueError(f"train.channels_last={setting!r}: expected auto, true or false")
 
 
-def make_optimizer(params, config: dict[str, Any]) -> torch.optim.Optimizer:
-    name = config.get("name", "adamw")
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=config["lr"], weight_decay=config.get("weight_decay", 0.0))
-    if name == "sgd":
-        return torch.optim.SGD(
-            params, lr=config["lr"], momentum=config.get("momentum", 0.99), nesterov=True,
-            weight_decay=config.get("weight_decay", 0.0),
-        )  # fmt: skip
-    raise ValueError(f"optimizer {name!r}: expected adamw or sgd")
+def make_optimizer(params, config: OptimizerConfig) -> torch.optim.Optimizer:
+    if config.name == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(
+        params, lr=config.lr, momentum=config.momentum, nesterov=True, weight_decay=config.weight_decay
+    )
 
 
 class SupervisedStep:
@@ -131,38 +128,36 @@ class SupervisedStep:
 class Trainer:
     """Holds the nets, the data and the loop state; :meth:`fit` runs the loop."""
 
-    config: dict[str, Any]
+    config: StageConfig
     stage: Stage
     context: distributed.DistributedContext
 
     def __post_init__(self) -> None:
         config, context = self.config, self.context
-        train_cfg = config["train"]
-        torch.manual_seed(train_cfg["seed"])
-        self.input_size = [int(s) for s in config["input_size"]]
-        self.semi = CPSConfig(**config.get("semi") or {})
-        self.augment = AugmentConfig(**config.get("augment", {}))
-        self.hu_window = tuple(config["data"]["hu_window"])
-        if self.augment.fourier_sources == "all" and not self.semi.enabled:
-            raise ValueError("augment.fourier_sources=all needs semi.enabled (the unlabeled batches are the sources)")
-        self.generator = torch.Generator().manual_seed(train_cfg["seed"] * 1000 + context.rank)
-        self.amp_dtype, use_scaler = autocast_settings(train_cfg.get("amp", "auto"), context.device)
-        self.channels_last = use_channels_last(train_cfg.get("channels_last", "auto"), context.device)
-        self.output_dir = Path(config["output_dir"])
+        train_cfg = config.train
+        torch.manual_seed(train_cfg.seed)
+        self.input_size = list(config.input_size)
+        self.semi = config.semi
+        self.augment = config.augment
+        self.hu_window = tuple(config.data.hu_window)
+        self.generator = torch.Generator().manual_seed(train_cfg.seed * 1000 + context.rank)
+        self.amp_dtype, use_scaler = autocast_settings(train_cfg.amp, context.device)
+        self.channels_last = use_channels_last(train_cfg.channels_last, context.device)
+        self.output_dir = Path(config.output_dir)
 
-        self.store = CaseStore(config["store"])
-        train_ids, self.val_ids = self.store.fold(int(config["fold"]))
+        self.store = CaseStore(config.store)
+        train_ids, self.val_ids = self.store.fold(config.fold)
         if not train_ids:
-            raise ValueError(f"{config['store']}: fold {config['fold']} leaves no training cases")
-        data_cfg = config["data"]
+            raise ValueError(f"{config.store}: fold {config.fold} leaves no training cases")
+        data_cfg = config.data
         dataset = StoreDataset(self.store, train_ids, self.stage.image_key, self.stage.label_key)
         self.loader = make_loader(
-            dataset, data_cfg["batch_size"], context.rank, context.world_size, train_cfg["seed"],
-            data_cfg["workers"], pin=context.device.type == "cuda",
+            dataset, data_cfg.batch_size, context.rank, context.world_size, train_cfg.seed,
+            data_cfg.workers, pin=context.device.type == "cuda",
         )  # fmt: skip
         self.steps_per_epoch = len(self.loader)
-        self.total_steps = train_cfg["epochs"] * self.steps_per_epoch
-        self.max_steps = min(self.total_steps, train_cfg.get("max_steps") or self.total_steps)
+        self.total_steps = train_cfg.epochs * self.steps_per_epoch
+        self.max_steps = min(self.total_steps, train_cfg.max_steps or self.total_steps)
 
         self.members = [self._make_member(i, use_scaler) for i in range(self.network_count())]
         if self.semi.enabled and self.semi.init_from:
@@ -184,19 +179,19 @@ class Trainer:
         return self.store.ids("unlabeled") if name == "unlabeled" else self.store.selection(name)
 
     def _make_member(self, index: int, use_scaler: bool) -> Member:
-        net_cfg = self.config["network"]
+        net_cfg = self.config.network
         # Differently seeded initialisations (cross pseudo supervision needs two distinct nets).
-        torch.manual_seed(self.config["train"]["seed"] + 7919 * index)
-        net = build_network(net_cfg["arch"], **net_cfg.get("init_args", {})).to(self.context.device)
+        torch.manual_seed(self.config.train.seed + 7919 * index)
+        net = build_network(net_cfg.arch, **net_cfg.init_args).to(self.context.device)
         if self.channels_last:
             net = net.to(memory_format=torch.channels_last_3d)
         if self.context.distributed:
             device_ids = [self.context.device.index] if self.context.device.type == "cuda" else None
             net = DistributedDataParallel(net, device_ids=device_ids)
-        if self.config["train"].get("compile", False):
+        if self.config.train.compile:
             net = torch.compile(net)
-        optimizer = make_optimizer(net.parameters(), self.config["optimizer"])
-        warmup = int(self.config["optimizer"].get("warmup_steps", 0))
+        optimizer = make_optimizer(net.parameters(), self.config.optimizer)
+        warmup = self.config.optimizer.warmup_steps
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_schedule(self.total_steps, warmup))
         return Member(net, optimizer, scheduler, torch.amp.GradScaler(self.context.device.type, enabled=use_scaler))
 
@@ -244,9 +239,9 @@ class Trainer:
     def optimize(self, member: Member, loss: torch.Tensor) -> None:
         member.optimizer.zero_grad(set_to_none=True)
         member.scaler.scale(loss).backward()
-        if self.config["optimizer"].get("grad_clip"):
+        if self.config.optimizer.grad_clip:
             member.scaler.unscale_(member.optimizer)
-            nn.utils.clip_grad_norm_(member.net.parameters(), self.config["optimizer"]["grad_clip"])
+            nn.utils.clip_grad_norm_(member.net.parameters(), self.config.optimizer.grad_clip)
         member.scaler.step(member.optimizer)
         member.scaler.update()
         member.scheduler.step()
@@ -256,10 +251,10 @@ class Trainer:
         """Train until ``train.epochs`` (or ``train.max_steps``), validating every ``val_every`` epochs."""
         max_steps = self.max_steps
         start_epoch, skip = divmod(self.step, self.steps_per_epoch)
-        for epoch in range(start_epoch, self.config["train"]["epochs"]):
+        for epoch in range(start_epoch, self.config.train.epochs):
             if self.step >= max_steps:
                 break
-            self.loader.sampler.set_epoch(epoch, start=skip * self.config["data"]["batch_size"])
+            self.loader.sampler.set_epoch(epoch, start=skip * self.config.data.batch_size)
             skip = 0
             bar = tqdm(
                 self.loader, desc=f"{self.stage.name} epoch {epoch}", disable=not self.context.is_main, leave=False
@@ -275,7 +270,7 @@ class Trainer:
             bar.close()
             if self.step == (epoch + 1) * self.steps_per_epoch:  # a whole epoch, not one cut by max_steps
                 self.on_epoch_end(epoch)
-            self.finished = self.step >= max_steps or epoch + 1 == self.config["train"]["epochs"]
+            self.finished = self.step >= max_steps or epoch + 1 == self.config.train.epochs
             self.save_last()
 
     def on_step_end(self, logs: dict[str, float], bar) -> None:
@@ -286,8 +281,8 @@ class Trainer:
                 self.tensorboard.add_scalar(f"train/{key}", value, self.step)
 
     def on_epoch_end(self, epoch: int) -> None:
-        val_every = int(self.config["train"]["val_every"])
-        if (epoch + 1) % val_every == 0 or epoch + 1 == self.config["train"]["epochs"]:
+        val_every = self.config.train.val_every
+        if (epoch + 1) % val_every == 0 or epoch + 1 == self.config.train.epochs:
             metrics = self.validate()
             self.log_validation(epoch, metrics)
 
@@ -353,8 +348,8 @@ class Trainer:
             self.stage.name,
             [network_entry(member.net, self.input_size) for member in self.members],
             self.input_size,
-            self.config["data"]["hu_window"],
-            self.config,
+            self.config.data.hu_window,
+            self.config.as_dict(),
         )
 
     def save_best(self, variant: str, metrics: dict[str, Any]) -> None:

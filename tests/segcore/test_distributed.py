@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 from coarse_seg.train import STAGE as COARSE
 from segcore import distributed
-from segcore.config import load_config
+from segcore.training.config import load_stage_config
 from segcore.training.engine import Trainer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,7 +61,8 @@ def test_gpu_process_group_reduces_cpu_tensors_and_objects(nccl_like):
 def test_validation_runs_under_the_gpu_process_group(nccl_like, tiny_store, tmp_path):
     """The crash the Gloo tests could not see: validation sums are CPU tensors."""
     join(distributed.process_group_backend("cuda"))
-    config = load_config(ROOT / "coarse_seg" / "config.tiny.yaml", [f"store={tiny_store}", f"output_dir={tmp_path}"])
+    overrides = [f"store={tiny_store}", f"output_dir={tmp_path}"]
+    config = load_stage_config(ROOT / "coarse_seg" / "config.tiny.yaml", overrides)
     context = distributed.DistributedContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
     trainer = Trainer(config, COARSE, context)
     metrics = trainer.validate()

@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from segcore.checkpoint import load_checkpoint
 from segcore.store import CaseStore, StoreWriter
 from segcore.training.cli import round_configs
+from segcore.training.config import StageConfig
 from segcore.training.cps import (
     IGNORE,
     CPSConfig,
@@ -270,17 +272,22 @@ def test_uif_reports_its_pick_per_domain(tmp_path):
 
 
 def test_uif_selection_names_are_unique_per_run_and_stable(tmp_path):
-    config = {"output_dir": str(tmp_path / "run_a"), "fold": 0, "semi": {"enabled": True, "rounds": 2}}
+    config = StageConfig.from_mapping({
+        "store": "store.lmdb", "output_dir": str(tmp_path / "run_a"), "fold": 0, "input_size": [16, 16, 16],
+        "network": {"arch": "residual_unet3d"}, "semi": {"enabled": True, "rounds": 2},
+    })  # fmt: skip
     stage = Stage("coarse", "coarse_image", "coarse_label")
-    name_a = round_configs(config, stage)[1]["semi"]["unlabeled_split"]
-    assert name_a == round_configs(json.loads(json.dumps(config)), stage)[1]["semi"]["unlabeled_split"]
-    other_dir = {**config, "output_dir": str(tmp_path / "run_b")}
-    other_keep = {**config, "semi": {**config["semi"], "uif_keep": 0.3}}
-    names = {name_a, *(round_configs(c, stage)[1]["semi"]["unlabeled_split"] for c in (other_dir, other_keep))}
+    name_a = round_configs(config, stage)[1].semi.unlabeled_split
+    assert name_a == round_configs(StageConfig.from_mapping(config.as_dict()), stage)[1].semi.unlabeled_split
+    other_dir = replace(config, output_dir=str(tmp_path / "run_b"))
+    other_keep = replace(config, semi=replace(config.semi, uif_keep=0.3))
+    names = {name_a, *(round_configs(c, stage)[1].semi.unlabeled_split for c in (other_dir, other_keep))}
     assert len(names) == 3 and all(n.startswith("uif_coarse_fold0_round1_") for n in names)
-    previous = {**config, "semi": {**config["semi"], "round_init": "previous"}}
-    assert round_configs(previous, stage)[1]["semi"]["init_from"] == str(tmp_path / "run_a" / "round0" / "last.pt")
-    assert "init_from" not in round_configs(config, stage)[1]["semi"]
+    previous = replace(config, semi=replace(config.semi, round_init="previous"))
+    assert round_configs(previous, stage)[1].semi.init_from == str(tmp_path / "run_a" / "round0" / "last.pt")
+    assert round_configs(config, stage)[1].semi.init_from is None
+    expected_dirs = [str(tmp_path / "run_a" / f"round{r}") for r in (0, 1)]
+    assert [c.output_dir for c in round_configs(config, stage)] == expected_dirs
 
 
 def test_a_uif_pick_never_writes_into_the_lmdb_other_runs_read(phantom_root, tiny_store, tmp_path):

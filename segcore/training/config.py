@@ -1,0 +1,126 @@
+"""The typed configuration of a training stage (``coarse_seg/config.yaml``, ``fine_seg/config.yaml``).
+
+Every section is a dataclass with its defaults here, in one place. :func:`load_stage_config`
+reads a YAML file, applies ``key=value`` overrides and validates the result: an unknown or
+misspelled key anywhere (``optimizer.grad_clp``), a value of the wrong type (``train.epochs:
+ten``) or a rule a section checks itself (``semi.fourier_confidence`` without
+``semi.weak_strong``) is refused with its dotted path, before anything is trained::
+
+    config = load_stage_config("coarse_seg/config.yaml", ["train.epochs=10"])
+    config.optimizer.grad_clip          # 12.0
+    config.as_dict()                    # plain data: what a run writes to its config.yaml
+
+The ``augment`` and ``semi`` sections are :class:`segcore.training.augment.AugmentConfig` and
+:class:`segcore.training.cps.CPSConfig`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from pydantic import ConfigDict, TypeAdapter, ValidationError
+
+from segcore.config import load_config
+from segcore.training.augment import AugmentConfig
+from segcore.training.cps import CPSConfig
+
+STRICT = ConfigDict(extra="forbid")
+"""Pydantic's validation of every section: unknown keys are errors."""
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """``network``: the architecture (a key of :data:`segcore.networks.NETWORKS`) and its arguments."""
+
+    __pydantic_config__ = STRICT
+    arch: str
+    init_args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """``data``: batch size and loader workers per process, and the HU window (clip, then z-score)."""
+
+    __pydantic_config__ = STRICT
+    batch_size: int = 2
+    workers: int = 2
+    hu_window: tuple[float, float] = (-325.0, 325.0)
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """``optimizer``: AdamW or SGD (Nesterov), linear warm-up then polynomial decay; ``grad_clip``
+    is the largest gradient norm (null: no clipping)."""
+
+    __pydantic_config__ = STRICT
+    name: Literal["adamw", "sgd"] = "adamw"
+    lr: float = 0.001
+    weight_decay: float = 0.0
+    momentum: float = 0.99  # sgd only
+    warmup_steps: int = 0
+    grad_clip: float | None = None
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """``train``: length, validation, seed, precision (``auto | fp16 | bf16 | off``), layout, compile."""
+
+    __pydantic_config__ = STRICT
+    epochs: int = 300
+    val_every: int = 10
+    seed: int = 0
+    amp: Literal["auto", "fp16", "bf16", "off"] | bool = "auto"  # YAML reads an unquoted off as false
+    max_steps: int | None = None
+    channels_last: Literal["auto"] | bool = "auto"
+    compile: bool = False
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """One stage's whole configuration."""
+
+    __pydantic_config__ = STRICT
+    store: str
+    output_dir: str
+    network: NetworkConfig
+    input_size: tuple[int, int, int]
+    fold: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    semi: CPSConfig = field(default_factory=CPSConfig)
+
+    def __post_init__(self) -> None:
+        if self.augment.fourier_sources == "all" and not self.semi.enabled:
+            raise ValueError("augment.fourier_sources=all needs semi.enabled (the unlabeled batches are the sources)")
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any], source: str = "config") -> StageConfig:
+        """Validate plain data (a YAML mapping) into a config.
+
+        Raises:
+            ValueError: every problem, one per line, each with its dotted key.
+        """
+        try:
+            return _ADAPTER.validate_python(values)
+        except ValidationError as error:
+            problems = [f"{'.'.join(str(part) for part in e['loc']) or '(top)'}: {e['msg']}" for e in error.errors()]
+            raise ValueError(f"{source}: " + "; ".join(problems)) from None
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON/YAML-able data (tuples as lists), every default filled in."""
+        return json.loads(json.dumps(asdict(self)))
+
+
+_ADAPTER = TypeAdapter(StageConfig)
+
+
+def load_stage_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> StageConfig:
+    """Read a stage's YAML file, apply ``key=value`` overrides (:func:`segcore.config.load_config`)
+    and validate it (:meth:`StageConfig.from_mapping`)."""
+    return StageConfig.from_mapping(load_config(path, overrides), str(path))
