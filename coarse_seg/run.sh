@@ -6,4 +6,5 @@
 set -eu
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 MODULE=coarse_seg.train
+PREFLIGHT=1
 . "$ROOT/segcore/launch.sh"

@@ -6,4 +6,5 @@
 set -eu
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 MODULE=fine_seg.train
+PREFLIGHT=1
 . "$ROOT/segcore/launch.sh"

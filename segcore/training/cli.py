@@ -23,6 +23,7 @@ import yaml
 
 from segcore import distributed
 from segcore.config import config_hash
+from segcore.store import CaseStore
 from segcore.training.config import StageConfig, load_stage_config
 from segcore.training.engine import Stage, Trainer
 from segcore.training.uif import load_domains, run_uif
@@ -64,12 +65,39 @@ def train_round(config: StageConfig, stage: Stage, context, resume: bool) -> flo
     return trainer.best_dice
 
 
+def preflight(config: StageConfig, rounds: list[StageConfig], resume: bool) -> str | None:
+    """What can be checked before any process starts: the store and its fold, the files the
+    config names, and ``--resume`` against the run folder. Returns the problem, or None."""
+    first = Path(rounds[0].output_dir) / "last.pt"
+    if first.exists() and not resume:
+        return f"{first} already exists: pass --resume to continue that run, or choose another output_dir"
+    if resume and not first.exists():
+        return f"--resume: {first} does not exist"
+    for name, path in (("semi.init_from", config.semi.init_from), ("semi.uif_domains", config.semi.uif_domains)):
+        if config.semi.enabled and path and not Path(path).is_file():
+            return f"{name}: {path} does not exist"
+    try:
+        store = CaseStore(config.store)
+        train_ids, _ = store.fold(config.fold)
+        store.close()
+    except (FileNotFoundError, ValueError, KeyError) as error:
+        return str(error)
+    if not train_ids:
+        return f"{config.store}: fold {config.fold} leaves no training cases"
+    return None
+
+
 def main(stage: Stage, default_config: Path, argv: list[str] | None = None) -> int:
-    """Parse ``--config``, ``--resume``, ``--device`` and ``key=value`` overrides, then train."""
+    """Parse ``--config``, ``--resume``, ``--device`` and ``key=value`` overrides, check, then train.
+
+    ``--preflight`` only checks (``run.sh`` does it once before ``torchrun`` starts the processes,
+    so a bad store or config is one line, not a line per process among torchrun's tracebacks).
+    """
     parser = argparse.ArgumentParser(prog=f"{stage.name}_seg.train", description=f"Train the {stage.name} network.")
     parser.add_argument("--config", type=Path, default=default_config, help="YAML config (default: %(default)s)")
     parser.add_argument("--resume", action="store_true", help="continue from output_dir's last.pt")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--preflight", action="store_true", help="check config, store and run folder, then exit")
     parser.add_argument("overrides", nargs="*", help="config overrides, key=value (e.g. train.epochs=10)")
     args = parser.parse_args(argv)
     try:
@@ -78,18 +106,12 @@ def main(stage: Stage, default_config: Path, argv: list[str] | None = None) -> i
     except (OSError, ValueError, TypeError) as error:
         print(f"{stage.name}_seg: bad config: {error}", file=sys.stderr)
         return 2
-
-    first = Path(rounds[0].output_dir) / "last.pt"
-    if first.exists() and not args.resume:
-        print(
-            f"{stage.name}_seg: {first} already exists: pass --resume to continue that run, "
-            "or choose another output_dir",
-            file=sys.stderr,
-        )
+    problem = preflight(config, rounds, args.resume)
+    if problem:
+        print(f"{stage.name}_seg: {problem}", file=sys.stderr)
         return 2
-    if args.resume and not first.exists():
-        print(f"{stage.name}_seg: --resume: {first} does not exist", file=sys.stderr)
-        return 2
+    if args.preflight:
+        return 0
 
     context = distributed.setup(args.device)
     try:

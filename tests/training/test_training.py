@@ -77,6 +77,23 @@ def _ddp_gradients(rank, world_size, init_file, images, labels, out):
     os._exit(0)
 
 
+@pytest.mark.parametrize(
+    "override, reason",
+    [
+        ("store={tmp}/missing.lmdb", "{tmp}/missing.lmdb: no case store here (run data_prepare first)"),
+        ("optimizer.grad_clp=1", "bad config: override 'optimizer.grad_clp=1'"),
+        ("semi.enabled=true semi.init_from={tmp}/pair.pt", "semi.init_from: {tmp}/pair.pt does not exist"),
+    ],
+)
+def test_a_two_process_run_with_a_mistake_stops_before_torchrun_with_one_line(override, reason, tiny_store, tmp_path):
+    overrides = [f"store={tiny_store}", f"output_dir={tmp_path / 'run'}", *override.format(tmp=tmp_path).split()]
+    result = run_stage("coarse", "--nproc", "2", "--config", str(ROOT / "coarse_seg" / "config.tiny.yaml"), *overrides)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"coarse_seg: {reason.format(tmp=tmp_path)}"), result.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_two_processes_of_batch_one_give_the_gradient_of_one_process_of_batch_two(tmp_path):
     generator = torch.Generator().manual_seed(1)
     images = torch.randn((2, 1, 16, 16, 16), generator=generator)
