@@ -284,7 +284,7 @@ def score_test_cases(store_path: Path, data_root: Path, label_map_of) -> dict[st
     """
     from segcore.evaluate import read_labels
     from segcore.labels import ORGANS
-    from segcore.metrics import score_case
+    from segcore.metrics import NSD_MIN_DSC, score_case
     from segcore.store import CaseStore
 
     store = CaseStore(store_path)
@@ -295,7 +295,7 @@ def score_test_cases(store_path: Path, data_root: Path, label_map_of) -> dict[st
         gt, geometry = read_labels(data_root / meta["label_path"])
         if gt.shape != prediction.shape:
             raise RuntimeError(f"{case_id}: prediction {prediction.shape} vs ground truth {gt.shape}")
-        scores = score_case(gt, prediction, geometry.spacing_zyx)
+        scores = score_case(gt, prediction, geometry.spacing_zyx, NSD_MIN_DSC)  # the design's rule, kept
         cases[case_id] = {metric: [round(getattr(scores[o], metric), 6) for o in ORGANS] for metric in ("dsc", "nsd")}
     store.close()
     return cases

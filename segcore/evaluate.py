@@ -10,9 +10,13 @@ pairs with ``<id>.nii.gz``. The ground-truth folder defines the cases. A case wi
 prediction is scored as an empty prediction (DSC and NSD 0 for every organ the ground
 truth holds, 1 for the organs it lacks) and listed in the summary; predictions without
 ground truth are listed and ignored. Spacing comes from the ground-truth file. Per-organ
-metrics are those of :func:`segcore.metrics.score_case`. Means are taken over unrounded
-per-case values (the official script averages values rounded to 4 decimals, which can move
-a mean by up to 5e-5); the CSV shows 4 decimals.
+metrics are those of :func:`segcore.metrics.score_case`, which follows the official FLARE22
+script (``FLARE22/Evaluation/FLARE22_DSC_NSD_Eval.py`` in JunMa11/FLARE). Where this differs
+from it: means are taken over unrounded per-case values (the script averages values rounded to
+4 decimals, which can move a mean by up to 5e-5; the CSV shows 4 decimals); a z-range organ
+(aorta, IVC, esophagus) that the ground truth holds on one slice is scored on that slice (the
+script fails there); ``--nsd-min-dsc DSC`` sets NSD to 0 below a DSC (not in the script, off by
+default; FLARE23's script uses 0.1).
 
 Other code calls :func:`evaluate_folders` and uses the :class:`Evaluation` it returns.
 """
@@ -182,7 +186,7 @@ def _grid_difference(mine: Geometry, reference: Geometry) -> str:
     return "origin differs by more than a fraction of a voxel"
 
 
-def score_files(pred_path: Path | None, gt_path: Path) -> dict[int, OrganScore]:
+def score_files(pred_path: Path | None, gt_path: Path, nsd_min_dsc: float = 0.0) -> dict[int, OrganScore]:
     """Score one prediction file against its ground truth (``None``: an empty prediction).
 
     Raises:
@@ -197,16 +201,19 @@ def score_files(pred_path: Path | None, gt_path: Path) -> dict[int, OrganScore]:
         if not pred_geometry.same_grid(gt_geometry):
             difference = _grid_difference(pred_geometry, gt_geometry)
             raise VolumeError(pred_path, f"grid differs from the ground truth {gt_path}: {difference}")
-    return score_case(gt, pred, gt_geometry.spacing_zyx)
+    return score_case(gt, pred, gt_geometry.spacing_zyx, nsd_min_dsc)
 
 
-def evaluate_folders(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike, *, progress: bool = True) -> Evaluation:
+def evaluate_folders(
+    pred_dir: str | os.PathLike, gt_dir: str | os.PathLike, *, progress: bool = True, nsd_min_dsc: float = 0.0
+) -> Evaluation:
     """Score every ground-truth case of ``gt_dir`` against its prediction in ``pred_dir``.
 
     Args:
         pred_dir: folder of predicted label maps.
         gt_dir: folder of ground-truth label maps; defines the cases.
         progress: show a progress bar over the cases.
+        nsd_min_dsc: NSD is 0 where DSC is below this (0, the official script: never).
 
     Returns:
         The :class:`Evaluation`.
@@ -221,7 +228,7 @@ def evaluate_folders(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike, *, 
     cases = []
     for case in tqdm(gt_files, desc="evaluating", unit="case", disable=not progress or len(gt_files) < 2):
         pred_path = pred_files.get(case)
-        organs = score_files(pred_path, gt_files[case])
+        organs = score_files(pred_path, gt_files[case], nsd_min_dsc)
         cases.append(CaseScores(case=case, organs=organs, prediction_missing=pred_path is None))
     return Evaluation(
         cases=cases,
@@ -254,9 +261,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--pred", required=True, help="folder of predicted label maps (<id>.nii.gz)")
     parser.add_argument("--gt", required=True, help="folder of ground-truth label maps (<id>.nii.gz)")
     parser.add_argument("--csv", help="write per-case scores and their mean to this CSV file")
+    parser.add_argument(
+        "--nsd-min-dsc", type=float, default=0.0, metavar="DSC",
+        help="NSD is 0 where DSC is below this (default 0 as the FLARE22 script; FLARE23 uses 0.1)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     try:
-        evaluation = evaluate_folders(args.pred, args.gt)
+        evaluation = evaluate_folders(args.pred, args.gt, nsd_min_dsc=args.nsd_min_dsc)
     except VolumeError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

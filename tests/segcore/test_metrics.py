@@ -99,9 +99,8 @@ def test_flare_protocol_agrees_with_monai_on_real_labels(real_case):
             slices = np.flatnonzero((gt == organ).any(axis=(1, 2)))
             gt_scored, pred_scored = gt[slices[0] : slices[-1]], pred[slices[0] : slices[-1]]
         dsc, nsd = monai_scores(gt_scored, pred_scored, [organ], spacing)
-        expected_nsd = 0.0 if dsc[0] < NSD_MIN_DSC else nsd[0]
         assert scores[organ].dsc == pytest.approx(dsc[0], abs=1e-4), ORGANS[organ]
-        assert scores[organ].nsd == pytest.approx(expected_nsd, abs=1e-4), ORGANS[organ]
+        assert scores[organ].nsd == pytest.approx(nsd[0], abs=1e-4), ORGANS[organ]  # no DSC rule: the script's
         compared += 1
     assert compared >= 6
     assert scores[7].dsc == scores[7].nsd == 0.0  # dropped organ
@@ -125,15 +124,17 @@ def test_empty_organ_rules():
         assert (scores[organ].dsc, scores[organ].nsd) == (1.0, 1.0)
 
 
-def test_nsd_is_zero_where_dsc_is_below_threshold():
+def test_nsd_is_kept_at_low_dsc_as_in_the_official_script_and_zeroed_only_on_request():
     gt, pred = blob_case()
     gt[2:5, 2:5, 2:5] = 4  # 27 voxels
     pred[4:7, 4:7, 4:7] = 4  # overlaps in one voxel: DSC = 2 / 54
     spacing = (1.0, 1.0, 1.0)
-    assert surface_dice(gt == 4, pred == 4, spacing, TOLERANCE_MM[4]) > 0.5  # surfaces are close
-    score = score_case(gt, pred, spacing)[4]
-    assert score.dsc == pytest.approx(2 / 54)
-    assert score.nsd == 0.0
+    close = surface_dice(gt == 4, pred == 4, spacing, TOLERANCE_MM[4])
+    assert close > 0.5  # surfaces are close
+    official = score_case(gt, pred, spacing)[4]
+    assert official.dsc == pytest.approx(2 / 54) and official.nsd == pytest.approx(close)
+    ruled = score_case(gt, pred, spacing, nsd_min_dsc=NSD_MIN_DSC)[4]
+    assert ruled.dsc == official.dsc and ruled.nsd == 0.0
 
 
 def test_one_voxel_shift_within_tolerance_has_full_surface_dice():
@@ -229,3 +230,24 @@ def test_prediction_on_another_grid_is_refused_naming_the_file(folders, capsys):
     assert str(bad) in str(error.value) and "spacing" in str(error.value)
     assert main(["--pred", str(pred_dir), "--gt", str(gt_dir)]) == 1
     assert str(bad) in capsys.readouterr().err
+
+
+def test_evaluate_cli_follows_the_script_unless_asked_for_the_dsc_rule(tmp_path, capsys):
+    from segcore.evaluate import main
+    from segcore.geometry import Geometry
+    from segcore.io import write_volume
+
+    gt, pred = blob_case()
+    gt[2:5, 2:5, 2:5] = 4
+    pred[4:7, 4:7, 4:7] = 4  # DSC 2/54, surfaces close
+    geometry = Geometry(size=(12, 12, 10), spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), direction=np.eye(3).ravel())
+    for folder, array in (("gt", gt), ("pred", pred)):
+        (tmp_path / folder).mkdir()
+        write_volume(tmp_path / folder / "case.nii.gz", array, geometry)
+    rows = {}
+    for extra in ([], ["--nsd-min-dsc", "0.2"]):
+        assert main(["--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), *extra]) == 0
+        table = capsys.readouterr().out
+        rows[bool(extra)] = next(line.split() for line in table.splitlines() if line.startswith("pancreas"))
+    assert float(rows[False][-1]) > 0.5 and float(rows[True][-1]) == 0.0  # the NSD column
+    assert rows[False][-2] == rows[True][-2]  # the DSC column
