@@ -1,6 +1,8 @@
 """The FastAPI application: HTTP only; the segmentation itself is :class:`segcore.predictor.Predictor`.
 
-``create_app(settings)`` builds the app; the predictor is loaded once, at start-up (lifespan).
+``create_app(settings)`` builds the app from the module's routes; the predictor is loaded once,
+at start-up (lifespan). Endpoints take the settings and the predictor through ``Depends``
+(:func:`app_settings`, :func:`loaded_predictor`), so tests can swap in a fake predictor.
 ``POST /segment`` is admitted from its headers (API key, declared size, capacity: 401, 413, 503
 before the body is read; :mod:`inference_server.admission`), streams the upload into a private
 temporary folder (413 past the size limit, 408 when it stalls), waits for one of
@@ -12,6 +14,7 @@ the temporary folder is removed once the worker is done with it, whatever the ou
 
 from __future__ import annotations
 
+import os
 import platform
 import shutil
 import tempfile
@@ -27,7 +30,7 @@ import fastapi
 import numpy as np
 import SimpleITK as sitk
 import torch
-from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
@@ -73,25 +76,151 @@ async def save_upload(upload: UploadFile, workdir: Path) -> tuple[Path, str]:
     return target, kind
 
 
-def require_key(request: Request, x_api_key: Annotated[str | None, fastapi.Header()] = None) -> None:
+def app_settings(request: Request) -> Settings:
+    """The settings the app was created with."""
+    return request.app.state.settings
+
+
+def require_key(
+    settings: Annotated[Settings, Depends(app_settings)], x_api_key: Annotated[str | None, fastapi.Header()] = None
+) -> None:
     """401 unless the configured API key (if any) came in ``X-API-Key`` (``/segment``: checked
     from the headers already, by :class:`SegmentGate`; declared here for the API description)."""
-    if not key_matches(x_api_key, request.app.state.settings.api_key):
+    if not key_matches(x_api_key, settings.api_key):
         raise unauthorized()
 
 
 def loaded_predictor(request: Request) -> Predictor:
-    """The predictor loaded at start-up (503 while there is none)."""
+    """The predictor loaded at start-up (503 while there is none). Tests swap in another one with
+    ``app.dependency_overrides[loaded_predictor]``."""
     loaded = request.app.state.predictor
     if loaded is None:
         raise HTTPException(503, "the models are not loaded", {"Retry-After": "5"})
     return loaded
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """The service; ``settings`` default to the environment (:class:`Settings`)."""
-    settings = settings or Settings()
+Model = Annotated[Predictor, Depends(loaded_predictor)]
+AppSettings = Annotated[Settings, Depends(app_settings)]
+routes = APIRouter()
+
+
+@routes.get("/health", summary="The process is alive")
+def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@routes.get("/ready", summary="The models are loaded", responses={503: ERRORS[503]})
+def ready(model: Model) -> dict[str, bool]:
+    return {"ready": True}
+
+
+@routes.get("/info", response_model=Info, dependencies=[Depends(require_key)], responses={401: ERRORS[401]})
+def info(request: Request, model: Model, settings: AppSettings) -> Info:
+    return Info(
+        labels=LABEL_NAMES,
+        model=model.info(),
+        versions={
+            "service": request.app.version,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "SimpleITK": sitk.Version_VersionString(),
+            "fastapi": fastapi.__version__,
+        },
+        limits={
+            "max_upload_mb": settings.max_upload_mb,
+            "max_concurrent": settings.max_concurrent,
+            "queue_length": settings.queue_length,
+            "request_timeout_s": settings.request_timeout_s,
+            "idle_timeout_s": settings.idle_timeout_s,
+            "max_unpacked_mb": settings.max_unpacked_mb,
+            "max_zip_members": settings.max_zip_members,
+            "max_compression_ratio": settings.max_compression_ratio,
+        },
+    )
+
+
+@routes.post(
+    "/segment",
+    summary="Segment a CT",
+    dependencies=[Depends(require_key)],
+    responses={200: {"content": {NIFTI_MEDIA_TYPE: {}}, "model": Segmentation}, **ERRORS},
+)
+async def segment(
+    request: Request,
+    model: Model,
+    settings: AppSettings,
+    file: Annotated[UploadFile, File(description=".nii / .nii.gz CT, or a .zip holding one DICOM series")],
+    output: Annotated[Literal["nifti", "json"], Query(description="label NIfTI or JSON summary")] = "nifti",
+) -> Any:
+    """The label map on the input's exact grid (uint8 NIfTI, FLARE22 ids), or organ volumes,
+    mean HU and boxes as JSON. ``Server-Timing`` and ``X-Inference-Seconds`` carry the timings."""
+    started = time.perf_counter()
+    name = shown_name(file.filename)
     zip_limits = ZipLimits(settings.max_zip_members, settings.max_unpacked_bytes, settings.max_compression_ratio)
+    workdir = Path(tempfile.mkdtemp(prefix="segment-"))  # private (0700), removed by whoever owns it last
+    try:
+        upload, kind = await save_upload(file, workdir)
+        await file.close()
+        await anyio.to_thread.run_sync(check_headers, upload, kind, name, zip_limits)  # before the queue
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+
+    def work() -> tuple[bytes | None, dict[str, Any]]:
+        source = extract_series(upload, workdir / "series", zip_limits, name) if kind == "zip" else upload
+        with volume_errors_as_http(name, upload):
+            image, geometry = read_volume(source)
+        read_seconds = time.perf_counter() - started
+        prediction = model.predict(image, geometry)
+        timings = {"read": read_seconds, **prediction.timings}
+        summary = {
+            "file": name,
+            "size": list(geometry.size),
+            "spacing": list(geometry.spacing),
+            "organs": organ_statistics(prediction.labels, image, geometry) if output == "json" else {},
+            "crop_box": prediction.box,
+            "timings": timings,
+            "warnings": prediction.warnings,
+            "model_notice": model.notice,
+            "quality": prediction.quality.as_dict(),
+        }
+        if output == "json":
+            return None, summary
+        written, write_started = workdir / "labels.nii.gz", time.perf_counter()
+        write_volume(written, prediction.labels, geometry)
+        timings["write"] = time.perf_counter() - write_started
+        return written.read_bytes(), summary
+
+    body, summary = await request.state.ticket.run(work, settings.request_timeout_s, workdir)
+    headers = response_headers(summary, time.perf_counter() - started, model.notice)
+    if body is None:
+        return JSONResponse(Segmentation(**summary).model_dump(), headers=headers)
+    headers["Content-Disposition"] = attachment(download_name(name))
+    return Response(body, media_type=NIFTI_MEDIA_TYPE, headers=headers)
+
+
+def response_headers(summary: dict[str, Any], elapsed: float, notice: str | None) -> dict[str, str]:
+    """Timings, warnings, the quality verdict and the model's notice as response headers."""
+    headers = {
+        "X-Inference-Seconds": f"{elapsed:.3f}",
+        "Server-Timing": ", ".join(f"{k};dur={v * 1000:.1f}" for k, v in summary["timings"].items()),
+    }
+    if summary["warnings"]:
+        headers["X-Segmentation-Warnings"] = ascii_header("; ".join(summary["warnings"]))
+    quality = summary["quality"]
+    headers["X-Quality-Verdict"] = quality["verdict"]
+    if quality["reasons"]:
+        headers["X-Quality-Reasons"] = ascii_header("; ".join(quality["reasons"]))
+    if notice:
+        headers["X-Model-Notice"] = ascii_header(notice)
+    return headers
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The service; ``settings`` default to the environment (:class:`Settings`). The predictor is
+    loaded at start-up (the lifespan), once."""
+    settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -114,109 +243,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         idle_timeout=settings.idle_timeout_s,
     )  # fmt: skip
     app.add_exception_handler(RequestValidationError, validation_problem)
-
-    @app.get("/health", summary="The process is alive")
-    def health() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/ready", summary="The models are loaded", responses={503: ERRORS[503]})
-    def ready(model: Annotated[Predictor, Depends(loaded_predictor)]) -> dict[str, bool]:
-        return {"ready": True}
-
-    @app.get("/info", response_model=Info, dependencies=[Depends(require_key)], responses={401: ERRORS[401]})
-    def info(model: Annotated[Predictor, Depends(loaded_predictor)]) -> Info:
-        return Info(
-            labels=LABEL_NAMES,
-            model=model.info(),
-            versions={
-                "service": app.version,
-                "python": platform.python_version(),
-                "torch": torch.__version__,
-                "numpy": np.__version__,
-                "SimpleITK": sitk.Version_VersionString(),
-                "fastapi": fastapi.__version__,
-            },
-            limits={
-                "max_upload_mb": settings.max_upload_mb,
-                "max_concurrent": settings.max_concurrent,
-                "queue_length": settings.queue_length,
-                "request_timeout_s": settings.request_timeout_s,
-                "idle_timeout_s": settings.idle_timeout_s,
-                "max_unpacked_mb": settings.max_unpacked_mb,
-                "max_zip_members": settings.max_zip_members,
-                "max_compression_ratio": settings.max_compression_ratio,
-            },
-        )
-
-    @app.post(
-        "/segment",
-        summary="Segment a CT",
-        dependencies=[Depends(require_key)],
-        responses={200: {"content": {NIFTI_MEDIA_TYPE: {}}, "model": Segmentation}, **ERRORS},
-    )
-    async def segment(
-        request: Request,
-        file: Annotated[UploadFile, File(description=".nii / .nii.gz CT, or a .zip holding one DICOM series")],
-        output: Annotated[Literal["nifti", "json"], Query(description="label NIfTI or JSON summary")] = "nifti",
-    ) -> Any:
-        """The label map on the input's exact grid (uint8 NIfTI, FLARE22 ids), or organ volumes,
-        mean HU and boxes as JSON. ``Server-Timing`` and ``X-Inference-Seconds`` carry the timings."""
-        model = loaded_predictor(request)
-        started = time.perf_counter()
-        name = shown_name(file.filename)
-        workdir = Path(tempfile.mkdtemp(prefix="segment-"))  # private (0700), removed by whoever owns it last
-        try:
-            upload, kind = await save_upload(file, workdir)
-            await file.close()
-            await anyio.to_thread.run_sync(check_headers, upload, kind, name, zip_limits)  # before the queue
-        except BaseException:
-            shutil.rmtree(workdir, ignore_errors=True)
-            raise
-
-        def work() -> tuple[bytes | None, dict[str, Any]]:
-            source = extract_series(upload, workdir / "series", zip_limits, name) if kind == "zip" else upload
-            with volume_errors_as_http(name):
-                image, geometry = read_volume(source)
-            read_seconds = time.perf_counter() - started
-            prediction = model.predict(image, geometry)
-            timings = {"read": read_seconds, **prediction.timings}
-            summary = {
-                "file": name,
-                "size": list(geometry.size),
-                "spacing": list(geometry.spacing),
-                "organs": organ_statistics(prediction.labels, image, geometry) if output == "json" else {},
-                "crop_box": prediction.box,
-                "timings": timings,
-                "warnings": prediction.warnings,
-                "model_notice": model.notice,
-                "quality": prediction.quality.as_dict(),
-            }
-            if output == "json":
-                return None, summary
-            written, write_started = workdir / "labels.nii.gz", time.perf_counter()
-            write_volume(written, prediction.labels, geometry)
-            timings["write"] = time.perf_counter() - write_started
-            return written.read_bytes(), summary
-
-        body, summary = await request.state.ticket.run(work, settings.request_timeout_s, workdir)
-        elapsed = time.perf_counter() - started
-        headers = {
-            "X-Inference-Seconds": f"{elapsed:.3f}",
-            "Server-Timing": ", ".join(f"{k};dur={v * 1000:.1f}" for k, v in summary["timings"].items()),
-        }
-        if summary["warnings"]:
-            headers["X-Segmentation-Warnings"] = ascii_header("; ".join(summary["warnings"]))
-        quality = summary["quality"]
-        headers["X-Quality-Verdict"] = quality["verdict"]
-        if quality["reasons"]:
-            headers["X-Quality-Reasons"] = ascii_header("; ".join(quality["reasons"]))
-        if model.notice:
-            headers["X-Model-Notice"] = ascii_header(model.notice)
-        if body is None:
-            return fastapi.responses.JSONResponse(Segmentation(**summary).model_dump(), headers=headers)
-        headers["Content-Disposition"] = attachment(download_name(name))
-        return Response(body, media_type=NIFTI_MEDIA_TYPE, headers=headers)
-
+    app.include_router(routes)
     return app
 
 
@@ -226,18 +253,19 @@ def check_headers(upload: Path, kind: str, name: str, zip_limits: ZipLimits) -> 
     if kind == "zip":
         check_archive(upload, zip_limits, name)
     else:
-        with volume_errors_as_http(name):
+        with volume_errors_as_http(name, upload):
             check_file_header(upload)
 
 
 @contextmanager
-def volume_errors_as_http(name: str) -> Iterator[None]:
-    """A reader's :class:`VolumeError` as the HTTP error for its kind, naming what the client sent
-    (not the temporary copy)."""
+def volume_errors_as_http(name: str, upload: Path) -> Iterator[None]:
+    """A reader's :class:`VolumeError` as the HTTP error for its kind, naming what the client sent:
+    the temporary copy's path (which a library's message may quote) becomes the upload's name."""
     try:
         yield
     except VolumeError as error:
-        raise HTTPException(VOLUME_ERROR_STATUS[error.kind], f"{name}: {error.reason}") from None
+        reason = error.reason.replace(str(upload), name).replace(str(upload.parent) + os.sep, "")
+        raise HTTPException(VOLUME_ERROR_STATUS[error.kind], f"{name}: {reason}") from None
 
 
 def shown_name(filename: str | None) -> str:

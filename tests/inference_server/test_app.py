@@ -1,0 +1,187 @@
+"""Every status of the service, in process: FastAPI's TestClient and a stand-in predictor.
+
+The stand-in labels every voxel above 100 HU as liver and says what the test tells it to, so a
+status path is checked in milliseconds without a model; `test_server.py` keeps the real uvicorn
+process and the real model for what only they show (streaming limits, overload, the model).
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import tempfile
+import threading
+import time
+import zipfile
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from fastapi.testclient import TestClient
+
+from inference_server.app import create_app, loaded_predictor
+from inference_server.settings import Settings
+from segcore.predictor import Prediction
+from segcore.quality import Quality
+
+CT_3MM = "abdomen_ct_3mm.nii.gz"
+API_KEY = "s3cret-key"
+
+
+class StandInPredictor:
+    """Liver wherever HU > 100; a verdict, warnings, a notice, a delay or a crash on request."""
+
+    def __init__(self, verdict="ok", reasons=(), warnings=(), notice=None, delay_s=0.0, crash=False):
+        self.verdict, self.reasons, self.warnings = verdict, list(reasons), list(warnings)
+        self.notice, self.delay_s, self.crash = notice, delay_s, crash
+        self.calls = 0
+
+    def predict(self, image, geometry):
+        self.calls += 1
+        time.sleep(self.delay_s)
+        if self.crash:
+            raise RuntimeError("out of memory in the stand-in")
+        labels = (image > 100).astype(np.uint8)
+        quality = Quality(self.verdict, self.reasons, 0.01, 1.0, int(labels.any()), 0.0, {})
+        return Prediction(labels, None, [1], {"fine_network": 0.001}, self.warnings, quality)
+
+    def info(self):
+        return {"device": "cpu", "precision": "float32", "notice": self.notice}
+
+
+@pytest.fixture
+def tmpdir_watched(tmp_path, monkeypatch):
+    """Request folders go here; every test ends with it empty."""
+    folder = tmp_path / "requests"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    yield folder
+    assert list(folder.iterdir()) == []
+
+
+def client_for(predictor: StandInPredictor | None, **settings) -> TestClient:
+    app = create_app(Settings(**settings))
+    if predictor is not None:
+        app.dependency_overrides[loaded_predictor] = lambda: predictor
+    return TestClient(app, raise_server_exceptions=False)  # no lifespan: no model is loaded
+
+
+def post(client: TestClient, name: str, content: bytes, **kwargs):
+    return client.post("/segment", files={"file": (name, content)}, **kwargs)
+
+
+def zipped(name: str, content: bytes) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as bundle:
+        bundle.writestr(name, content)
+    return buffer.getvalue()
+
+
+def test_200_label_nifti_on_the_exact_input_grid(real_data, tmpdir_watched, tmp_path):
+    stand_in = StandInPredictor(verdict="review", reasons=["fine-stage entropy 0.1 > 0.065"], notice="phantoms only")
+    response = post(client_for(stand_in), "scan é.nii.gz", (real_data / CT_3MM).read_bytes())
+    assert response.status_code == 200, response.text
+    assert response.headers["content-disposition"].endswith("filename*=UTF-8''scan_%C3%A9_labels.nii.gz")  # space -> _
+    assert response.headers["x-quality-verdict"] == "review"
+    assert response.headers["x-quality-reasons"] == "fine-stage entropy 0.1 > 0.065"
+    assert response.headers["x-model-notice"] == "phantoms only"
+    written = tmp_path / "labels.nii.gz"
+    written.write_bytes(response.content)
+    source, mask = sitk.ReadImage(str(real_data / CT_3MM)), sitk.ReadImage(str(written))
+    assert mask.GetSize() == source.GetSize() and mask.GetSpacing() == source.GetSpacing()
+    assert mask.GetOrigin() == source.GetOrigin() and mask.GetDirection() == source.GetDirection()
+    np.testing.assert_array_equal(nib.load(written).affine, nib.load(real_data / CT_3MM).affine)
+    hu = np.asanyarray(nib.load(real_data / CT_3MM).dataobj)
+    np.testing.assert_array_equal(np.asanyarray(nib.load(written).dataobj), (hu > 100).astype(np.uint8))
+
+
+def test_200_json_summary_with_organs_quality_and_warnings(real_data, tmpdir_watched):
+    stand_in = StandInPredictor(warnings=["the coarse stage found no organ: the mask is empty"])
+    response = post(client_for(stand_in), CT_3MM, (real_data / CT_3MM).read_bytes(), params={"output": "json"})
+    assert response.status_code == 200, response.text
+    summary = response.json()
+    assert summary["file"] == CT_3MM and summary["quality"]["verdict"] == "ok"
+    assert summary["organs"]["liver"]["volume_ml"] > 0 and summary["model_notice"] is None
+    assert response.headers["x-segmentation-warnings"] == stand_in.warnings[0]
+
+
+@pytest.mark.parametrize("key", [None, "wrong"])
+def test_401_without_the_api_key_and_nothing_is_run(real_data, tmpdir_watched, key):
+    stand_in = StandInPredictor()
+    client = client_for(stand_in, api_key=API_KEY)
+    headers = {"X-API-Key": key} if key else {}
+    response = post(client, CT_3MM, (real_data / CT_3MM).read_bytes(), headers=headers)
+    assert response.status_code == 401 and stand_in.calls == 0
+    assert client.get("/info", headers=headers).status_code == 401
+    assert post(client, CT_3MM, (real_data / CT_3MM).read_bytes(), headers={"X-API-Key": API_KEY}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "status", "words"),
+    [
+        ("noise.nii.gz", bytes(range(256)) * 20, 400, "unreadable NIfTI header"),
+        ("short.nii.gz", gzip.compress(b"\x5c\x01" + b"\0" * 400)[:-30], 400, "empty file"),
+        ("slice.zip", None, 422, "2-D"),
+        ("mr.nii.gz", None, 422, "4-D"),
+        ("big.nii.gz", gzip.compress(b"\0" * 64) + b"\0" * (2 << 20), 413, "limit"),
+    ],
+)
+def test_4xx_for_bad_uploads_name_the_upload_and_run_nothing(real_data, tmpdir_watched, name, content, status, words):
+    if name == "slice.zip":
+        content = zipped("slice.dcm", (real_data / "single_slice_ct.dcm").read_bytes())
+    if name == "mr.nii.gz":
+        content = (real_data / "mr_4d_oblique.nii.gz").read_bytes()
+    stand_in = StandInPredictor()
+    response = post(client_for(stand_in, max_upload_mb=1.0), name, content)
+    assert response.status_code == status, response.text
+    detail = response.json()["detail"]
+    assert words in detail and (status == 413 or name in detail), detail
+    assert str(tmpdir_watched) not in detail and "input." not in detail, detail  # never the server's own paths
+    assert stand_in.calls == 0
+
+
+def test_422_for_a_bad_query_names_the_field_not_the_value(real_data, tmpdir_watched):
+    response = post(client_for(StandInPredictor()), CT_3MM, b"x" * 100, params={"output": "<script>"})
+    assert response.status_code == 422
+    assert "output" in response.json()["detail"] and "<script>" not in response.text
+
+
+def test_503_while_no_model_is_loaded(real_data, tmpdir_watched):
+    client = client_for(None)
+    assert client.get("/ready").status_code == 503
+    response = post(client, CT_3MM, (real_data / CT_3MM).read_bytes())
+    assert response.status_code == 503 and response.headers["retry-after"] == "5"
+
+
+def test_504_past_the_request_timeout_and_the_folder_goes_when_the_work_ends(real_data, tmpdir_watched):
+    stand_in = StandInPredictor(delay_s=1.0)
+    response = post(client_for(stand_in, request_timeout_s=0.2), CT_3MM, (real_data / CT_3MM).read_bytes())
+    assert response.status_code == 504
+    deadline = time.monotonic() + 10  # the worker keeps its folder until the prediction returns
+    while list(tmpdir_watched.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def test_500_when_the_predictor_fails_and_the_next_request_is_served(real_data, tmpdir_watched):
+    crashing = StandInPredictor(crash=True)
+    client = client_for(crashing)
+    response = post(client, CT_3MM, (real_data / CT_3MM).read_bytes())
+    assert response.status_code == 500 and "out of memory" not in response.text
+    crashing.crash = False
+    assert post(client, CT_3MM, (real_data / CT_3MM).read_bytes()).status_code == 200
+
+
+def test_503_when_every_slot_and_queue_place_is_taken(real_data, tmpdir_watched):
+    stand_in = StandInPredictor(delay_s=1.0)
+    client = client_for(stand_in, max_concurrent=1, queue_length=0)
+    statuses = []
+    first = threading.Thread(target=lambda: statuses.append(post(client, CT_3MM, (real_data / CT_3MM).read_bytes())))
+    first.start()
+    deadline = time.monotonic() + 5
+    while stand_in.calls == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    busy = post(client, CT_3MM, (real_data / CT_3MM).read_bytes())
+    first.join()
+    assert busy.status_code == 503 and int(busy.headers["retry-after"]) > 0
+    assert statuses[0].status_code == 200
