@@ -157,9 +157,9 @@ def measure_case(data_root: str, case: dict[str, Any]) -> dict[str, Any]:
         writer.put_case(meta, arrays)
         write_seconds = time.perf_counter() - started
     return {
-        "size_xyz": meta["geometry"]["size"],
-        "canonical_zyx": meta["canonical_shape"],
-        "crop_zyx": [stop - start for start, stop in meta["crop_box_canonical"]],
+        "size_xyz": meta.geometry["size"],
+        "canonical_zyx": meta.canonical_shape,
+        "crop_zyx": [stop - start for start, stop in meta.crop_box_canonical],
         "seconds": seconds,
         "peak_mb": peak_mb,
         "baseline_mb": baseline_mb,

@@ -282,7 +282,7 @@ def score_test_cases(store_path: Path, data_root: Path, label_map_of) -> dict[st
 
     ``label_map_of`` maps a case's stored arrays to its ``(z, y, x)`` label map at the coarse size.
     """
-    from segcore.evaluate import read_labels
+    from segcore.io import read_labels
     from segcore.labels import ORGANS
     from segcore.metrics import NSD_MIN_DSC, score_case
     from segcore.store import CaseStore

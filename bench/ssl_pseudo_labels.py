@@ -39,7 +39,7 @@ CHECKPOINTS = {
 def score_unlabeled(checkpoint: Path, store_path: Path, data_root: Path, nets_to_use: str) -> dict[str, list[float]]:
     """Per unlabeled case, DSC of the 13 organs of one checkpoint's prediction (``ensemble`` or ``net0``)."""
     from segcore.checkpoint import build_networks, load_checkpoint
-    from segcore.evaluate import read_labels
+    from segcore.io import read_labels
     from segcore.labels import ORGANS
     from segcore.metrics import score_case
     from segcore.phantom.dataset import UNLABELED_MASK_DIR

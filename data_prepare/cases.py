@@ -6,10 +6,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from segcore.io import case_stem, is_nifti
+from segcore.io import case_id, is_nifti
 
-CHANNEL_SUFFIX = "_0000"
-"""FLARE / nnU-Net image names end with the channel index: ``<id>_0000.nii.gz``."""
 SPLIT_FOLDERS = {
     "labeled": ("train_images", "train_mask"),
     "unlabeled": ("trainu_images", None),
@@ -26,12 +24,6 @@ class CaseSource:
     split: str
     image_path: str
     label_path: str | None
-
-
-def case_id(path: Path) -> str:
-    """``FLARE22_Tr_0001_0000.nii.gz`` -> ``FLARE22_Tr_0001``; other names keep their stem."""
-    stem = case_stem(path)
-    return stem[: -len(CHANNEL_SUFFIX)] if stem.endswith(CHANNEL_SUFFIX) else stem
 
 
 def _entries(folder: Path) -> list[Path]:

@@ -33,7 +33,15 @@ from segcore.geometry import to_canonical
 from segcore.io import DEFAULT_MAX_VOXELS, VolumeError, read_label, read_volume
 from segcore.predictor import CoarseLocator, file_sha256
 from segcore.resample import resize_image, resize_labels
-from segcore.store import RECORD_FORMAT_VERSION, StoreWriter
+from segcore.store import (
+    COARSE_IMAGE,
+    COARSE_LABEL,
+    FINE_IMAGE,
+    FINE_LABEL,
+    RECORD_FORMAT_VERSION,
+    CaseMeta,
+    StoreWriter,
+)
 
 BODY_STRIDE = 4
 """The body-outline heuristic works on every 4th voxel: plenty for a bounding box, 64x cheaper."""
@@ -152,11 +160,11 @@ def prepare_case(
         labels = read_label(root / source.label_path, geometry, image_path=image_path)
     canonical_image, reorientation = to_canonical(image, geometry)
     canonical = reorientation.canonical
-    arrays = {"coarse_image": to_int16(resize_image(canonical_image, config.coarse_size))}
+    arrays = {COARSE_IMAGE: to_int16(resize_image(canonical_image, config.coarse_size))}
 
     if labels is not None:
         canonical_labels = reorientation.apply(labels)
-        arrays["coarse_label"] = resize_labels(canonical_labels, config.coarse_size).numpy()
+        arrays[COARSE_LABEL] = resize_labels(canonical_labels, config.coarse_size).numpy()
         organ_box = foreground_box(canonical_labels)
         if organ_box is None and source.split == "labeled":
             raise VolumeError(root / source.label_path, "label file holds no organ voxels")
@@ -173,28 +181,27 @@ def prepare_case(
             raise VolumeError(image_path, f"no body found (nothing above {config.body_threshold_hu:g} HU)")
 
     box = expand_box(organ_box, config.margin_mm, canonical.spacing_zyx, canonical.shape_zyx)
-    arrays["fine_image"] = to_int16(resize_image(crop(canonical_image, box), config.fine_size))
+    arrays[FINE_IMAGE] = to_int16(resize_image(crop(canonical_image, box), config.fine_size))
     if labels is not None:
-        arrays["fine_label"] = resize_labels(crop(canonical_labels, box), config.fine_size).numpy()
+        arrays[FINE_LABEL] = resize_labels(crop(canonical_labels, box), config.fine_size).numpy()
 
-    meta = {
-        "id": source.id,
-        "split": source.split,
-        "format_version": RECORD_FORMAT_VERSION,
-        "config_hash": config.output_hash(source),
-        "image_path": source.image_path,
-        "label_path": source.label_path,
-        "geometry": asdict(geometry),
-        "reorientation": {"axes_zyx": list(reorientation.axes_zyx), "flips_zyx": list(reorientation.flips_zyx)},
-        "canonical_shape": list(canonical.shape_zyx),
-        "canonical_spacing": list(canonical.spacing_zyx),
-        "crop_box_canonical": [list(pair) for pair in box],
-        "crop_box_original": box_to_original(box, reorientation),
-        "crop_source": crop_source,
-        "crop_note": crop_note,
-        "coarse_weights_sha256": coarse_sha256,
-        "labels_present": [] if labels is None else [int(v) for v in np.unique(labels) if v],
-    }
+    meta = CaseMeta(
+        id=source.id,
+        split=source.split,
+        config_hash=config.output_hash(source),
+        image_path=source.image_path,
+        label_path=source.label_path,
+        geometry=asdict(geometry),
+        reorientation={"axes_zyx": list(reorientation.axes_zyx), "flips_zyx": list(reorientation.flips_zyx)},
+        canonical_shape=list(canonical.shape_zyx),
+        canonical_spacing=list(canonical.spacing_zyx),
+        crop_box_canonical=[list(pair) for pair in box],
+        crop_box_original=box_to_original(box, reorientation),
+        crop_source=crop_source,
+        crop_note=crop_note,
+        coarse_weights_sha256=coarse_sha256,
+        labels_present=[] if labels is None else [int(v) for v in np.unique(labels) if v],
+    )
     return meta, arrays
 
 

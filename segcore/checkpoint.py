@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from segcore.io import replace_atomically
 from segcore.labels import LABEL_NAMES
 from segcore.networks import build_network, network_spec
 
@@ -38,12 +39,9 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     """Write ``payload`` to ``path`` through a temporary file and a rename (never a half file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save({"format_version": CHECKPOINT_FORMAT_VERSION, **payload}, temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    replace_atomically(
+        path, lambda temporary: torch.save({"format_version": CHECKPOINT_FORMAT_VERSION, **payload}, temporary)
+    )
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

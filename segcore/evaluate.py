@@ -34,12 +34,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from segcore.geometry import Geometry
-from segcore.io import VolumeError, case_stem, is_nifti, read_volume
-from segcore.labels import MAX_LABEL, ORGANS
+from segcore.io import VolumeError, case_id, grid_difference, is_nifti, read_labels
+from segcore.labels import ORGANS
 from segcore.metrics import TOLERANCE_MM, OrganScore, score_case
-
-CHANNEL_SUFFIX = "_0000"
 
 
 @dataclass(frozen=True)
@@ -136,12 +133,6 @@ def _csv_row(case: str, organs: dict[int, OrganScore], mean_dsc: float, mean_nsd
     return row + [f"{mean_dsc:.4f}", f"{mean_nsd:.4f}"]
 
 
-def case_id(path: str | os.PathLike) -> str:
-    """Case id of a label file: its name without NIfTI suffix and without a trailing ``_0000``."""
-    stem = case_stem(path)
-    return stem[: -len(CHANNEL_SUFFIX)] if stem.endswith(CHANNEL_SUFFIX) else stem
-
-
 def label_files(folder: str | os.PathLike) -> dict[str, Path]:
     """Case id -> NIfTI file for every ``.nii``/``.nii.gz`` file in ``folder`` (not recursive).
 
@@ -162,30 +153,6 @@ def label_files(folder: str | os.PathLike) -> dict[str, Path]:
     return files
 
 
-def read_labels(path: Path) -> tuple[np.ndarray, Geometry]:
-    """Read a label map as a ``(z, y, x)`` uint8 array with its geometry.
-
-    Raises:
-        VolumeError: unreadable file, non-integer values or labels outside ``0..13``.
-    """
-    array, geometry = read_volume(path, check_ct=False)
-    if np.issubdtype(array.dtype, np.floating) and not np.array_equal(array, np.round(array)):
-        raise VolumeError(path, "label values are not integers")
-    low, high = array.min(), array.max()
-    if low < 0 or high > MAX_LABEL:
-        raise VolumeError(path, f"labels outside 0..{MAX_LABEL} (found {low:g}..{high:g})")
-    return array.astype(np.uint8), geometry
-
-
-def _grid_difference(mine: Geometry, reference: Geometry) -> str:
-    for name in ("size", "spacing", "origin", "direction"):
-        values, expected = np.asarray(getattr(mine, name), float), np.asarray(getattr(reference, name), float)
-        if values.shape != expected.shape or not np.allclose(values, expected, atol=1e-4):
-            shown = lambda v: "(" + ", ".join(f"{x:g}" for x in v) + ")"  # noqa: E731
-            return f"{name} {shown(values)} vs {shown(expected)}"
-    return "origin differs by more than a fraction of a voxel"
-
-
 def score_files(pred_path: Path | None, gt_path: Path, nsd_min_dsc: float = 0.0) -> dict[int, OrganScore]:
     """Score one prediction file against its ground truth (``None``: an empty prediction).
 
@@ -199,7 +166,7 @@ def score_files(pred_path: Path | None, gt_path: Path, nsd_min_dsc: float = 0.0)
     else:
         pred, pred_geometry = read_labels(pred_path)
         if not pred_geometry.same_grid(gt_geometry):
-            difference = _grid_difference(pred_geometry, gt_geometry)
+            difference = grid_difference(pred_geometry, gt_geometry)
             raise VolumeError(pred_path, f"grid differs from the ground truth {gt_path}: {difference}")
     return score_case(gt, pred, gt_geometry.spacing_zyx, nsd_min_dsc)
 

@@ -20,6 +20,7 @@ import gzip
 import io
 import os
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -32,6 +33,8 @@ from segcore.geometry import Geometry
 from segcore.labels import MAX_LABEL
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+CHANNEL_SUFFIX = "_0000"
+"""FLARE / nnU-Net image names end with the channel index: ``<id>_0000.nii.gz``."""
 READ_CHUNK_BYTES = 8 * 1024 * 1024
 """Voxels are decompressed into the array this much at a time: gzip readers copy through a
 temporary of the size asked for (a 157 MB CT read in one call took 308 MB)."""
@@ -73,6 +76,13 @@ class VolumeError(ValueError):
 def is_nifti(path: str | os.PathLike) -> bool:
     """Whether a path names a NIfTI file (``.nii`` or ``.nii.gz``)."""
     return str(path).lower().endswith(NIFTI_SUFFIXES)
+
+
+def case_id(path: str | os.PathLike) -> str:
+    """A FLARE / nnU-Net case id: the name without NIfTI suffix and without the trailing channel
+    index :data:`CHANNEL_SUFFIX` (``FLARE22_Tr_0001_0000.nii.gz`` -> ``FLARE22_Tr_0001``); other
+    names keep their stem."""
+    return case_stem(path).removesuffix(CHANNEL_SUFFIX)
 
 
 def case_stem(path: str | os.PathLike) -> str:
@@ -494,10 +504,26 @@ def check_ct_values(path: Path, array: np.ndarray) -> None:
         )
 
 
+def read_labels(path: str | os.PathLike, *, limits: Limits = DEFAULT_LIMITS) -> tuple[np.ndarray, Geometry]:
+    """Read a label map: a ``(z, y, x)`` uint8 array of FLARE22 ids and its geometry.
+
+    Raises:
+        VolumeError: unreadable, not 3-D, over ``limits``, non-integer values or labels outside ``0..13``.
+    """
+    path = Path(path)
+    array, geometry = _read_array(path, limits)
+    if np.issubdtype(array.dtype, np.floating) and not np.array_equal(array, np.round(array)):
+        raise VolumeError(path, "label values are not integers")
+    low, high = array.min(), array.max()
+    if low < 0 or high > MAX_LABEL:
+        raise VolumeError(path, f"labels outside 0..{MAX_LABEL} (found {low:g}..{high:g})")
+    return array.astype(np.uint8), geometry
+
+
 def read_label(
     path: str | os.PathLike, reference: Geometry, *, image_path: str | os.PathLike | None = None
 ) -> np.ndarray:
-    """Read a label volume that must lie on the grid of its CT.
+    """Read a label volume that must lie on the grid of its CT (:func:`read_labels`, then the grid).
 
     Args:
         path: the label file.
@@ -508,42 +534,41 @@ def read_label(
         The ``(z, y, x)`` uint8 label array.
 
     Raises:
-        VolumeError: unreadable, not 3-D, grid differs from the CT, non-integer values or
-            labels outside ``0..13``.
+        VolumeError: as :func:`read_labels`, or the grid differs from the CT.
     """
-    path = Path(path)
-    array, geometry = _read_array(path, UNLIMITED)
+    array, geometry = read_labels(path, limits=UNLIMITED)  # the CT passed the limits; its labels follow it
     if not geometry.same_grid(reference):
         against = f" of {image_path}" if image_path else ""
-        raise VolumeError(
-            path, f"label grid differs from the CT grid{against}: {_grid_difference(geometry, reference)}"
-        )
-    if np.issubdtype(array.dtype, np.floating) and not np.array_equal(array, np.round(array)):
-        raise VolumeError(path, "label values are not integers")
-    low, high = array.min(), array.max()
-    if low < 0 or high > MAX_LABEL:
-        raise VolumeError(path, f"labels outside 0..{MAX_LABEL} (found {low:g}..{high:g})")
-    return array.astype(np.uint8)
+        difference = grid_difference(geometry, reference)
+        raise VolumeError(path, f"label grid differs from the CT grid{against}: {difference}")
+    return array
 
 
-def _grid_difference(geometry: Geometry, reference: Geometry) -> str:
+def grid_difference(mine: Geometry, reference: Geometry) -> str:
+    """The first of size, spacing, origin, direction that differs between two grids, both values shown."""
     for name in ("size", "spacing", "origin", "direction"):
-        mine, theirs = getattr(geometry, name), getattr(reference, name)
-        if not np.allclose(mine, theirs, atol=1e-4):
-            fmt = lambda values: "(" + ", ".join(f"{v:g}" for v in values) + ")"  # noqa: E731
-            return f"{name} {fmt(mine)} vs {fmt(theirs)}"
-    return "origin differs by more than the tolerance"
+        values, expected = np.asarray(getattr(mine, name), float), np.asarray(getattr(reference, name), float)
+        if values.shape != expected.shape or not np.allclose(values, expected, atol=1e-4):
+            shown = lambda v: "(" + ", ".join(f"{x:g}" for x in v) + ")"  # noqa: E731
+            return f"{name} {shown(values)} vs {shown(expected)}"
+    return "origin differs by more than a fraction of a voxel"
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file beside it and a rename (never a half file)."""
+def replace_atomically(path: str | os.PathLike, write: Callable[[Path], object], suffix: str = "") -> None:
+    """Call ``write(temporary)`` for a temporary file beside ``path`` (name ending in ``suffix``),
+    then rename it over ``path``: a reader sees the old file or the whole new one, never a half one."""
     path = Path(path)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp{suffix}")
     try:
-        temporary.write_text(text)
+        write(temporary)
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (:func:`replace_atomically`)."""
+    replace_atomically(path, lambda temporary: temporary.write_text(text))
 
 
 def write_volume(path: str | os.PathLike, array: np.ndarray, geometry: Geometry, *, compress: bool = True) -> None:
@@ -556,10 +581,6 @@ def write_volume(path: str | os.PathLike, array: np.ndarray, geometry: Geometry,
     if not is_nifti(path):
         raise ValueError(f"{path}: expected a .nii or .nii.gz destination")
     path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".nii.gz" if str(path).lower().endswith(".nii.gz") else ".nii"
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp{suffix}")
-    try:
-        sitk.WriteImage(to_image(array, geometry), str(temporary), useCompression=compress)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    image = to_image(array, geometry)
+    suffix = ".nii.gz" if str(path).lower().endswith(".nii.gz") else ".nii"  # ITK picks the format by name
+    replace_atomically(path, lambda temporary: sitk.WriteImage(image, str(temporary), useCompression=compress), suffix)

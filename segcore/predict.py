@@ -56,12 +56,10 @@ from tqdm import tqdm
 from segcore import distributed
 from segcore.allocator import keep_freed_memory
 from segcore.claims import claim_case
-from segcore.io import VolumeError, case_stem, is_nifti, write_text_atomic, write_volume
+from segcore.io import VolumeError, case_id, is_nifti, write_text_atomic, write_volume
 from segcore.postprocess import organ_statistics
 from segcore.predictor import PRECISIONS, Predictor
 
-CHANNEL_SUFFIX = "_0000"
-"""FLARE / nnU-Net image names end with the channel index: ``<id>_0000.nii.gz``."""
 DISTRIBUTED_TIMEOUT_MINUTES = 24 * 60
 """Ranks wait for each other only at the end; a long batch must not time the wait out."""
 
@@ -97,8 +95,7 @@ class CaseResult:
 
 def output_name(path: Path) -> str:
     """``<id>_0000.nii.gz`` -> ``<id>.nii.gz``; other files and folders keep their stem, plus ``.nii.gz``."""
-    stem = case_stem(path)
-    return f"{stem.removesuffix(CHANNEL_SUFFIX) if stem.endswith(CHANNEL_SUFFIX) else stem}.nii.gz"
+    return f"{case_id(path)}.nii.gz"
 
 
 def find_cases(input_dir: Path, output_dir: Path | None = None) -> tuple[list[Case], dict[str, str], list[str]]:

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from segcore.evaluate import read_labels, score_files
-from segcore.io import write_volume
+from segcore.evaluate import score_files
+from segcore.io import read_labels, write_volume
 from segcore.labels import ORGANS
 from segcore.predictor import Predictor
 

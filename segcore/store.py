@@ -47,6 +47,7 @@ import json
 import os
 import re
 import struct
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,8 @@ import lmdb
 import numpy as np
 
 RECORD_FORMAT_VERSION = 1
+COARSE_IMAGE, COARSE_LABEL, FINE_IMAGE, FINE_LABEL = "coarse_image", "coarse_label", "fine_image", "fine_label"
+"""The array names of a record (labels only for labeled and test cases)."""
 MAGIC = b"SEGR"
 ALIGNMENT = 64
 CASE_PREFIX = "case/"
@@ -63,6 +66,31 @@ _SELECTION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 FORMAT_KEY = b"meta/format"
 _HEADER = struct.Struct("<4sII")
 _INITIAL_MAP_SIZE = 1 << 30
+
+
+@dataclass(frozen=True)
+class CaseMeta:
+    """The metadata of a record, as the module docstring lists it (``data_prepare`` builds one per
+    case; :meth:`as_record` is what the JSON header holds, ``format_version`` included)."""
+
+    id: str
+    split: str
+    config_hash: str
+    image_path: str
+    label_path: str | None
+    geometry: dict[str, Any]
+    reorientation: dict[str, list]
+    canonical_shape: list[int]
+    canonical_spacing: list[float]
+    crop_box_canonical: list[list[int]]
+    crop_box_original: list[list[int]]
+    crop_source: str
+    crop_note: str | None
+    coarse_weights_sha256: str | None
+    labels_present: list[int]
+
+    def as_record(self) -> dict[str, Any]:
+        return {"format_version": RECORD_FORMAT_VERSION, **asdict(self)}
 
 
 def _aligned(offset: int) -> int:
@@ -121,7 +149,7 @@ class CaseStore:
 
     Example:
         >>> store = CaseStore("dataset/prepared.lmdb")
-        >>> image = store.arrays("FLARE22_Tr_0001")["coarse_image"]   # int16 (z, y, x), raw HU
+        >>> image = store.arrays("FLARE22_Tr_0001")[COARSE_IMAGE]   # int16 (z, y, x), raw HU
     """
 
     def __init__(self, path: str | os.PathLike):
@@ -239,8 +267,9 @@ class StoreWriter:
             except lmdb.MapFullError:
                 self._env.set_mapsize(max(self._env.info()["map_size"] * 2, len(value) * 4))
 
-    def put_case(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    def put_case(self, meta: CaseMeta | dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         """Store one case (metadata must hold ``id``) atomically, replacing any older record."""
+        meta = meta.as_record() if isinstance(meta, CaseMeta) else meta
         self._put(f"{CASE_PREFIX}{meta['id']}".encode(), encode_record(meta, arrays))
 
     def stored_config_hash(self, case_id: str) -> str | None:

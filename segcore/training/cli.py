@@ -23,6 +23,7 @@ import yaml
 
 from segcore import distributed
 from segcore.config import config_hash
+from segcore.io import replace_atomically
 from segcore.store import CaseStore
 from segcore.training.config import StageConfig, load_stage_config
 from segcore.training.engine import Stage, Trainer
@@ -129,8 +130,7 @@ def main(stage: Stage, default_config: Path, argv: list[str] | None = None) -> i
                     print(f"{stage.name}_seg: UIF kept {len(kept)} unlabeled cases as {selection!r} for round {r + 1}")
         last_best = Path(rounds[-1].output_dir) / "best.pt"
         if len(rounds) > 1 and context.is_main and last_best.exists():
-            shutil.copyfile(last_best, Path(config.output_dir) / ".best.pt.tmp")
-            (Path(config.output_dir) / ".best.pt.tmp").replace(Path(config.output_dir) / "best.pt")
+            replace_atomically(Path(config.output_dir) / "best.pt", lambda copy: shutil.copyfile(last_best, copy))
     except (ValueError, KeyError, FileNotFoundError) as error:
         print(f"{stage.name}_seg: {error}", file=sys.stderr)
         return 1

@@ -163,3 +163,34 @@ def test_weak_and_strong_views_share_their_geometry():
 def test_unknown_fourier_sources_are_refused():
     with pytest.raises(ValueError, match="fourier_sources"):
         AugmentConfig(fourier_sources="unlabeled")
+
+
+def test_spatial_augmentation_moves_image_and_labels_together():
+    # each label's voxels carry a HU value of their own: after resampling they must still do
+    shape = (20, 24, 24)
+    labels = torch.zeros((2, *shape), dtype=torch.long)
+    labels[:, 4:12, 4:14, 4:12] = LIVER
+    labels[:, 10:18, 12:20, 14:22] = AORTA
+    images = (labels[:, None].float() * 100.0) - 50.0  # background -50, liver 50, aorta 450
+    config = replace(ONLY_ORGAN_CONTRAST, intensity_probability=0.0, spatial_probability=1.0, scale=0.15)
+    for seed in range(4):
+        weak, _, moved = augment_views(images, labels, (16, 20, 20), config, torch.Generator().manual_seed(seed))
+        for organ in (LIVER, AORTA):
+            inside = weak[:, 0][moved == organ]
+            assert inside.numel() > 50 and abs(float(inside.median()) - (organ * 100.0 - 50.0)) < 1.0, (seed, organ)
+
+
+def test_no_augmentation_swaps_left_and_right():
+    # canonical x runs from the patient's right to left: a flip would make a right kidney a left one
+    shape = (16, 16, 32)
+    labels = torch.zeros((1, *shape), dtype=torch.long)
+    right, left = ORGAN_IDS["right_kidney"], ORGAN_IDS["left_kidney"]
+    labels[:, 4:12, 4:12, 2:10] = right
+    labels[:, 4:12, 4:12, 22:30] = left
+    images = labels[:, None].float() * 10.0
+    config = replace(AugmentConfig(), spatial_probability=1.0, rotation_degrees=15.0, scale=0.2, jitter=0.1)
+    for seed in range(20):
+        _, _, moved = augment_views(images, labels, shape, config, torch.Generator().manual_seed(seed))
+        x = torch.arange(shape[2], dtype=torch.float32)
+        centre = {organ: float(x.expand(*shape)[moved[0] == organ].mean()) for organ in (right, left)}
+        assert centre[right] < centre[left], seed

@@ -31,7 +31,7 @@ from segcore.training.cps import (
 from segcore.training.engine import Stage
 from segcore.training.uif import load_domains, per_domain_summary, select, uncertainty_scores, write_scores
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_pseudo_label_is_the_teachers_argmax_including_background():

@@ -7,7 +7,7 @@ import yaml
 
 from segcore.training.config import StageConfig, load_stage_config
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SHIPPED = sorted(
     [*ROOT.glob("coarse_seg/config*.yaml"), *ROOT.glob("fine_seg/config*.yaml")]
     + [ROOT / "model_weights" / "recipe" / name for name in ("coarse.yaml", "fine.yaml")]

@@ -24,7 +24,7 @@ from segcore.training.cli import main
 from segcore.training.engine import autocast_settings, poly_schedule
 from segcore.training.losses import dice_ce_loss, hard_dice_per_class
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 TINY_NET = {"base_channels": 4, "depth": 3, "max_channels": 16}
 
 
