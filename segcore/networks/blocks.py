@@ -141,6 +141,41 @@ class SegmentationNetwork(nn.Module):
     init_args: dict[str, Any]
     input_multiple: int
 
+    def _record_args(
+        self, in_channels: int, num_classes: int, base_channels: int, depth: int, max_channels: int,
+        blocks_per_level: int,
+    ) -> list[int]:  # fmt: skip
+        """Keep the constructor arguments and the total stride; returns each level's channels."""
+        self.init_args = {
+            "in_channels": in_channels, "num_classes": num_classes, "base_channels": base_channels,
+            "depth": depth, "max_channels": max_channels, "blocks_per_level": blocks_per_level,
+        }  # fmt: skip
+        self.input_multiple = 2**depth
+        return level_channels(base_channels, depth, max_channels)
+
+    @staticmethod
+    def merge(upsampled: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """How a decoder level joins the upsampled features and the encoder's skip."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, half_resolution: bool = False) -> torch.Tensor:
+        """Logits ``(N, num_classes, D, H, W)`` for images ``(N, in_channels, D, H, W)``; with
+        ``half_resolution`` the logits before the final trilinear ×2 upsampling ``(N, num_classes, D/2, H/2, W/2)``.
+
+        The skeleton both nets share: ``stem``, the ``encoder`` levels (their outputs are the
+        skips), then from the deepest level up ``decoder[l](merge(upsamplers[l](features), skip[l]))``,
+        and the 1×1×1 ``head``.
+        """
+        self.check_input(x)
+        features = self.stem(x)
+        skips = []
+        for level in self.encoder:
+            features = level(features)
+            skips.append(features)
+        for level in reversed(range(len(self.decoder))):
+            features = self.decoder[level](self.merge(self.upsamplers[level](features), skips[level]))
+        return self.upsample_logits(self.head(features), half_resolution)
+
     def check_input(self, x: torch.Tensor) -> None:
         """Raise ``ValueError`` unless ``x`` is ``(N, in_channels, D, H, W)`` with a valid size."""
         name = type(self).__name__

@@ -11,7 +11,6 @@ from segcore.networks.blocks import (
     AnisotropicStripPooling,
     ConvNormAct,
     SegmentationNetwork,
-    level_channels,
 )
 
 
@@ -51,16 +50,7 @@ class EfficientContextNet(SegmentationNetwork):
         blocks_per_level: int = 1,
     ):
         super().__init__()
-        self.init_args = {
-            "in_channels": in_channels,
-            "num_classes": num_classes,
-            "base_channels": base_channels,
-            "depth": depth,
-            "max_channels": max_channels,
-            "blocks_per_level": blocks_per_level,
-        }
-        self.input_multiple = 2**depth
-        channels = level_channels(base_channels, depth, max_channels)
+        channels = self._record_args(in_channels, num_classes, base_channels, depth, max_channels, blocks_per_level)
 
         self.stem = ConvNormAct(in_channels, channels[0], stride=2)
         self.encoder = nn.ModuleList()
@@ -80,15 +70,7 @@ class EfficientContextNet(SegmentationNetwork):
         self.head = nn.Conv3d(channels[0], num_classes, 1)
         self.init_weights()
 
-    def forward(self, x: torch.Tensor, half_resolution: bool = False) -> torch.Tensor:
-        """Logits ``(N, num_classes, D, H, W)`` for images ``(N, in_channels, D, H, W)``; with
-        ``half_resolution`` the logits before the final trilinear ×2 upsampling ``(N, num_classes, D/2, H/2, W/2)``."""
-        self.check_input(x)
-        features = self.stem(x)
-        skips = []
-        for level in self.encoder:
-            features = level(features)
-            skips.append(features)
-        for level in reversed(range(len(self.decoder))):
-            features = self.decoder[level](self.upsamplers[level](features) + skips[level])
-        return self.upsample_logits(self.head(features), half_resolution)
+    @staticmethod
+    def merge(upsampled: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """Skips are added: decoder blocks keep the level's width."""
+        return upsampled + skip
