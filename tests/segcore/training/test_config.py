@@ -48,8 +48,10 @@ def write(tmp_path, change) -> Path:
     ],
 )
 def test_a_bad_key_or_value_in_a_yaml_file_is_refused_with_its_path(tmp_path, change, message):
-    with pytest.raises(ValueError, match=message):
-        load_stage_config(write(tmp_path, change))
+    path = write(tmp_path, change)
+    with pytest.raises(ValueError, match=message) as refused:
+        load_stage_config(path)
+    assert str(refused.value).startswith(f"{path}: ")  # the file, then the key
 
 
 def test_overrides_are_validated_like_the_file():
