@@ -379,6 +379,11 @@ def _series_headers(folder: Path) -> list[tuple[str, ImageInfo]]:
     return _sorted_by_position(folder, files)
 
 
+def dicom_series_files(folder: str | os.PathLike) -> list[Path]:
+    """The files of the one DICOM series in ``folder``, in the order :func:`read_volume` stacks them (z)."""
+    return [Path(name) for name, _ in _series_headers(Path(folder))]
+
+
 def _sorted_by_position(folder: Path, files: list[str]) -> list[tuple[str, ImageInfo]]:
     """Sort slices by their Image Position (Patient) projected on the slice normal."""
     slices = []

@@ -178,13 +178,18 @@ def keep_largest_components(labels: np.ndarray) -> np.ndarray:
     return keep_components(labels, LARGEST_ONLY)
 
 
-def organ_statistics(labels: np.ndarray, image: np.ndarray, geometry: Geometry) -> dict[str, dict[str, Any]]:
+def organ_statistics(
+    labels: np.ndarray, image: np.ndarray, geometry: Geometry, within: list[list[int]] | None = None
+) -> dict[str, dict[str, Any]]:
     """Volume, mean intensity and bounding box of every organ present in a label map.
 
     Args:
         labels: ``(z, y, x)`` label map on the grid of ``image`` (FLARE22 ids).
         image: ``(z, y, x)`` CT in HU.
         geometry: the grid of both (its spacing gives the voxel volume).
+        within: a box ``[[x0, x1], [y0, y1], [z0, z1]]`` (ITK order, half-open, as
+            :attr:`segcore.predictor.Prediction.box`) outside which ``labels`` are all 0: only
+            it is searched.
 
     Returns:
         Organ name -> ``{"label": id, "voxels": n, "volume_ml": mL, "mean_hu": HU,
@@ -195,6 +200,10 @@ def organ_statistics(labels: np.ndarray, image: np.ndarray, geometry: Geometry) 
     if labels.shape != image.shape:
         raise ValueError(f"labels {labels.shape} and image {image.shape} differ in shape")
     voxel_ml = float(np.prod(geometry.spacing)) / 1000.0
+    offset = [0, 0, 0] if within is None else [int(start) for start, _ in reversed(within)]  # (z, y, x)
+    if within is not None:
+        crop = tuple(slice(start, stop) for start, stop in reversed(within))
+        labels, image = labels[crop], image[crop]
     statistics: dict[str, dict[str, Any]] = {}
     for label, region in enumerate(ndimage.find_objects(labels), start=1):
         if region is None or label not in ORGANS:
@@ -206,6 +215,6 @@ def organ_statistics(labels: np.ndarray, image: np.ndarray, geometry: Geometry) 
             "voxels": voxels,
             "volume_ml": round(voxels * voxel_ml, 3),
             "mean_hu": round(float(image[region][mask].mean(dtype=np.float64)), 2),
-            "box_voxels": [[int(s.start), int(s.stop)] for s in reversed(region)],
+            "box_voxels": [[int(s.start) + o, int(s.stop) + o] for s, o in zip(reversed(region), reversed(offset))],
         }
     return statistics

@@ -55,8 +55,10 @@ from tqdm import tqdm
 
 from segcore import distributed
 from segcore.allocator import keep_freed_memory
+from segcore.case_records import has_record, organ_measures, rebuild_table, write_record
 from segcore.claims import claim_case
-from segcore.io import VolumeError, case_id, is_nifti, write_text_atomic, write_volume
+from segcore.dicom_seg import SegUnavailable, write_dicom_seg
+from segcore.io import VolumeError, case_id, is_nifti, replace_atomically, write_text_atomic, write_volume
 from segcore.postprocess import organ_statistics
 from segcore.predictor import PRECISIONS, Predictor
 
@@ -75,6 +77,32 @@ class Case:
     @property
     def case_id(self) -> str:
         return self.output_name.removesuffix(".nii.gz")
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """What a run writes per case (besides its record, :mod:`segcore.case_records`)."""
+
+    nifti: bool = True
+    dicom_seg: bool = False
+    preview: bool = False
+    stats: bool = False
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Outputs:
+        kind = args.output_type
+        return cls(kind in ("nifti", "both"), kind in ("dicom-seg", "both"), args.preview, args.stats)
+
+    def files(self, case: Case) -> list[str]:
+        """The names of the case's outputs (a DICOM-SEG only for a DICOM input, see :mod:`segcore.dicom_seg`)."""
+        names = [case.output_name] if self.nifti else []
+        if self.dicom_seg and (case.path.is_dir() or not self.nifti):
+            names.append(f"{case.case_id}_seg.dcm")
+        if self.preview:
+            names.append(f"{case.case_id}_preview.png")
+        if self.stats:
+            names.append(f"{case.case_id}.json")
+        return names
 
 
 @dataclass
@@ -159,21 +187,30 @@ def _write_json(path: Path, content: dict) -> None:
 
 
 def predict_case(
-    predictor: Predictor, case: Case, output_dir: Path, *, stats: bool, strict: bool = False
+    predictor: Predictor, case: Case, output_dir: Path, *, outputs: Outputs = Outputs(), strict: bool = False
 ) -> CaseResult:
-    """Segment one case and write its mask (and statistics); failures become a ``failed`` result.
+    """Segment one case and write what ``outputs`` asks for; failures become a ``failed`` result.
 
     With ``strict``, a case whose quality verdict is ``fail`` gets no mask and is ``failed``.
     """
     started = time.perf_counter()
+    statistics: dict = {}
     try:
         prediction, image, geometry = predictor.predict_file(case.path)
         quality = prediction.quality
         refused = strict and quality.verdict == "fail"
+        statistics = organ_statistics(prediction.labels, image, geometry, within=prediction.box)
         if not refused:
-            write_volume(output_dir / case.output_name, prediction.labels, geometry)
-        if stats:
-            statistics = organ_statistics(prediction.labels, image, geometry)
+            write_masks(predictor, case, output_dir, outputs, prediction, geometry)
+        if outputs.preview:
+            note = "; ".join([f"QC {quality.verdict}: {'; '.join(quality.reasons)}"] * (quality.verdict != "ok")
+                             + [predictor.notice or ""]).strip("; ")  # fmt: skip
+            from segcore.preview import render_preview  # Pillow: only for runs that draw
+
+            volumes = {name: s["volume_ml"] for name, s in statistics.items()}
+            preview = render_preview(image, prediction.labels, geometry, volumes_ml=volumes, note=note)
+            replace_atomically(output_dir / f"{case.case_id}_preview.png", lambda path: path.write_bytes(preview.png))
+        if outputs.stats:
             _write_json(
                 output_dir / f"{case.case_id}.json",
                 {
@@ -188,24 +225,54 @@ def predict_case(
                 },
             )
     except VolumeError as error:
-        return CaseResult(case.name, case.output_name, "failed", time.perf_counter() - started, str(error))
+        result = CaseResult(case.name, case.output_name, "failed", time.perf_counter() - started, str(error))
     except Exception as error:  # one bad case must not stop the batch; report it with its type
-        reason = f"{case.path}: {type(error).__name__}: {error}"
-        return CaseResult(case.name, case.output_name, "failed", time.perf_counter() - started, reason)
-    seconds = time.perf_counter() - started
-    result = CaseResult(
-        case.name, case.output_name, "written", seconds, organs=quality.organ_count, warnings=prediction.warnings,
-        verdict=quality.verdict, quality_reasons=quality.reasons,
-    )  # fmt: skip
-    if refused:
-        result.status, result.reason = "failed", f"{case.path}: quality verdict fail (--strict: no mask written)"
+        reason = (
+            f"{case.path}: {type(error).__name__}: {error}" if not isinstance(error, SegUnavailable) else str(error)
+        )
+        result = CaseResult(case.name, case.output_name, "failed", time.perf_counter() - started, reason)
+    else:
+        result = CaseResult(
+            case.name, case.output_name, "written", time.perf_counter() - started, organs=quality.organ_count,
+            warnings=prediction.warnings, verdict=quality.verdict, quality_reasons=quality.reasons,
+        )  # fmt: skip
+        if refused:
+            result.status, result.reason = "failed", f"{case.path}: quality verdict fail (--strict: no mask written)"
+    write_record(output_dir, record_of(case, result, statistics))
     return result
 
 
-def outputs_exist(case: Case, output_dir: Path, *, stats: bool) -> bool:
-    """Whether the case's mask (and, with ``stats``, its statistics) is already in ``output_dir``."""
-    wanted = [output_dir / case.output_name] + ([output_dir / f"{case.case_id}.json"] if stats else [])
-    return all(path.exists() for path in wanted)
+def write_masks(predictor: Predictor, case: Case, output_dir: Path, outputs: Outputs, prediction, geometry) -> None:
+    """The NIfTI mask and/or the DICOM-SEG; a NIfTI input asked for both gets the NIfTI and a warning."""
+    if outputs.nifti:
+        write_volume(output_dir / case.output_name, prediction.labels, geometry)
+    if not outputs.dicom_seg:
+        return
+    if not case.path.is_dir() and outputs.nifti:
+        prediction.warnings.append("no DICOM-SEG: the input is NIfTI (a SEG references a DICOM source series)")
+        return
+    if not prediction.labels.any():
+        prediction.warnings.append("no DICOM-SEG: the mask is empty")
+        return
+    hashes = [source["sha256"] for source in predictor.sources.values()]
+    write_dicom_seg(
+        prediction.labels, case.path, output_dir / f"{case.case_id}_seg.dcm", checkpoints_sha256=hashes,
+        verdict=prediction.quality.verdict, notice=predictor.notice,
+    )  # fmt: skip
+
+
+def record_of(case: Case, result: CaseResult, statistics: dict) -> dict:
+    """The case's row of the results table (:mod:`segcore.case_records`)."""
+    return {
+        "case": case.case_id, "input": case.name, "status": result.status, "seconds": round(result.seconds, 3),
+        "verdict": result.verdict, "quality_reasons": result.quality_reasons, "warnings": result.warnings,
+        "reason": result.reason, "organs": organ_measures(statistics),
+    }  # fmt: skip
+
+
+def outputs_exist(case: Case, output_dir: Path, outputs: Outputs) -> bool:
+    """Whether every output the run asks for is already in ``output_dir``."""
+    return all((output_dir / name).exists() for name in outputs.files(case))
 
 
 def settle_case(
@@ -214,13 +281,13 @@ def settle_case(
     output_dir: Path,
     *,
     overwrite: bool,
-    stats: bool,
+    outputs: Outputs,
     wait: bool,
     strict: bool = False,
 ) -> CaseResult | None:
     """Skip the case, or claim it and predict it; ``None`` when another run holds it and ``wait`` is false."""
-    if not overwrite and outputs_exist(case, output_dir, stats=stats):
-        return CaseResult(case.name, case.output_name, "skipped")
+    if not overwrite and outputs_exist(case, output_dir, outputs):
+        return skipped(case, output_dir)
     try:
         claim = claim_case(lock_path(output_dir, case), wait=wait)
     except OSError as error:
@@ -233,11 +300,23 @@ def settle_case(
         # lock file only after its outputs are in place, so whoever locks after it, the old file or
         # a new one, finds them here; claim_case's same-file check keeps two runs from holding one
         # case at once when the holder failed it.
-        if not overwrite and outputs_exist(case, output_dir, stats=stats):
-            return CaseResult(case.name, case.output_name, "skipped")
-        return predict_case(predictor, case, output_dir, stats=stats, strict=strict)
+        if not overwrite and outputs_exist(case, output_dir, outputs):
+            return skipped(case, output_dir)
+        return predict_case(predictor, case, output_dir, outputs=outputs, strict=strict)
     finally:
         claim.release()
+
+
+def skipped(case: Case, output_dir: Path) -> CaseResult:
+    """A case whose outputs exist; its record stays as the run that wrote them left it."""
+    result = CaseResult(case.name, case.output_name, "skipped")
+    if not has_record(output_dir, case.case_id):  # outputs from before records existed
+        write_record(output_dir, record_of(case, result, {}))
+    return result
+
+
+TABLE_EVERY_S = 5.0
+"""During a run the results table is rebuilt after a case at most this often (and always at the end)."""
 
 
 def predict_cases(
@@ -246,7 +325,7 @@ def predict_cases(
     output_dir: Path,
     *,
     overwrite: bool = False,
-    stats: bool = False,
+    outputs: Outputs = Outputs(),
     strict: bool = False,
     progress: bool = True,
     rank: int = 0,
@@ -257,20 +336,29 @@ def predict_cases(
     Returns:
         The results in the order the cases were settled.
     """
-    settle = partial(settle_case, predictor, output_dir=output_dir, overwrite=overwrite, stats=stats, strict=strict)
+    settle = partial(settle_case, predictor, output_dir=output_dir, overwrite=overwrite, outputs=outputs, strict=strict)
     results: list[CaseResult] = []
     deferred: list[Case] = []
+    tabled = time.monotonic()
+
+    def done(result: CaseResult) -> None:
+        nonlocal tabled
+        results.append(result)
+        bar.update()
+        if time.monotonic() - tabled > TABLE_EVERY_S:
+            rebuild_table(output_dir)
+            tabled = time.monotonic()
+
     with tqdm(total=len(cases), desc="predict", unit="case", disable=not progress) as bar:
         for case in cases:
             result = settle(case, wait=False)
             if result is None:
                 deferred.append(case)
             else:
-                results.append(result)
-                bar.update()
+                done(result)
         for case in deferred:
-            results.append(settle(case, wait=True))
-            bar.update()
+            done(settle(case, wait=True))
+    rebuild_table(output_dir)
     for result in results:
         result.rank = rank
     return results
@@ -317,6 +405,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: %(default)s")
     parser.add_argument("--precision", choices=("auto", *PRECISIONS), default="auto", help="default: %(default)s")
     parser.add_argument("--stats", action="store_true", help="also write <id>.json with per-organ statistics")
+    parser.add_argument(
+        "--output-type", choices=("nifti", "dicom-seg", "both"), default="nifti",
+        help="<id>.nii.gz, <id>_seg.dcm (DICOM inputs only: a SEG references its source series), or both",
+    )  # fmt: skip
+    parser.add_argument("--preview", action="store_true", help="also write <id>_preview.png (three slices, legend)")
     parser.add_argument("--overwrite", action="store_true", help="redo cases whose output exists")
     parser.add_argument(
         "--strict",
@@ -373,7 +466,7 @@ def run_batch(args: argparse.Namespace, context: distributed.DistributedContext)
     started = time.perf_counter()
     mine = cases[context.rank :: context.world_size]
     results = predict_cases(
-        predictor, mine, args.output, overwrite=args.overwrite, stats=args.stats, strict=args.strict,
+        predictor, mine, args.output, overwrite=args.overwrite, outputs=Outputs.from_args(args), strict=args.strict,
         progress=context.is_main and not args.no_progress, rank=context.rank,
     )  # fmt: skip
     gathered = [result for part in distributed.gather_objects([asdict(r) for r in results]) for result in part]

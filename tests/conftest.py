@@ -68,3 +68,21 @@ def tiny_store(phantom_root, tmp_path_factory) -> Path:
     report = run(PrepareConfig(**settings), progress=False)
     assert not report.failed, report.summary()
     return out
+
+
+@pytest.fixture(scope="session")
+def series_with_uids(real_data, tmp_path_factory):
+    """The shared series (which lacks study, series and SOP UIDs) as a PACS would export it."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    folder = tmp_path_factory.mktemp("series")
+    study, series = generate_uid(), generate_uid()
+    for path in sorted((real_data / "abdomen_ct_dicom").iterdir()):
+        dataset = pydicom.dcmread(path)
+        dataset.StudyInstanceUID, dataset.SeriesInstanceUID = study, series
+        dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID
+        dataset.SOPClassUID = dataset.file_meta.MediaStorageSOPClassUID
+        dataset.PatientID = "anonymous"
+        dataset.save_as(folder / path.name)
+    return folder

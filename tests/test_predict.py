@@ -3,6 +3,7 @@ check, concurrent runs sharing the cases through claims, the embedded sample."""
 
 from __future__ import annotations
 
+import csv
 import fcntl
 import json
 import os
@@ -103,7 +104,19 @@ def test_batch_writes_good_cases_on_their_grid_and_reports_bad_ones(one_process_
     header = next(line for line in result.stdout.splitlines() if line.startswith("case "))
     assert header.split()[-1] == "verdict", header
     assert json.loads((out / "ct3mm.json").read_text())["quality"]["verdict"] in ("ok", "review", "fail")
-    assert sorted(p.name for p in out.iterdir()) == ["ct3mm.json", "ct3mm.nii.gz", "dicomct.json", "dicomct.nii.gz"]
+    visible = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    assert visible == ["ct3mm.json", "ct3mm.nii.gz", "dicomct.json", "dicomct.nii.gz", "summary.csv"]
+    with (out / "summary.csv").open() as stream:
+        rows = {row["input"]: row for row in csv.DictReader(stream)}
+    assert {name: rows[name]["status"] for name in rows} == {
+        "ct3mm_0000.nii.gz": "written", "dicomct": "written", **dict.fromkeys(BAD, "failed")
+    }  # fmt: skip
+    stats = json.loads((out / "ct3mm.json").read_text())
+    row = rows["ct3mm_0000.nii.gz"]
+    assert row["verdict"] == stats["quality"]["verdict"] and float(row["seconds"]) > 0
+    for name, organ in stats["organs"].items():
+        assert float(row[f"{name}_ml"]) == organ["volume_ml"] and float(row[f"{name}_mean_hu"]) == organ["mean_hu"]
+    assert all(rows[name]["reason"] for name in BAD)
 
     for source, output in (("abdomen_ct_3mm.nii.gz", "ct3mm.nii.gz"), ("abdomen_ct_dicom", "dicomct.nii.gz")):
         _, geometry = read_volume(real_data / source)
@@ -225,7 +238,11 @@ def test_concurrent_runs_split_the_cases(real_data, weights, tmp_path):
     masks = [sitk.GetArrayFromImage(sitk.ReadImage(str(out / name.replace("_0000", "")))) for name in names]
     assert masks[0].any() and masks[0].max() <= 13
     assert all(np.array_equal(mask, masks[0]) for mask in masks)
-    assert not [path.name for path in out.iterdir() if path.name.startswith(".")]  # no lock, probe or temporary
+    hidden = [path.name for path in out.iterdir() if path.name.startswith(".")]
+    assert hidden == [".records"]  # no lock, probe or temporary left
+    with (out / "summary.csv").open() as stream:  # two runs, one table, every case in it once
+        cases = sorted(row["case"] for row in csv.DictReader(stream))
+    assert cases == sorted(name.replace("_0000.nii.gz", "") for name in names)
 
 
 def test_a_case_claimed_elsewhere_is_put_off_then_finished(real_data, weights, tmp_path, one_thread):
@@ -294,3 +311,48 @@ def test_embedded_sample_prints_organ_volumes_and_dice(weights, tmp_path, capsys
     assert "mean DSC" in output and "liver" in output and "left_kidney" in output
     assert (tmp_path / "sample" / "predictions" / "sample.nii.gz").is_file()
     assert (tmp_path / "sample" / "labels" / "sample.nii.gz").is_file()
+
+
+def test_dicom_seg_preview_and_table_from_one_run(real_data, series_with_uids, weights, tmp_path):
+    import highdicom as hd
+    from PIL import Image
+
+    from segcore.labels import ORGANS
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "series").symlink_to(series_with_uids, target_is_directory=True)
+    (folder / "ct3mm_0000.nii.gz").symlink_to(real_data / "abdomen_ct_3mm.nii.gz")
+    out = tmp_path / "out"
+    result = run_predict(
+        "-i", str(folder), "-o", str(out), "--weights", str(weights), "--output-type", "both", "--preview"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "WARNING ct3mm_0000.nii.gz: no DICOM-SEG: the input is NIfTI" in result.stdout
+    names = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    assert names == [
+        "ct3mm.nii.gz",
+        "ct3mm_preview.png",
+        "series.nii.gz",
+        "series_preview.png",
+        "series_seg.dcm",
+        "summary.csv",
+    ]
+    mask = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "series.nii.gz")))
+    seg = hd.seg.segread(out / "series_seg.dcm")
+    organs = {seg.get_segment_description(n).SegmentLabel for n in seg.segment_numbers}
+    assert organs == {ORGANS[v] for v in np.unique(mask) if v}  # one segment per organ in the NIfTI mask
+    assert "phantom-trained" in seg.SeriesDescription  # the tiny weights carry a phantom notice
+    for name in ("ct3mm_preview.png", "series_preview.png"):
+        assert Image.open(out / name).size[1] == 360
+    # asked again: everything exists, nothing is redone
+    again = run_predict(
+        "-i", str(folder), "-o", str(out), "--weights", str(weights), "--output-type", "both", "--preview"
+    )
+    assert "written 0, skipped 2" in again.stdout, again.stdout
+    # only a SEG for a NIfTI input: the case fails, saying why
+    only_seg = run_predict(
+        "-i", str(folder), "-o", str(tmp_path / "seg"), "--weights", str(weights), "--output-type", "dicom-seg"
+    )
+    assert only_seg.returncode == 1 and "DICOM-SEG needs a DICOM series as input" in only_seg.stdout
+    assert (tmp_path / "seg" / "series_seg.dcm").exists() and not (tmp_path / "seg" / "ct3mm.nii.gz").exists()

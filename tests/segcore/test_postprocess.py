@@ -133,3 +133,16 @@ def test_largest_component_of_an_organ_one_voxel_thin_in_two_axes():
     labels[5:8, 5:8, 5:8] = 1
     cleaned = keep_largest_components(labels)
     assert (cleaned == 5).sum() == 1 and cleaned[2, 3, 3] == 5 and (cleaned == 1).sum() == 27
+
+
+def test_organ_statistics_within_a_box_equal_those_of_the_whole_map():
+    labels = np.zeros((10, 12, 14), np.uint8)
+    labels[2:5, 3:9, 4:6] = 1
+    labels[6, 7, 8:12] = 11
+    image = np.arange(labels.size, dtype=np.int16).reshape(labels.shape)
+    geometry = Geometry(
+        size=(14, 12, 10), spacing=(1.0, 2.0, 0.5), origin=(0.0, 0.0, 0.0), direction=tuple(np.eye(3).ravel())
+    )
+    whole = organ_statistics(labels, image, geometry)
+    assert organ_statistics(labels, image, geometry, within=[[3, 13], [2, 10], [1, 8]]) == whole
+    assert whole["stomach"]["box_voxels"] == [[8, 12], [7, 8], [6, 7]]
