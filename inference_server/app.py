@@ -14,6 +14,7 @@ the temporary folder is removed once the worker is done with it, whatever the ou
 
 from __future__ import annotations
 
+import base64
 import os
 import platform
 import shutil
@@ -21,6 +22,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
@@ -35,15 +37,21 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
 from inference_server.admission import Admission, SegmentGate, key_matches, unauthorized
-from inference_server.schemas import Info, Problem, Segmentation
+from inference_server.schemas import Bundle, Info, Problem, Segmentation
 from inference_server.settings import Settings
 from inference_server.uploads import ZipLimits, check_archive, extract_series, sniff_kind
+from segcore.dicom_seg import SegUnavailable, write_dicom_seg
 from segcore.io import VolumeError, case_stem, check_file_header, read_volume, write_volume
 from segcore.labels import LABEL_NAMES
 from segcore.postprocess import organ_statistics
 from segcore.predictor import Predictor
 
 NIFTI_MEDIA_TYPE = "application/gzip"
+Output = Literal["nifti", "json", "dicom-seg", "preview", "bundle"]
+OUTPUT_HELP = (
+    "nifti: the label map; dicom-seg: a DICOM Segmentation (DICOM inputs); preview: a PNG; json: organ "
+    "volumes, mean HU, quality; bundle: JSON with all of them from one inference (base64 files)"
+)
 ERRORS = {
     400: {"model": Problem, "description": "unreadable or invalid input"},
     401: {"model": Problem, "description": "missing or wrong X-API-Key"},
@@ -144,17 +152,24 @@ def info(request: Request, model: Model, settings: AppSettings) -> Info:
     "/segment",
     summary="Segment a CT",
     dependencies=[Depends(require_key)],
-    responses={200: {"content": {NIFTI_MEDIA_TYPE: {}}, "model": Segmentation}, **ERRORS},
+    responses={
+        200: {
+            "content": {NIFTI_MEDIA_TYPE: {}, "application/dicom": {}, "image/png": {}},
+            "model": Segmentation | Bundle,
+        },
+        **ERRORS,
+    },
 )
 async def segment(
     request: Request,
     model: Model,
     settings: AppSettings,
     file: Annotated[UploadFile, File(description=".nii / .nii.gz CT, or a .zip holding one DICOM series")],
-    output: Annotated[Literal["nifti", "json"], Query(description="label NIfTI or JSON summary")] = "nifti",
+    output: Annotated[Output, Query(description=OUTPUT_HELP)] = "nifti",
 ) -> Any:
-    """The label map on the input's exact grid (uint8 NIfTI, FLARE22 ids), or organ volumes,
-    mean HU and boxes as JSON. ``Server-Timing`` and ``X-Inference-Seconds`` carry the timings."""
+    """The label map on the input's exact grid (uint8 NIfTI, FLARE22 ids), a DICOM-SEG (DICOM
+    inputs), a preview PNG, the organ volumes, mean HU and boxes as JSON, or all of them as one JSON
+    bundle. ``Server-Timing`` and ``X-Inference-Seconds`` carry the timings."""
     started = time.perf_counter()
     name = shown_name(file.filename)
     zip_limits = ZipLimits(settings.max_zip_members, settings.max_unpacked_bytes, settings.max_compression_ratio)
@@ -166,38 +181,108 @@ async def segment(
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
         raise
+    if output == "dicom-seg" and kind != "zip":
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise HTTPException(422, f"{name}: a DICOM-SEG needs a DICOM series (a zip) as input; ask for output=nifti")
 
-    def work() -> tuple[bytes | None, dict[str, Any]]:
+    def work() -> tuple[Answer | None, dict[str, Any]]:
         source = extract_series(upload, workdir / "series", zip_limits, name) if kind == "zip" else upload
         with volume_errors_as_http(name, upload):
             image, geometry = read_volume(source)
         read_seconds = time.perf_counter() - started
         prediction = model.predict(image, geometry)
         timings = {"read": read_seconds, **prediction.timings}
+        statistics = organ_statistics(prediction.labels, image, geometry, within=prediction.box)
         summary = {
             "file": name,
             "size": list(geometry.size),
             "spacing": list(geometry.spacing),
-            "organs": organ_statistics(prediction.labels, image, geometry) if output == "json" else {},
+            "organs": statistics if output in ("json", "bundle") else {},
             "crop_box": prediction.box,
             "timings": timings,
             "warnings": prediction.warnings,
             "model_notice": model.notice,
             "quality": prediction.quality.as_dict(),
         }
-        if output == "json":
-            return None, summary
-        written, write_started = workdir / "labels.nii.gz", time.perf_counter()
-        write_volume(written, prediction.labels, geometry)
-        timings["write"] = time.perf_counter() - write_started
-        return written.read_bytes(), summary
+        written = time.perf_counter()
+        done = Inference(name, model, prediction, image, geometry, statistics, source, workdir)
+        answer = build_answer(output, done, summary)
+        timings["write"] = time.perf_counter() - written
+        return answer, summary
 
-    body, summary = await request.state.ticket.run(work, settings.request_timeout_s, workdir)
+    answer, summary = await request.state.ticket.run(work, settings.request_timeout_s, workdir)
     headers = response_headers(summary, time.perf_counter() - started, model.notice)
-    if body is None:
+    if answer is None:
         return JSONResponse(Segmentation(**summary).model_dump(), headers=headers)
-    headers["Content-Disposition"] = attachment(download_name(name))
-    return Response(body, media_type=NIFTI_MEDIA_TYPE, headers=headers)
+    if answer.filename:
+        headers["Content-Disposition"] = attachment(answer.filename)
+    return Response(answer.body, media_type=answer.media_type, headers=headers)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A response body other than the JSON summary."""
+
+    body: bytes
+    media_type: str
+    filename: str | None = None
+
+
+@dataclass(frozen=True)
+class Inference:
+    """One request's inference, as the answer is built from it."""
+
+    name: str
+    model: Predictor
+    prediction: Any
+    image: np.ndarray
+    geometry: Any
+    statistics: dict[str, Any]
+    source: Path
+    workdir: Path
+
+
+def build_answer(output: str, done: Inference, summary: dict[str, Any]) -> Answer | None:
+    """The body for ``output`` (None: the JSON summary); runs in the worker thread."""
+    if output == "json":
+        return None
+    name, model, prediction, workdir, source = done.name, done.model, done.prediction, done.workdir, done.source
+    stem = download_stem(name)
+    files: dict[str, bytes] = {}
+    if output in ("nifti", "bundle"):
+        write_volume(workdir / "labels.nii.gz", prediction.labels, done.geometry)
+        files["nifti"] = (workdir / "labels.nii.gz").read_bytes()
+    if output in ("preview", "bundle"):
+        from segcore.preview import reader_note, render_preview
+
+        note = reader_note(prediction.quality.verdict, prediction.quality.reasons, model.notice)
+        volumes = {organ: s["volume_ml"] for organ, s in done.statistics.items()}
+        files["preview"] = render_preview(
+            done.image, prediction.labels, done.geometry, volumes_ml=volumes, note=note
+        ).png
+    seg_note = None
+    if output in ("dicom-seg", "bundle"):
+        try:
+            hashes = [entry["sha256"] for entry in getattr(model, "sources", {}).values()]
+            write_dicom_seg(prediction.labels, source, workdir / "seg.dcm", checkpoints_sha256=hashes,
+                            verdict=prediction.quality.verdict, notice=model.notice)  # fmt: skip
+            files["seg"] = (workdir / "seg.dcm").read_bytes()
+        except (SegUnavailable, ValueError) as error:
+            if output == "dicom-seg":
+                raise HTTPException(422, f"{name}: {error}".replace(str(workdir) + os.sep, "")) from None
+            seg_note = str(error).replace(str(source), name).replace(str(workdir) + os.sep, "")
+    if output == "nifti":
+        return Answer(files["nifti"], NIFTI_MEDIA_TYPE, f"{stem}_labels.nii.gz")
+    if output == "preview":
+        return Answer(files["preview"], "image/png", f"{stem}_preview.png")
+    if output == "dicom-seg":
+        return Answer(files["seg"], "application/dicom", f"{stem}_seg.dcm")
+    encoded = {key: base64.b64encode(value).decode() for key, value in files.items()}
+    bundle = Bundle(
+        **summary, mask_nifti_base64=encoded["nifti"], preview_png_base64=encoded["preview"],
+        dicom_seg_base64=encoded.get("seg"), dicom_seg_note=seg_note,
+    )  # fmt: skip
+    return Answer(bundle.model_dump_json().encode(), "application/json")
 
 
 def response_headers(summary: dict[str, Any], elapsed: float, notice: str | None) -> dict[str, str]:
@@ -274,12 +359,12 @@ def shown_name(filename: str | None) -> str:
     return name if len(name) <= MAX_SHOWN_NAME else name[:MAX_SHOWN_NAME] + "…"
 
 
-def download_name(upload_name: str) -> str:
-    """``<stem>_labels.nii.gz`` for an upload named ``<stem>.nii.gz``, ``<stem>.nii`` or ``<stem>.zip``."""
+def download_stem(upload_name: str) -> str:
+    """``<stem>`` of an upload named ``<stem>.nii.gz``, ``<stem>.nii`` or ``<stem>.zip``, made safe for
+    a file name: downloads are ``<stem>_labels.nii.gz``, ``<stem>_seg.dcm``, ``<stem>_preview.png``."""
     base = PurePosixPath(upload_name.replace("\\", "/")).name
     stem = base[: -len(".zip")] if base.lower().endswith(".zip") else case_stem(base)
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem) or "ct"
-    return f"{safe}_labels.nii.gz"
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in stem) or "ct"
 
 
 def attachment(filename: str) -> str:

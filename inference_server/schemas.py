@@ -41,6 +41,15 @@ class Segmentation(BaseModel):
     quality: Quality
 
 
+class Bundle(Segmentation):
+    """``POST /segment?output=bundle``: the summary and every file from one inference (the web page's answer)."""
+
+    mask_nifti_base64: str = Field(description="the label NIfTI (.nii.gz), base64")
+    preview_png_base64: str = Field(description="the preview picture, base64")
+    dicom_seg_base64: str | None = Field(None, description="the DICOM-SEG for a DICOM input, base64; null for NIfTI")
+    dicom_seg_note: str | None = Field(None, description="why there is no DICOM-SEG, if there is none")
+
+
 class Info(BaseModel):
     labels: dict[int, str]
     model: dict

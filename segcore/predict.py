@@ -203,10 +203,9 @@ def predict_case(
         if not refused:
             write_masks(predictor, case, output_dir, outputs, prediction, geometry)
         if outputs.preview:
-            note = "; ".join([f"QC {quality.verdict}: {'; '.join(quality.reasons)}"] * (quality.verdict != "ok")
-                             + [predictor.notice or ""]).strip("; ")  # fmt: skip
-            from segcore.preview import render_preview  # Pillow: only for runs that draw
+            from segcore.preview import reader_note, render_preview  # Pillow: only for runs that draw
 
+            note = reader_note(quality.verdict, quality.reasons, predictor.notice)
             volumes = {name: s["volume_ml"] for name, s in statistics.items()}
             preview = render_preview(image, prediction.labels, geometry, volumes_ml=volumes, note=note)
             replace_atomically(output_dir / f"{case.case_id}_preview.png", lambda path: path.write_bytes(preview.png))

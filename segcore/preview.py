@@ -31,6 +31,12 @@ LEGEND_WIDTH = 300
 NOTE_COLOR = (255, 90, 90)
 
 
+def reader_note(verdict: str, reasons: list[str], notice: str | None) -> str:
+    """What the legend must say: the quality verdict and its reasons unless ``ok``, and the model's notice."""
+    parts = [f"QC {verdict}: {'; '.join(reasons)}"] if verdict != "ok" else []
+    return "; ".join([*parts, *([notice] if notice else [])])
+
+
 @dataclass(frozen=True)
 class Preview:
     """The PNG and where each slice lies in it: name -> ``(left, top, width, height)`` pixels."""

@@ -185,3 +185,50 @@ def test_503_when_every_slot_and_queue_place_is_taken(real_data, tmpdir_watched)
     first.join()
     assert busy.status_code == 503 and int(busy.headers["retry-after"]) > 0
     assert statuses[0].status_code == 200
+
+
+def zipped_series(folder) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as bundle:
+        for path in sorted(folder.iterdir()):
+            bundle.write(path, f"series/{path.name}")
+    return buffer.getvalue()
+
+
+def test_a_preview_png_for_a_nifti(real_data, tmpdir_watched):
+    from PIL import Image
+
+    stand_in = StandInPredictor(verdict="review", reasons=["only 1 organs found"])
+    response = post(client_for(stand_in), CT_3MM, (real_data / CT_3MM).read_bytes(), params={"output": "preview"})
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    assert response.headers["content-disposition"].endswith("abdomen_ct_3mm_preview.png")
+    assert Image.open(io.BytesIO(response.content)).size[1] == 360
+
+
+def test_a_dicom_seg_for_a_zipped_series_and_a_422_for_a_nifti(real_data, series_with_uids, tmpdir_watched):
+    import highdicom as hd
+
+    client = client_for(StandInPredictor(notice="trained on phantoms"))
+    response = post(client, "series.zip", zipped_series(series_with_uids), params={"output": "dicom-seg"})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/dicom"
+    seg = hd.seg.segread(io.BytesIO(response.content))
+    assert [seg.get_segment_description(n).SegmentLabel for n in seg.segment_numbers] == ["liver"]  # HU > 100
+    assert "phantom-trained" in seg.SeriesDescription
+    refused = post(client, CT_3MM, (real_data / CT_3MM).read_bytes(), params={"output": "dicom-seg"})
+    assert refused.status_code == 422 and "needs a DICOM series" in refused.json()["detail"]
+
+
+def test_a_bundle_carries_summary_mask_preview_and_seg_from_one_inference(real_data, series_with_uids, tmpdir_watched):
+    import base64
+
+    stand_in = StandInPredictor()
+    client = client_for(stand_in)
+    bundle = post(client, "series.zip", zipped_series(series_with_uids), params={"output": "bundle"}).json()
+    assert stand_in.calls == 1 and bundle["organs"]["liver"]["volume_ml"] > 0
+    assert base64.b64decode(bundle["mask_nifti_base64"])[:2] == b"\x1f\x8b"  # gzip
+    assert base64.b64decode(bundle["preview_png_base64"])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert base64.b64decode(bundle["dicom_seg_base64"])[128:132] == b"DICM"
+    nifti = post(client, CT_3MM, (real_data / CT_3MM).read_bytes(), params={"output": "bundle"}).json()
+    assert nifti["dicom_seg_base64"] is None and "DICOM series as input" in nifti["dicom_seg_note"]
+    assert "segment-" not in nifti["dicom_seg_note"]  # no server path
