@@ -34,7 +34,8 @@ import SimpleITK as sitk
 import torch
 from fastapi import APIRouter, Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 
 from inference_server.admission import Admission, SegmentGate, key_matches, unauthorized
 from inference_server.schemas import Bundle, Info, Problem, Segmentation
@@ -110,6 +111,16 @@ def loaded_predictor(request: Request) -> Predictor:
 Model = Annotated[Predictor, Depends(loaded_predictor)]
 AppSettings = Annotated[Settings, Depends(app_settings)]
 routes = APIRouter()
+
+
+STATIC = Path(__file__).with_name("static")
+PAGE_POLICY = "default-src 'self'; img-src 'self' data: blob:; object-src 'none'; frame-ancestors 'none'"
+
+
+@routes.get("/", include_in_schema=False)
+def page() -> FileResponse:
+    """The web page (static files, no build step, nothing from other sites)."""
+    return FileResponse(STATIC / "index.html", headers={"Content-Security-Policy": PAGE_POLICY})
 
 
 @routes.get("/health", summary="The process is alive")
@@ -329,6 +340,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )  # fmt: skip
     app.add_exception_handler(RequestValidationError, validation_problem)
     app.include_router(routes)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
 
 

@@ -27,6 +27,9 @@ WINDOW_HU = (-160.0, 240.0)
 FILL_ALPHA = 0.4
 """Weight of an organ's colour over the grey CT inside the organ (its outline is opaque)."""
 PANEL_HEIGHT = 360
+"""Height of the slices' band in pixels (the scan's longest side); the picture is taller only
+when a long legend needs it."""
+GAP = 4
 LEGEND_WIDTH = 300
 NOTE_COLOR = (255, 90, 90)
 
@@ -69,12 +72,14 @@ def _overlay(plane: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return np.round(rgb).astype(np.uint8)
 
 
-def _panel(plane: np.ndarray, labels: np.ndarray, mm_per_row: float, mm_per_column: float) -> Image.Image:
-    """One slice as a picture :data:`PANEL_HEIGHT` high, its width from the physical aspect."""
+def _panel(plane: np.ndarray, labels: np.ndarray, mm_per_row: float, mm_per_column: float, px_per_mm: float):
+    """One slice as a picture at ``px_per_mm`` (the same scale for the three slices)."""
     picture = Image.fromarray(_overlay(plane, labels))
-    height_mm, width_mm = plane.shape[0] * mm_per_row, plane.shape[1] * mm_per_column
-    width = max(1, round(PANEL_HEIGHT * width_mm / height_mm))
-    return picture.resize((width, PANEL_HEIGHT), Image.Resampling.NEAREST)
+    size = (
+        max(1, round(plane.shape[1] * mm_per_column * px_per_mm)),
+        max(1, round(plane.shape[0] * mm_per_row * px_per_mm)),
+    )
+    return picture.resize(size, Image.Resampling.NEAREST)
 
 
 def render_preview(
@@ -93,22 +98,26 @@ def render_preview(
         volumes_ml = {name: float(counts[organ]) * voxel_ml for organ, name in ORGANS.items() if counts[organ]}
     centre = _organ_centre(canonical_labels)
     z, y, x = centre
+    extent_mm = max(n * s for n, s in zip(canonical_image.shape, (spacing_z, spacing_y, spacing_x), strict=True))
+    scale = PANEL_HEIGHT / extent_mm  # the longest side of the scan fills a panel's height
     panels = {
         # axial: rows anterior -> posterior, columns the patient's right -> left
-        "axial": _panel(canonical_image[z], canonical_labels[z], spacing_y, spacing_x),
+        "axial": _panel(canonical_image[z], canonical_labels[z], spacing_y, spacing_x, scale),
         # coronal: rows superior -> inferior, columns right -> left
-        "coronal": _panel(canonical_image[::-1, y], canonical_labels[::-1, y], spacing_z, spacing_x),
+        "coronal": _panel(canonical_image[::-1, y], canonical_labels[::-1, y], spacing_z, spacing_x, scale),
         # sagittal: rows superior -> inferior, columns anterior -> posterior
-        "sagittal": _panel(canonical_image[::-1, :, x], canonical_labels[::-1, :, x], spacing_z, spacing_y),
+        "sagittal": _panel(canonical_image[::-1, :, x], canonical_labels[::-1, :, x], spacing_z, spacing_y, scale),
     }
-    width = sum(panel.width for panel in panels.values()) + LEGEND_WIDTH
-    canvas = Image.new("RGB", (width, PANEL_HEIGHT), (0, 0, 0))
+    legend = _legend(volumes_ml, note)
+    width = sum(panel.width + GAP for panel in panels.values()) + LEGEND_WIDTH
+    canvas = Image.new("RGB", (width, max(PANEL_HEIGHT, legend.height)), (0, 0, 0))
     boxes, left = {}, 0
     for name, panel in panels.items():
-        canvas.paste(panel, (left, 0))
-        boxes[name] = (left, 0, panel.width, PANEL_HEIGHT)
-        left += panel.width
-    _legend(ImageDraw.Draw(canvas), left, volumes_ml, note)
+        top = (PANEL_HEIGHT - panel.height) // 2
+        canvas.paste(panel, (left, top))
+        boxes[name] = (left, top, panel.width, panel.height)
+        left += panel.width + GAP
+    canvas.paste(legend, (left, 0))
     buffer = io.BytesIO()
     canvas.save(buffer, format="PNG", compress_level=1)
     return Preview(buffer.getvalue(), boxes)
@@ -134,26 +143,30 @@ def _organ_centre(labels: np.ndarray) -> tuple[int, int, int]:
     return tuple(centre)
 
 
-def _legend(draw: ImageDraw.ImageDraw, left: int, volumes_ml: dict[str, float], note: str) -> None:
+def _legend(volumes_ml: dict[str, float], note: str) -> Image.Image:
+    """The organs with their colours and volumes, then ``note`` in red, wrapped to :data:`LEGEND_WIDTH`."""
     font = ImageFont.load_default(size=14)
-    top = 10
-    for organ, name in ORGANS.items():
-        if name not in volumes_ml:
-            continue
-        draw.rectangle((left + 10, top + 2, left + 24, top + 16), fill=ORGAN_COLORS[organ])
-        draw.text(
-            (left + 32, top), f"{name.replace('_', ' ')}  {volumes_ml[name]:.1f} mL", fill=(230, 230, 230), font=font
-        )
-        top += 20
-    if not volumes_ml:
-        draw.text((left + 10, top), "no organ found", fill=(230, 230, 230), font=font)
-        top += 20
-    words, line = note.split(), ""
-    for word in words:  # wrap the note to the legend's width
-        if draw.textlength(f"{line} {word}".strip(), font=font) > LEGEND_WIDTH - 20:
-            draw.text((left + 10, top + 10), line, fill=NOTE_COLOR, font=font)
-            top, line = top + 18, word
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    lines, line = [], ""
+    for word in note.split():
+        if line and measure.textlength(f"{line} {word}", font=font) > LEGEND_WIDTH - 20:
+            lines.append(line)
+            line = word
         else:
             line = f"{line} {word}".strip()
-    if line:
-        draw.text((left + 10, top + 10), line, fill=NOTE_COLOR, font=font)
+    lines += [line] if line else []
+    rows = [(organ, name) for organ, name in ORGANS.items() if name in volumes_ml]
+    height = 10 + 20 * max(1, len(rows)) + 10 + 18 * len(lines) + 10
+    legend = Image.new("RGB", (LEGEND_WIDTH, height), (0, 0, 0))
+    draw, top = ImageDraw.Draw(legend), 10
+    for organ, name in rows:
+        draw.rectangle((10, top + 2, 24, top + 16), fill=ORGAN_COLORS[organ])
+        draw.text((32, top), f"{name.replace('_', ' ')}  {volumes_ml[name]:.1f} mL", fill=(230, 230, 230), font=font)
+        top += 20
+    if not rows:
+        draw.text((10, top), "no organ found", fill=(230, 230, 230), font=font)
+        top += 20
+    for text in lines:
+        draw.text((10, top + 10), text, fill=NOTE_COLOR, font=font)
+        top += 18
+    return legend

@@ -344,7 +344,7 @@ def test_dicom_seg_preview_and_table_from_one_run(real_data, series_with_uids, w
     assert organs == {ORGANS[v] for v in np.unique(mask) if v}  # one segment per organ in the NIfTI mask
     assert "phantom-trained" in seg.SeriesDescription  # the tiny weights carry a phantom notice
     for name in ("ct3mm_preview.png", "series_preview.png"):
-        assert Image.open(out / name).size[1] == 360
+        assert Image.open(out / name).size[1] >= 360
     # asked again: everything exists, nothing is redone
     again = run_predict(
         "-i", str(folder), "-o", str(out), "--weights", str(weights), "--output-type", "both", "--preview"

@@ -202,7 +202,7 @@ def test_a_preview_png_for_a_nifti(real_data, tmpdir_watched):
     response = post(client_for(stand_in), CT_3MM, (real_data / CT_3MM).read_bytes(), params={"output": "preview"})
     assert response.status_code == 200 and response.headers["content-type"] == "image/png"
     assert response.headers["content-disposition"].endswith("abdomen_ct_3mm_preview.png")
-    assert Image.open(io.BytesIO(response.content)).size[1] == 360
+    assert Image.open(io.BytesIO(response.content)).size[1] >= 360
 
 
 def test_a_dicom_seg_for_a_zipped_series_and_a_422_for_a_nifti(real_data, series_with_uids, tmpdir_watched):
