@@ -27,6 +27,12 @@ from segcore.labels import LATERALITY_CODES, ORGAN_CODES, ORGAN_COLORS, ORGANS
 
 ALGORITHM_NAME = "coarse-to-fine abdominal CT organ segmentation"
 ALGORITHM_VERSION = "1.0"
+TYPE_2_COPIED = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+    "ReferringPhysicianName", "StudyID", "AccessionNumber",
+)  # fmt: skip
+"""Patient and study attributes a SEG copies from its source: present in any PACS export, but an
+anonymiser may have removed them; they are filled in empty (DICOM type 2) on the copy read here."""
 DESCRIPTION_LENGTH = 64
 """Series Description is a DICOM LO: at most 64 characters."""
 
@@ -70,6 +76,9 @@ def source_datasets(series: Path) -> list:
             dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
         if not dataset.get("SOPClassUID") and meta.get("MediaStorageSOPClassUID"):
             dataset.SOPClassUID = meta.MediaStorageSOPClassUID
+        for key in TYPE_2_COPIED:  # a SEG copies these; DICOM lets them be empty, not absent
+            if key not in dataset:
+                setattr(dataset, key, "")
         missing = [key for key in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID") if not dataset.get(key)]
         if missing:
             raise SegUnavailable(

@@ -88,3 +88,17 @@ def test_a_nifti_input_or_a_series_without_uids_gets_a_clear_refusal(real_data, 
     with pytest.raises(SegUnavailable, match="no StudyInstanceUID, SeriesInstanceUID: a DICOM-SEG could not"):
         write_dicom_seg(np.ones((20, 512, 512), np.uint8), real_data / DICOM, tmp_path / "seg.dcm")
     assert not (tmp_path / "seg.dcm").exists()
+
+
+def test_a_series_whose_anonymiser_removed_patient_attributes_still_gets_a_seg(series_with_uids, tmp_path):
+    folder = tmp_path / "anonymised"
+    folder.mkdir()
+    for path in sorted(series_with_uids.iterdir()):
+        dataset = pydicom.dcmread(path)
+        for key in ("PatientBirthDate", "PatientSex", "PatientName", "ReferringPhysicianName", "StudyID"):
+            if key in dataset:
+                delattr(dataset, key)
+        dataset.save_as(folder / path.name)
+    image, _ = read_volume(folder)
+    assert write_dicom_seg(organ_mask(image.shape), folder, tmp_path / "seg.dcm") == 4
+    assert hd.seg.segread(tmp_path / "seg.dcm").PatientBirthDate == ""
