@@ -37,6 +37,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--phase", choices=PHASES, help="force this contrast phase on every case")
     parser.add_argument("--noise-sigma", type=float, help="force this noise level (HU) on every case")
     parser.add_argument("--hu-offset", type=float, help="force this HU offset on every case")
+    parser.add_argument(
+        "--randomise-domains", action="store_true",
+        help="training cases get domain-randomised imaging (random tissue values, bias field, thick slices, "
+        "noise up to 60 HU); validation cases stay realistic",
+    )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
 
@@ -61,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     records = write_dataset(
         args.out, args.labeled, args.unlabeled, args.val, args.size, args.seed,
-        workers=args.workers, domain=_forced_domain(args), progress=not args.no_progress,
+        workers=args.workers, domain=_forced_domain(args), randomise=args.randomise_domains,
+        progress=not args.no_progress,
     )  # fmt: skip
     elapsed = time.perf_counter() - started
     splits = Counter(record["split"] for record in records)

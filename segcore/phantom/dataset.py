@@ -78,10 +78,12 @@ def _is_full_field(seed: int, split: str, index: int) -> bool:
 
 
 def _make_case(task: tuple) -> dict:
-    out, split, index, seed, size, domain, threads, mask_dir = task
+    out, split, index, seed, size, domain, threads, mask_dir, randomise = task
     started = time.perf_counter()
     full_field = _is_full_field(seed, split, index)
-    phantom = generate_case(case_seed(seed, split, index), size, domain, full_field=full_field, threads=threads)
+    phantom = generate_case(
+        case_seed(seed, split, index), size, domain, full_field=full_field, threads=threads, randomise=randomise
+    )
     generated = time.perf_counter()
     spec, name = SPLITS[split], case_id(split, index)
     write_volume(Path(out) / spec.image_dir / f"{name}_0000.nii.gz", phantom.image, phantom.geometry)
@@ -111,6 +113,7 @@ def write_dataset(
     domain: PhantomDomain | None = None,
     val_domain: PhantomDomain | None = None,
     unlabeled_masks: bool = False,
+    randomise: bool = False,
     progress: bool = True,
 ) -> list[dict]:
     """Generate phantoms and write them in the FLARE22 layout.
@@ -125,6 +128,9 @@ def write_dataset(
         val_domain: force this domain on the validation cases only (a shifted test set).
         unlabeled_masks: also write the unlabeled cases' labels, to ``trainu_mask/`` (a folder
             ``data_prepare`` does not read: for upper-bound experiments that label everything).
+        randomise: training cases (labeled and unlabeled) draw domain-randomised imaging
+            (:func:`~segcore.phantom.tissues.sample_randomised_domain`); validation cases stay
+            realistic, so that held-out figures measure the realistic domain.
         progress: show a progress bar.
 
     Returns:
@@ -142,7 +148,7 @@ def write_dataset(
         mask_dirs["unlabeled"] = UNLABELED_MASK_DIR
     tasks = [
         (str(out), split, index, seed, size, (val_domain or domain) if split == "val" else domain, threads,
-         mask_dirs[split])
+         mask_dirs[split], randomise and split != "val")
         for split, count in (("labeled", labeled), ("unlabeled", unlabeled), ("val", val))
         for index in range(count)
     ]  # fmt: skip

@@ -15,7 +15,7 @@ from segcore.phantom.imaging import render
 from segcore.phantom.patient import sample_patient
 from segcore.phantom.scanner import Scan, plan_scan
 from segcore.phantom.shapes import Grid
-from segcore.phantom.tissues import PhantomDomain, Tissue, hu_lookup, sample_domain
+from segcore.phantom.tissues import PhantomDomain, Tissue, hu_lookup, sample_domain, sample_randomised_domain
 
 SeedLike = int | np.random.SeedSequence | np.random.Generator
 """What :func:`generate_case` accepts as its randomness."""
@@ -91,6 +91,7 @@ def generate_case(
     geometry: Geometry | None = None,
     keep_shapes: bool = False,
     threads: int | None = None,
+    randomise: bool = False,
 ) -> Phantom:
     """Generate one synthetic abdominal CT with its 13-organ label map.
 
@@ -107,6 +108,8 @@ def generate_case(
         keep_shapes: also return each organ's own shape mask (:attr:`Phantom.shapes`).
         threads: worker threads for the volume-wide passes (None: :func:`default_threads`);
             the result does not depend on it.
+        randomise: draw a domain-randomised imaging domain (:func:`sample_randomised_domain`)
+            instead of a realistic one when ``domain`` is None; the anatomy and grid are the same.
 
     Returns:
         The :class:`Phantom`.
@@ -123,7 +126,7 @@ def generate_case(
     scan = plan_scan(rng("scan"), size, patient, organ_z_range(organs), full_field, geometry)
     # Same anatomy stream again, now with the grid's thickness floor for thin organs.
     organs, vessels = build_anatomy(patient, rng("anatomy"), scan.min_feature_mm)
-    drawn_domain = sample_domain(rng("domain"))
+    drawn_domain = (sample_randomised_domain if randomise else sample_domain)(rng("domain"))
     domain = drawn_domain if domain is None else domain
 
     grid = scan.grid

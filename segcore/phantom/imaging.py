@@ -18,18 +18,34 @@ PARTIAL_VOLUME_SIGMA_VOXELS = 0.4
 """Blur (voxels) standing in for the averaging over each voxel's extent (a box of width 1 has sd 0.29)."""
 KERNEL_TRUNCATE = 2.5
 Z_CHUNK = 16
+FWHM_PER_SIGMA = 2.3548
 
 
 def blur_kernels(domain: PhantomDomain, spacing_zyx: tuple[float, float, float]) -> list[np.ndarray]:
     """One normalised 1-D Gaussian per array axis ``(z, y, x)``: scanner PSF plus partial volume."""
     kernels = []
-    for spacing in spacing_zyx:
+    for axis, spacing in enumerate(spacing_zyx):
         sigma = float(np.hypot(domain.blur_mm / spacing, PARTIAL_VOLUME_SIGMA_VOXELS))
+        if axis == 0 and domain.slice_mm > 0:  # a thick slice: its profile (FWHM = thickness) along z
+            sigma = float(np.hypot(sigma, domain.slice_mm / FWHM_PER_SIGMA / spacing))
         radius = max(1, int(np.ceil(KERNEL_TRUNCATE * sigma)))
         offsets = np.arange(-radius, radius + 1, dtype=np.float64)
         kernel = np.exp(-0.5 * (offsets / sigma) ** 2)
         kernels.append((kernel / kernel.sum()).astype(np.float32))
     return kernels
+
+
+def bias_field(shape: tuple[int, int, int], amplitude_hu: float, seed: np.random.SeedSequence) -> list[np.ndarray]:
+    """A smooth additive inhomogeneity, separable: one slow cosine per axis (``(z,)``, ``(y,)``,
+    ``(x,)`` float32 profiles whose sum peaks near ``amplitude_hu``), from the noise stream's own child."""
+    rng = np.random.default_rng(np.random.SeedSequence(seed.entropy, spawn_key=(*seed.spawn_key, 1 << 20)))
+    weights = rng.dirichlet(np.ones(3)) * amplitude_hu
+    profiles = []
+    for size, weight in zip(shape, weights, strict=True):
+        t = np.linspace(0.0, 1.0, size, dtype=np.float64)
+        cycles, phase = rng.uniform(0.25, 1.0), rng.uniform(0.0, 2 * np.pi)
+        profiles.append((weight * np.cos(2 * np.pi * cycles * t + phase)).astype(np.float32))
+    return profiles
 
 
 def noise_gain(kernels: list[np.ndarray]) -> float:
@@ -65,10 +81,14 @@ def render(
     out = np.empty(tissue.shape, dtype=np.int16)
     starts = range(0, tissue.shape[0], Z_CHUNK)
 
+    field = bias_field(tissue.shape, domain.bias_hu, seed) if domain.bias_hu > 0 else None
+
     def fill(start: int) -> None:
         # Block by block, so that the noise never needs a second full-size float array.
         block = image[start : start + Z_CHUNK]
         np.take(hu_table, tissue[start : start + Z_CHUNK], out=block)
+        if field is not None:
+            block += field[0][start : start + Z_CHUNK, None, None] + field[1][None, :, None] + field[2][None, None, :]
         if raw_sigma > 0:
             key = (*seed.spawn_key, start // Z_CHUNK)
             rng = np.random.default_rng(np.random.SeedSequence(seed.entropy, spawn_key=key))

@@ -113,6 +113,11 @@ class PhantomDomain:
         blur_mm: sigma of the scanner's point spread function (reconstruction kernel), mm.
         enhancement: contrast-agent strength; 1 gives the tabulated enhancement.
         oral_contrast: stomach and bowel filled with positive oral contrast.
+        randomised: every tissue's CT number drawn from a wide range instead of the phase's
+            table (domain randomisation: a net trained on such cases can only learn shape,
+            :func:`hu_lookup`); organs sometimes swap their order of brightness.
+        bias_hu: amplitude of a smooth additive field across the volume (inhomogeneity), HU.
+        slice_mm: reconstructed slice thickness to simulate (an extra blur along z), 0 for none.
     """
 
     phase: str = "portal_venous"
@@ -121,12 +126,15 @@ class PhantomDomain:
     blur_mm: float = 0.6
     enhancement: float = 1.0
     oral_contrast: bool = False
+    randomised: bool = False
+    bias_hu: float = 0.0
+    slice_mm: float = 0.0
 
     def __post_init__(self) -> None:
         if self.phase not in PHASES:
             raise ValueError(f"unknown contrast phase {self.phase!r}; expected one of {', '.join(PHASES)}")
-        if self.noise_sigma_hu < 0 or self.blur_mm < 0:
-            raise ValueError("noise_sigma_hu and blur_mm must not be negative")
+        if min(self.noise_sigma_hu, self.blur_mm, self.bias_hu, self.slice_mm) < 0:
+            raise ValueError("noise_sigma_hu, blur_mm, bias_hu and slice_mm must not be negative")
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -145,14 +153,56 @@ def sample_domain(rng: np.random.Generator) -> PhantomDomain:
     )
 
 
+def sample_randomised_domain(rng: np.random.Generator) -> PhantomDomain:
+    """A domain-randomised case (SynthSeg's idea, for CT): random tissue values (:func:`hu_lookup`),
+    noise 5-60 HU, offset up to ±40 HU, blur 0.3-1.5 mm, an inhomogeneity field up to 60 HU, and
+    half the cases reconstructed as thick slices (1-5 mm)."""
+    return PhantomDomain(
+        phase=str(rng.choice(PHASES)),
+        noise_sigma_hu=float(np.exp(rng.uniform(np.log(5.0), np.log(60.0)))),
+        hu_offset=float(rng.uniform(-40.0, 40.0)),
+        blur_mm=float(rng.uniform(0.3, 1.5)),
+        enhancement=float(rng.uniform(0.5, 1.5)),
+        oral_contrast=bool(rng.random() < 0.2),
+        randomised=True,
+        bias_hu=float(rng.uniform(0.0, 60.0)),
+        slice_mm=float(rng.uniform(1.0, 5.0)) if rng.random() < 0.5 else 0.0,
+    )
+
+
+RANDOMISED_MARGIN_HU = 80.0
+"""A randomised tissue's value is drawn within this of the range its phases span."""
+SOFT_TISSUE_HU = (-60.0, 320.0)
+"""Where a randomised organ may land when it leaves its own range (contrast reversed)."""
+
+
+def _randomised_value(code: int, values: tuple[float, float, float], rng: np.random.Generator) -> float:
+    if code in _FIXED or code in (Tissue.LUNG,):
+        return float(values[0])  # air, gas, table, aerated lung: physics, not contrast
+    low, high = min(values) - RANDOMISED_MARGIN_HU, max(values) + RANDOMISED_MARGIN_HU
+    if code >= ORGAN_BASE and rng.random() < 0.25:
+        low, high = SOFT_TISSUE_HU  # sometimes brighter or darker than its neighbours usually are
+    if code == Tissue.BONE_CORTEX:
+        low, high = 400.0, 1500.0
+    return float(rng.uniform(low, high))
+
+
 def hu_lookup(domain: PhantomDomain, rng: np.random.Generator) -> np.ndarray:
     """The case's CT number of every tissue code: a float32 table of 256 entries (HU).
 
     Each tissue's value is its tabulated mean for the phase, with the contrast enhancement
-    scaled by ``domain.enhancement``, a per-case jitter (patients differ), and the offset.
+    scaled by ``domain.enhancement``, a per-case jitter (patients differ), and the offset. In a
+    ``randomised`` domain each value is drawn uniformly within :data:`RANDOMISED_MARGIN_HU` of
+    the range the tissue spans over the phases (an organ in a quarter of the cases anywhere in
+    :data:`SOFT_TISSUE_HU`), air, gas, lung and the table kept.
     """
     column = PHASES.index(domain.phase)
     table = np.full(256, HU_MIN, dtype=np.float32)
+    if domain.randomised:
+        for code, values in sorted(HU_TABLE.items()):
+            table[code] = _randomised_value(code, values, rng)
+        table[[code for code in range(256) if code != Tissue.AIR]] += domain.hu_offset
+        return table
     for code, values in sorted(HU_TABLE.items()):
         unenhanced = values[0]
         value = unenhanced + domain.enhancement * (values[column] - unenhanced)

@@ -239,3 +239,37 @@ def test_cli_forces_a_shifted_domain(tmp_path):
     records = json.loads((tmp_path / "phantom_cases.json").read_text())
     assert [r["domain"]["phase"] for r in records] == ["arterial", "arterial"]
     assert all(r["domain"]["noise_sigma_hu"] == 35 for r in records)
+
+
+def organ_means(case) -> dict[int, float]:
+    return {organ: float(case.image[case.label == organ].mean()) for organ in (1, 3) if (case.label == organ).any()}
+
+
+def test_randomised_domains_keep_the_anatomy_and_scramble_the_tissue_values():
+    realistic = [generate_case(seed, "small") for seed in range(8)]
+    randomised = [generate_case(seed, "small", randomise=True) for seed in range(8)]
+    for plain, scrambled in zip(realistic, randomised, strict=True):
+        assert np.array_equal(plain.label, scrambled.label) and plain.geometry == scrambled.geometry
+        assert scrambled.meta["domain"]["randomised"] and not plain.meta["domain"]["randomised"]
+    # liver brighter than spleen in some randomised cases, darker in others (realistic: a fixed order per phase)
+    orders = {organ_means(case)[1] > organ_means(case)[3] for case in randomised}
+    assert orders == {True, False}
+    assert np.ptp([organ_means(case)[1] for case in randomised]) > 100  # liver: -22..195 HU, or anywhere
+
+
+def test_bias_field_and_thick_slices_act_on_the_image():
+    base = generate_case(3, "medium", QUIET)
+    biased = generate_case(3, "medium", PhantomDomain(phase="non_contrast", noise_sigma_hu=0.0, bias_hu=60.0))
+    difference = biased.image.astype(np.float32) - base.image
+    inside = (base.image > -900) & (biased.image > -900)
+    assert 20 < np.ptp(difference[inside]) <= 2 * 60 + 2  # a smooth field of about the amplitude asked
+    thick = generate_case(3, "medium", PhantomDomain(phase="non_contrast", noise_sigma_hu=0.0, slice_mm=5.0))
+    assert np.array_equal(thick.label, base.label)
+
+    def z_roughness(case) -> float:  # mean change from one slice to the next along the body axis
+        canonical = to_canonical(case.image.astype(np.float32), case.geometry)[0]
+        return float(np.abs(np.diff(canonical, axis=0)).mean())
+
+    assert z_roughness(thick) < 0.9 * z_roughness(base)
+    with pytest.raises(ValueError, match="must not be negative"):
+        PhantomDomain(bias_hu=-1.0)
