@@ -29,9 +29,10 @@ Per model, three measurements:
   much time goes around the networks and the files.
 * **whole process** (``--whole`` runs each, default 3): ``default`` and ``production`` run
   ``sh predict.sh`` on a folder holding the CT (Python start, imports, weights, one case, exit);
-  ``realistic`` cannot (its outputs are swapped in-process), so a fresh subprocess does what
-  ``segcore.predict`` does for one case (the same allocator setting, imports, load, read,
-  predict, write, exit), and the replacement outputs' build time is subtracted. Peak RSS of the
+  ``realistic`` cannot (its outputs are swapped in-process), so a fresh subprocess runs
+  ``segcore.predict``'s own per-case function (the same allocator setting, imports, load, read,
+  predict, organ statistics, write, record, results table, exit), and the replacement outputs'
+  build time is subtracted. Peak RSS of the
   process tree (``RUSAGE_CHILDREN``).
 
 Targets (2-core CPU): realistic whole process ≤ 5 s and ≤ 1.5 GB, default whole process ≤ 2.5 s,
@@ -221,15 +222,19 @@ def once(ct: Path, weights: Path, device: str, precision: str, out: Path, truth:
     from segcore.allocator import keep_freed_memory
 
     keep_freed_memory()
-    from segcore.io import read_volume, write_volume
+    from segcore.case_records import rebuild_table
+    from segcore.predict import Case, output_name, predict_case
     from segcore.predictor import Predictor
 
     predictor = Predictor.from_weights(weights, device, precision)
     oracle = oracle_outputs(predictor, truth, keep=False)
-    image, geometry = read_volume(ct)
-    prediction = predictor.predict(image, geometry)
-    write_volume(out, prediction.labels, geometry)
-    del prediction, image
+    folder = out.parent / f"{out.name}.once"
+    folder.mkdir(exist_ok=True)
+    # segcore.predict's own per-case path: read, predict, organ statistics, mask, record; then the table
+    result = predict_case(predictor, Case(ct.name, ct, output_name(ct)), folder)
+    if result.status != "written":
+        raise RuntimeError(result.reason)
+    rebuild_table(folder)
     gc.freeze()  # as segcore.predict does before exit
     return {"oracle_build_s": oracle["build_s"]}
 
