@@ -2,6 +2,7 @@
 # Segment every CT in a folder with the two-stage model (see segcore/predict.py):
 #   sh predict.sh -i INPUT_DIR -o OUTPUT_DIR [--weights DIR] [--device auto|cpu|cuda]
 #                 [--precision auto|fp32|fp16|bf16] [--nproc N] [--stats] [--overwrite] [--strict]
+#                 [--output-type nifti|dicom-seg|both] [--preview]
 #   sh predict.sh [--weights DIR]     # no -i/-o: segment the embedded sample CT and score it
 # --nproc N (N > 1), or torchrun's multi-node options (--nnodes, --node-rank, --rdzv-endpoint, ...),
 # start the processes with torchrun (segcore/launch.sh); each takes every N-th case.

@@ -2,6 +2,7 @@
 
     sh predict.sh -i INPUT_DIR -o OUTPUT_DIR [--weights DIR] [--device auto|cpu|cuda]
                   [--precision auto|fp32|fp16|bf16] [--nproc N] [--stats] [--overwrite] [--strict]
+                  [--output-type nifti|dicom-seg|both] [--preview]
     sh predict.sh                # the embedded sample: see segcore.sample
 
 Cases are every ``.nii``/``.nii.gz`` file and every folder (one DICOM series each) directly in
@@ -10,7 +11,10 @@ Output names: ``<id>_0000.nii.gz`` -> ``<id>.nii.gz`` (FLARE), anything else kee
 plus ``.nii.gz``. Each mask carries exactly its input's size, spacing, origin and direction.
 Existing outputs are kept (the case is skipped) unless ``--overwrite``; writes are atomic, so an
 interrupted run leaves whole files only and a re-run finishes the rest. ``--stats`` also writes
-``<id>.json`` (per-organ volume in mL, mean HU, bounding box; the crop box; warnings; timings).
+``<id>.json`` (per-organ volume in mL, mean HU, bounding box; the crop box; warnings; timings);
+``--output-type dicom-seg|both`` ``<id>_seg.dcm`` for DICOM inputs (:mod:`segcore.dicom_seg`);
+``--preview`` ``<id>_preview.png`` (:mod:`segcore.preview`). Every case leaves a record, and
+``summary.csv`` is rebuilt from all records in OUTPUT_DIR (:mod:`segcore.case_records`).
 
 OUTPUT_DIR is checked before the weights load or any case is read: it is created if missing,
 must be a folder, and must take a new file (a probe file is written and removed; permission bits
