@@ -50,6 +50,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.timing import call_seconds
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STEPS = [
     "read", "reorient", "coarse_resize", "coarse_network", "coarse_box", "fine_resize", "fine_network",
@@ -142,13 +144,7 @@ def network_gflop(predictor) -> float:
 
 def best_seconds(work, repeats: int = 3) -> float:
     """The fastest of ``repeats`` calls of ``work()`` (after one untimed call)."""
-    work()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        work()
-        times.append(time.perf_counter() - started)
-    return min(times)
+    return min(call_seconds(work, repeats))
 
 
 def floor_seconds(predictor, ct: Path, labels) -> dict[str, float]:

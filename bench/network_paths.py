@@ -27,11 +27,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
+from bench.timing import call_seconds
 from segcore.networks import build_network
 
 PRODUCTION = {"residual_unet3d": 160, "efficient_context_net": 192}
@@ -49,13 +49,7 @@ class HalfResolution(torch.nn.Module):
 
 
 def seconds(run, repeats: int) -> float:
-    run()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    return statistics.median(call_seconds(run, repeats))
 
 
 def torch_paths(net: torch.nn.Module, image: torch.Tensor) -> dict:

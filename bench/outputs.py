@@ -17,10 +17,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+
+from bench.timing import call_seconds
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,13 +62,7 @@ def write_series(folder: Path, image: np.ndarray, geometry) -> Path:
 
 
 def median_seconds(work, repeats: int) -> float:
-    work()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        work()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    return statistics.median(call_seconds(work, repeats))
 
 
 def main() -> None:

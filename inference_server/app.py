@@ -203,12 +203,13 @@ async def segment(
         read_seconds = time.perf_counter() - started
         prediction = model.predict(image, geometry)
         timings = {"read": read_seconds, **prediction.timings}
-        statistics = organ_statistics(prediction.labels, image, geometry, within=prediction.box)
+        wanted = output in ("json", "bundle", "preview")  # the preview's legend shows the volumes
+        statistics = organ_statistics(prediction.labels, image, geometry, within=prediction.box) if wanted else {}
         summary = {
             "file": name,
             "size": list(geometry.size),
             "spacing": list(geometry.spacing),
-            "organs": statistics if output in ("json", "bundle") else {},
+            "organs": statistics if output != "preview" else {},
             "crop_box": prediction.box,
             "timings": timings,
             "warnings": prediction.warnings,
