@@ -42,6 +42,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="training cases get domain-randomised imaging (random tissue values, bias field, thick slices, "
         "noise up to 60 HU); validation cases stay realistic",
     )  # fmt: skip
+    parser.add_argument(
+        "--vary-anatomy", action="store_true",
+        help="training cases get anatomy and field-of-view variation (organs moved, resized, deformed, some "
+        "removed; slabs and narrow fields); validation cases stay realistic",
+    )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
 
@@ -67,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     records = write_dataset(
         args.out, args.labeled, args.unlabeled, args.val, args.size, args.seed,
         workers=args.workers, domain=_forced_domain(args), randomise=args.randomise_domains,
-        progress=not args.no_progress,
+        vary=args.vary_anatomy, progress=not args.no_progress,
     )  # fmt: skip
     elapsed = time.perf_counter() - started
     splits = Counter(record["split"] for record in records)

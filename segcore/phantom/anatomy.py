@@ -48,6 +48,11 @@ PASSAGES = frozenset({"aorta", "ivc", "esophagus"})
 TUBE_STEP_MM = 10.0
 """Centreline sampling step of tubular organs (mm); coarser grids use a coarser step."""
 
+VARIED_SPREAD = 2.5
+"""With ``vary``: how many times wider organ positions and sizes scatter around the average anatomy."""
+VARIED_BUMPS = 1.8
+"""With ``vary``: how many times stronger each organ's surface deformation is."""
+
 
 @dataclass
 class Organ:
@@ -87,10 +92,18 @@ class Vessel:
 
 
 class _Builder:
-    """Draws one patient's organs; every random number comes from ``rng`` in a fixed order."""
+    """Draws one patient's organs; every random number comes from ``rng`` in a fixed order.
 
-    def __init__(self, patient: Patient, rng: np.random.Generator, min_radius_mm: float):
+    ``spread`` widens every position and size draw around its mean and ``bumps`` scales the
+    surface deformation; both act on the same draws, so ``1.0`` gives the average anatomy's
+    cases exactly and a varied case is the same patient's organs, moved and reshaped further.
+    """
+
+    def __init__(
+        self, patient: Patient, rng: np.random.Generator, min_radius_mm: float, spread: float = 1.0, bumps: float = 1.0
+    ):
         self.p, self.rng, self.min_radius = patient, rng, min_radius_mm
+        self.spread, self.bumps = spread, bumps
         self.step = max(TUBE_STEP_MM, 2.0 * min_radius_mm)
         p = patient
         self.k = p.scale
@@ -98,21 +111,29 @@ class _Builder:
         self.ivc_y = p.spine_y - p.spine_ry - 10.0 * p.scale
 
     def jitter(self, point, sd: float = 4.0) -> np.ndarray:
-        return np.asarray(point, dtype=np.float64) + self.rng.normal(0.0, sd, 3)
+        return np.asarray(point, dtype=np.float64) + self.spread * self.rng.normal(0.0, sd, 3)
+
+    def widen(self, values, middle: float, floor: float):
+        """Draws moved ``spread`` times further from ``middle``, not below ``floor`` (as drawn when 1)."""
+        if self.spread == 1.0:
+            return values
+        return np.maximum(floor, middle + self.spread * (np.asarray(values) - middle))
 
     def factor(self, low: float, high: float) -> float:
-        return float(self.rng.uniform(low, high))
+        return float(self.widen(self.rng.uniform(low, high), (low + high) / 2, 0.5 * low))
 
     def tube(self, control, radii, sd: float = 3.0, radius_jitter: float = 0.1) -> Tube:
         control = np.array([self.jitter(point, sd) for point in control])
-        radii = np.asarray(radii, dtype=np.float64) * self.rng.uniform(1 - radius_jitter, 1 + radius_jitter, len(radii))
+        scatter = self.widen(self.rng.uniform(1 - radius_jitter, 1 + radius_jitter, len(radii)), 1.0, 0.5)
+        radii = np.asarray(radii, dtype=np.float64) * scatter
         points, radii = smooth_path(control, np.maximum(radii, self.min_radius), self.step)
         return Tube(points, radii)
 
     def ellipsoid(self, center, semi_axes, angles, bump: float = 0.08, frequency: float = 2.0) -> Ellipsoid:
         semi = np.maximum(np.asarray(semi_axes, dtype=np.float64), self.min_radius)
-        angles = np.asarray(angles, dtype=np.float64) + self.rng.normal(0.0, 4.0, 3)
-        return Ellipsoid(self.jitter(center), semi, rotation(tuple(angles)), Bumps.random(self.rng, 4, bump, frequency))
+        angles = np.asarray(angles, dtype=np.float64) + self.spread * self.rng.normal(0.0, 4.0, 3)
+        center = self.jitter(center)  # drawn before the bumps: the realistic cases' order
+        return Ellipsoid(center, semi, rotation(tuple(angles)), Bumps.random(self.rng, 4, self.bumps * bump, frequency))
 
     def organs(self) -> dict[str, Organ]:
         p, k = self.p, self.k
@@ -248,7 +269,7 @@ class _Builder:
 
 
 def build_anatomy(
-    patient: Patient, rng: np.random.Generator, min_radius_mm: float = 0.0
+    patient: Patient, rng: np.random.Generator, min_radius_mm: float = 0.0, vary: bool = False
 ) -> tuple[list[Organ], list[Vessel]]:
     """The organs in :data:`PAINT_ORDER` and the unlabelled vessels of one patient.
 
@@ -257,8 +278,11 @@ def build_anatomy(
         rng: the case's anatomy stream (the same stream gives the same organs).
         min_radius_mm: thinnest allowed tube radius / ellipsoid half-axis, so that coarse grids
             still sample thin organs (adrenals, esophagus); 0 for the true anatomy.
+        vary: scatter positions and sizes :data:`VARIED_SPREAD` times wider and deform surfaces
+            :data:`VARIED_BUMPS` times more (the same random draws, so the same patient).
     """
-    builder = _Builder(patient, rng, min_radius_mm)
+    spread, bumps = (VARIED_SPREAD, VARIED_BUMPS) if vary else (1.0, 1.0)
+    builder = _Builder(patient, rng, min_radius_mm, spread, bumps)
     organs = builder.organs()
     vessels = builder.vessels()
     return [organs[name] for name in PAINT_ORDER], vessels

@@ -78,12 +78,13 @@ def _is_full_field(seed: int, split: str, index: int) -> bool:
 
 
 def _make_case(task: tuple) -> dict:
-    out, split, index, seed, size, domain, threads, mask_dir, randomise = task
+    out, split, index, seed, size, domain, threads, mask_dir, randomise, vary = task
     started = time.perf_counter()
     full_field = _is_full_field(seed, split, index)
     phantom = generate_case(
-        case_seed(seed, split, index), size, domain, full_field=full_field, threads=threads, randomise=randomise
-    )
+        case_seed(seed, split, index), size, domain, full_field=full_field, threads=threads, randomise=randomise,
+        vary=vary,
+    )  # fmt: skip
     generated = time.perf_counter()
     spec, name = SPLITS[split], case_id(split, index)
     write_volume(Path(out) / spec.image_dir / f"{name}_0000.nii.gz", phantom.image, phantom.geometry)
@@ -114,6 +115,7 @@ def write_dataset(
     val_domain: PhantomDomain | None = None,
     unlabeled_masks: bool = False,
     randomise: bool = False,
+    vary: bool = False,
     progress: bool = True,
 ) -> list[dict]:
     """Generate phantoms and write them in the FLARE22 layout.
@@ -131,6 +133,9 @@ def write_dataset(
         randomise: training cases (labeled and unlabeled) draw domain-randomised imaging
             (:func:`~segcore.phantom.tissues.sample_randomised_domain`); validation cases stay
             realistic, so that held-out figures measure the realistic domain.
+        vary: training cases get anatomy and field-of-view variation (``generate_case(vary=True)``:
+            organs moved, resized, deformed and sometimes removed; slabs and narrow fields);
+            validation cases stay realistic.
         progress: show a progress bar.
 
     Returns:
@@ -148,7 +153,7 @@ def write_dataset(
         mask_dirs["unlabeled"] = UNLABELED_MASK_DIR
     tasks = [
         (str(out), split, index, seed, size, (val_domain or domain) if split == "val" else domain, threads,
-         mask_dirs[split], randomise and split != "val")
+         mask_dirs[split], randomise and split != "val", vary and split != "val")
         for split, count in (("labeled", labeled), ("unlabeled", unlabeled), ("val", val))
         for index in range(count)
     ]  # fmt: skip

@@ -21,7 +21,10 @@ SeedLike = int | np.random.SeedSequence | np.random.Generator
 """What :func:`generate_case` accepts as its randomness."""
 
 # The case's independent random streams: changing one (say, forcing the domain) leaves the others alone.
-_STREAMS = ("patient", "anatomy", "scan", "bowel", "domain", "hu", "noise")
+_STREAMS = ("patient", "anatomy", "scan", "bowel", "domain", "hu", "noise", "variation")
+
+REMOVABLE_ORGANS: dict[str, float] = {"gallbladder": 0.2, "right_kidney": 0.04, "left_kidney": 0.04, "spleen": 0.03}
+"""With ``vary``: chance that a case lacks each organ (cholecystectomy, nephrectomy, splenectomy)."""
 
 # Tissues an organ may replace, by tissue code: what lies loose in the cavity; the passages
 # (aorta, IVC, esophagus) also lung and heart. Walls, bones and other organs stay.
@@ -92,6 +95,7 @@ def generate_case(
     keep_shapes: bool = False,
     threads: int | None = None,
     randomise: bool = False,
+    vary: bool = False,
 ) -> Phantom:
     """Generate one synthetic abdominal CT with its 13-organ label map.
 
@@ -110,6 +114,11 @@ def generate_case(
             the result does not depend on it.
         randomise: draw a domain-randomised imaging domain (:func:`sample_randomised_domain`)
             instead of a realistic one when ``domain`` is None; the anatomy and grid are the same.
+        vary: anatomy and field-of-view variation beyond the realistic cases: organs placed,
+            sized and deformed more freely (:func:`~segcore.phantom.anatomy.build_anatomy`),
+            some organs removed (:data:`REMOVABLE_ORGANS`), and partial fields of view
+            (:func:`~segcore.phantom.scanner.plan_scan`: thin slabs anywhere over the organs,
+            in-plane fields narrower than the body). Ignored with ``geometry``.
 
     Returns:
         The :class:`Phantom`.
@@ -122,10 +131,14 @@ def generate_case(
         return np.random.default_rng(streams[name])
 
     patient = sample_patient(rng("patient"))
-    organs, _ = build_anatomy(patient, rng("anatomy"))
-    scan = plan_scan(rng("scan"), size, patient, organ_z_range(organs), full_field, geometry)
+    organs, _ = build_anatomy(patient, rng("anatomy"), vary=vary)
+    variation = rng("variation") if vary else None
+    scan = plan_scan(rng("scan"), size, patient, organ_z_range(organs), full_field, geometry, variation)
     # Same anatomy stream again, now with the grid's thickness floor for thin organs.
-    organs, vessels = build_anatomy(patient, rng("anatomy"), scan.min_feature_mm)
+    organs, vessels = build_anatomy(patient, rng("anatomy"), scan.min_feature_mm, vary=vary)
+    if variation is not None:
+        removed = {name for name, chance in REMOVABLE_ORGANS.items() if variation.random() < chance}
+        organs = [organ for organ in organs if organ.name not in removed]
     drawn_domain = (sample_randomised_domain if randomise else sample_domain)(rng("domain"))
     domain = drawn_domain if domain is None else domain
 
@@ -134,6 +147,8 @@ def generate_case(
     label = np.zeros(grid.shape, dtype=np.uint8)
     shapes: dict[int, OrganMask] | None = {} if keep_shapes else None
     voxel_counts = _paint_organs(grid, organs, tissue, label, shapes)
+    for name in ORGAN_IDS.keys() - voxel_counts.keys():  # removed organs
+        voxel_counts[name] = {"shape": 0, "painted": 0}
     _paint_vessels(grid, vessels, tissue, label)
     spacing_zyx = tuple(reversed(grid.spacing_xyz))
     image = render(tissue, hu_lookup(domain, rng("hu")), domain, spacing_zyx, streams["noise"], threads)
@@ -141,6 +156,9 @@ def generate_case(
     stored_image = np.ascontiguousarray(scan.reorientation.undo(image))
     stored_label = np.ascontiguousarray(scan.reorientation.undo(label))
     meta = _meta(root, size, domain, scan, patient, grid, voxel_counts)
+    if vary:
+        meta["organs_removed"] = sorted(set(ORGAN_IDS) - {organ.name for organ in organs})
+        meta["field_of_view"] = {"slab_mm": scan.slab_mm, "narrow": scan.narrow}
     return Phantom(stored_image, stored_label, scan.geometry, meta, shapes)
 
 

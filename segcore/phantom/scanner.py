@@ -33,6 +33,16 @@ MEDIUM_IN_PLANE = (128, 160)
 MEDIUM_SLICE_SPACINGS_MM = (2.0, 2.5, 3.0, 4.0, 5.0)
 MEDIUM_MAX_SLICES = 160
 
+SLAB_SHARE = 0.5
+"""With field-of-view variation: share of cases imaged as a slab anywhere over the organs."""
+SLAB_MM = (40.0, 250.0)
+"""Their z extent (log-uniform), from a few slices through one level to most of the abdomen."""
+NARROW_SHARE = 0.4
+"""With field-of-view variation: share of cases whose in-plane field is narrower than the body..."""
+NARROW_FRACTION = (0.6, 1.0)
+"""...by this factor along x and along y, independently (cut flanks, belly or back)."""
+MIN_SLICES = 8
+
 DIRECTIONS: tuple[tuple[str, tuple[float, ...], float], ...] = (
     ("identity (LPS)", (1, 0, 0, 0, 1, 0, 0, 0, 1), 0.3),
     ("x and y flipped (NIfTI from DICOM)", (-1, 0, 0, 0, -1, 0, 0, 0, 1), 0.35),
@@ -56,6 +66,8 @@ class Scan:
         patient_origin: LPS position (mm) of the patient frame's origin.
         direction_name: which of :data:`DIRECTIONS` was used (``"given"`` for a caller's grid).
         full_field: the field of view holds every organ whole.
+        slab_mm: the z extent drawn for a slab (field-of-view variation), None for none.
+        narrow: the in-plane field's fraction of the body-wide one along x and y, None for full.
     """
 
     geometry: Geometry
@@ -64,6 +76,8 @@ class Scan:
     patient_origin: tuple[float, float, float]
     direction_name: str
     full_field: bool
+    slab_mm: float | None = None
+    narrow: tuple[float, float] | None = None
 
     @property
     def min_feature_mm(self) -> float:
@@ -115,6 +129,7 @@ def plan_scan(
     organ_z_range: tuple[float, float],
     full_field: bool,
     geometry: Geometry | None = None,
+    variation: np.random.Generator | None = None,
 ) -> Scan:
     """Choose the grid and the field of view for one patient.
 
@@ -125,6 +140,11 @@ def plan_scan(
         organ_z_range: lowest and highest z (mm, patient frame) of any organ.
         full_field: keep every organ whole; otherwise cut the top or the bottom of the abdomen off.
         geometry: impose this stored grid instead of drawing one; the patient is centred in it.
+        variation: a stream for partial fields of view beyond ``full_field``'s cuts (None: no
+            such variation; ignored with ``geometry``): a share :data:`SLAB_SHARE` of the
+            cases are slabs of :data:`SLAB_MM` centred anywhere between the lowest and the
+            highest organ, a share :data:`NARROW_SHARE` have an in-plane field narrower than
+            the body (:data:`NARROW_FRACTION` per axis), placed anywhere across it.
     """
     if size not in SIZES:
         raise ValueError(f"unknown phantom size {size!r}; expected one of {', '.join(SIZES)}")
@@ -166,22 +186,37 @@ def plan_scan(
             z_high = rng.uniform(organ_low + 0.45 * (organ_high - organ_low), organ_high - 25.0)
         else:
             z_low = rng.uniform(organ_low + 25.0, organ_low + 0.45 * (organ_high - organ_low))
+    n_x = n_y = n_xy
+    narrow_shift, slab_mm, narrow = np.zeros(2), None, None
+    if variation is not None:
+        if variation.random() < SLAB_SHARE:
+            slab_mm = float(np.exp(variation.uniform(*np.log(SLAB_MM))))
+            middle = variation.uniform(organ_low, organ_high)
+            z_low, z_high = middle - slab_mm / 2, middle + slab_mm / 2
+        if variation.random() < NARROW_SHARE:
+            narrow = tuple(float(variation.uniform(*NARROW_FRACTION)) for _ in range(2))
+            n_x, n_y = (int(round(n_xy * fraction)) for fraction in narrow)
+            narrow_shift = variation.uniform(-0.5, 0.5, 2) * (n_xy - np.array([n_x, n_y])) * spacing_xy
+    slab = slab_mm is not None
     n_z = int(round((z_high - z_low) / spacing_z)) + 1
+    if slab and n_z < MIN_SLICES:
+        n_z = MIN_SLICES
+        z_low = (z_low + z_high) / 2 - (n_z - 1) * spacing_z / 2
     if n_z > max_slices:
         # Too many slices: trim the margins, keeping the organs centred.
         n_z = max_slices
-        middle = (organ_low + organ_high) / 2 if full_field else (z_low + z_high) / 2
+        middle = (organ_low + organ_high) / 2 if full_field and not slab else (z_low + z_high) / 2
         z_low = middle - (n_z - 1) * spacing_z / 2
     fov_xy = n_xy * spacing_xy
-    center_xy = body_center + rng.uniform(-0.04, 0.04, 2) * fov_xy
-    origin_in_patient = np.array([center_xy[0] - (n_xy - 1) * spacing_xy / 2,
-                                  center_xy[1] - (n_xy - 1) * spacing_xy / 2, z_low])  # fmt: skip
+    center_xy = body_center + rng.uniform(-0.04, 0.04, 2) * fov_xy + narrow_shift
+    origin_in_patient = np.array([center_xy[0] - (n_x - 1) * spacing_xy / 2,
+                                  center_xy[1] - (n_y - 1) * spacing_xy / 2, z_low])  # fmt: skip
     # Scanners put the patient anywhere on their axes: table height, table position along z.
     patient_origin = np.array([rng.uniform(-15, 15), rng.uniform(-40, 20), rng.uniform(-700, 200)])
     names, directions, weights = zip(*DIRECTIONS)
     choice = int(rng.choice(len(DIRECTIONS), p=np.asarray(weights) / np.sum(weights)))
     stored = stored_geometry(
-        (n_xy, n_xy, n_z), (spacing_xy, spacing_xy, spacing_z), origin_in_patient + patient_origin, directions[choice]
+        (n_x, n_y, n_z), (spacing_xy, spacing_xy, spacing_z), origin_in_patient + patient_origin, directions[choice]
     )
     reorientation = canonical_reorientation(stored)
     covered = (z_low <= organ_low) and (z_low + (n_z - 1) * spacing_z >= organ_high)
@@ -192,4 +227,6 @@ def plan_scan(
         patient_origin=tuple(float(v) for v in patient_origin),
         direction_name=names[choice],
         full_field=bool(covered),
+        slab_mm=slab_mm,
+        narrow=narrow,
     )

@@ -273,3 +273,82 @@ def test_bias_field_and_thick_slices_act_on_the_image():
     assert z_roughness(thick) < 0.9 * z_roughness(base)
     with pytest.raises(ValueError, match="must not be negative"):
         PhantomDomain(bias_hu=-1.0)
+
+
+@pytest.fixture(scope="module")
+def varied():
+    return [generate_case(seed, "medium", vary=True) for seed in range(24)]
+
+
+def test_varied_cases_are_deterministic_and_differ_from_the_realistic_ones():
+    first = generate_case(11, "small", randomise=True, vary=True, threads=1)
+    again = generate_case(np.random.SeedSequence(11), "small", randomise=True, vary=True, threads=2)
+    assert np.array_equal(first.image, again.image) and np.array_equal(first.label, again.label)
+    assert first.geometry == again.geometry and first.meta == again.meta
+    plain = generate_case(11, "small", randomise=True)
+    assert first.label.shape != plain.label.shape or not np.array_equal(first.label, plain.label)
+    assert "organs_removed" not in plain.meta and "field_of_view" not in plain.meta
+
+
+def test_intensity_randomisation_leaves_varied_labels_alone():
+    for seed in range(6):
+        shaped = generate_case(seed, "small", vary=True)
+        scrambled = generate_case(seed, "small", randomise=True, vary=True)
+        assert np.array_equal(shaped.label, scrambled.label) and shaped.geometry == scrambled.geometry
+        assert not np.array_equal(shaped.image, scrambled.image)
+
+
+def test_field_of_view_variation_stays_in_its_ranges(varied):
+    slabs = [case for case in varied if case.meta["field_of_view"]["slab_mm"] is not None]
+    narrow = [case for case in varied if case.meta["field_of_view"]["narrow"] is not None]
+    assert 4 <= len(slabs) <= 20 and 2 <= len(narrow) <= 18  # shares 0.5 and 0.4 of 24
+    for case in slabs:
+        extent = case.meta["field_of_view"]["slab_mm"]
+        assert 40.0 <= extent <= 250.0
+        canonical = to_canonical(case.label, case.geometry)[1].canonical
+        z_mm = (canonical.size[2] - 1) * canonical.spacing[2]
+        # the grid spans the slab to within a slice (or the 8-slice minimum)
+        assert abs(z_mm - extent) <= canonical.spacing[2] or canonical.size[2] == 8, (extent, z_mm)
+    for case in narrow:
+        canonical = to_canonical(case.label, case.geometry)[1].canonical
+        low, high = sorted(canonical.size[:2])
+        assert all(0.6 <= f <= 1.0 for f in case.meta["field_of_view"]["narrow"])
+        assert low >= 0.6 * 128 - 1 and high <= 160
+    for case in varied:  # every slab lies over the organs: something is always there to segment
+        assert case.label.any()
+
+
+def test_removed_organs_are_absent_and_the_rest_keep_their_sides(varied):
+    removed = [name for case in varied for name in case.meta["organs_removed"]]
+    assert set(removed) <= {"gallbladder", "right_kidney", "left_kidney", "spleen"} and "gallbladder" in removed
+    for case in varied:
+        present = set(np.unique(case.label).tolist())
+        for name in case.meta["organs_removed"]:
+            assert ORGAN_IDS[name] not in present
+        c = {organ: centroid_lps(case.label, case.geometry, organ) for organ in ("liver", "spleen") if
+             ORGAN_IDS[organ] in present}  # fmt: skip
+        if len(c) == 2 and case.meta["full_field"]:
+            assert c["liver"][0] < c["spleen"][0]  # moved, never swapped
+
+
+def test_varied_anatomy_scatters_organ_sizes_more():
+    def liver_ml(case) -> float:
+        return float((case.label == ORGAN_IDS["liver"]).sum() * voxel_ml(case.geometry))
+
+    # the same patients, full fields, realistic and varied
+    realistic = [liver_ml(generate_case(seed, "small")) for seed in range(12)]
+    spread = []
+    for seed in range(12):
+        case = generate_case(seed, "small", vary=True, geometry=generate_case(seed, "small").geometry)
+        spread.append(liver_ml(case))
+    assert np.std(spread) > 1.3 * np.std(realistic)
+
+
+def test_dataset_varies_training_cases_only(tmp_path):
+    records = write_dataset(tmp_path / "v", labeled=2, unlabeled=1, val=2, seed=5, vary=True, progress=False)
+    plain = write_dataset(tmp_path / "p", labeled=2, unlabeled=1, val=2, seed=5, progress=False)
+    for varied_record, plain_record in zip(records, plain, strict=True):
+        assert ("field_of_view" in varied_record) == (varied_record["split"] != "val")
+        if varied_record["split"] == "val":
+            name = f"{varied_record['id']}_0000.nii.gz"
+            assert (tmp_path / "v/val_images" / name).read_bytes() == (tmp_path / "p/val_images" / name).read_bytes()
