@@ -3,6 +3,8 @@
 #   sh model_weights/recipe/train.sh [WORK_DIR]          (default WORK_DIR: runs/default_model)
 # Phantoms -> store -> coarse stage -> fine stage -> copy the best checkpoints -> evaluate on
 # the held-out phantoms with predict.sh and segcore.evaluate. See model_weights/MODEL_CARD.md.
+# Resumable: run it again with the same WORK_DIR after an interruption; the phantoms and the
+# store are kept, a stage whose folder exists continues from its last.pt (a finished one is skipped).
 set -eu
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 PYTHON=${PYTHON:-$( [ -x "$ROOT/.venv/bin/python" ] && echo "$ROOT/.venv/bin/python" || echo python3 )}
@@ -10,10 +12,17 @@ WORK=${1:-runs/default_model}
 RECIPE="$ROOT/model_weights/recipe"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
-"$PYTHON" -m segcore.phantom --out "$WORK/data" --labeled 40 --unlabeled 0 --val 10 --size medium --seed 2022
+# Training cases: random tissue values, noise, bias fields and slice thickness (--randomise-domains),
+# organs moved, resized, deformed and sometimes removed, slabs and narrow fields (--vary-anatomy).
+# The 10 held-out cases (val_images) stay realistic.
+[ -f "$WORK/data/phantom_cases.json" ] || "$PYTHON" -m segcore.phantom --out "$WORK/data" --labeled 200 \
+    --unlabeled 0 --val 10 --size medium --seed 2022 --randomise-domains --vary-anatomy --workers 2 --no-progress
 sh "$ROOT/data_prepare/run.sh" --config "$RECIPE/prepare.yaml" --data-root "$WORK/data" --out "$WORK/store.lmdb"
-sh "$ROOT/coarse_seg/run.sh" --config "$RECIPE/coarse.yaml" store="$WORK/store.lmdb" output_dir="$WORK/coarse"
-sh "$ROOT/fine_seg/run.sh" --config "$RECIPE/fine.yaml" store="$WORK/store.lmdb" output_dir="$WORK/fine"
+for stage in coarse fine; do
+    resume=""
+    [ -d "$WORK/$stage" ] && resume="--resume"
+    sh "$ROOT/${stage}_seg/run.sh" --config "$RECIPE/$stage.yaml" $resume store="$WORK/store.lmdb" output_dir="$WORK/$stage"
+done
 cp "$WORK/coarse/best.pt" "$ROOT/model_weights/coarse.pt"  # best.pt: weights and description, no optimizer state
 cp "$WORK/fine/best.pt" "$ROOT/model_weights/fine.pt"
 sh "$ROOT/predict.sh" -i "$WORK/data/val_images" -o "$WORK/predictions" --weights "$ROOT/model_weights" --overwrite

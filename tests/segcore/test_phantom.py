@@ -349,6 +349,11 @@ def test_dataset_varies_training_cases_only(tmp_path):
     plain = write_dataset(tmp_path / "p", labeled=2, unlabeled=1, val=2, seed=5, progress=False)
     for varied_record, plain_record in zip(records, plain, strict=True):
         assert ("field_of_view" in varied_record) == (varied_record["split"] != "val")
+        # the validation cases are the realistic ones, voxel for voxel
+        assert (varied_record["split"] == "val") == (
+            varied_record["size_xyz"] == plain_record["size_xyz"]
+            and varied_record["organ_voxels"] == plain_record["organ_voxels"]
+        )
         if varied_record["split"] == "val":
             name = f"{varied_record['id']}_0000.nii.gz"
             assert (tmp_path / "v/val_images" / name).read_bytes() == (tmp_path / "p/val_images" / name).read_bytes()
