@@ -20,6 +20,17 @@ from segcore.phantom import PhantomDomain, case_seed, generate_case, write_datas
 from segcore.phantom.__main__ import main as phantom_cli
 from segcore.phantom.patient import sample_patient
 from segcore.phantom.scanner import plan_scan
+from segcore.phantom.tissues import (
+    HU_MIN,
+    HU_TABLE,
+    ORGAN_BASE,
+    PHASES,
+    RANDOMISED_MARGIN_HU,
+    SOFT_TISSUE_HU,
+    Tissue,
+    hu_lookup,
+    sample_randomised_domain,
+)
 
 SEEDS = range(8)
 QUIET = PhantomDomain(phase="non_contrast", noise_sigma_hu=0.0)
@@ -357,3 +368,34 @@ def test_dataset_varies_training_cases_only(tmp_path):
         if varied_record["split"] == "val":
             name = f"{varied_record['id']}_0000.nii.gz"
             assert (tmp_path / "v/val_images" / name).read_bytes() == (tmp_path / "p/val_images" / name).read_bytes()
+
+
+def test_randomised_domains_and_tissue_values_stay_in_their_ranges():
+    rng = np.random.default_rng(0)
+    seen_reversed = False
+    for _ in range(200):
+        domain = sample_randomised_domain(rng)
+        assert domain.randomised and domain.phase in PHASES
+        assert 5.0 <= domain.noise_sigma_hu <= 60.0 and -40.0 <= domain.hu_offset <= 40.0
+        assert 0.3 <= domain.blur_mm <= 1.5 and 0.0 <= domain.bias_hu <= 60.0
+        assert domain.slice_mm == 0.0 or 1.0 <= domain.slice_mm <= 5.0
+        table = hu_lookup(domain, rng)
+        assert table[Tissue.AIR] == HU_TABLE[Tissue.AIR][0] and table[255] == HU_MIN + np.float32(domain.hu_offset)
+        table -= np.float32(domain.hu_offset)
+        for code, values in HU_TABLE.items():
+            if code == Tissue.AIR:
+                continue
+            value = table[code]
+            if code in (Tissue.GAS, Tissue.TABLE, Tissue.LUNG):
+                assert value == pytest.approx(values[0], abs=1e-3)  # physics, not contrast
+            elif code == Tissue.BONE_CORTEX:
+                assert 400.0 <= value <= 1500.0 + 1e-3
+            else:
+                low, high = min(values) - RANDOMISED_MARGIN_HU, max(values) + RANDOMISED_MARGIN_HU
+                inside = low - 1e-3 <= value <= high + 1e-3
+                if code >= ORGAN_BASE and not inside:
+                    assert SOFT_TISSUE_HU[0] <= value <= SOFT_TISSUE_HU[1]
+                    seen_reversed = True
+                else:
+                    assert inside, (Tissue(code).name if code < ORGAN_BASE else code, value, low, high)
+    assert seen_reversed
