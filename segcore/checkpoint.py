@@ -64,6 +64,14 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return payload
 
 
+def copy_with_notice(source: str | os.PathLike, target: str | os.PathLike, notice: str) -> None:
+    """Copy the checkpoint ``source`` to ``target`` with ``notice`` set (what the weights must not
+    be used for: the predictor says it once per run and the service in every answer)."""
+    payload = load_checkpoint(source)
+    payload.pop("training_state", None)
+    save_checkpoint(target, {**payload, "notice": notice})
+
+
 PROBE_SEED = 20221
 
 

@@ -23,7 +23,14 @@ for stage in coarse fine; do
     [ -d "$WORK/$stage" ] && resume="--resume"
     sh "$ROOT/${stage}_seg/run.sh" --config "$RECIPE/$stage.yaml" $resume store="$WORK/store.lmdb" output_dir="$WORK/$stage"
 done
-cp "$WORK/coarse/best.pt" "$ROOT/model_weights/coarse.pt"  # best.pt: weights and description, no optimizer state
-cp "$WORK/fine/best.pt" "$ROOT/model_weights/fine.pt"
+# best.pt: weights and description, no optimizer state; the copies say what they must not be used for.
+"$PYTHON" - "$WORK" "$ROOT/model_weights" <<'PY'
+import sys
+from segcore.checkpoint import copy_with_notice
+NOTICE = ("the default model was trained on synthetic phantoms (segcore.phantom), not on patients: "
+          "not for real scans (model_weights/MODEL_CARD.md)")
+for stage in ("coarse", "fine"):
+    copy_with_notice(f"{sys.argv[1]}/{stage}/best.pt", f"{sys.argv[2]}/{stage}.pt", NOTICE)
+PY
 sh "$ROOT/predict.sh" -i "$WORK/data/val_images" -o "$WORK/predictions" --weights "$ROOT/model_weights" --overwrite
 "$PYTHON" -m segcore.evaluate --pred "$WORK/predictions" --gt "$WORK/data/val_mask" --csv "$WORK/heldout_phantoms.csv"

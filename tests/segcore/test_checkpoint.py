@@ -1,0 +1,27 @@
+"""Checkpoint copies for release: the notice is set, the weights and description are kept."""
+
+from __future__ import annotations
+
+import torch
+
+from segcore.checkpoint import copy_with_notice, load_checkpoint, save_checkpoint
+from segcore.predictor import Predictor
+from tests.tiny_checkpoints import tiny_payload, write_tiny_weights
+
+
+def test_copy_with_notice_sets_the_notice_and_drops_the_training_state(tmp_path):
+    source = tmp_path / "best.pt"
+    save_checkpoint(source, {**tiny_payload("fine"), "training_state": {"step": 3}})
+    copy_with_notice(source, tmp_path / "out" / "fine.pt", "phantoms only")
+    copied, original = load_checkpoint(tmp_path / "out" / "fine.pt"), load_checkpoint(source)
+    assert copied["notice"] == "phantoms only" and "notice" not in original
+    assert "training_state" not in copied and original["training_state"] == {"step": 3}
+    for name, tensor in original["networks"][0]["state_dict"].items():
+        assert torch.equal(copied["networks"][0]["state_dict"][name], tensor)
+
+
+def test_the_predictor_reports_the_copied_notice(tmp_path):
+    weights = write_tiny_weights(tmp_path / "plain")
+    for stage in ("coarse", "fine"):
+        copy_with_notice(weights / f"{stage}.pt", tmp_path / "release" / f"{stage}.pt", "not for real scans")
+    assert Predictor.from_weights(tmp_path / "release", "cpu").info()["notice"] == "not for real scans"
