@@ -130,7 +130,12 @@ def figures(rows: list[dict], thresholds: Thresholds) -> dict:
 
 def calibrate(rows: list[dict]) -> Thresholds:
     """The review thresholds (entropy, agreement) flagging the most DSC < 0.5 cases while flagging at
-    most 10 % of DSC ≥ 0.8 cases; fail thresholds twice as far from ok as the review ones."""
+    most 10 % of DSC ≥ 0.8 cases; fail thresholds twice as far from ok as the review ones.
+
+    The field-of-view rule (``chest_fail``) is a statement of scope, not a measure of the mask: it
+    is not calibrated, and the cases it fails are left out of the search (they are flagged whatever
+    the other thresholds; the reported figures still count them)."""
+    rows = [row for row in rows if row["chest_share"] <= Thresholds().chest_fail]
     best, best_score = Thresholds(), -1.0
     for entropy, agreement in itertools.product(np.arange(0.04, 0.15, 0.005), np.arange(0.2, 0.85, 0.05)):
         candidate = replace(
