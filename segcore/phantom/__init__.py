@@ -14,6 +14,8 @@ Python::
 
     case = generate_case(7, size="small")                       # random domain
     shifted = generate_case(7, size="small", domain=PhantomDomain(phase="arterial", noise_sigma_hu=35))
+    training = generate_case(7, size="medium", randomise=True, vary=True)  # random tissue values, varied
+                                                                           # anatomy, slabs, narrow fields
     write_dataset("dataset", labeled=8, unlabeled=16, val=4, size="small", seed=0)
 
 Command line (FLARE22 layout; see ``python -m segcore.phantom --help``)::
