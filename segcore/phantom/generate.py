@@ -147,8 +147,8 @@ def generate_case(
     label = np.zeros(grid.shape, dtype=np.uint8)
     shapes: dict[int, OrganMask] | None = {} if keep_shapes else None
     voxel_counts = _paint_organs(grid, organs, tissue, label, shapes)
-    for name in ORGAN_IDS.keys() - voxel_counts.keys():  # removed organs
-        voxel_counts[name] = {"shape": 0, "painted": 0}
+    for name in ORGAN_IDS:  # removed organs, in a fixed order (the manifest's bytes stay reproducible)
+        voxel_counts.setdefault(name, {"shape": 0, "painted": 0})
     _paint_vessels(grid, vessels, tissue, label)
     spacing_zyx = tuple(reversed(grid.spacing_xyz))
     image = render(tissue, hu_lookup(domain, rng("hu")), domain, spacing_zyx, streams["noise"], threads)
