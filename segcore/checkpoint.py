@@ -145,6 +145,11 @@ def make_payload(
     }
 
 
+LEGACY_INIT_ARGS = {"output_stride": 2}
+"""Constructor arguments a checkpoint's ``init_args`` lack when they were written before the
+argument existed: such nets answer at half resolution."""
+
+
 def build_networks(
     payload: dict[str, Any], device: str | torch.device = "cpu", verify: bool = False
 ) -> list[nn.Module]:
@@ -155,7 +160,7 @@ def build_networks(
     """
     nets = []
     for index, entry in enumerate(payload["networks"]):
-        net = build_network(entry["arch"], **entry["init_args"])
+        net = build_network(entry["arch"], **{**LEGACY_INIT_ARGS, **entry["init_args"]})
         net.load_state_dict(entry["state_dict"])
         net = net.to(device).eval()
         if verify and "probe" in entry:

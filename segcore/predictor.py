@@ -13,8 +13,9 @@ Steps of :meth:`Predictor.predict` (the contract in DESIGN.md, "Two-stage predic
 1. reorient the array to the canonical orientation (a view: axis permutation and flips);
 2. coarse: resize the whole canonical volume on the device to the coarse checkpoint's
    ``input_size`` (trilinear), window and z-score with its ``hu_window``, run its ensemble (mean
-   softmax), argmax, clean up components per organ (:func:`segcore.postprocess.keep_components`),
-   take the box of all organs,
+   softmax; a half-resolution net's ×2 upsampling is done with the softmax,
+   :func:`segcore.resample.upsampled_softmax`), argmax, clean up components per organ
+   (:func:`segcore.postprocess.keep_components`), take the box of all organs,
    map it to full-resolution canonical voxels and add ``margin_mm`` on every side (as
    ``data_prepare`` does for its fine crops);
 3. fine: crop the full-resolution canonical volume to that box, resize it to the fine
@@ -56,7 +57,7 @@ from segcore.postprocess import (
     resize_argmax,
 )
 from segcore.quality import Quality, assess, coarse_on_crop, edge_labels, empty_quality
-from segcore.resample import resize_image, upsampled_softmax
+from segcore.resample import resize_image, softmax_by_slabs, upsampled_softmax
 
 __all__ = ["CoarseLocator", "CoarseResult", "Prediction", "Predictor", "StageModel", "organ_statistics"]
 
@@ -197,10 +198,12 @@ class StageModel:
         watch.lap(f"{self.stage}_resize")
         total = None
         for net in self.nets:
+            half_resolution = getattr(net, "output_stride", 1) == 2
             with torch.autocast(device_type, dtype=self.autocast_dtype, enabled=self.autocast_dtype != torch.float32):
-                logits = net(image, half_resolution=True)[0]
-            # the nets' last step (trilinear x2 to the input size) is done with the softmax, in float32, by slabs
-            probabilities = upsampled_softmax(logits, self.input_size)
+                logits = net(image, half_resolution=True)[0] if half_resolution else net(image)[0]
+            # a half-resolution net's last step (trilinear x2) is done with the softmax, in float32, by slabs
+            probabilities = upsampled_softmax(logits, self.input_size) if half_resolution else softmax_by_slabs(logits)
+            del logits
             total = probabilities if total is None else total.add_(probabilities)
         watch.lap(f"{self.stage}_network")
         return total if len(self.nets) == 1 else total.div_(len(self.nets))

@@ -138,6 +138,26 @@ def upsampled_softmax(logits: torch.Tensor, size_zyx: Sequence[int], *, slab: in
     return probabilities
 
 
+def softmax_by_slabs(logits: torch.Tensor, *, slab: int = 8) -> torch.Tensor:
+    """Class probabilities ``(C, z, y, x)`` float32 of ``(C, z, y, x)`` logits: ``torch.softmax(logits.float(), 0)``
+    built ``slab`` planes at a time.
+
+    Float32 logits are overwritten in place (no second full-size tensor); others (bf16, fp16
+    autocast outputs) are converted slab by slab into one float32 result. Either way the only
+    full-size float32 tensor is the result: for a 14×192³ output that is 396 MB instead of the
+    792 MB of a whole-tensor ``float()`` and softmax.
+    """
+    probabilities = (
+        logits
+        if logits.dtype == torch.float32
+        else torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
+    )
+    for start in range(0, logits.shape[1], slab):
+        planes = slice(start, start + slab)
+        probabilities[:, planes] = torch.softmax(logits[:, planes].float(), dim=0)
+    return probabilities
+
+
 def resize_labels(
     labels: np.ndarray | torch.Tensor,
     size_zyx: Sequence[int],

@@ -29,6 +29,19 @@ def predictor() -> Predictor:
     return Predictor.from_weights(WEIGHTS, "cpu", "fp32", verify=True)
 
 
+def test_half_resolution_checkpoints_keep_giving_the_labels_they_gave(predictor, real_data):
+    """The shipped nets predate ``output_stride``: they rebuild as half-resolution nets, replay the
+    probe outputs recorded when they were saved (``verify=True`` in the fixture) and label the
+    real 3 mm CT as they did before full-resolution nets existed. The reference labels were written
+    by the predictor of that time (fp32, CPU); a margin of 0.01 % of the voxels covers the argmax
+    ties that another CPU's float rounding may flip, far below what a changed path moves."""
+    assert all(net.output_stride == 2 for net in predictor.locator.model.nets + predictor.fine.nets)
+    reference = np.load(Path(__file__).parent / "data" / "default_model_abdomen_ct_3mm_labels.npz")["labels"]
+    labels = predictor.predict_file(real_data / "abdomen_ct_3mm.nii.gz")[0].labels
+    assert labels.shape == reference.shape
+    assert np.count_nonzero(labels != reference) <= 1e-4 * labels.size
+
+
 def test_the_default_model_says_it_is_not_for_real_scans(predictor):
     assert "phantoms" in predictor.notice and "not for real scans" in predictor.notice
     assert predictor.info()["notice"] == predictor.notice

@@ -130,12 +130,59 @@ class AnisotropicStripPooling(nn.Module):
         return x * torch.sigmoid(self.gate(context))
 
 
+class FullResolutionStage(nn.Module):
+    """The decoder's last stage, at the input's resolution.
+
+    The half-resolution decoder features are upsampled ×2 by a 2×2×2 transposed convolution to
+    ``channels`` channels, joined (concatenated) with ``channels`` features computed from the image
+    itself at full resolution (one 3×3×3 convolution), and two convolutions mix them. The image
+    branch gives the thin structures (adrenals, esophagus, vessel walls) the full-resolution
+    evidence a half-resolution answer cannot hold; few channels keep the full-resolution cost small.
+
+    Args:
+        in_channels: image channels.
+        decoder_channels: channels of the half-resolution decoder features.
+        channels: channels at full resolution.
+        kernels: kernels of the two mixing convolutions (factorised ``(1, 3, 3)`` / ``(3, 1, 1)``
+            for the anisotropic fine net).
+
+    Shapes: features ``(N, decoder_channels, D/2, H/2, W/2)`` and image ``(N, in_channels, D, H, W)``
+    → ``(N, channels, D, H, W)``.
+    """
+
+    def __init__(self, in_channels: int, decoder_channels: int, channels: int, kernels: tuple[Kernel, Kernel] = (3, 3)):
+        super().__init__()
+        self.upsample = nn.Sequential(
+            nn.ConvTranspose3d(decoder_channels, channels, 2, stride=2, bias=False),
+            nn.InstanceNorm3d(channels, affine=True),
+        )
+        self.image = ConvNormAct(in_channels, channels)
+        self.mix = nn.Sequential(
+            ConvNormAct(2 * channels, channels, kernels[0]), ConvNormAct(channels, channels, kernels[1])
+        )
+
+    def forward(self, features: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        return self.mix(torch.cat([self.upsample(features), self.image(image)], dim=1))
+
+
 class SegmentationNetwork(nn.Module):
     """Shared contract of the segmentation networks.
 
     Subclasses set ``init_args`` (every constructor argument, JSON-able, so that
     ``type(net)(**net.init_args)`` rebuilds the same architecture) and ``input_multiple`` (the
     total stride: every spatial axis of the input must be a multiple of it).
+
+    Two output grids (``output_stride``):
+
+    - ``1`` (the default): a :class:`FullResolutionStage` after the decoder, the 1×1×1 ``head``
+      on its features: logits at the input's size, no interpolation;
+    - ``2``: the ``head`` on the half-resolution decoder features, logits upsampled trilinearly
+      ×2 (:meth:`upsample_logits`). Checkpoints written before ``output_stride`` existed are of
+      this kind (:func:`segcore.checkpoint.build_networks` says so for them).
+
+    With ``deep_supervision`` the net also has a 1×1×1 head on each lower decoder level
+    (``auxiliary_heads``), trained by :func:`segcore.training.losses.deep_supervision_loss`
+    through ``forward(x, auxiliary=True)``; inference ignores them.
     """
 
     init_args: dict[str, Any]
@@ -143,38 +190,91 @@ class SegmentationNetwork(nn.Module):
 
     def _record_args(
         self, in_channels: int, num_classes: int, base_channels: int, depth: int, max_channels: int,
-        blocks_per_level: int,
+        blocks_per_level: int, output_stride: int, full_resolution_channels: int, deep_supervision: bool,
     ) -> list[int]:  # fmt: skip
         """Keep the constructor arguments and the total stride; returns each level's channels."""
+        if output_stride not in (1, 2):
+            raise ValueError(f"output_stride must be 1 (full resolution) or 2 (half resolution), got {output_stride}")
         self.init_args = {
             "in_channels": in_channels, "num_classes": num_classes, "base_channels": base_channels,
             "depth": depth, "max_channels": max_channels, "blocks_per_level": blocks_per_level,
+            "output_stride": output_stride, "deep_supervision": bool(deep_supervision),
         }  # fmt: skip
+        if output_stride == 1:
+            self.init_args["full_resolution_channels"] = full_resolution_channels
         self.input_multiple = 2**depth
         return level_channels(base_channels, depth, max_channels)
+
+    @property
+    def output_stride(self) -> int:
+        """1: logits at the input's resolution; 2: at half of it, upsampled ×2."""
+        return self.init_args["output_stride"]
+
+    @property
+    def auxiliary_levels(self) -> list[int]:
+        """Decoder levels (0: half resolution) with an auxiliary head, highest resolution first."""
+        if not self.init_args["deep_supervision"]:
+            return []
+        return list(range(self.output_stride - 1, len(self.decoder)))
+
+    def _build_output(self, channels: list[int], kernels: tuple[Kernel, Kernel] = (3, 3)) -> None:
+        """The head (and full-resolution stage, auxiliary heads) after the decoder levels."""
+        args = self.init_args
+        num_classes = args["num_classes"]
+        if self.output_stride == 1:
+            width = args["full_resolution_channels"]
+            self.full_resolution = FullResolutionStage(args["in_channels"], channels[0], width, kernels)
+            self.head = nn.Conv3d(width, num_classes, 1)
+        else:
+            self.head = nn.Conv3d(channels[0], num_classes, 1)
+        if args["deep_supervision"]:
+            self.auxiliary_heads = nn.ModuleList(
+                nn.Conv3d(channels[level], num_classes, 1) for level in self.auxiliary_levels
+            )
 
     @staticmethod
     def merge(upsampled: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         """How a decoder level joins the upsampled features and the encoder's skip."""
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor, half_resolution: bool = False) -> torch.Tensor:
-        """Logits ``(N, num_classes, D, H, W)`` for images ``(N, in_channels, D, H, W)``; with
-        ``half_resolution`` the logits before the final trilinear ×2 upsampling ``(N, num_classes, D/2, H/2, W/2)``.
+    def forward(
+        self, x: torch.Tensor, half_resolution: bool = False, auxiliary: bool = False
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """Logits ``(N, num_classes, D, H, W)`` for images ``(N, in_channels, D, H, W)``.
 
         The skeleton both nets share: ``stem``, the ``encoder`` levels (their outputs are the
         skips), then from the deepest level up ``decoder[l](merge(upsamplers[l](features), skip[l]))``,
-        and the 1×1×1 ``head``.
+        then the full-resolution stage (``output_stride`` 1) and the 1×1×1 ``head``.
+
+        Args:
+            half_resolution: (``output_stride`` 2 only) the logits before the final trilinear ×2
+                upsampling, ``(N, num_classes, D/2, H/2, W/2)``.
+            auxiliary: (``deep_supervision`` only) a list: the logits, then those of each
+                auxiliary head, highest resolution first (decoder level ``l`` is at ``1 / 2**(l+1)``).
         """
         self.check_input(x)
+        if half_resolution and self.output_stride != 2:
+            raise ValueError(f"{type(self).__name__}: half_resolution logits exist only with output_stride 2")
+        if auxiliary and not self.init_args["deep_supervision"]:
+            raise ValueError(f"{type(self).__name__}: auxiliary outputs need deep_supervision")
         features = self.stem(x)
         skips = []
         for level in self.encoder:
             features = level(features)
             skips.append(features)
+        levels = set(self.auxiliary_levels) if auxiliary else set()
+        decoded = {}
         for level in reversed(range(len(self.decoder))):
             features = self.decoder[level](self.merge(self.upsamplers[level](features), skips[level]))
-        return self.upsample_logits(self.head(features), half_resolution)
+            if level in levels:
+                decoded[level] = features
+        if self.output_stride == 1:
+            logits = self.head(self.full_resolution(features, x))
+        else:
+            logits = self.upsample_logits(self.head(features), half_resolution)
+        if not auxiliary:
+            return logits
+        return [logits] + [head(decoded[level]) for level, head in zip(self.auxiliary_levels, self.auxiliary_heads)]
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise ``ValueError`` unless ``x`` is ``(N, in_channels, D, H, W)`` with a valid size."""

@@ -34,6 +34,10 @@ class EfficientContextNet(SegmentationNetwork):
         depth: resolution levels after the stem; the total stride is ``2 ** depth``.
         max_channels: cap on the channels of the deeper levels.
         blocks_per_level: anisotropic residual blocks in each encoder level.
+        output_stride: 1: logits at the input's resolution (a full-resolution decoder stage of
+            factorised convolutions); 2: at half of it, upsampled ×2 (:class:`SegmentationNetwork`).
+        full_resolution_channels: channels of the full-resolution stage (``output_stride`` 1).
+        deep_supervision: auxiliary heads on the lower decoder levels, for training.
 
     Shapes:
         ``(N, in_channels, D, H, W)`` → logits ``(N, num_classes, D, H, W)``, with D, H, W
@@ -48,9 +52,15 @@ class EfficientContextNet(SegmentationNetwork):
         depth: int = 5,
         max_channels: int = 256,
         blocks_per_level: int = 1,
+        output_stride: int = 1,
+        full_resolution_channels: int = 8,
+        deep_supervision: bool = False,
     ):
         super().__init__()
-        channels = self._record_args(in_channels, num_classes, base_channels, depth, max_channels, blocks_per_level)
+        channels = self._record_args(
+            in_channels, num_classes, base_channels, depth, max_channels, blocks_per_level,
+            output_stride, full_resolution_channels, deep_supervision,
+        )  # fmt: skip
 
         self.stem = ConvNormAct(in_channels, channels[0], stride=2)
         self.encoder = nn.ModuleList()
@@ -67,7 +77,7 @@ class EfficientContextNet(SegmentationNetwork):
             for level in range(depth - 1)
         )
         self.decoder = nn.ModuleList(AnisotropicResidualBlock(channels[level]) for level in range(depth - 1))
-        self.head = nn.Conv3d(channels[0], num_classes, 1)
+        self._build_output(channels, kernels=((1, 3, 3), (3, 1, 1)))
         self.init_weights()
 
     @staticmethod

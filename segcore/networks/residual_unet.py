@@ -1,4 +1,4 @@
-"""The coarse network: a residual 3-D U-Net that starts at half resolution."""
+"""The coarse network: a residual 3-D U-Net whose encoder starts at half resolution."""
 
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ class ResidualUNet3D(SegmentationNetwork):
     halving the resolution and doubling the channels (capped at ``max_channels``). Encoder
     levels are residual blocks (3×3×3 convolutions, the first strided), decoder levels upsample
     with a 2×2×2 transposed convolution, concatenate the skip and apply a residual block. A
-    1×1×1 head gives the logits at half resolution, upsampled trilinearly to the input size.
+    full-resolution stage (the upsampled decoder features joined with the image's own
+    features) and a 1×1×1 head give the logits at the input size (``output_stride=1``), or the
+    head gives them at half resolution, upsampled trilinearly (``output_stride=2``).
 
     Args:
         in_channels: image channels (1 for CT).
@@ -26,6 +28,10 @@ class ResidualUNet3D(SegmentationNetwork):
         depth: resolution levels after the stem; the total stride is ``2 ** depth``.
         max_channels: cap on the channels of the deeper levels.
         blocks_per_level: residual blocks in each encoder level.
+        output_stride: 1: logits at the input's resolution (a full-resolution decoder stage);
+            2: at half of it, upsampled ×2 (:class:`SegmentationNetwork`).
+        full_resolution_channels: channels of the full-resolution stage (``output_stride`` 1).
+        deep_supervision: auxiliary heads on the lower decoder levels, for training.
 
     Shapes:
         ``(N, in_channels, D, H, W)`` → logits ``(N, num_classes, D, H, W)``, with D, H, W
@@ -40,9 +46,15 @@ class ResidualUNet3D(SegmentationNetwork):
         depth: int = 5,
         max_channels: int = 256,
         blocks_per_level: int = 1,
+        output_stride: int = 1,
+        full_resolution_channels: int = 8,
+        deep_supervision: bool = False,
     ):
         super().__init__()
-        channels = self._record_args(in_channels, num_classes, base_channels, depth, max_channels, blocks_per_level)
+        channels = self._record_args(
+            in_channels, num_classes, base_channels, depth, max_channels, blocks_per_level,
+            output_stride, full_resolution_channels, deep_supervision,
+        )  # fmt: skip
 
         self.stem = ConvNormAct(in_channels, channels[0], stride=2)
         self.encoder = nn.ModuleList()
@@ -56,7 +68,7 @@ class ResidualUNet3D(SegmentationNetwork):
             for level in range(depth - 1)
         )
         self.decoder = nn.ModuleList(ResidualBlock(2 * channels[level], channels[level]) for level in range(depth - 1))
-        self.head = nn.Conv3d(channels[0], num_classes, 1)
+        self._build_output(channels)
         self.init_weights()
 
     @staticmethod

@@ -17,9 +17,9 @@ TINY = {"base_channels": 4, "depth": 3, "max_channels": 16}
 ARCHS = sorted(NETWORKS)
 
 
-def tiny(arch: str, seed: int = 0) -> nn.Module:
+def tiny(arch: str, seed: int = 0, **init_args) -> nn.Module:
     torch.manual_seed(seed)
-    return build_network(arch, **TINY)
+    return build_network(arch, **TINY, **init_args)
 
 
 def images(size_zyx: tuple[int, int, int], batch: int = 1, seed: int = 123) -> torch.Tensor:
@@ -28,10 +28,12 @@ def images(size_zyx: tuple[int, int, int], batch: int = 1, seed: int = 123) -> t
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("size_zyx", [(32, 32, 32), (32, 48, 40), (8, 16, 24)])
-def test_output_has_input_size_and_all_classes(arch, size_zyx):
-    net = tiny(arch)
-    assert net.input_multiple == 8
+@pytest.mark.parametrize("output_stride", [1, 2])
+@pytest.mark.parametrize("size_zyx", [(32, 32, 32), (32, 48, 40), (8, 16, 24), (24, 40, 56)])
+def test_output_has_input_size_and_all_classes(arch, output_stride, size_zyx):
+    """Even and odd multiples of the total stride (8): 24, 40, 56 have odd half-resolution sizes."""
+    net = tiny(arch, output_stride=output_stride)
+    assert net.input_multiple == 8 and net.output_stride == output_stride
     with torch.inference_mode():
         logits = net(images(size_zyx, batch=2))
     assert logits.shape == (2, NUM_CLASSES, *size_zyx)
@@ -41,13 +43,57 @@ def test_output_has_input_size_and_all_classes(arch, size_zyx):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_half_resolution_logits_are_the_output_before_its_upsampling(arch):
-    net = tiny(arch).eval()
+    net = tiny(arch, output_stride=2).eval()
     with torch.inference_mode():
         full = net(images((16, 24, 32)))
         half = net(images((16, 24, 32)), half_resolution=True)
     assert half.shape == (1, NUM_CLASSES, 8, 12, 16)
     upsampled = torch.nn.functional.interpolate(half, size=(16, 24, 32), mode="trilinear", align_corners=False)
     assert torch.equal(upsampled, full)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_full_resolution_is_the_default_and_has_no_half_resolution_logits(arch):
+    net = tiny(arch)
+    assert net.output_stride == 1 and net.init_args["full_resolution_channels"] == 8
+    assert net.head.in_channels == 8  # the head reads the full-resolution stage, not the decoder
+    with pytest.raises(ValueError, match="only with output_stride 2"):
+        net(images((16, 16, 16)), half_resolution=True)
+    with pytest.raises(ValueError, match="output_stride must be 1"):
+        tiny(arch, output_stride=4)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_full_resolution_answer_depends_on_the_image_at_full_resolution(arch):
+    """A one-voxel checkerboard added to the image moves the logits more with the full-resolution
+    stage's image branch than with that branch silenced: the stage reads the image itself."""
+    net = tiny(arch).eval()
+    base = images((16, 16, 16))
+    z, y, x = torch.meshgrid(*(torch.arange(16),) * 3, indexing="ij")
+    checker = (((z + y + x) % 2) * 2 - 1).float()[None, None]
+    with torch.inference_mode():
+        plain, textured = net(base), net(base + checker)
+        with torch.no_grad():
+            net.full_resolution.image[0].weight.zero_()
+        assert not torch.allclose(plain, textured)
+        blind = net(base + checker) - net(base)
+    assert (textured - plain).abs().mean() > blind.abs().mean()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("output_stride", [1, 2])
+def test_deep_supervision_adds_lower_resolution_outputs(arch, output_stride):
+    net = tiny(arch, output_stride=output_stride, deep_supervision=True).eval()
+    with torch.inference_mode():
+        outputs = net(images((16, 24, 32)), auxiliary=True)
+        main = net(images((16, 24, 32)))
+    shapes = [tuple(o.shape[2:]) for o in outputs]
+    # depth 3: decoder levels 0 (1/2) and 1 (1/4); a half-resolution net's main head is level 0's
+    expected = [(16, 24, 32), (8, 12, 16), (4, 6, 8)] if output_stride == 1 else [(16, 24, 32), (4, 6, 8)]
+    assert shapes == expected
+    assert torch.equal(outputs[0], main)
+    with pytest.raises(ValueError, match="need deep_supervision"):
+        tiny(arch)(images((16, 16, 16)), auxiliary=True)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -10,12 +10,16 @@ from torch import nn
 
 from segcore import predictor as predictor_module
 from segcore.boxes import box_to_original, expand_box, scale_box
+from segcore.checkpoint import make_payload, network_entry
 from segcore.geometry import canonical_reorientation, to_canonical
+from segcore.intensity import normalize_hu
 from segcore.io import read_volume, write_volume
 from segcore.labels import NUM_CLASSES
+from segcore.networks import build_network
 from segcore.phantom.scanner import stored_geometry
 from segcore.postprocess import organ_statistics
-from segcore.predictor import CoarseLocator, Predictor, resolve_precision
+from segcore.predictor import CoarseLocator, Predictor, StageModel, resolve_precision
+from segcore.resample import resize_image
 from tests.tiny_checkpoints import tiny_payload, write_tiny_weights
 
 CT_3MM = "abdomen_ct_3mm.nii.gz"
@@ -185,3 +189,20 @@ def test_the_checkpoints_notice_is_said_once_and_only_when_there_is_one():
     marked = {**tiny_payload("fine"), "notice": "not for real scans"}
     both = Predictor({**tiny_payload("coarse"), "notice": "not for real scans"}, marked, device="cpu")
     assert both.notice == "not for real scans" and both.info()["notice"] == "not for real scans"
+
+
+@pytest.mark.parametrize("output_stride", [1, 2])
+def test_stage_probabilities_are_the_whole_volume_softmax_of_the_nets_output(output_stride):
+    """The predictor's slab-wise path (softmax by slabs, or upsampling with the softmax) equals the
+    softmax of the whole network output, for full- and half-resolution nets."""
+    torch.manual_seed(3)
+    net = build_network("efficient_context_net", base_channels=4, depth=3, max_channels=16, output_stride=output_stride)
+    payload = make_payload("fine", [network_entry(net, [24, 24, 24])], [24, 24, 24], (-325, 325), {})
+    model = StageModel.from_payload(payload, "fine", torch.device("cpu"), torch.float32, verify=True)
+    volume = torch.from_numpy(np.random.default_rng(0).normal(0, 200, (30, 20, 26)).astype(np.float32))
+    got = model.probabilities(volume, predictor_module._Stopwatch(torch.device("cpu")))
+    image = normalize_hu(resize_image(volume, (24, 24, 24)), (-325, 325))[None, None]
+    with torch.inference_mode():
+        expected = torch.softmax(model.nets[0](image)[0], dim=0)
+    assert got.shape == (NUM_CLASSES, 24, 24, 24)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from segcore.resample import _resize_3d_separable, resize_image, resize_labels, upsampled_softmax
+from segcore.resample import _resize_3d_separable, resize_image, resize_labels, softmax_by_slabs, upsampled_softmax
 
 
 def reference(volume: np.ndarray, size) -> torch.Tensor:
@@ -76,3 +76,15 @@ def test_upsampled_softmax_is_the_softmax_of_the_trilinear_resize(shape, size, d
     assert got.dtype == torch.float32 and got.shape == (shape[0], *size)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
     torch.testing.assert_close(got.sum(0), torch.ones(size), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_softmax_by_slabs_is_the_whole_tensor_softmax(dtype):
+    logits = (torch.randn((14, 11, 6, 5), generator=torch.Generator().manual_seed(1)) * 4).to(dtype)
+    expected = torch.softmax(logits.float(), dim=0)
+    source = logits.clone()
+    got = softmax_by_slabs(source, slab=3)  # slabs that do not divide the depth
+    assert got.dtype == torch.float32 and got.shape == logits.shape
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    # float32 logits are overwritten in place: no second full-size tensor
+    assert (got.data_ptr() == source.data_ptr()) == (dtype == torch.float32)
