@@ -53,8 +53,10 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class OptimizerConfig:
-    """``optimizer``: AdamW or SGD (Nesterov), linear warm-up then polynomial decay; ``grad_clip``
-    is the largest gradient norm (null: no clipping)."""
+    """``optimizer``: AdamW or SGD (Nesterov); the learning-rate ``schedule`` after a linear
+    warm-up: ``poly`` (decay to zero over ``train.epochs``) or ``wsd`` (constant, then a linear
+    cool-down over the last ``decay_share`` of the run's steps; :func:`segcore.training.engine.wsd_schedule`);
+    ``grad_clip`` is the largest gradient norm (null: no clipping)."""
 
     __pydantic_config__ = STRICT
     name: Literal["adamw", "sgd"] = "adamw"
@@ -62,7 +64,13 @@ class OptimizerConfig:
     weight_decay: float = 0.0
     momentum: float = 0.99  # sgd only
     warmup_steps: int = 0
+    schedule: Literal["poly", "wsd"] = "poly"
+    decay_share: float = 0.2  # wsd only
     grad_clip: float | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 < self.decay_share <= 1:
+            raise ValueError(f"optimizer.decay_share={self.decay_share}: expected a share in (0, 1]")
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import gc
 import json
 import math
+import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ from segcore.training.augment import AugmentConfig, augment_views, random_fourie
 from segcore.training.config import OptimizerConfig, StageConfig
 from segcore.training.cps import CPSStep
 from segcore.training.data import StoreDataset, make_loader
-from segcore.training.losses import dice_ce_loss, hard_dice_per_class
+from segcore.training.losses import deep_supervision_loss, dice_ce_loss, hard_dice_per_class
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,32 @@ def poly_schedule(total_steps: int, warmup_steps: int, power: float = 0.9):
         return max(0.0, 1 - step / max(1, total_steps)) ** power
 
     return factor
+
+
+def wsd_schedule(total_steps: int, warmup_steps: int, decay_share: float):
+    """Warm-up, stable, decay: a factor for LambdaLR.
+
+    Linear warm-up to 1 over ``warmup_steps``, constant 1, then a linear cool-down to zero over
+    the last ``decay_share`` of ``total_steps``. The stable phase does not depend on the run's
+    length, so a run resumed with more steps (and the curves of runs of different lengths)
+    match step for step until the cool-down.
+    """
+    decay_steps = max(1, round(decay_share * total_steps))
+    decay_start = total_steps - decay_steps
+
+    def factor(step: int) -> float:
+        warm = (step + 1) / warmup_steps if step < warmup_steps else 1.0
+        cool = 1.0 if step < decay_start else max(0.0, (total_steps - step) / decay_steps)
+        return min(warm, cool)  # a run shorter than its warm-up still ends at zero
+
+    return factor
+
+
+def lr_schedule(config: OptimizerConfig, total_steps: int, max_steps: int):
+    """The factor of ``optimizer.schedule``: poly over the epochs' steps, wsd over the run's steps."""
+    if config.schedule == "wsd":
+        return wsd_schedule(max_steps, config.warmup_steps, config.decay_share)
+    return poly_schedule(total_steps, config.warmup_steps)
 
 
 def autocast_settings(amp: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
@@ -163,6 +190,9 @@ class Trainer:
         if self.semi.enabled and self.semi.init_from:
             self.load_weights(Path(self.semi.init_from))
         self.step, self.best_dice, self.history, self.finished = 0, -math.inf, [], False
+        self.train_seconds = 0.0
+        """Wall time spent in training steps (data, augmentation, passes, updates) so far, resumes
+        included; validation and checkpoints are not counted: the x axis of time-to-accuracy curves."""
         self.step_fn = CPSStep(self, self.semi) if self.semi.enabled else SupervisedStep()
         self.tensorboard = None
         if context.is_main:
@@ -191,8 +221,8 @@ class Trainer:
         if self.config.train.compile:
             net = torch.compile(net)
         optimizer = make_optimizer(net.parameters(), self.config.optimizer)
-        warmup = self.config.optimizer.warmup_steps
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_schedule(self.total_steps, warmup))
+        schedule = lr_schedule(self.config.optimizer, self.total_steps, self.max_steps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return Member(net, optimizer, scheduler, torch.amp.GradScaler(self.context.device.type, enabled=use_scaler))
 
     # -- helpers used by steps --------------------------------------------------------------
@@ -227,11 +257,22 @@ class Trainer:
         _, strong, labels = self._augmented(batch, with_labels, augment)
         return normalize_hu(strong, self.hu_window), labels
 
+    def supervised_loss(self, member: Member, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Dice + cross-entropy of one member on a prepared labeled batch; over every output
+        (:func:`segcore.training.losses.deep_supervision_loss`) when its net has auxiliary heads."""
+        if not member.module.auxiliary_levels:
+            return dice_ce_loss(self.run(member.net, images), labels)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last_3d)
+        with self.autocast():
+            outputs = member.net(images, auxiliary=True)
+        return deep_supervision_loss(outputs, labels)
+
     def supervised_updates(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-        """One Dice + cross-entropy step of every member on a prepared labeled batch."""
+        """One supervised step (:meth:`supervised_loss`) of every member on a prepared labeled batch."""
         logs = {}
         for i, member in enumerate(self.members):
-            loss = dice_ce_loss(self.run(member.net, images), labels)
+            loss = self.supervised_loss(member, images, labels)
             self.optimize(member, loss)
             logs[f"loss/net{i}"] = loss.item()
         return logs
@@ -259,6 +300,7 @@ class Trainer:
             bar = tqdm(
                 self.loader, desc=f"{self.stage.name} epoch {epoch}", disable=not self.context.is_main, leave=False
             )
+            started = time.perf_counter()
             for batch in bar:
                 for member in self.members:
                     member.net.train()
@@ -268,6 +310,7 @@ class Trainer:
                 if self.step >= max_steps:
                     break
             bar.close()
+            self.train_seconds += time.perf_counter() - started
             if self.step == (epoch + 1) * self.steps_per_epoch:  # a whole epoch, not one cut by max_steps
                 self.on_epoch_end(epoch)
             self.finished = self.step >= max_steps or epoch + 1 == self.config.train.epochs
@@ -335,7 +378,10 @@ class Trainer:
                 self.tensorboard.add_scalar(f"val/{name}/mean_dice", m["mean_dice"], self.step)
                 for organ, value in m["dice"].items():
                     self.tensorboard.add_scalar(f"val/{name}/{organ}", value, self.step)
-            record = {"epoch": epoch, "step": self.step, "time": time.time(), **metrics}
+            record = {
+                "epoch": epoch, "step": self.step, "time": time.time(), "train_seconds": round(self.train_seconds, 2),
+                "load_average": list(os.getloadavg()), **metrics,
+            }  # fmt: skip
             with (self.output_dir / "metrics.jsonl").open("a") as stream:
                 stream.write(json.dumps(record) + "\n")
         if score > self.best_dice:
@@ -374,6 +420,7 @@ class Trainer:
             "step": self.step,
             "finished": self.finished,
             "best_dice": self.best_dice,
+            "train_seconds": self.train_seconds,
             "optimizers": [m.optimizer.state_dict() for m in self.members],
             "schedulers": [m.scheduler.state_dict() for m in self.members],
             "scalers": [m.scaler.state_dict() for m in self.members],
@@ -408,6 +455,7 @@ class Trainer:
             member.scaler.load_state_dict(scaler)
         self.step, self.best_dice = int(state["step"]), float(state["best_dice"])
         self.finished = bool(state.get("finished", False))
+        self.train_seconds = float(state.get("train_seconds", 0.0))
         generators = state["generators"]
         if len(generators) == self.context.world_size:
             self.generator.set_state(generators[self.context.rank].cpu())

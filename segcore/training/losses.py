@@ -55,3 +55,38 @@ def hard_dice_per_class(predictions: torch.Tensor, targets: torch.Tensor, num_cl
         total = (predicted.sum(dims) + actual.sum(dims)).float()
         scores.append(torch.where(total > 0, 2 * overlap / total.clamp_min(1), torch.full_like(total, float("nan"))))
     return torch.stack(scores, dim=1)
+
+
+def deep_supervision_weights(count: int) -> list[float]:
+    """Weights of the main output and ``count - 1`` auxiliary ones: ``1 / 2**i``, summing to 1
+    (nnU-Net's halving per level, highest resolution first)."""
+    raw = [0.5**i for i in range(count)]
+    return [w / sum(raw) for w in raw]
+
+
+def downsample_targets(targets: torch.Tensor, size_zyx: tuple[int, ...]) -> torch.Tensor:
+    """Nearest-neighbour (voxel-centre) resize of ``(N, z, y, x)`` class ids to ``size_zyx``."""
+    if tuple(targets.shape[1:]) == tuple(size_zyx):
+        return targets
+    resized = F.interpolate(targets[:, None].float(), size=tuple(size_zyx), mode="nearest-exact")
+    return resized[:, 0].long()
+
+
+def deep_supervision_loss(outputs: list[torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
+    """Weighted Dice + cross-entropy of every output of a deeply supervised net.
+
+    Args:
+        outputs: logits, the main (input-size) ones first, then the auxiliary heads' at lower
+            resolutions, highest first (``net(x, auxiliary=True)``).
+        targets: ``(N, z, y, x)`` class ids at the input size; resized (nearest, voxel centres)
+            to each output's size.
+
+    Returns:
+        ``sum_i w_i * dice_ce_loss(outputs[i], targets at its size)`` with
+        :func:`deep_supervision_weights`.
+    """
+    weights = deep_supervision_weights(len(outputs))
+    return sum(
+        weight * dice_ce_loss(logits, downsample_targets(targets, logits.shape[2:]))
+        for weight, logits in zip(weights, outputs)
+    )

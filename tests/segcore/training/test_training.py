@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -140,6 +141,20 @@ def test_resume_continues_at_the_saved_step_lr_and_optimizer_state(semi, tiny_st
     for resumed_net, straight_net in zip(resumed["networks"], straight["networks"]):
         for name, expected in straight_net["state_dict"].items():
             torch.testing.assert_close(resumed_net["state_dict"][name], expected, msg=name)
+
+
+def test_deeply_supervised_wsd_run_cools_down_to_zero_and_logs_its_training_time(tiny_store, tmp_path):
+    out = tmp_path / "run"
+    overrides = ["optimizer.schedule=wsd", "optimizer.decay_share=0.5", "network.init_args.deep_supervision=true"]
+    payload = train(tiny_store, out, *overrides)
+    state = payload["training_state"]
+    assert state["schedulers"][0]["_last_lr"][0] == 0.0  # the cool-down ends at the run's last step
+    assert payload["networks"][0]["init_args"]["deep_supervision"] is True
+    assert any(key.startswith("auxiliary_heads.") for key in payload["networks"][0]["state_dict"])
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    seconds = [record["train_seconds"] for record in records]
+    assert seconds == sorted(seconds) and 0 < seconds[-1] <= state["train_seconds"]
+    assert all(len(record["load_average"]) == 3 for record in records)
 
 
 def test_confidence_aware_cps_with_fourier_mixing_trains_and_logs_its_confidence(tiny_store, tmp_path):
