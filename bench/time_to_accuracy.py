@@ -1,0 +1,277 @@
+"""Validation accuracy against wall-clock minutes: how fast does a training recipe learn?
+
+Run from the repository root (resumable: rerun the same command after an interruption; results
+are appended as they come)::
+
+    .venv/bin/python -m bench.time_to_accuracy --work runs/time_to_accuracy                  # every recipe, seed 0
+    .venv/bin/python -m bench.time_to_accuracy --work runs/time_to_accuracy --seeds 0 1 2 --recipes old full_res
+    .venv/bin/python -m bench.time_to_accuracy --work runs/time_to_accuracy --report         # curves, plot, table
+    .venv/bin/python -m bench.time_to_accuracy --quick                                        # smoke run, ~2 min
+
+Setting (the SSL benchmark's, :mod:`bench.ssl_gain`, its ``upper_bound`` arm): phantoms of size
+``small``, data seed 0, 56 labeled cases (8 in one domain and 48 in random domains), the coarse
+stage at 48³ trained by the real command (``sh coarse_seg/run.sh --nproc 1`` with
+``coarse_seg/config.tiny.yaml``: its network widths, augmentation and AdamW), one thread per
+process, ``--parallel`` (2) processes at a time. Fold 0 of 4 of the labeled cases (14 phantoms,
+never test cases) is the **validation set** every curve is measured on: mean DSC over the 13
+organs (FLARE22 protocol: an organ absent from both maps is left out of the case's mean) of the
+single net at the stored 48³ grid, every ``--validations``-th of the run. The 48 test phantoms
+(12 in-domain, 36 shifted) score the run's ``last.pt`` at the end, on their original grids
+(:func:`bench.ssl_gain.score_checkpoint`).
+
+The x axis is the trainer's ``train_seconds``: wall time spent in training steps (data,
+augmentation, passes, updates), validation and checkpoints excluded (their frequency is the
+benchmark's choice, not the recipe's). Each point carries the load average at that moment.
+
+Recipes (``RECIPES``; every one for the same wall-clock budget ``--minutes``, turned into a step
+count with the recipe's step time measured on this 2-core machine, ``SECONDS_PER_STEP``):
+
+- ``old``: the landed recipe: half-resolution output (``output_stride=2``), poly decay over the
+  run, AdamW 3e-3;
+- ``full_res``: full-resolution output (``output_stride=1``, 8 full-resolution channels),
+  warm-up-stable-decay schedule (cool-down over the last 20 %), AdamW 3e-3;
+- ``full_res_ds``: ``full_res`` with deep supervision;
+- ``full_res_4ch``: ``full_res`` with 4 full-resolution channels (the cost/accuracy trade).
+
+Headline figures per recipe (median over seeds): minutes to 0.80 validation DSC (the first
+validation at or above it), validation DSC at 10 / 30 / 60 minutes (the last validation at or
+before that time; blank past the run), and the ``last.pt`` test DSC (in-domain / shifted).
+Written to ``WORK/report.txt``, ``WORK/report.json`` and the plot ``WORK/curves.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.ssl_gain import (
+    IN_DOMAIN,
+    TRAIN_CONFIG,
+    Settings,
+    link_upper_bound_root,
+    prepare_store,
+    score_checkpoint,
+    steps_per_epoch,
+    train_arm,
+    write_data,
+)
+
+FULL_RES = ["network.init_args.output_stride=1", "optimizer.schedule=wsd", "optimizer.decay_share=0.2"]
+RECIPES: dict[str, list[str]] = {
+    "old": ["network.init_args.output_stride=2", "optimizer.schedule=poly"],
+    "full_res": FULL_RES,
+    "full_res_ds": [*FULL_RES, "network.init_args.deep_supervision=true"],
+    "full_res_4ch": [*FULL_RES, "network.init_args.full_resolution_channels=4"],
+}
+SECONDS_PER_STEP = {"old": 0.25, "full_res": 0.53, "full_res_ds": 0.54, "full_res_4ch": 0.44}
+"""One training step (batch 2, 48³, one thread), measured over one epoch of each recipe on the
+2-core machine this benchmark was written on; sets each recipe's step count for the budget."""
+THRESHOLD = 0.80
+CHECKPOINT_MINUTES = (10, 30, 60)
+QUICK = {"minutes": 0.4, "validations": 2, "seeds": [0]}
+
+
+def recipe_steps(recipe: str, minutes: float) -> int:
+    """Steps of ``recipe`` that fill ``minutes`` of training time."""
+    return max(4, round(minutes * 60 / SECONDS_PER_STEP[recipe]))
+
+
+def curve(run_dir: Path) -> list[dict[str, Any]]:
+    """The validations of a run so far: ``{"minutes", "step", "dice", "organs", "load"}`` each."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    points = []
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        points.append({
+            "minutes": record["train_seconds"] / 60, "step": record["step"], "dice": record["net0"]["mean_dice"],
+            "organs": record["net0"]["dice"], "load": record.get("load_average"),
+        })  # fmt: skip
+    return points
+
+
+def minutes_to(points: list[dict[str, Any]], threshold: float) -> float | None:
+    """Training minutes of the first validation at or above ``threshold``, or None."""
+    return next((p["minutes"] for p in points if p["dice"] >= threshold), None)
+
+
+def dice_at(points: list[dict[str, Any]], minutes: float) -> float | None:
+    """Validation DSC of the last validation at or before ``minutes``; None past the run's end."""
+    if not points or points[-1]["minutes"] < minutes * 0.98:
+        return None
+    before = [p for p in points if p["minutes"] <= minutes]
+    return before[-1]["dice"] if before else None
+
+
+def run_job(job: dict[str, Any]) -> dict[str, Any]:
+    """Train (or resume) one (recipe, seed) and score its ``last.pt`` on the test cases."""
+    torch.set_num_threads(job["threads"])
+    run_dir = Path(job["run_dir"])
+    wall = train_arm(job["command"], run_dir, job["threads"])
+    scores = score_checkpoint(run_dir / "last.pt", Path(job["store"]), Path(job["data_root"]))
+    return {
+        "recipe": job["recipe"], "seed": job["seed"], "steps": job["steps"], "minutes": job["minutes"],
+        "train_call_s": round(wall, 1), "command": " ".join(job["command"]), "test": scores["cases"],
+    }  # fmt: skip
+
+
+def report(work: Path, results: list[dict], runs: dict[tuple[str, int], Path], subsets: dict[str, list[str]]) -> str:
+    """Table, JSON figures and plot of every run's curve (finished or not)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines = [
+        f"time_to_accuracy: coarse stage 48^3, 56 labeled phantoms (14 validate), one thread per process; "
+        f"validation mean DSC vs training minutes; test {', '.join(f'{k} {len(v)}' for k, v in subsets.items())}",
+        f"{'recipe':<14}{'seed':>5}{'steps':>7}{'done':>7}{'min':>7}{'to 0.80':>9}"
+        + "".join(f"{f'@{m}min':>9}" for m in CHECKPOINT_MINUTES)
+        + f"{'final val':>10}{'test in/shift':>16}{'load':>12}",
+    ]
+    figures: dict[str, Any] = {"runs": []}
+    finished = {(r["recipe"], r["seed"]): r for r in results}
+    figure, axis = plt.subplots(figsize=(8, 5))
+    colours = dict(zip(RECIPES, ("tab:grey", "tab:blue", "tab:green", "tab:orange")))
+    for (recipe, seed), run_dir in sorted(runs.items()):
+        points = curve(run_dir)
+        if not points:
+            continue
+        done = finished.get((recipe, seed))
+        test = "" if done is None else "/".join(
+            f"{np.mean([np.mean(done['test'][c]['dsc']) for c in subsets[name]]):.4f}" for name in subsets
+        )  # fmt: skip
+        reached = minutes_to(points, THRESHOLD)
+        at = [dice_at(points, m) for m in CHECKPOINT_MINUTES]
+        loads = [p["load"][0] for p in points if p["load"]]
+        lines.append(
+            f"{recipe:<14}{seed:>5}{points[-1]['step']:>7}{'yes' if done else 'no':>7}{points[-1]['minutes']:>7.1f}"
+            f"{'-' if reached is None else f'{reached:.1f}':>9}"
+            + "".join(f"{'-' if v is None else f'{v:.4f}':>9}" for v in at)
+            + f"{points[-1]['dice']:>10.4f}{test:>16}{f'{min(loads):.2f}-{max(loads):.2f}' if loads else '':>12}"
+        )
+        figures["runs"].append({
+            "recipe": recipe, "seed": seed, "finished": done is not None, "minutes_to_threshold": reached,
+            "dice_at_minutes": dict(zip(CHECKPOINT_MINUTES, at)), "curve": points,
+            "test_mean_dsc": None if done is None else {
+                name: float(np.mean([np.mean(done["test"][c]["dsc"]) for c in ids])) for name, ids in subsets.items()
+            },
+        })  # fmt: skip
+        axis.plot(
+            [p["minutes"] for p in points], [p["dice"] for p in points], color=colours.get(recipe),
+            alpha=0.9, label=f"{recipe} s{seed}",
+        )  # fmt: skip
+    axis.axhline(THRESHOLD, color="black", linestyle=":", linewidth=1)
+    axis.set_xlabel("training wall time, minutes (1 thread; validation excluded)")
+    axis.set_ylabel("validation mean DSC (14 phantoms, 48³)")
+    axis.set_ylim(0, 1)
+    axis.grid(alpha=0.3)
+    axis.legend(loc="lower right", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(work / "curves.png", dpi=110)
+    plt.close(figure)
+    text = "\n".join(lines)
+    (work / "report.txt").write_text(text + "\n")
+    (work / "report.json").write_text(json.dumps(figures, indent=1))
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench.time_to_accuracy", description=__doc__.split("\n")[0])
+    parser.add_argument("--work", type=Path, help="folder for data, stores, runs and results (default: a new temp dir)")
+    parser.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=list(RECIPES))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--minutes", type=float, default=60.0, help="training budget of every run")
+    parser.add_argument("--validations", type=int, default=40, help="validations per run")
+    parser.add_argument("--parallel", type=int, default=2)
+    parser.add_argument("--report", action="store_true", help="only the report of what has run")
+    parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}, a few phantoms")
+    args = parser.parse_args(argv)
+    settings = Settings()
+    if args.quick:
+        args.minutes, args.validations, args.seeds = QUICK["minutes"], QUICK["validations"], QUICK["seeds"]
+        settings = Settings(labeled=6, unlabeled=4, test=4)
+    work = (args.work or Path(tempfile.mkdtemp(prefix="time_to_accuracy_"))).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"time_to_accuracy: {work}; load average {os.getloadavg()}, {os.cpu_count()} CPUs", flush=True)
+
+    data_root, upper_root = work / "data", work / "data_all_labeled"
+    store, upper_store = work / "store_48.lmdb", work / "store_48_all_labeled.lmdb"
+    manifest = work / "cases.json"
+    if not manifest.exists():
+        manifest.write_text(json.dumps(write_data(data_root, settings), indent=1))
+    prepare_store(data_root, store, settings)
+    link_upper_bound_root(data_root, upper_root)
+    prepare_store(upper_root, upper_store, settings)
+
+    from segcore.phantom.tissues import domain_group
+    from segcore.store import CaseStore
+
+    groups = {r["id"]: domain_group(r["domain"]) for r in json.loads(manifest.read_text())}
+    reader = CaseStore(store)
+    test_ids = reader.ids("test")
+    reader.close()
+    subsets = {
+        "in-domain": [c for c in test_ids if groups[c] == IN_DOMAIN],
+        "shifted": [c for c in test_ids if groups[c] != IN_DOMAIN],
+    }
+
+    results_path = work / "results.jsonl"
+    results = [json.loads(line) for line in results_path.read_text().splitlines()] if results_path.exists() else []
+    spe = steps_per_epoch(upper_store)
+    jobs, runs = [], {}
+    for seed in args.seeds:
+        for recipe in args.recipes:
+            steps = recipe_steps(recipe, args.minutes)
+            run_dir = work / "runs" / f"{recipe}_{args.minutes:g}min" / f"seed{seed}"
+            runs[(recipe, seed)] = run_dir
+            if args.report or any(r["recipe"] == recipe and r["seed"] == seed and r["minutes"] == args.minutes
+                                  for r in results):  # fmt: skip
+                continue
+            epochs = math.ceil(steps / spe)
+            command = [
+                "sh", "coarse_seg/run.sh", "--nproc", "1", "--device", "cpu", "--config", TRAIN_CONFIG,
+                f"store={upper_store}", f"output_dir={run_dir}", "input_size=[48,48,48]", "data.workers=0",
+                f"train.epochs={epochs}", f"train.max_steps={steps}", f"train.seed={seed}",
+                f"train.val_every={max(1, epochs // args.validations)}", "augment.fourier_sources=labeled",
+                "semi.enabled=false", *RECIPES[recipe],
+            ]  # fmt: skip
+            jobs.append({
+                "recipe": recipe, "seed": seed, "steps": steps, "minutes": args.minutes, "run_dir": str(run_dir),
+                "command": command, "threads": 1, "store": str(store), "data_root": str(data_root),
+            })  # fmt: skip
+    results = [r for r in results if r["minutes"] == args.minutes]
+    if jobs:
+        print(f"time_to_accuracy: {len(jobs)} runs of {args.minutes:g} min, {args.parallel} at a time", flush=True)
+        with ProcessPoolExecutor(args.parallel, mp_context=get_context("spawn")) as pool:
+            futures = {pool.submit(run_job, job): job for job in jobs}
+            for future in as_completed(futures):
+                job = futures[future]
+                try:
+                    line = future.result()
+                except Exception as error:  # one failed run must not lose the others
+                    print(f"time_to_accuracy: {job['recipe']} seed {job['seed']} FAILED: {error}", flush=True)
+                    continue
+                with results_path.open("a") as stream:
+                    stream.write(json.dumps(line) + "\n")
+                results.append(line)
+                print(f"time_to_accuracy: {job['recipe']} seed {job['seed']} done", flush=True)
+    print(report(work, results, runs, subsets))
+    print(f"\ntime_to_accuracy: report in {work / 'report.txt'}, plot {work / 'curves.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
