@@ -33,8 +33,9 @@ def full_size_labels(path: Path, slices: int = 300, seed: int = 0) -> Path:
     return path
 
 
-def random_production_weights(folder: Path, liver_bias: float = 100.0) -> Path:
-    """``coarse.pt`` / ``fine.pt`` with production-size nets and random weights in ``folder``.
+def random_production_weights(folder: Path, liver_bias: float = 100.0, output_stride: int = 1) -> Path:
+    """``coarse.pt`` / ``fine.pt`` with production-size nets and random weights in ``folder``
+    (``output_stride`` 1: full-resolution nets, 2: half-resolution ones).
 
     The coarse net's head gets a large liver bias, so it "finds" an organ everywhere and the fine
     stage runs on the largest possible crop (the whole volume): an upper bound on the fine cost.
@@ -42,7 +43,7 @@ def random_production_weights(folder: Path, liver_bias: float = 100.0) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for stage, (arch, input_size) in PRODUCTION.items():
         torch.manual_seed(0)
-        net = build_network(arch)
+        net = build_network(arch, output_stride=output_stride)
         if stage == "coarse":
             with torch.no_grad():
                 net.head.bias[1] += liver_bias

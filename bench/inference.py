@@ -9,7 +9,8 @@ Run from the repository root::
 
 The CT is a full-size phantom (512 x 512 x ``--slices``, 0.8 x 0.8 x 1.25 mm, see
 :mod:`bench.fixtures`). ``default`` is ``model_weights/``; ``production`` has random weights at
-production size (coarse 160³, fine 192³) with a coarse head biased so that the fine stage runs
+production size (coarse 160³, fine 192³; full-resolution nets, or half-resolution ones with
+``--output-stride 2``) with a coarse head biased so that the fine stage runs
 on the largest crop possible (the whole volume): an upper bound. ``realistic`` runs the same
 production-size nets (their forward passes are timed) but replaces their outputs by the
 phantom's true labels at the network's size, softened (a 3³ mean of the one-hot maps plus 5 %
@@ -321,6 +322,10 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
     parser.add_argument("--work", type=Path, help="keep the CT and weights here (default: a temp folder)")
+    parser.add_argument(
+        "--output-stride", type=int, default=1, choices=[1, 2],
+        help="production-size nets: full-resolution (1) or half-resolution (2) output",
+    )  # fmt: skip
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--once", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -344,7 +349,10 @@ def main() -> None:
     ct = full_size_ct(work / f"phantom_{args.slices}.nii.gz", args.slices)
     print(f"CT: 512 x 512 x {args.slices} phantom, {ct.stat().st_size / 1e6:.1f} MB; device {args.device}")
     for model in args.models:
-        weights = args.weights if model == "default" else random_production_weights(work / "production_weights")
+        production = work / f"production_weights_stride{args.output_stride}"
+        weights = (
+            args.weights if model == "default" else random_production_weights(production, 100.0, args.output_stride)
+        )
         spec = {"ct": str(ct), "weights": str(weights), "device": args.device, "precision": args.precision,
                 "repeats": args.repeats, "out": str(work / f"labels_{model}.nii.gz"),
                 "truth": str(full_size_labels(work / f"phantom_{args.slices}_labels.nii.gz", args.slices))

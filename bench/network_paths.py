@@ -12,8 +12,9 @@ channels-last-3d; ONNX Runtime fp32 on the CPU execution provider (the net expor
 ``torch.onnx.export``, all graph optimisations on). Each path: one warm-up, then the median of
 ``--repeats`` passes; against torch fp32: the largest absolute logit difference and the share of
 voxels whose argmax agrees (random weights make many near-ties, so this is a lower bound on what
-a trained model shows). The logits are the nets' half-resolution output (before the final ×2
-upsampling, which the predictor does itself, :func:`segcore.resample.upsampled_softmax`).
+a trained model shows). The logits are what the predictor takes: a full-resolution net's
+output (the default), or with ``--output-stride 2`` a half-resolution net's before its final ×2
+upsampling (which the predictor does itself, :func:`segcore.resample.upsampled_softmax`).
 
 ONNX Runtime is not a dependency of the project; to measure it::
 
@@ -37,15 +38,16 @@ from segcore.networks import build_network
 PRODUCTION = {"residual_unet3d": 160, "efficient_context_net": 192}
 
 
-class HalfResolution(torch.nn.Module):
-    """The net's logits before its final upsampling (what the predictor runs)."""
+class PredictorOutput(torch.nn.Module):
+    """The logits the predictor takes from a net: a half-resolution net's before its final
+    upsampling (the predictor does that with the softmax), a full-resolution net's as they are."""
 
     def __init__(self, net: torch.nn.Module):
         super().__init__()
         self.net = net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x, half_resolution=True)
+        return self.net(x, half_resolution=self.net.output_stride == 2)
 
 
 def seconds(run, repeats: int) -> float:
@@ -88,13 +90,14 @@ def onnx_path(net: torch.nn.Module, image: torch.Tensor, folder: Path):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--output-stride", type=int, default=1, choices=[1, 2], help="full (1) or half (2) resolution")
     parser.add_argument("--onnx", action="store_true", help="also ONNX Runtime (needs the optional packages)")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
           f"{torch.backends.cpu.get_cpu_capability()}")  # fmt: skip
     for arch, size in PRODUCTION.items():
         torch.manual_seed(0)
-        net = HalfResolution(build_network(arch).eval())
+        net = PredictorOutput(build_network(arch, output_stride=args.output_stride).eval())
         image = torch.randn(1, 1, size, size, size, generator=torch.Generator().manual_seed(1))
         paths = torch_paths(net, image)
         with tempfile.TemporaryDirectory() as folder:

@@ -2,7 +2,8 @@
 
 Run from the repository root::
 
-    .venv/bin/python -m bench.output_grid                       # every set below
+    .venv/bin/python -m bench.output_grid                       # the ssl, default and production sets
+    .venv/bin/python -m bench.output_grid --sets production_full --cases 3   # full-size phantoms (minutes)
     .venv/bin/python -m bench.output_grid --sets ssl --cases 4  # one set, fewer phantoms
 
 For every phantom of a set (held-out phantoms generated with the set's size and seed) and every
@@ -25,9 +26,10 @@ Coarse sizes are whole scans (canonical orientation, each axis resized to the si
 are the organs' box plus 20 mm (as ``data_prepare`` crops with labels) resized to the size.
 
 Sets: ``ssl`` (the SSL benchmark's small phantoms, coarse 32³ / 48³ / 64³), ``default`` (the
-default model's medium phantoms, coarse 48³, fine 80³) and ``production`` (medium phantoms at
-the production sizes, coarse 160³, fine 192³). Prints a table (mean and the small or thin
-organs) and writes ``--out`` (JSON) if given.
+default model's medium phantoms, coarse 48³, fine 80³), ``production`` (medium phantoms at
+the production sizes, coarse 160³, fine 192³: at or above the phantoms' own resolution) and
+``production_full`` (full-size 512×512 phantoms at the production sizes, as FLARE22 scans are).
+Prints a table (mean and the small or thin organs) and writes ``--out`` (JSON) if given.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ SETS = {
     "ssl": {"size": "small", "seed": 0, "coarse": (32, 48, 64), "fine": ()},
     "default": {"size": "medium", "seed": 4242, "coarse": (48,), "fine": (80,)},
     "production": {"size": "medium", "seed": 4242, "coarse": (160,), "fine": (192,)},
+    "production_full": {"size": "full", "seed": 4242, "coarse": (160,), "fine": (192,)},
 }
 SHOWN = ("right_adrenal_gland", "left_adrenal_gland", "ivc", "aorta", "esophagus", "gallbladder")
 ANSWERS = ("stored", "half_res", "full_res")
@@ -130,7 +133,7 @@ def table(name: str, scores: dict[str, dict[str, list[list[float]]]], cases: int
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.output_grid", description=__doc__.split("\n")[0])
-    parser.add_argument("--sets", nargs="+", choices=list(SETS), default=list(SETS))
+    parser.add_argument("--sets", nargs="+", choices=list(SETS), default=["ssl", "default", "production"])
     parser.add_argument("--cases", type=int, default=8, help="held-out phantoms per set")
     parser.add_argument("--out", type=Path, help="JSON file for the per-case, per-organ figures")
     args = parser.parse_args(argv)
