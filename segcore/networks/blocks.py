@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segcore.labels import NUM_CLASSES
+
 LEAKY_SLOPE = 0.01
 """Negative slope of every LeakyReLU (nnU-Net's choice)."""
 
@@ -168,9 +170,10 @@ class FullResolutionStage(nn.Module):
 class SegmentationNetwork(nn.Module):
     """Shared contract of the segmentation networks.
 
-    Subclasses set ``init_args`` (every constructor argument, JSON-able, so that
-    ``type(net)(**net.init_args)`` rebuilds the same architecture) and ``input_multiple`` (the
-    total stride: every spatial axis of the input must be a multiple of it).
+    The constructor is shared: it keeps ``init_args`` (every constructor argument, JSON-able, so
+    that ``type(net)(**net.init_args)`` rebuilds the same architecture) and ``input_multiple``
+    (the total stride: every spatial axis of the input must be a multiple of it); subclasses
+    build their levels (:meth:`build_levels`) and say how a decoder level joins its skip (:meth:`merge`).
 
     Two output grids (``output_stride``):
 
@@ -188,11 +191,24 @@ class SegmentationNetwork(nn.Module):
     init_args: dict[str, Any]
     input_multiple: int
 
-    def _record_args(
-        self, in_channels: int, num_classes: int, base_channels: int, depth: int, max_channels: int,
-        blocks_per_level: int, output_stride: int, full_resolution_channels: int, deep_supervision: bool,
-    ) -> list[int]:  # fmt: skip
-        """Keep the constructor arguments and the total stride; returns each level's channels."""
+    full_resolution_kernels: tuple[Kernel, Kernel] = (3, 3)
+    """Kernels of the two mixing convolutions of the :class:`FullResolutionStage`."""
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = NUM_CLASSES,
+        base_channels: int = 16,
+        depth: int = 5,
+        max_channels: int = 256,
+        blocks_per_level: int = 1,
+        output_stride: int = 1,
+        full_resolution_channels: int = 8,
+        deep_supervision: bool = False,
+    ):
+        """Record the arguments (subclasses document them), build the stride-2 ``stem``, the
+        subclass's levels (:meth:`build_levels`), the output and initialise the weights."""
+        super().__init__()
         if output_stride not in (1, 2):
             raise ValueError(f"output_stride must be 1 (full resolution) or 2 (half resolution), got {output_stride}")
         self.init_args = {
@@ -203,7 +219,15 @@ class SegmentationNetwork(nn.Module):
         if output_stride == 1:
             self.init_args["full_resolution_channels"] = full_resolution_channels
         self.input_multiple = 2**depth
-        return level_channels(base_channels, depth, max_channels)
+        channels = level_channels(base_channels, depth, max_channels)
+        self.stem = ConvNormAct(in_channels, channels[0], stride=2)
+        self.build_levels(channels, blocks_per_level)
+        self._build_output(channels)
+        self.init_weights()
+
+    def build_levels(self, channels: list[int], blocks_per_level: int) -> None:
+        """Set ``encoder``, ``upsamplers`` and ``decoder`` (``ModuleList`` s) for levels of ``channels``."""
+        raise NotImplementedError
 
     @property
     def output_stride(self) -> int:
@@ -217,13 +241,15 @@ class SegmentationNetwork(nn.Module):
             return []
         return list(range(self.output_stride - 1, len(self.decoder)))
 
-    def _build_output(self, channels: list[int], kernels: tuple[Kernel, Kernel] = (3, 3)) -> None:
+    def _build_output(self, channels: list[int]) -> None:
         """The head (and full-resolution stage, auxiliary heads) after the decoder levels."""
         args = self.init_args
         num_classes = args["num_classes"]
         if self.output_stride == 1:
             width = args["full_resolution_channels"]
-            self.full_resolution = FullResolutionStage(args["in_channels"], channels[0], width, kernels)
+            self.full_resolution = FullResolutionStage(
+                args["in_channels"], channels[0], width, self.full_resolution_kernels
+            )
             self.head = nn.Conv3d(width, num_classes, 1)
         else:
             self.head = nn.Conv3d(channels[0], num_classes, 1)

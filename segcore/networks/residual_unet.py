@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from segcore.labels import NUM_CLASSES
-from segcore.networks.blocks import ConvNormAct, ResidualBlock, SegmentationNetwork
+from segcore.networks.blocks import ResidualBlock, SegmentationNetwork
 
 
 class ResidualUNet3D(SegmentationNetwork):
@@ -38,25 +37,7 @@ class ResidualUNet3D(SegmentationNetwork):
         multiples of ``input_multiple``. Softmax is left to the loss / predictor.
     """
 
-    def __init__(
-        self,
-        in_channels: int = 1,
-        num_classes: int = NUM_CLASSES,
-        base_channels: int = 16,
-        depth: int = 5,
-        max_channels: int = 256,
-        blocks_per_level: int = 1,
-        output_stride: int = 1,
-        full_resolution_channels: int = 8,
-        deep_supervision: bool = False,
-    ):
-        super().__init__()
-        channels = self._record_args(
-            in_channels, num_classes, base_channels, depth, max_channels, blocks_per_level,
-            output_stride, full_resolution_channels, deep_supervision,
-        )  # fmt: skip
-
-        self.stem = ConvNormAct(in_channels, channels[0], stride=2)
+    def build_levels(self, channels: list[int], blocks_per_level: int) -> None:
         self.encoder = nn.ModuleList()
         for level, width in enumerate(channels):
             previous = channels[max(level - 1, 0)]
@@ -65,11 +46,11 @@ class ResidualUNet3D(SegmentationNetwork):
             self.encoder.append(nn.Sequential(*blocks))
         self.upsamplers = nn.ModuleList(
             nn.ConvTranspose3d(channels[level + 1], channels[level], 2, stride=2, bias=False)
-            for level in range(depth - 1)
+            for level in range(len(channels) - 1)
         )
-        self.decoder = nn.ModuleList(ResidualBlock(2 * channels[level], channels[level]) for level in range(depth - 1))
-        self._build_output(channels)
-        self.init_weights()
+        self.decoder = nn.ModuleList(
+            ResidualBlock(2 * channels[level], channels[level]) for level in range(len(channels) - 1)
+        )
 
     @staticmethod
     def merge(upsampled: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
