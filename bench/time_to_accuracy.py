@@ -7,6 +7,13 @@ are appended as they come)::
     .venv/bin/python -m bench.time_to_accuracy --work runs/time_to_accuracy --seeds 0 1 2 --recipes old full_res
     .venv/bin/python -m bench.time_to_accuracy --work runs/time_to_accuracy --report         # curves, plot, table
     .venv/bin/python -m bench.time_to_accuracy --quick                                        # smoke run, ~2 min
+    .venv/bin/python -m bench.time_to_accuracy --work runs/tta --setting default_fine --recipes old full_res
+
+``--setting default_coarse`` / ``default_fine`` run one stage of the default model's recipe
+instead (``model_weights/recipe/``: its 200 randomised, varied medium phantoms, its store, nets,
+optimiser and augmentation; fold 0 of 5, 40 phantoms, validates; no test scoring here: the
+recipe's ``train.sh`` scores the held-out phantoms). Their step times are estimates
+(``DEFAULT_SECONDS_PER_STEP``) until measured. Everything below describes the ``ssl`` setting.
 
 Setting (the SSL benchmark's, :mod:`bench.ssl_gain`, its ``upper_bound`` arm): phantoms of size
 ``small``, data seed 0, 56 labeled cases (8 in one domain and 48 in random domains), the coarse
@@ -81,14 +88,10 @@ RECIPES: dict[str, list[str]] = {
 SECONDS_PER_STEP = {"old": 0.25, "full_res": 0.53, "full_res_ds": 0.54, "full_res_4ch": 0.44, "full_res_depth4": 0.62}
 """One training step (batch 2, 48³, one thread), measured over one epoch of each recipe on the
 2-core machine this benchmark was written on; sets each recipe's step count for the budget."""
+REPO_ROOT = Path(__file__).resolve().parents[1]
 THRESHOLD = 0.80
 CHECKPOINT_MINUTES = (10, 30, 60)
 QUICK = {"minutes": 0.4, "validations": 2, "seeds": [0]}
-
-
-def recipe_steps(recipe: str, minutes: float) -> int:
-    """Steps of ``recipe`` that fill ``minutes`` of training time."""
-    return max(4, round(minutes * 60 / SECONDS_PER_STEP[recipe]))
 
 
 def curve(run_dir: Path) -> list[dict[str, Any]]:
@@ -124,23 +127,29 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(job["threads"])
     run_dir = Path(job["run_dir"])
     wall = train_arm(job["command"], run_dir, job["threads"])
-    scores = score_checkpoint(run_dir / "last.pt", Path(job["store"]), Path(job["data_root"]))
+    scores = {"cases": None}
+    if job["store"] is not None:  # the SSL setting's test phantoms (the default model's are scored by train.sh)
+        scores = score_checkpoint(run_dir / "last.pt", Path(job["store"]), Path(job["data_root"]))
     return {
-        "recipe": job["recipe"], "seed": job["seed"], "steps": job["steps"], "minutes": job["minutes"],
-        "train_call_s": round(wall, 1), "command": " ".join(job["command"]), "test": scores["cases"],
+        "setting": job["setting"], "recipe": job["recipe"], "seed": job["seed"], "steps": job["steps"],
+        "minutes": job["minutes"], "train_call_s": round(wall, 1), "command": " ".join(job["command"]),
+        "test": scores["cases"],
     }  # fmt: skip
 
 
-def report(work: Path, results: list[dict], runs: dict[tuple[str, int], Path], subsets: dict[str, list[str]]) -> str:
-    """Table, JSON figures and plot of every run's curve (finished or not)."""
+def report(
+    out: Path, title: str, results: list[dict], runs: dict[tuple[str, int], Path], subsets: dict[str, list[str]]
+) -> str:
+    """Table, JSON figures and plot (``out/report.txt``, ``report.json``, ``curves.png``) of every
+    run's curve, finished or not."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     lines = [
-        f"time_to_accuracy: coarse stage 48^3, 56 labeled phantoms (14 validate), one thread per process; "
-        f"validation mean DSC vs training minutes; test {', '.join(f'{k} {len(v)}' for k, v in subsets.items())}",
+        f"time_to_accuracy: {title}; one thread per process; validation mean DSC vs training minutes; "
+        f"test {', '.join(f'{k} {len(v)}' for k, v in subsets.items()) or 'none'}",
         f"{'recipe':<14}{'seed':>5}{'steps':>7}{'done':>7}{'min':>7}{'to 0.80':>9}"
         + "".join(f"{f'@{m}min':>9}" for m in CHECKPOINT_MINUTES)
         + f"{'final val':>10}{'test in/shift':>16}{'load':>12}",
@@ -154,7 +163,8 @@ def report(work: Path, results: list[dict], runs: dict[tuple[str, int], Path], s
         if not points:
             continue
         done = finished.get((recipe, seed))
-        test = "" if done is None else "/".join(
+        tested = done is not None and done["test"] is not None
+        test = "" if not tested else "/".join(
             f"{np.mean([np.mean(done['test'][c]['dsc']) for c in subsets[name]]):.4f}" for name in subsets
         )  # fmt: skip
         reached = minutes_to(points, THRESHOLD)
@@ -169,7 +179,7 @@ def report(work: Path, results: list[dict], runs: dict[tuple[str, int], Path], s
         figures["runs"].append({
             "recipe": recipe, "seed": seed, "finished": done is not None, "minutes_to_threshold": reached,
             "dice_at_minutes": dict(zip(CHECKPOINT_MINUTES, at)), "curve": points,
-            "test_mean_dsc": None if done is None else {
+            "test_mean_dsc": None if not tested else {
                 name: float(np.mean([np.mean(done["test"][c]["dsc"]) for c in ids])) for name, ids in subsets.items()
             },
         })  # fmt: skip
@@ -179,22 +189,88 @@ def report(work: Path, results: list[dict], runs: dict[tuple[str, int], Path], s
         )  # fmt: skip
     axis.axhline(THRESHOLD, color="black", linestyle=":", linewidth=1)
     axis.set_xlabel("training wall time, minutes (1 thread; validation excluded)")
-    axis.set_ylabel("validation mean DSC (14 phantoms, 48³)")
+    axis.set_ylabel("validation mean DSC")
+    axis.set_title(title, fontsize=9)
     axis.set_ylim(0, 1)
     axis.grid(alpha=0.3)
     axis.legend(loc="lower right", fontsize=8)
     figure.tight_layout()
-    figure.savefig(work / "curves.png", dpi=110)
+    figure.savefig(out / "curves.png", dpi=110)
     plt.close(figure)
     text = "\n".join(lines)
-    (work / "report.txt").write_text(text + "\n")
-    (work / "report.json").write_text(json.dumps(figures, indent=1))
+    (out / "report.txt").write_text(text + "\n")
+    (out / "report.json").write_text(json.dumps(figures, indent=1))
     return text
+
+
+SETTINGS = {
+    "ssl": {"config": TRAIN_CONFIG, "stage": "coarse", "size": 48},
+    "default_coarse": {"config": "model_weights/recipe/coarse.yaml", "stage": "coarse", "size": 48},
+    "default_fine": {"config": "model_weights/recipe/fine.yaml", "stage": "fine", "size": 80},
+}
+"""Where the runs happen: the SSL benchmark's setting (every phantom labeled), or one stage of
+the default model's recipe (its store, network widths, optimiser and augmentation)."""
+TITLES = {
+    "ssl": "coarse stage 48^3, 56 labeled phantoms (14 validate)",
+    "default_coarse": "default model's coarse stage 48^3, 200 medium phantoms (40 validate)",
+    "default_fine": "default model's fine stage 80^3, 200 medium phantoms (40 validate)",
+}
+DEFAULT_SECONDS_PER_STEP = {
+    "default_coarse": {"old": 0.2, "full_res": 0.4, "full_res_ds": 0.4},
+    "default_fine": {"old": 1.0, "full_res": 2.0, "full_res_ds": 2.0},
+}
+"""Estimates, not measurements: the model card's step rates of the shipped (old) run, and the
+2.0× that the full-resolution stage cost at the SSL setting. Replace them once measured."""
+
+
+def ssl_data(work: Path, settings: Settings) -> tuple[Path, Path | None, dict[str, list[str]]]:
+    """The SSL benchmark's phantoms: ``(training store, test store, test subsets)``."""
+    from segcore.phantom.tissues import domain_group
+    from segcore.store import CaseStore
+
+    data_root, upper_root = work / "data", work / "data_all_labeled"
+    store, upper_store = work / "store_48.lmdb", work / "store_48_all_labeled.lmdb"
+    manifest = work / "cases.json"
+    if not manifest.exists():
+        manifest.write_text(json.dumps(write_data(data_root, settings), indent=1))
+    prepare_store(data_root, store, settings)
+    link_upper_bound_root(data_root, upper_root)
+    prepare_store(upper_root, upper_store, settings)
+    groups = {r["id"]: domain_group(r["domain"]) for r in json.loads(manifest.read_text())}
+    reader = CaseStore(store)
+    test_ids = reader.ids("test")
+    reader.close()
+    subsets = {
+        "in-domain": [c for c in test_ids if groups[c] == IN_DOMAIN],
+        "shifted": [c for c in test_ids if groups[c] != IN_DOMAIN],
+    }
+    return upper_store, store, subsets
+
+
+def default_model_data(work: Path, quick: bool) -> Path:
+    """The default model's store as ``model_weights/recipe/train.sh`` makes it (200 randomised,
+    varied medium phantoms of seed 2022; fold 0 of 5 validates)."""
+    from data_prepare.prepare import PrepareConfig, run
+    from segcore.config import load_config
+    from segcore.phantom import write_dataset
+
+    data_root, store = work / "default_data", work / "default_store.lmdb"
+    if not (data_root / "phantom_cases.json").exists():
+        labeled = 10 if quick else 200
+        write_dataset(data_root, labeled, 0, 0, "medium", 2022, workers=2, randomise=True, vary=True, progress=False)
+        (data_root / "phantom_cases.json").touch()
+    values = load_config(REPO_ROOT / "model_weights/recipe/prepare.yaml")
+    values.update(data_root=str(data_root), out=str(store))
+    report = run(PrepareConfig(**values))
+    if report.failed:
+        raise RuntimeError(f"data_prepare failed on {len(report.failed)} case(s):\n{report.summary()}")
+    return store
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.time_to_accuracy", description=__doc__.split("\n")[0])
     parser.add_argument("--work", type=Path, help="folder for data, stores, runs and results (default: a new temp dir)")
+    parser.add_argument("--setting", choices=list(SETTINGS), default="ssl")
     parser.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=list(RECIPES))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--minutes", type=float, default=60.0, help="training budget of every run")
@@ -210,53 +286,41 @@ def main(argv: list[str] | None = None) -> int:
     work = (args.work or Path(tempfile.mkdtemp(prefix="time_to_accuracy_"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
     print(f"time_to_accuracy: {work}; load average {os.getloadavg()}, {os.cpu_count()} CPUs", flush=True)
-
-    data_root, upper_root = work / "data", work / "data_all_labeled"
-    store, upper_store = work / "store_48.lmdb", work / "store_48_all_labeled.lmdb"
-    manifest = work / "cases.json"
-    if not manifest.exists():
-        manifest.write_text(json.dumps(write_data(data_root, settings), indent=1))
-    prepare_store(data_root, store, settings)
-    link_upper_bound_root(data_root, upper_root)
-    prepare_store(upper_root, upper_store, settings)
-
-    from segcore.phantom.tissues import domain_group
-    from segcore.store import CaseStore
-
-    groups = {r["id"]: domain_group(r["domain"]) for r in json.loads(manifest.read_text())}
-    reader = CaseStore(store)
-    test_ids = reader.ids("test")
-    reader.close()
-    subsets = {
-        "in-domain": [c for c in test_ids if groups[c] == IN_DOMAIN],
-        "shifted": [c for c in test_ids if groups[c] != IN_DOMAIN],
-    }
+    setting = SETTINGS[args.setting]
+    if args.setting == "ssl":
+        train_store, test_store, subsets = ssl_data(work, settings)
+        seconds_per_step, runs_root = SECONDS_PER_STEP, work / "runs"
+    else:
+        train_store, test_store, subsets = default_model_data(work, args.quick), None, {}
+        seconds_per_step, runs_root = DEFAULT_SECONDS_PER_STEP[args.setting], work / "runs" / args.setting
+        args.recipes = [recipe for recipe in args.recipes if recipe in seconds_per_step]
 
     results_path = work / "results.jsonl"
     results = [json.loads(line) for line in results_path.read_text().splitlines()] if results_path.exists() else []
-    spe = steps_per_epoch(upper_store)
+    results = [r for r in results if r.get("setting", "ssl") == args.setting and r["minutes"] == args.minutes]
+    spe = steps_per_epoch(train_store)
+    size = setting["size"]
     jobs, runs = [], {}
     for seed in args.seeds:
         for recipe in args.recipes:
-            steps = recipe_steps(recipe, args.minutes)
-            run_dir = work / "runs" / f"{recipe}_{args.minutes:g}min" / f"seed{seed}"
+            steps = max(4, round(args.minutes * 60 / seconds_per_step[recipe]))
+            run_dir = runs_root / f"{recipe}_{args.minutes:g}min" / f"seed{seed}"
             runs[(recipe, seed)] = run_dir
-            if args.report or any(r["recipe"] == recipe and r["seed"] == seed and r["minutes"] == args.minutes
-                                  for r in results):  # fmt: skip
+            if args.report or any(r["recipe"] == recipe and r["seed"] == seed for r in results):
                 continue
             epochs = math.ceil(steps / spe)
             command = [
-                "sh", "coarse_seg/run.sh", "--nproc", "1", "--device", "cpu", "--config", TRAIN_CONFIG,
-                f"store={upper_store}", f"output_dir={run_dir}", "input_size=[48,48,48]", "data.workers=0",
-                f"train.epochs={epochs}", f"train.max_steps={steps}", f"train.seed={seed}",
-                f"train.val_every={max(1, epochs // args.validations)}", "augment.fourier_sources=labeled",
-                "semi.enabled=false", *RECIPES[recipe],
+                "sh", f"{setting['stage']}_seg/run.sh", "--nproc", "1", "--device", "cpu",
+                "--config", setting["config"], f"store={train_store}", f"output_dir={run_dir}",
+                f"input_size=[{size},{size},{size}]", "data.workers=0", f"train.epochs={epochs}",
+                f"train.max_steps={steps}", f"train.seed={seed}",
+                f"train.val_every={max(1, epochs // args.validations)}", "semi.enabled=false", *RECIPES[recipe],
             ]  # fmt: skip
             jobs.append({
-                "recipe": recipe, "seed": seed, "steps": steps, "minutes": args.minutes, "run_dir": str(run_dir),
-                "command": command, "threads": 1, "store": str(store), "data_root": str(data_root),
+                "setting": args.setting, "recipe": recipe, "seed": seed, "steps": steps, "minutes": args.minutes,
+                "run_dir": str(run_dir), "command": command, "threads": 1,
+                "store": None if test_store is None else str(test_store), "data_root": str(work / "data"),
             })  # fmt: skip
-    results = [r for r in results if r["minutes"] == args.minutes]
     if jobs:
         print(f"time_to_accuracy: {len(jobs)} runs of {args.minutes:g} min, {args.parallel} at a time", flush=True)
         with ProcessPoolExecutor(args.parallel, mp_context=get_context("spawn")) as pool:
@@ -272,8 +336,10 @@ def main(argv: list[str] | None = None) -> int:
                     stream.write(json.dumps(line) + "\n")
                 results.append(line)
                 print(f"time_to_accuracy: {job['recipe']} seed {job['seed']} done", flush=True)
-    print(report(work, results, runs, subsets))
-    print(f"\ntime_to_accuracy: report in {work / 'report.txt'}, plot {work / 'curves.png'}")
+    out = work if args.setting == "ssl" else runs_root
+    out.mkdir(parents=True, exist_ok=True)
+    print(report(out, TITLES[args.setting], results, runs, subsets))
+    print(f"\ntime_to_accuracy: report in {out / 'report.txt'}, plot {out / 'curves.png'}")
     return 0
 
 
