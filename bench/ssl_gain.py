@@ -152,6 +152,7 @@ def arm_overrides(arm: str, settings: Settings, steps_per_epoch: int, seed: int,
         # The nets and schedule the figures in the README were measured with (half-resolution
         # output, poly decay), pinned now that the tiny config defaults to full resolution.
         "network.init_args.output_stride=2",
+        "network.init_args.deep_supervision=false",
         "optimizer.schedule=poly",
     ]
     if arm in ("supervised", "upper_bound"):

@@ -77,11 +77,12 @@ from bench.ssl_gain import (
     write_data,
 )
 
-FULL_RES = ["network.init_args.output_stride=1", "optimizer.schedule=wsd", "optimizer.decay_share=0.2"]
+NO_DS = "network.init_args.deep_supervision=false"
+FULL_RES = ["network.init_args.output_stride=1", "optimizer.schedule=wsd", "optimizer.decay_share=0.2", NO_DS]
 RECIPES: dict[str, list[str]] = {
-    "old": ["network.init_args.output_stride=2", "optimizer.schedule=poly"],
+    "old": ["network.init_args.output_stride=2", "optimizer.schedule=poly", NO_DS],
     "full_res": FULL_RES,
-    "full_res_ds": [*FULL_RES, "network.init_args.deep_supervision=true"],
+    "full_res_ds": [*FULL_RES[:-1], "network.init_args.deep_supervision=true"],
     "full_res_4ch": [*FULL_RES, "network.init_args.full_resolution_channels=4"],
     "full_res_depth4": [*FULL_RES, "network.init_args.depth=4", "network.init_args.max_channels=64"],
 }
