@@ -43,7 +43,7 @@ from pydantic import ConfigDict
 
 from segcore.training.augment import random_fourier_mix
 from segcore.training.data import EndlessBatches, StoreDataset, make_loader
-from segcore.training.losses import dice_ce_loss, soft_dice_per_class
+from segcore.training.losses import soft_dice_per_class
 
 IGNORE = -100  # F.cross_entropy's default ignore_index
 ROUND_INITS = ("fresh", "previous")
@@ -239,11 +239,14 @@ class CPSStep:
             with torch.no_grad():
                 teacher_weak = [trainer.run(member.module, weak).float() for member in trainer.members]
         inputs = torch.cat([images, strong])
-        logits = [trainer.run(member.net, inputs) for member in trainer.members]
+        # deeply supervised nets: every output takes the labeled part's loss, the main one the pseudo-labels
+        outputs = [trainer.run(member.net, inputs, trainer.deep(member)) for member in trainer.members]
+        logits = [out[0] if trainer.deep(member) else out for out, member in zip(outputs, trainer.members)]
         weight = config.weight * sigmoid_rampup(trainer.step, self.rampup_steps)
         logs = {"cps_weight": weight}
         for i, member in enumerate(trainer.members):
-            supervised = dice_ce_loss(logits[i][:count], labels)
+            labeled = [out[:count] for out in outputs[i]] if trainer.deep(member) else logits[i][:count]
+            supervised = trainer.supervised_loss_of(member, labeled, labels)
             teacher = logits[1 - i].detach()
             voxel_weights = None
             if config.weak_strong:

@@ -231,12 +231,22 @@ class Trainer:
             return nullcontext()
         return torch.autocast(self.context.device.type, dtype=self.amp_dtype)
 
-    def run(self, net: nn.Module, images: torch.Tensor) -> torch.Tensor:
-        """Logits of ``net`` on a prepared batch, in the memory format and autocast of this run."""
+    def run(self, net: nn.Module, images: torch.Tensor, auxiliary: bool = False) -> torch.Tensor | list[torch.Tensor]:
+        """Logits of ``net`` on a prepared batch, in the memory format and autocast of this run;
+        with ``auxiliary`` the list of every output of a deeply supervised net (main first)."""
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last_3d)
         with self.autocast():
-            return net(images)
+            return net(images, auxiliary=True) if auxiliary else net(images)
+
+    def supervised_loss_of(self, member: Member, outputs, labels: torch.Tensor) -> torch.Tensor:
+        """Dice + cross-entropy of outputs from :meth:`run` with ``auxiliary=self.deep(member)``."""
+        return deep_supervision_loss(outputs, labels) if self.deep(member) else dice_ce_loss(outputs, labels)
+
+    @staticmethod
+    def deep(member: Member) -> bool:
+        """Whether the member's net has auxiliary heads (every one of them must get a gradient: DDP)."""
+        return bool(member.module.auxiliary_levels)
 
     def _augmented(self, batch: dict[str, torch.Tensor], with_labels: bool, augment: bool):
         """Weak and strong HU views (one geometry) and labels of a batch, on the device, at input size."""
@@ -260,13 +270,7 @@ class Trainer:
     def supervised_loss(self, member: Member, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Dice + cross-entropy of one member on a prepared labeled batch; over every output
         (:func:`segcore.training.losses.deep_supervision_loss`) when its net has auxiliary heads."""
-        if not member.module.auxiliary_levels:
-            return dice_ce_loss(self.run(member.net, images), labels)
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last_3d)
-        with self.autocast():
-            outputs = member.net(images, auxiliary=True)
-        return deep_supervision_loss(outputs, labels)
+        return self.supervised_loss_of(member, self.run(member.net, images, self.deep(member)), labels)
 
     def supervised_updates(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
         """One supervised step (:meth:`supervised_loss`) of every member on a prepared labeled batch."""
