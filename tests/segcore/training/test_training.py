@@ -255,16 +255,26 @@ def test_amp_settings_per_device_including_yaml_off(tmp_path):
     assert autocast_settings(off, cuda) == (None, False)
 
 
-@pytest.mark.parametrize("layout", ["channels_last", "compile"])
-def test_channels_last_and_compiled_nets_train_like_the_plain_ones(layout, tiny_store, tmp_path):
+@pytest.mark.parametrize(
+    "layout, deep", [("channels_last", "false"), ("channels_last", "true"), ("compile", "false")]
+)  # compile with deep supervision is refused by the config (test_compile_with_deep_supervision_is_refused)
+def test_channels_last_and_compiled_nets_train_like_the_plain_ones(layout, deep, tiny_store, tmp_path):
     """The GPU speed switches, forced on the CPU: same weights (up to float order), plain checkpoints."""
     switch = "train.channels_last=true" if layout == "channels_last" else "train.compile=true"
-    plain = train(tiny_store, tmp_path / "plain", "train.epochs=1", "train.channels_last=false")
-    fast = train(tiny_store, tmp_path / layout, "train.epochs=1", "train.channels_last=false", switch)
+    common = ["train.epochs=1", "train.channels_last=false", f"network.init_args.deep_supervision={deep}"]
+    plain = train(tiny_store, tmp_path / "plain", *common)
+    fast = train(tiny_store, tmp_path / layout, *common, switch)
     assert fast["networks"][0]["state_dict"].keys() == plain["networks"][0]["state_dict"].keys()  # no wrapper prefix
     for name, value in plain["networks"][0]["state_dict"].items():
         torch.testing.assert_close(fast["networks"][0]["state_dict"][name], value, rtol=1e-3, atol=1e-4, msg=name)
     build_networks(fast, verify=True)
+
+
+def test_compile_with_deep_supervision_is_refused(tiny_store, tmp_path, capsys):
+    argv = ["--config", str(ROOT / "coarse_seg" / "config.tiny.yaml"), "--device", "cpu"]
+    argv += [f"store={tiny_store}", f"output_dir={tmp_path}", "train.compile=true"]
+    assert main(COARSE, ROOT / "coarse_seg" / "config.tiny.yaml", argv) == 2
+    assert "deep_supervision" in capsys.readouterr().err
 
 
 def test_loader_workers_read_a_store_the_trainer_already_opened(tiny_store):
