@@ -156,7 +156,7 @@ def test_deeply_supervised_wsd_run_cools_down_to_zero_and_logs_its_training_time
     assert any(key.startswith("auxiliary_heads.") for key in payload["networks"][0]["state_dict"])
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     seconds = [record["train_seconds"] for record in records]
-    assert seconds == sorted(seconds) and 0 < seconds[-1] <= state["train_seconds"]
+    assert seconds == sorted(seconds) and 0 < seconds[-1] <= round(state["train_seconds"], 2)  # records round to 0.01 s
     assert all(len(record["load_average"]) == 3 for record in records)
 
 
