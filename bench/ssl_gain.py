@@ -350,6 +350,22 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def finished_jobs(function, jobs: list[dict[str, Any]], parallel: int, name):
+    """``(job, result)`` of ``function(job)`` for every job, in ``parallel`` spawned processes, as
+    each finishes; a failed job is reported (``name(job)`` FAILED: reason) and skipped, so one
+    failed run does not lose the others."""
+    with ProcessPoolExecutor(parallel, mp_context=get_context("spawn")) as pool:
+        futures = {pool.submit(function, job): job for job in jobs}
+        for future in as_completed(futures):
+            job = futures[future]
+            try:
+                result = future.result()
+            except Exception as error:
+                print(f"{name(job)} FAILED: {error}", flush=True)
+                continue
+            yield job, result
+
+
 # -- report ----------------------------------------------------------------------------------------
 def bootstrap_interval(values: np.ndarray, rng: np.random.Generator) -> tuple[float, float]:
     """95 % percentile interval of the mean of ``values`` over resamples of its entries."""
@@ -583,24 +599,19 @@ def main(argv: list[str] | None = None) -> int:
             })  # fmt: skip
     if jobs:
         print(f"ssl_gain: {len(jobs)} runs to train, {settings.parallel} at a time (run key {run_key})", flush=True)
-        with ProcessPoolExecutor(settings.parallel, mp_context=get_context("spawn")) as pool:
-            futures = {pool.submit(run_job, job): job for job in jobs}
-            for future in as_completed(futures):
-                job = futures[future]
-                try:
-                    line = {"run_key": run_key, **future.result()}
-                except Exception as error:  # one failed run must not lose the others
-                    print(f"ssl_gain: seed {job['seed']} {job['arm']} FAILED: {error}", flush=True)
-                    continue
-                with results_path.open("a") as stream:
-                    stream.write(json.dumps(line) + "\n")
-                results.append(line)
-                shifted = np.mean([np.mean(line["checkpoints"]["last"]["cases"][c]["dsc"]) for c in subsets["shifted"]])
-                print(
-                    f"ssl_gain: seed {job['seed']} {job['arm']}: trained in {line['train_s']:.0f} s, "
-                    f"last.pt shifted mean DSC {shifted:.4f} ({time.perf_counter() - started:.0f} s so far)",
-                    flush=True,
-                )
+        for job, result in finished_jobs(
+            run_job, jobs, settings.parallel, lambda j: f"ssl_gain: seed {j['seed']} {j['arm']}"
+        ):
+            line = {"run_key": run_key, **result}
+            with results_path.open("a") as stream:
+                stream.write(json.dumps(line) + "\n")
+            results.append(line)
+            shifted = np.mean([np.mean(line["checkpoints"]["last"]["cases"][c]["dsc"]) for c in subsets["shifted"]])
+            print(
+                f"ssl_gain: seed {job['seed']} {job['arm']}: trained in {line['train_s']:.0f} s, "
+                f"last.pt shifted mean DSC {shifted:.4f} ({time.perf_counter() - started:.0f} s so far)",
+                flush=True,
+            )
     if not results:
         print("ssl_gain: no finished runs yet")
         return 1

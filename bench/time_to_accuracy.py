@@ -57,8 +57,6 @@ import math
 import os
 import sys
 import tempfile
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +67,7 @@ from bench.ssl_gain import (
     IN_DOMAIN,
     TRAIN_CONFIG,
     Settings,
+    finished_jobs,
     link_upper_bound_root,
     prepare_store,
     score_checkpoint,
@@ -324,19 +323,13 @@ def main(argv: list[str] | None = None) -> int:
             })  # fmt: skip
     if jobs:
         print(f"time_to_accuracy: {len(jobs)} runs of {args.minutes:g} min, {args.parallel} at a time", flush=True)
-        with ProcessPoolExecutor(args.parallel, mp_context=get_context("spawn")) as pool:
-            futures = {pool.submit(run_job, job): job for job in jobs}
-            for future in as_completed(futures):
-                job = futures[future]
-                try:
-                    line = future.result()
-                except Exception as error:  # one failed run must not lose the others
-                    print(f"time_to_accuracy: {job['recipe']} seed {job['seed']} FAILED: {error}", flush=True)
-                    continue
-                with results_path.open("a") as stream:
-                    stream.write(json.dumps(line) + "\n")
-                results.append(line)
-                print(f"time_to_accuracy: {job['recipe']} seed {job['seed']} done", flush=True)
+        for job, line in finished_jobs(
+            run_job, jobs, args.parallel, lambda j: f"time_to_accuracy: {j['recipe']} seed {j['seed']}"
+        ):
+            with results_path.open("a") as stream:
+                stream.write(json.dumps(line) + "\n")
+            results.append(line)
+            print(f"time_to_accuracy: {job['recipe']} seed {job['seed']} done", flush=True)
     out = work if args.setting == "ssl" else runs_root
     out.mkdir(parents=True, exist_ok=True)
     print(report(out, TITLES[args.setting], results, runs, subsets))
