@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import os
 import zlib
 from collections.abc import Callable
@@ -52,6 +53,8 @@ UNIFORM_SLICE_TOLERANCE = 0.01
 """Largest departure of a DICOM slice gap from the series' median gap, as a share of it."""
 PLACEMENT_TOLERANCE_VOXELS = 0.05
 """Largest disagreement, in voxels, between where ITK and nibabel put a corner of a NIfTI grid."""
+NIFTI_MAX_EXTENSION_BYTES = 64 * 1024 * 1024
+"""Largest gap between a single-file NIfTI's header and its voxels (header extensions)."""
 CT_AIR_OR_FAT_HU = -200.0
 """Any CT of a body holds air or fat below this HU; a volume with nothing below it is not a CT in HU."""
 
@@ -229,9 +232,12 @@ def _header_checked_reader(path: Path, limits: Limits) -> tuple[sitk.ImageFileRe
     """A reader whose header passed every check (size, spacing, placement), and the NIfTI header if any."""
     if path.stat().st_size == 0:
         raise VolumeError(path, "empty file", "unreadable")
-    nifti = _nifti_header(path) if is_nifti(path) else None
-    if nifti is not None:
-        _check_nifti_header(path, nifti, limits)
+    nifti = None
+    if is_nifti(path):
+        raw = _raw_header(path)
+        _check_payload_offset(path, raw)
+        nifti = _nifti_header(path)
+        _check_nifti_header(path, nifti, raw, limits)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -249,18 +255,17 @@ def _nifti_header(path: Path) -> nib.Nifti1Image | nib.Nifti2Image:
     try:
         image = nib.load(path)
     except Exception as error:  # nibabel raises several types for a bad header
-        raise VolumeError(path, f"unreadable NIfTI header ({type(error).__name__}: {error})", "unreadable") from None
+        raise VolumeError(path, f"unreadable NIfTI header ({error})", "unreadable") from None
     if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
         raise VolumeError(path, f"not a NIfTI-1/2 file ({type(image).__name__})", "unreadable")
     return image
 
 
-def _check_nifti_header(path: Path, image: nib.Nifti1Image, limits: Limits) -> None:
+def _check_nifti_header(path: Path, image: nib.Nifti1Image, raw: nib.Nifti1Header, limits: Limits) -> None:
     """Size and spacing from the NIfTI header: voxels, bytes, and pixdim of the spatial axes."""
     shape = tuple(int(s) for s in image.shape)
     itemsize = image.get_data_dtype().itemsize
     _check_size(path, "×".join(str(s) for s in shape), int(np.prod(shape, dtype=np.int64)), itemsize, limits)
-    raw = _raw_header(path, image)
     placement = np.concatenate([raw[field].ravel() for field in NIFTI_PLACEMENT_FIELDS]).astype(np.float64)
     if not np.isfinite(placement).all():
         bad = [field for field in NIFTI_PLACEMENT_FIELDS if not np.isfinite(raw[field]).all()]
@@ -274,16 +279,36 @@ def _check_nifti_header(path: Path, image: nib.Nifti1Image, limits: Limits) -> N
         )
 
 
-def _raw_header(path: Path, image: nib.Nifti1Image) -> nib.Nifti1Header:
-    """The header as stored: nibabel's loader silently turns a 0 pixdim into 1 and negatives into
-    their absolute value."""
+def _check_payload_offset(path: Path, raw: nib.Nifti1Header) -> None:
+    """The voxels of a ``.nii`` file start after its header (352 bytes for NIfTI-1, 544 for
+    NIfTI-2, plus extensions): a smaller ``vox_offset`` would read header bytes as voxels, and
+    ITK and nibabel repair it differently (a shifted mask, placed differently in each viewer)."""
+    offset, first = float(raw["vox_offset"]), type(raw).single_vox_offset
+    if not (math.isfinite(offset) and first <= offset <= first + NIFTI_MAX_EXTENSION_BYTES):
+        raise VolumeError(
+            path,
+            f"the header's vox_offset ({offset:g}) does not place the voxels after the header: expected "
+            f"{first} to {first + NIFTI_MAX_EXTENSION_BYTES:,} bytes",
+            "unreadable",
+        )
+
+
+def _raw_header(path: Path) -> nib.Nifti1Header | nib.Nifti2Header:
+    """The header as stored: nibabel's loader silently turns a 0 pixdim into 1, negatives into
+    their absolute value and a 0 ``vox_offset`` into 352."""
     # The standard library's gzip, which decodes only what it returns: ISA-L's reads ahead and
     # would fail a truncated file here, before the payload check can say it is truncated.
     opener = gzip.open if str(path).lower().endswith(".gz") else open
     try:
         with opener(path, "rb") as stream:
-            raw = stream.read(image.header.sizeof_hdr)
-        header = type(image.header).from_fileobj(io.BytesIO(raw), check=False)
+            raw = stream.read(nib.Nifti2Header.sizeof_hdr)
+        sizeof_hdr = int.from_bytes(raw[:4], "little")
+        kind = (
+            nib.Nifti2Header
+            if nib.Nifti2Header.sizeof_hdr in (sizeof_hdr, int.from_bytes(raw[:4], "big"))
+            else nib.Nifti1Header
+        )
+        header = kind.from_fileobj(io.BytesIO(raw[: kind.sizeof_hdr]), check=False)
     except (EOFError, OSError, zlib.error, ValueError) as error:
         raise VolumeError(path, f"unreadable NIfTI header ({error})", "unreadable") from None
     return header

@@ -191,6 +191,7 @@ def test_sizes_are_refused_from_the_header_before_any_voxel_is_read(tmp_path):
     image = nib.Nifti1Image(small_ct(), CT_AFFINE)
     header = image.header.copy()
     header.set_data_shape((1100, 1000, 1000))
+    header["vox_offset"] = 352
     with gzip.open(path, "wb") as stream:
         stream.write(header.binaryblock + b"\0" * 4 + small_ct().tobytes())
     with pytest.raises(VolumeError, match="absurd size 1100×1000×1000") as error:
@@ -357,3 +358,31 @@ def test_voxels_read_as_nibabel_reads_them(tmp_path, variant):
     array, _ = read_volume(path)
     assert np.allclose(array, np.asanyarray(nib.load(path).dataobj).transpose(2, 1, 0))
     assert array.flags.writeable
+
+
+@pytest.mark.parametrize("offset", [0, 100, 348, 351, 2**40])
+def test_a_payload_offset_inside_the_header_or_past_any_extension_is_refused(tmp_path, offset):
+    # vox_offset 0 in a single .nii file read the 348 header bytes as voxels (a shifted mask);
+    # ITK and nibabel each repair it differently, so it is refused, naming the field.
+    def edit(header):
+        header["vox_offset"] = offset
+
+    path = nifti_with_header(tmp_path / "offset.nii.gz", small_ct(), CT_AFFINE, edit)
+    with pytest.raises(VolumeError, match="vox_offset") as error:
+        read_volume(path)
+    assert error.value.kind == "unreadable"
+
+
+def test_a_nifti2_payload_offset_inside_its_header_is_refused(tmp_path):
+    data = small_ct()
+    header = nib.Nifti2Image(data, CT_AFFINE).header
+    header["vox_offset"] = 352  # a NIfTI-1 offset: inside the 540-byte NIfTI-2 header
+    path = tmp_path / "offset2.nii"
+    path.write_bytes(header.binaryblock + b"\0" * 4 + data.tobytes(order="F"))
+    with pytest.raises(VolumeError, match="vox_offset"):
+        read_volume(path)
+    header["vox_offset"] = 544  # right, but SimpleITK reads no NIfTI-2: refused for that reason
+    path.write_bytes(header.binaryblock + b"\0" * 4 + data.tobytes(order="F"))
+    with pytest.raises(VolumeError) as error:
+        read_volume(path)
+    assert "vox_offset" not in error.value.reason

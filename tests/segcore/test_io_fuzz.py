@@ -53,18 +53,23 @@ def nifti_headers(draw):
         index = draw(st.integers(1 if field == "pixdim" else 0, max(values.size - 1, 0)))
         values.flat[index] = draw(st.sampled_from(ODD_FLOATS))
         header[field] = values
+    if draw(st.booleans()):  # where the voxels start: inside the header, right after it, or later
+        header["vox_offset"] = draw(st.sampled_from([0, 16, 348, 351, 352, 368, 1024, 2**31]))
     return header, shape, dtype, draw(st.integers(0, 2**16))
 
 
 def write_raw(path: Path, header: nib.Nifti1Header, shape, dtype: np.dtype, seed: int) -> np.ndarray:
-    """The header byte for byte as drawn, then CT-like values in x-fastest (NIfTI) order."""
+    """The header byte for byte as drawn, then CT-like values in x-fastest (NIfTI) order from its
+    ``vox_offset`` (or from byte 352 when that is inside the header, or too far to pad)."""
     values = np.random.default_rng(seed).integers(-1024, 1024, size=shape)
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
         values = np.clip(values, info.min, info.max)
     data = values.astype(dtype)
     with gzip.open(path, "wb") as stream:
-        stream.write(header.binaryblock + b"\0" * 4 + data.tobytes(order="F"))
+        offset = int(header["vox_offset"])
+        stream.write(header.binaryblock + b"\0" * (max(352, offset if offset < 2**20 else 0) - 348))
+        stream.write(data.tobytes(order="F"))
     return data
 
 
