@@ -34,6 +34,11 @@ an empty file or a short text compress far better than any scan, and cost nothin
 DIRECTORY_BYTES_PER_MEMBER = 512
 """Central-directory bytes allowed per member (46 fixed + name + extra fields)."""
 CHUNK_BYTES = 1 << 20
+ENCRYPTED_FLAG = 0x1
+"""General-purpose flag bit 0 of a member: encrypted (``zipfile`` cannot read it without a password)."""
+SAFE_NAME_CHARACTERS = 64
+UNREADABLE_ARCHIVE = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, UnicodeDecodeError)
+"""What ``zipfile`` raises on an archive it cannot parse (a name not in UTF-8 is one): a 400."""
 
 
 @dataclass(frozen=True)
@@ -64,22 +69,54 @@ def sniff_kind(name: str, head: bytes) -> Literal["nii.gz", "nii", "zip"]:
 
 
 def extract_series(archive: Path, folder: Path, limits: ZipLimits, name: str) -> Path:
-    """Unpack a zip's files (flattened, names sanitised) into ``folder``, within ``limits``."""
+    """Unpack a zip's files (flattened, names made safe) into ``folder``, within ``limits``."""
     folder.mkdir(mode=0o700)
     try:
         with _checked_archive(archive, limits, name) as (bundle, members):
             budget = _Budget(limits, archive.stat().st_size, name)
             for index, member in enumerate(members):
-                safe = f"{index:06d}_{PurePosixPath(member.filename.replace(chr(92), '/')).name}"
-                with bundle.open(member) as source, (folder / safe).open("wb") as target:
-                    produced = 0
-                    while chunk := source.read(CHUNK_BYTES):
-                        produced += len(chunk)
-                        budget.spend(member, produced, len(chunk))
-                        target.write(chunk)
-    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as error:
+                _extract_member(bundle, member, folder / safe_member_name(index, member.filename), budget)
+    except UNREADABLE_ARCHIVE as error:
         raise HTTPException(400, f"{name}: not a readable zip archive ({error})") from None
     return folder
+
+
+def safe_member_name(index: int, filename: str) -> str:
+    """A member's file name on disk: its index, then at most :data:`SAFE_NAME_CHARACTERS` ASCII
+    letters, digits, ``.``, ``_`` or ``-`` of its last path part (no folders, no name too long for
+    the file system, whatever the archive says)."""
+    last = PurePosixPath(filename.replace("\\", "/")).name
+    kept = "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "_" for c in last)
+    return f"{index:06d}_{kept[:SAFE_NAME_CHARACTERS]}"
+
+
+def _extract_member(bundle: zipfile.ZipFile, member: zipfile.ZipInfo, target_path: Path, budget: _Budget) -> None:
+    """Copy one member to ``target_path``, a chunk at a time; an archive's fault is a 4xx naming
+    the member (a write error, the server's fault, is not caught)."""
+    with _unpacking(member, budget.name):
+        source = bundle.open(member)
+    with source, target_path.open("wb") as target:
+        produced = 0
+        while True:
+            with _unpacking(member, budget.name):
+                chunk = source.read(CHUNK_BYTES)
+            if not chunk:
+                break
+            produced += len(chunk)
+            budget.spend(member, produced, len(chunk))
+            target.write(chunk)
+
+
+@contextmanager
+def _unpacking(member: zipfile.ZipInfo, name: str) -> Iterator[None]:
+    """``zipfile``'s own errors while opening or reading a member (encrypted, a local header
+    pointing outside the file, ...) as a 422 naming it."""
+    try:
+        yield
+    except UNREADABLE_ARCHIVE:
+        raise
+    except (OSError, RuntimeError, ValueError) as error:
+        raise HTTPException(422, f"{name}: member {member.filename[:100]!r} cannot be unpacked ({error})") from None
 
 
 def check_archive(archive: Path, limits: ZipLimits, name: str) -> None:
@@ -88,7 +125,7 @@ def check_archive(archive: Path, limits: ZipLimits, name: str) -> None:
     try:
         with _checked_archive(archive, limits, name):
             pass
-    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as error:
+    except UNREADABLE_ARCHIVE as error:
         raise HTTPException(400, f"{name}: not a readable zip archive ({error})") from None
 
 
@@ -97,7 +134,8 @@ def _checked_archive(archive: Path, limits: ZipLimits, name: str) -> Iterator[tu
     """The open archive and its file members, once the end record and the directory passed."""
     _check_directory_record(archive, limits, name)
     with zipfile.ZipFile(archive) as bundle:
-        members = [member for member in bundle.infolist() if not member.is_dir()]
+        # not ZipInfo.is_dir(): it raises IndexError on an empty name
+        members = [member for member in bundle.infolist() if not member.filename.endswith("/")]
         _check_members(members, limits, name)
         yield bundle, members
 
@@ -120,6 +158,10 @@ def _check_members(members: list[zipfile.ZipInfo], limits: ZipLimits, name: str)
     if len(members) > limits.max_members:
         raise HTTPException(422, f"{name}: {len(members):,} members; at most {limits.max_members:,} are accepted")
     for member in members:
+        if member.flag_bits & ENCRYPTED_FLAG:
+            raise HTTPException(
+                422, f"{name}: member {member.filename[:100]!r} is encrypted; send the series unencrypted"
+            )
         if member.compress_type not in ACCEPTED_METHODS:
             method = METHOD_NAMES.get(member.compress_type, f"method {member.compress_type}")
             raise HTTPException(
