@@ -120,7 +120,31 @@ PAGE_POLICY = "default-src 'self'; img-src 'self' data: blob:; object-src 'none'
 @routes.get("/", include_in_schema=False)
 def page() -> FileResponse:
     """The web page (static files, no build step, nothing from other sites)."""
-    return FileResponse(STATIC / "index.html", headers={"Content-Security-Policy": PAGE_POLICY})
+    return FileResponse(STATIC / "index.html")
+
+
+class SecurityHeaders:
+    """ASGI middleware, outermost: ``X-Content-Type-Options: nosniff`` on every response (the
+    gate's early refusals included) and the page's policy (:data:`PAGE_POLICY`) on every response
+    that serves the page or its static files."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        page = scope["path"] == "/" or scope["path"].startswith("/static/")
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                headers = [*message.get("headers", []), (b"x-content-type-options", b"nosniff")]
+                if page:
+                    headers.append((b"content-security-policy", PAGE_POLICY.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        return await self.app(scope, receive, send_with_headers)
 
 
 @routes.get("/health", summary="The process is alive")
@@ -339,6 +363,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         SegmentGate, admission=app.state.admission, api_key=settings.api_key, limit=settings.max_upload_bytes,
         idle_timeout=settings.idle_timeout_s,
     )  # fmt: skip
+    app.add_middleware(SecurityHeaders)  # added last: outermost, sees every response
     app.add_exception_handler(RequestValidationError, validation_problem)
     app.include_router(routes)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

@@ -232,3 +232,24 @@ def test_a_bundle_carries_summary_mask_preview_and_seg_from_one_inference(real_d
     nifti = post(client, CT_3MM, (real_data / CT_3MM).read_bytes(), params={"output": "bundle"}).json()
     assert nifti["dicom_seg_base64"] is None and "DICOM series as input" in nifti["dicom_seg_note"]
     assert "segment-" not in nifti["dicom_seg_note"]  # no server path
+
+
+@pytest.mark.parametrize("path", ["/", "/static/index.html"])
+def test_the_page_carries_its_policy_wherever_it_is_served(tmpdir_watched, path):
+    # /static/index.html is the same file as /: it was served without the policy.
+    response = client_for(None).get(path)
+    assert response.status_code == 200
+    policy = response.headers["content-security-policy"]
+    assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    assert response.headers["x-content-type-options"] == "nosniff"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [("get", "/health", 200), ("get", "/missing", 404), ("post", "/segment", 401), ("get", "/static/none.js", 404)],
+)  # fmt: skip
+def test_every_response_says_nosniff(tmpdir_watched, method, path, status):
+    stand_in = StandInPredictor()
+    response = getattr(client_for(stand_in, api_key="k"), method)(path)
+    assert response.status_code == status, response.text
+    assert response.headers["x-content-type-options"] == "nosniff"
