@@ -41,10 +41,10 @@ from inference_server.admission import Admission, SegmentGate, key_matches, unau
 from inference_server.schemas import Bundle, Info, Problem, Segmentation
 from inference_server.settings import Settings
 from inference_server.uploads import ZipLimits, check_archive, extract_series, sniff_kind
-from segcore.dicom_seg import SegUnavailable, write_dicom_seg
-from segcore.io import VolumeError, case_stem, check_file_header, read_volume, write_volume
+from segcore.case_outputs import CaseOutputs, build_case, seg_refusal
+from segcore.dicom_seg import SegUnavailable
+from segcore.io import VolumeError, case_id, case_stem, check_file_header, read_volume
 from segcore.labels import LABEL_NAMES
-from segcore.postprocess import organ_statistics
 from segcore.predictor import Predictor
 
 NIFTI_MEDIA_TYPE = "application/gzip"
@@ -222,37 +222,41 @@ async def segment(
 
     def work() -> tuple[Answer | None, dict[str, Any]]:
         source = extract_series(upload, workdir / "series", zip_limits, name) if kind == "zip" else upload
+        if output == "dicom-seg" and (refusal := seg_refusal(source)) is not None:  # before inference
+            raise HTTPException(422, f"{name}: no DICOM-SEG: {refusal}")
         with volume_errors_as_http(name, upload):
             image, geometry = read_volume(source)
         read_seconds = time.perf_counter() - started
         prediction = model.predict(image, geometry)
-        timings = {"read": read_seconds, **prediction.timings}
-        wanted = output in ("json", "bundle", "preview")  # the preview's legend shows the volumes
-        statistics = organ_statistics(prediction.labels, image, geometry, within=prediction.box) if wanted else {}
-        summary = {
-            "file": name,
-            "size": list(geometry.size),
-            "spacing": list(geometry.spacing),
-            "organs": statistics if output != "preview" else {},
-            "crop_box": prediction.box,
-            "timings": timings,
-            "warnings": prediction.warnings,
-            "model_notice": model.notice,
-            "quality": prediction.quality.as_dict(),
-        }
+        prediction.timings = {"read": read_seconds, **prediction.timings}
         written = time.perf_counter()
-        done = Inference(name, model, prediction, image, geometry, statistics, source, workdir)
-        answer = build_answer(output, done, summary)
-        timings["write"] = time.perf_counter() - written
-        return answer, summary
+        staging = workdir / "outputs"
+        staging.mkdir()
+        try:
+            made = build_case(
+                staging, OUTPUT_KINDS[output], case=case_id(name), input_name=name, source=source,
+                prediction=prediction, image=image, geometry=geometry, notice=model.notice,
+                checkpoints_sha256=[entry["sha256"] for entry in getattr(model, "sources", {}).values()],
+                statistics=output in ("json", "bundle", "preview"),
+            )  # fmt: skip
+        except SegUnavailable as error:
+            raise HTTPException(422, f"{name}: no DICOM-SEG: {error}") from None
+        answer = answer_of(output, made, name)
+        made.record["timings"]["write"] = round(time.perf_counter() - written, 4)
+        return answer, made.record
 
-    answer, summary = await request.state.ticket.run(work, settings.request_timeout_s, workdir)
-    headers = response_headers(summary, time.perf_counter() - started, model.notice)
+    answer, record = await request.state.ticket.run(work, settings.request_timeout_s, workdir)
+    headers = response_headers(record, time.perf_counter() - started, model.notice)
     if answer is None:
-        return JSONResponse(Segmentation(**summary).model_dump(), headers=headers)
+        return JSONResponse(Segmentation(**record).model_dump(), headers=headers)
     if answer.filename:
         headers["Content-Disposition"] = attachment(answer.filename)
     return Response(answer.body, media_type=answer.media_type, headers=headers)
+
+
+OUTPUT_KINDS = {"json": set(), "nifti": {"mask"}, "preview": {"preview"}, "dicom-seg": {"seg"},
+                "bundle": {"mask", "preview", "seg"}}  # fmt: skip
+"""The files of a case (:data:`segcore.case_outputs.KINDS`) each ``output`` needs; the record is always made."""
 
 
 @dataclass(frozen=True)
@@ -264,59 +268,22 @@ class Answer:
     filename: str | None = None
 
 
-@dataclass(frozen=True)
-class Inference:
-    """One request's inference, as the answer is built from it."""
-
-    name: str
-    model: Predictor
-    prediction: Any
-    image: np.ndarray
-    geometry: Any
-    statistics: dict[str, Any]
-    source: Path
-    workdir: Path
-
-
-def build_answer(output: str, done: Inference, summary: dict[str, Any]) -> Answer | None:
-    """The body for ``output`` (None: the JSON summary); runs in the worker thread."""
+def answer_of(output: str, made: CaseOutputs, name: str) -> Answer | None:
+    """The body for ``output`` from the case's staged files (None: the JSON record); runs in the worker thread."""
     if output == "json":
         return None
-    name, model, prediction, workdir, source = done.name, done.model, done.prediction, done.workdir, done.source
     stem = download_stem(name)
-    files: dict[str, bytes] = {}
-    if output in ("nifti", "bundle"):
-        write_volume(workdir / "labels.nii.gz", prediction.labels, done.geometry)
-        files["nifti"] = (workdir / "labels.nii.gz").read_bytes()
-    if output in ("preview", "bundle"):
-        from segcore.preview import reader_note, render_preview
-
-        note = reader_note(prediction.quality.verdict, prediction.quality.reasons, model.notice)
-        volumes = {organ: s["volume_ml"] for organ, s in done.statistics.items()}
-        files["preview"] = render_preview(
-            done.image, prediction.labels, done.geometry, volumes_ml=volumes, note=note
-        ).png
-    seg_note = None
-    if output in ("dicom-seg", "bundle"):
-        try:
-            hashes = [entry["sha256"] for entry in getattr(model, "sources", {}).values()]
-            write_dicom_seg(prediction.labels, source, workdir / "seg.dcm", checkpoints_sha256=hashes,
-                            verdict=prediction.quality.verdict, notice=model.notice)  # fmt: skip
-            files["seg"] = (workdir / "seg.dcm").read_bytes()
-        except (SegUnavailable, ValueError) as error:
-            if output == "dicom-seg":
-                raise HTTPException(422, f"{name}: {error}".replace(str(workdir) + os.sep, "")) from None
-            seg_note = str(error).replace(str(source), name).replace(str(workdir) + os.sep, "")
+    files = {kind: path.read_bytes() for kind, path in made.files.items()}
     if output == "nifti":
-        return Answer(files["nifti"], NIFTI_MEDIA_TYPE, f"{stem}_labels.nii.gz")
+        return Answer(files["mask"], NIFTI_MEDIA_TYPE, f"{stem}_labels.nii.gz")
     if output == "preview":
         return Answer(files["preview"], "image/png", f"{stem}_preview.png")
     if output == "dicom-seg":
         return Answer(files["seg"], "application/dicom", f"{stem}_seg.dcm")
-    encoded = {key: base64.b64encode(value).decode() for key, value in files.items()}
+    encoded = {kind: base64.b64encode(value).decode() for kind, value in files.items()}
     bundle = Bundle(
-        **summary, mask_nifti_base64=encoded["nifti"], preview_png_base64=encoded["preview"],
-        dicom_seg_base64=encoded.get("seg"), dicom_seg_note=seg_note,
+        **made.record, mask_nifti_base64=encoded["mask"], preview_png_base64=encoded["preview"],
+        dicom_seg_base64=encoded.get("seg"), dicom_seg_note=made.seg_note,
     )  # fmt: skip
     return Answer(bundle.model_dump_json().encode(), "application/json")
 

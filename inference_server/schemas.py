@@ -28,9 +28,11 @@ class Quality(BaseModel):
 
 
 class Segmentation(BaseModel):
-    """``POST /segment?output=json``."""
+    """``POST /segment?output=json``: the case record, as ``predict.sh --stats`` writes it
+    (:func:`segcore.case_outputs.case_record`)."""
 
-    file: str
+    case: str = Field(description="the case id: the upload's name without NIfTI suffix and _0000")
+    input: str = Field(description="the upload's name")
     size: list[int] = Field(description="input size (x, y, z)")
     spacing: list[float] = Field(description="input spacing (x, y, z) mm")
     organs: dict[str, Organ] = Field(description="organs found, by name")
@@ -39,6 +41,7 @@ class Segmentation(BaseModel):
     warnings: list[str]
     model_notice: str | None = Field(None, description="what the loaded weights must not be used for, if anything")
     quality: Quality
+    mask_written: bool = Field(description="a mask was made (the service never withholds one)")
 
 
 class Bundle(Segmentation):

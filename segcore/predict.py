@@ -9,10 +9,14 @@ Cases are every ``.nii``/``.nii.gz`` file and every folder (one DICOM series eac
 INPUT_DIR, sorted by name; hidden entries, other files and OUTPUT_DIR itself are passed over.
 Output names: ``<id>_0000.nii.gz`` -> ``<id>.nii.gz`` (FLARE), anything else keeps its stem,
 plus ``.nii.gz``. Each mask carries exactly its input's size, spacing, origin and direction.
-Existing outputs are kept (the case is skipped) unless ``--overwrite``; writes are atomic, so an
-interrupted run leaves whole files only and a re-run finishes the rest. ``--stats`` also writes
+Existing outputs are kept (the case is skipped) unless ``--overwrite``. A case's outputs are
+made in a hidden staging folder and moved to their names together once every one was made
+(:mod:`segcore.case_outputs`): a case that fails leaves no file, an interrupted run leaves whole
+files only, and a re-run finishes the rest. ``--stats`` also writes
 ``<id>.json`` (per-organ volume in mL, mean HU, bounding box; the crop box; warnings; timings);
-``--output-type dicom-seg|both`` ``<id>_seg.dcm`` for DICOM inputs (:mod:`segcore.dicom_seg`);
+``--output-type dicom-seg|both`` ``<id>_seg.dcm`` for DICOM inputs (:mod:`segcore.dicom_seg`; a
+SEG that cannot be made is a warning beside the mask with ``both``, and with ``dicom-seg`` a
+failed case, refused before inference where the headers tell);
 ``--preview`` ``<id>_preview.png`` (:mod:`segcore.preview`). Every case leaves a record, and
 ``summary.csv`` is rebuilt from all records in OUTPUT_DIR (:mod:`segcore.case_records`).
 
@@ -46,11 +50,12 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
+import shutil
 import sys
 import tempfile
 import time
+import traceback
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -59,11 +64,11 @@ from tqdm import tqdm
 
 from segcore import distributed
 from segcore.allocator import keep_freed_memory
+from segcore.case_outputs import build_case, publish, seg_refusal
 from segcore.case_records import has_record, organ_measures, rebuild_table, write_record
 from segcore.claims import claim_case
-from segcore.dicom_seg import SegUnavailable, write_dicom_seg
-from segcore.io import VolumeError, case_id, is_nifti, replace_atomically, write_text_atomic, write_volume
-from segcore.postprocess import organ_statistics
+from segcore.dicom_seg import SegUnavailable
+from segcore.io import VolumeError, case_id, is_nifti
 from segcore.predictor import PRECISIONS, Predictor
 
 DISTRIBUTED_TIMEOUT_MINUTES = 24 * 60
@@ -96,6 +101,17 @@ class Outputs:
     def from_args(cls, args: argparse.Namespace) -> Outputs:
         kind = args.output_type
         return cls(kind in ("nifti", "both"), kind in ("dicom-seg", "both"), args.preview, args.stats)
+
+    def kinds(self) -> set[str]:
+        """The :data:`segcore.case_outputs.KINDS` this run makes per case."""
+        wanted = {"mask": self.nifti, "seg": self.dicom_seg, "preview": self.preview, "record": self.stats}
+        return {kind for kind, asked in wanted.items() if asked}
+
+    def destinations(self, case: Case, output_dir: Path) -> dict[str, Path]:
+        """Where each kind of output of ``case`` goes."""
+        names = {"mask": case.output_name, "seg": f"{case.case_id}_seg.dcm", "preview": f"{case.case_id}_preview.png",
+                 "record": f"{case.case_id}.json"}  # fmt: skip
+        return {kind: output_dir / names[kind] for kind in self.kinds()}
 
     def files(self, case: Case) -> list[str]:
         """The names of the case's outputs (a DICOM-SEG only for a DICOM input, see :mod:`segcore.dicom_seg`)."""
@@ -186,82 +202,60 @@ def lock_path(output_dir: Path, case: Case) -> Path:
     return output_dir / f".{case.case_id}.lock"
 
 
-def _write_json(path: Path, content: dict) -> None:
-    write_text_atomic(path, json.dumps(content, indent=2) + "\n")
+STAGING = ".staging-"
+"""A case's outputs are made in ``OUTPUT_DIR/.<id>.staging-XXXX/`` and moved out together."""
 
 
 def predict_case(
     predictor: Predictor, case: Case, output_dir: Path, *, outputs: Outputs = Outputs(), strict: bool = False
 ) -> CaseResult:
-    """Segment one case and write what ``outputs`` asks for; failures become a ``failed`` result.
+    """Segment one case and write what ``outputs`` asks for, all or nothing; failures become a
+    ``failed`` result with no file and no organ figures.
 
-    With ``strict``, a case whose quality verdict is ``fail`` gets no mask and is ``failed``.
+    Every output is made in a hidden staging folder (:mod:`segcore.case_outputs`) and moved to its
+    name once all were made. A DICOM-SEG asked for alone is refused before inference when the
+    input's headers show it cannot be made; asked for beside the mask, it is a warning. With
+    ``strict``, a case whose quality verdict is ``fail`` gets no mask and is ``failed``.
     """
     started = time.perf_counter()
-    statistics: dict = {}
+    for stale in output_dir.glob(f".{case.case_id}{STAGING}*"):  # left by a killed run (we hold the claim)
+        shutil.rmtree(stale, ignore_errors=True)
+    organs: dict = {}
+    staging = Path(tempfile.mkdtemp(prefix=f".{case.case_id}{STAGING}", dir=output_dir))
     try:
+        if outputs.dicom_seg and not outputs.nifti and (refusal := seg_refusal(case.path)) is not None:
+            raise SegUnavailable(refusal)
         prediction, image, geometry = predictor.predict_file(case.path)
         quality = prediction.quality
         refused = strict and quality.verdict == "fail"
-        statistics = organ_statistics(prediction.labels, image, geometry, within=prediction.box)
-        if not refused:
-            write_masks(predictor, case, output_dir, outputs, prediction, geometry)
-        if outputs.preview:
-            from segcore.preview import reader_note, render_preview  # Pillow: only for runs that draw
-
-            note = reader_note(quality.verdict, quality.reasons, predictor.notice)
-            volumes = {name: s["volume_ml"] for name, s in statistics.items()}
-            preview = render_preview(image, prediction.labels, geometry, volumes_ml=volumes, note=note)
-            replace_atomically(output_dir / f"{case.case_id}_preview.png", lambda path: path.write_bytes(preview.png))
-        if outputs.stats:
-            _write_json(
-                output_dir / f"{case.case_id}.json",
-                {
-                    "case": case.case_id,
-                    "input": case.name,
-                    "organs": statistics,
-                    "crop_box_voxels": prediction.box,
-                    "warnings": prediction.warnings,
-                    "quality": quality.as_dict(),
-                    "mask_written": not refused,
-                    "timings_s": {name: round(value, 4) for name, value in prediction.timings.items()},
-                },
-            )
+        kinds = outputs.kinds() - ({"mask", "seg"} if refused else set())
+        made = build_case(
+            staging, kinds, case=case.case_id, input_name=case.name, source=case.path, prediction=prediction,
+            image=image, geometry=geometry, notice=predictor.notice, withheld=refused,
+            checkpoints_sha256=[source["sha256"] for source in predictor.sources.values()],
+        )  # fmt: skip
+        publish(made.files, outputs.destinations(case, output_dir))
+        organs = made.record["organs"]
     except VolumeError as error:
         result = CaseResult(case.name, case.output_name, "failed", time.perf_counter() - started, str(error))
-    except Exception as error:  # one bad case must not stop the batch; report it with its type
-        reason = (
-            f"{case.path}: {type(error).__name__}: {error}" if not isinstance(error, SegUnavailable) else str(error)
-        )
+    except SegUnavailable as error:
+        reason = f"{case.path}: no DICOM-SEG: {error}"
+        result = CaseResult(case.name, case.output_name, "failed", time.perf_counter() - started, reason)
+    except Exception as error:  # one bad case must not stop the batch; the traceback goes to the log
+        traceback.print_exc(file=sys.stderr)
+        reason = f"{case.path}: internal error while segmenting ({error})"
         result = CaseResult(case.name, case.output_name, "failed", time.perf_counter() - started, reason)
     else:
         result = CaseResult(
             case.name, case.output_name, "written", time.perf_counter() - started, organs=quality.organ_count,
-            warnings=prediction.warnings, verdict=quality.verdict, quality_reasons=quality.reasons,
+            warnings=made.record["warnings"], verdict=quality.verdict, quality_reasons=quality.reasons,
         )  # fmt: skip
         if refused:
             result.status, result.reason = "failed", f"{case.path}: quality verdict fail (--strict: no mask written)"
-    write_record(output_dir, record_of(case, result, statistics))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    write_record(output_dir, record_of(case, result, organs))
     return result
-
-
-def write_masks(predictor: Predictor, case: Case, output_dir: Path, outputs: Outputs, prediction, geometry) -> None:
-    """The NIfTI mask and/or the DICOM-SEG; a NIfTI input asked for both gets the NIfTI and a warning."""
-    if outputs.nifti:
-        write_volume(output_dir / case.output_name, prediction.labels, geometry)
-    if not outputs.dicom_seg:
-        return
-    if not case.path.is_dir() and outputs.nifti:
-        prediction.warnings.append("no DICOM-SEG: the input is NIfTI (a SEG references a DICOM source series)")
-        return
-    if not prediction.labels.any():
-        prediction.warnings.append("no DICOM-SEG: the mask is empty")
-        return
-    hashes = [source["sha256"] for source in predictor.sources.values()]
-    write_dicom_seg(
-        prediction.labels, case.path, output_dir / f"{case.case_id}_seg.dcm", checkpoints_sha256=hashes,
-        verdict=prediction.quality.verdict, notice=predictor.notice,
-    )  # fmt: skip
 
 
 def record_of(case: Case, result: CaseResult, statistics: dict) -> dict:

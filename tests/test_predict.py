@@ -133,7 +133,7 @@ def test_batch_writes_good_cases_on_their_grid_and_reports_bad_ones(one_process_
         assert {organ["label"] for organ in stats["organs"].values()} == present
         for organ in stats["organs"].values():
             assert organ["voxels"] == int((labels == organ["label"]).sum()) and organ["volume_ml"] > 0
-        assert stats["crop_box_voxels"] == [[0, geometry.size[0]], [0, geometry.size[1]], [0, geometry.size[2]]]
+        assert stats["crop_box"] == [[0, geometry.size[0]], [0, geometry.size[1]], [0, geometry.size[2]]]
 
 
 def test_two_processes_write_every_case_once_like_one_process(one_process_run, batch_input, weights, tmp_path):
@@ -354,5 +354,79 @@ def test_dicom_seg_preview_and_table_from_one_run(real_data, series_with_uids, w
     only_seg = run_predict(
         "-i", str(folder), "-o", str(tmp_path / "seg"), "--weights", str(weights), "--output-type", "dicom-seg"
     )
-    assert only_seg.returncode == 1 and "DICOM-SEG needs a DICOM series as input" in only_seg.stdout
+    assert only_seg.returncode == 1 and "no DICOM-SEG: the input is NIfTI" in only_seg.stdout
     assert (tmp_path / "seg" / "series_seg.dcm").exists() and not (tmp_path / "seg" / "ct3mm.nii.gz").exists()
+
+
+def every_file(folder: Path) -> list[str]:
+    """Every file and folder under ``folder``, hidden ones included, but the records and the table."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
+                  if p.name not in ("summary.csv", ".records", ".summary.lock") and ".records" not in p.parts)  # fmt: skip
+
+
+def table_row(out: Path, case: str) -> dict[str, str]:
+    with (out / "summary.csv").open() as stream:
+        return next(row for row in csv.DictReader(stream) if row["case"] == case)
+
+
+def test_a_seg_that_cannot_be_made_is_a_warning_beside_the_mask_for_every_input(
+    real_data, weights, tmp_path, one_thread
+):
+    # The series has no study/series UIDs: `both` wrote the mask, then failed the case and left the
+    # mask behind with organ figures and no verdict; a NIfTI input was written with a warning.
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "series").symlink_to(real_data / "abdomen_ct_dicom", target_is_directory=True)
+    (folder / "ct_0000.nii.gz").symlink_to(real_data / "abdomen_ct_3mm.nii.gz")
+    out = tmp_path / "out"
+    out.mkdir()
+    cases, _, _ = find_cases(folder, out)
+    predictor = Predictor.from_weights(weights, "cpu")
+    both = predict.Outputs(nifti=True, dicom_seg=True)
+    results = {r.name: r for r in predict.predict_cases(predictor, cases, out, outputs=both, progress=False)}
+    assert {name: r.status for name, r in results.items()} == {"series": "written", "ct_0000.nii.gz": "written"}
+    assert any("no DICOM-SEG" in w and "StudyInstanceUID" in w for w in results["series"].warnings)
+    assert any("no DICOM-SEG: the input is NIfTI" in w for w in results["ct_0000.nii.gz"].warnings)
+    assert every_file(out) == ["ct.nii.gz", "series.nii.gz"]
+    assert table_row(out, "series")["verdict"] and table_row(out, "series")["liver_ml"]
+
+
+def test_a_seg_alone_that_cannot_be_made_is_refused_before_inference_leaving_nothing(
+    real_data, weights, tmp_path, one_thread, monkeypatch
+):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "series").symlink_to(real_data / "abdomen_ct_dicom", target_is_directory=True)
+    out = tmp_path / "out"
+    out.mkdir()
+    cases, _, _ = find_cases(folder, out)
+    predictor = Predictor.from_weights(weights, "cpu")
+    monkeypatch.setattr(predictor, "predict_file", lambda path: pytest.fail("inference ran for a refused SEG"))
+    only_seg = predict.Outputs(nifti=False, dicom_seg=True)
+    [result] = predict.predict_cases(predictor, cases, out, outputs=only_seg, progress=False)
+    assert result.status == "failed" and "no DICOM-SEG" in result.reason and "StudyInstanceUID" in result.reason
+    assert "Error" not in result.reason  # words for people, not exception class names
+    assert every_file(out) == []
+    row = table_row(out, "series")
+    assert row["status"] == "failed" and row["verdict"] == "" and row["liver_ml"] == ""
+
+
+def test_a_case_whose_last_output_fails_leaves_no_file(real_data, weights, tmp_path, one_thread, monkeypatch):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "ct_0000.nii.gz").symlink_to(real_data / "abdomen_ct_3mm.nii.gz")
+    out = tmp_path / "out"
+    out.mkdir()
+    cases, _, _ = find_cases(folder, out)
+    predictor = Predictor.from_weights(weights, "cpu")
+
+    def broken(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("segcore.preview.render_preview", broken)
+    everything = predict.Outputs(nifti=True, preview=True, stats=True)
+    [result] = predict.predict_cases(predictor, cases, out, outputs=everything, progress=False)
+    assert result.status == "failed" and "No space left on device" in result.reason
+    assert "OSError" not in result.reason
+    assert every_file(out) == []  # neither the mask made before the preview nor a staging folder
+    assert table_row(out, "ct")["liver_ml"] == "" and table_row(out, "ct")["verdict"] == ""

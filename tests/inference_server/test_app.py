@@ -101,7 +101,7 @@ def test_200_json_summary_with_organs_quality_and_warnings(real_data, tmpdir_wat
     response = post(client_for(stand_in), CT_3MM, (real_data / CT_3MM).read_bytes(), params={"output": "json"})
     assert response.status_code == 200, response.text
     summary = response.json()
-    assert summary["file"] == CT_3MM and summary["quality"]["verdict"] == "ok"
+    assert summary["input"] == CT_3MM and summary["case"] == "abdomen_ct_3mm" and summary["quality"]["verdict"] == "ok"
     assert summary["organs"]["liver"]["volume_ml"] > 0 and summary["model_notice"] is None
     assert response.headers["x-segmentation-warnings"] == stand_in.warnings[0]
 
@@ -230,7 +230,7 @@ def test_a_bundle_carries_summary_mask_preview_and_seg_from_one_inference(real_d
     assert base64.b64decode(bundle["preview_png_base64"])[:8] == b"\x89PNG\r\n\x1a\n"
     assert base64.b64decode(bundle["dicom_seg_base64"])[128:132] == b"DICM"
     nifti = post(client, CT_3MM, (real_data / CT_3MM).read_bytes(), params={"output": "bundle"}).json()
-    assert nifti["dicom_seg_base64"] is None and "DICOM series as input" in nifti["dicom_seg_note"]
+    assert nifti["dicom_seg_base64"] is None and "the input is NIfTI" in nifti["dicom_seg_note"]
     assert "segment-" not in nifti["dicom_seg_note"]  # no server path
 
 

@@ -8,12 +8,15 @@ import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import json
+
 import httpx
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
 from inference_server.local import LocalServer
+from tests.test_predict import run_predict
 from tests.tiny_checkpoints import write_tiny_weights
 
 API_KEY = "s3cret-key"
@@ -155,3 +158,19 @@ def test_local_server_that_cannot_start_says_why(tmp_path):
     with pytest.raises(RuntimeError, match="exited with status") as failure:
         LocalServer(tmp_path / "no_weights").__enter__()
     assert "no_weights" in str(failure.value)  # the server's own message is passed on
+
+
+def test_the_batch_commands_record_is_the_services_json(server, weights, real_data, tmp_path):
+    # One output path: predict.sh --stats and POST /segment?output=json build the same record.
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "abdomen_ct_3mm.nii.gz").symlink_to(real_data / "abdomen_ct_3mm.nii.gz")
+    run = run_predict("-i", str(folder), "-o", str(tmp_path / "out"), "--weights", str(weights), "--stats")
+    assert run.returncode == 0, run.stdout + run.stderr
+    written = json.loads((tmp_path / "out" / "abdomen_ct_3mm.json").read_text())
+    answered = post(server, "abdomen_ct_3mm.nii.gz", (real_data / "abdomen_ct_3mm.nii.gz").read_bytes(),
+                    params={"output": "json"}).json()  # fmt: skip
+    assert set(written["timings"]) - {"read"} <= set(answered["timings"])
+    written.pop("timings"), answered.pop("timings")
+    assert written == answered
+    assert written["case"] == "abdomen_ct_3mm" and written["organs"] and written["mask_written"] is True
