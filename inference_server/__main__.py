@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 
+import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -13,13 +14,38 @@ from inference_server.app import create_app
 from inference_server.settings import Settings
 
 
-class IdleClosingH11Protocol(H11Protocol):
-    """uvicorn's HTTP/1.1 protocol, except that a connection that never sends a byte is closed
-    after the keep-alive timeout (uvicorn starts that timer only after a first response)."""
+class DeadlineH11Protocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with two deadlines it lacks: a connection that never sends a
+    byte is closed after the keep-alive timeout (uvicorn starts that timer only after a first
+    response), and a request head must be complete within ``head_timeout`` of its first byte
+    (uvicorn cancels its timer at the first byte and restarts it only after a response, so a
+    client sending one byte held its connection for good)."""
+
+    head_timeout: float = 10.0
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
+        self.head_deadline = None
         self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        waiting_for_head = self.conn.their_state is h11.IDLE and not self.transport.is_closing()
+        if waiting_for_head and self.head_deadline is None:
+            self.head_deadline = self.loop.call_later(self.head_timeout, self._head_timed_out)
+        elif not waiting_for_head and self.head_deadline is not None:
+            self.head_deadline.cancel()
+            self.head_deadline = None
+
+    def connection_lost(self, exc) -> None:
+        if self.head_deadline is not None:
+            self.head_deadline.cancel()
+        super().connection_lost(exc)
+
+    def _head_timed_out(self) -> None:
+        self.head_deadline = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self.transport.close()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -37,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
         host=args.host,
         port=args.port,
         log_level=args.log_level,
-        http=IdleClosingH11Protocol,
+        http=type("Protocol", (DeadlineH11Protocol,), {"head_timeout": settings.head_timeout_s}),
         timeout_keep_alive=settings.idle_timeout_s,
         limit_concurrency=settings.max_connections,
     )

@@ -6,7 +6,10 @@ queue place is taken, all before a byte of the body is read. An admitted request
 :class:`Ticket` (a place in the count) from its headers until its work ends; so uploads in
 progress count against capacity, and there are never more uploads than places. While the body
 streams in, a gap longer than the idle timeout ends it with 408 and a running byte count past
-the limit with 413.
+the limit with 413, and so does an upload slower than the minimum rate after its grace
+period or not complete by its deadline (:class:`UploadPace`). Uploads in progress hold upload
+places (``max_uploads``), apart from the queue's: slow uploaders can fill the upload places,
+never the inference queue. Refusals sent before the body is read close the connection.
 
 :meth:`Ticket.run` hands the work and its temporary folder to a worker task: the folder is
 removed by that task after the worker thread ends, whatever the request's outcome (a 504
@@ -19,7 +22,9 @@ from __future__ import annotations
 import asyncio
 import secrets
 import shutil
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +34,9 @@ from fastapi.responses import JSONResponse
 from pydantic import SecretStr
 
 SEGMENT_PATH = "/segment"
+CLOSE = {"Connection": "close"}
+"""On a refusal sent before the body was read: the connection closes once the answer is sent,
+so a refused client cannot go on sending its body."""
 
 
 def key_matches(given: str | None, expected: SecretStr | None) -> bool:
@@ -39,46 +47,88 @@ def key_matches(given: str | None, expected: SecretStr | None) -> bool:
 
 
 def unauthorized() -> HTTPException:
-    return HTTPException(401, "missing or wrong X-API-Key", {"WWW-Authenticate": "X-API-Key"})
+    return HTTPException(401, "missing or wrong X-API-Key", {"WWW-Authenticate": "X-API-Key", **CLOSE})
 
 
 def too_large(limit: int) -> HTTPException:
-    return HTTPException(413, f"upload larger than the limit of {limit / 2**20:.0f} MB")
+    return HTTPException(413, f"upload larger than the limit of {limit / 2**20:.0f} MB", CLOSE)
 
 
 def busy() -> HTTPException:
-    return HTTPException(503, "busy: every inference slot and queue place is taken", {"Retry-After": "5"})
+    return HTTPException(503, "busy: every inference slot and queue place is taken", {"Retry-After": "5", **CLOSE})
+
+
+def too_slow(reason: str) -> HTTPException:
+    return HTTPException(408, reason, CLOSE)
+
+
+@dataclass(frozen=True)
+class UploadPace:
+    """How an upload must arrive: no gap over ``idle_s``; after ``grace_s``, a mean rate of at
+    least ``min_bytes_per_s``; the whole body within ``deadline_s``."""
+
+    idle_s: float
+    grace_s: float
+    min_bytes_per_s: float
+    deadline_s: float
+
+    def wait_limit(self, elapsed: float, received: int) -> tuple[float, str]:
+        """How long the next piece of the body may take, and what a 408 then says."""
+        limits = [(self.idle_s, f"upload idle for more than {self.idle_s:g} s"),
+                  (self.deadline_s - elapsed, f"upload not complete within {self.deadline_s:g} s")]  # fmt: skip
+        if self.min_bytes_per_s > 0:  # the mean rate falls under the minimum at this time
+            at = max(self.grace_s, received / self.min_bytes_per_s)
+            limits.append((at - elapsed, f"upload slower than {self.min_bytes_per_s / 1024:g} KiB/s"))
+        return min(limits)
 
 
 class Admission:
-    """At most ``concurrent`` inferences at once and ``concurrent + queue`` requests admitted."""
+    """At most ``concurrent`` inferences at once, ``concurrent + queue`` requests waiting or
+    running, and apart from them ``uploads`` bodies streaming in: slow uploads can take upload
+    places, never the queue's."""
 
-    def __init__(self, concurrent: int, queue: int):
-        self.capacity = concurrent + queue
-        self.admitted = 0
+    def __init__(self, concurrent: int, queue: int, uploads: int):
+        self.capacity, self.upload_places = concurrent + queue, uploads
+        self.admitted = self.uploading = 0
         self.slots = asyncio.Semaphore(concurrent)
         self.running: set[asyncio.Task] = set()
 
     def admit(self) -> Ticket:
-        """A place for one request; 503 (:func:`busy`) when there is none."""
-        if self.admitted >= self.capacity:
+        """An upload place for one request; 503 (:func:`busy`) when there is none, or when the
+        queue is full (its upload would be refused at the end)."""
+        if self.uploading >= self.upload_places or self.admitted >= self.capacity:
             raise busy()
-        self.admitted += 1
+        self.uploading += 1
         return Ticket(self)
 
 
 class Ticket:
-    """One admitted request's place; given back once, by the request or by its worker task."""
+    """One request's place: an upload place until its body is in, then a queue place; given back
+    once, by the request or by its worker task."""
 
     def __init__(self, admission: Admission):
         self.admission = admission
         self.handed_over = False
         self.released = False
+        self.queued = False
+
+    def enter_queue(self) -> None:
+        """Trade the upload place for a queue place; 503 when the queue filled meanwhile."""
+        if self.queued:
+            return
+        if self.admission.admitted >= self.admission.capacity:
+            raise busy()
+        self.admission.uploading -= 1
+        self.admission.admitted += 1
+        self.queued = True
 
     def release(self) -> None:
         if not self.released:
             self.released = True
-            self.admission.admitted -= 1
+            if self.queued:
+                self.admission.admitted -= 1
+            else:
+                self.admission.uploading -= 1
 
     async def run(self, function: Callable[[], Any], timeout: float, workdir: Path) -> Any:
         """Run ``function`` in a worker thread when a slot is free; 504 past ``timeout``.
@@ -86,6 +136,7 @@ class Ticket:
         From here on the worker task owns the place and ``workdir``: both are given back when the
         thread has ended, never before.
         """
+        self.enter_queue()
         self.handed_over = True
 
         async def in_slot():
@@ -108,9 +159,9 @@ class Ticket:
 class SegmentGate:
     """ASGI middleware: admission from the headers of ``POST /segment``, then a guarded body."""
 
-    def __init__(self, app, admission: Admission, api_key: SecretStr | None, limit: int, idle_timeout: float):
+    def __init__(self, app, admission: Admission, api_key: SecretStr | None, limit: int, pace: UploadPace):
         self.app, self.admission, self.api_key = app, admission, api_key
-        self.limit, self.idle_timeout = limit, idle_timeout
+        self.limit, self.pace = limit, pace
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["path"] != SEGMENT_PATH or scope["method"] != "POST":
@@ -138,20 +189,22 @@ class SegmentGate:
         return self.admission.admit()
 
     def _guarded(self, receive):
-        """``receive`` with a running byte count and, until the body is complete, an idle timeout.
+        """``receive`` with a running byte count and, until the body is complete, the upload's
+        pace (:class:`UploadPace`: idle gap, minimum rate after the grace, overall deadline).
 
         Raised while the endpoint parses the body, the HTTP errors reach FastAPI's handler.
         """
-        received, complete = 0, False
+        received, complete, started = 0, False, time.monotonic()
 
         async def guarded_receive():
             nonlocal received, complete
             if complete:  # after the body, receive only waits for a disconnect: no timeout
                 return await receive()
+            wait, reason = self.pace.wait_limit(time.monotonic() - started, received)
             try:
-                message = await asyncio.wait_for(receive(), self.idle_timeout)
+                message = await asyncio.wait_for(receive(), max(wait, 0.0))
             except TimeoutError:
-                raise HTTPException(408, f"upload idle for more than {self.idle_timeout:g} s") from None
+                raise too_slow(reason) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 complete = not message.get("more_body", False)

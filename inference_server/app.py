@@ -37,7 +37,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from inference_server.admission import Admission, SegmentGate, key_matches, unauthorized
+from inference_server.admission import Admission, SegmentGate, UploadPace, key_matches, unauthorized
 from inference_server.schemas import Bundle, Info, Problem, Segmentation
 from inference_server.settings import Settings
 from inference_server.uploads import ZipLimits, check_archive, extract_series, sniff_kind
@@ -325,10 +325,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.predictor, app.state.settings = None, settings
-    app.state.admission = Admission(settings.max_concurrent, settings.queue_length)
+    app.state.admission = Admission(settings.max_concurrent, settings.queue_length, settings.max_uploads)
+    pace = UploadPace(
+        settings.idle_timeout_s, settings.upload_grace_s, settings.min_upload_kib_s * 1024, settings.upload_deadline_s
+    )
     app.add_middleware(
         SegmentGate, admission=app.state.admission, api_key=settings.api_key, limit=settings.max_upload_bytes,
-        idle_timeout=settings.idle_timeout_s,
+        pace=pace,
     )  # fmt: skip
     app.add_middleware(SecurityHeaders)  # added last: outermost, sees every response
     app.add_exception_handler(RequestValidationError, validation_problem)

@@ -34,6 +34,15 @@ class Settings(BaseSettings):
         15.0, gt=0, description="longest silence from a client: before its request (then closed) or in its body (408)"
     )
     max_connections: int = Field(64, ge=1, description="open connections at once; beyond them 503")
+    max_uploads: int = Field(
+        8, ge=1, description="POST /segment bodies streaming in at once, apart from the queue; beyond them 503"
+    )
+    head_timeout_s: float = Field(
+        10.0, gt=0, description="a request's head must be complete this long after its first byte (else closed)"
+    )
+    upload_grace_s: float = Field(10.0, ge=0, description="after this, an upload must keep min_upload_kib_s (408)")
+    min_upload_kib_s: float = Field(32.0, ge=0, description="slowest mean upload rate accepted after the grace (408)")
+    upload_deadline_s: float = Field(300.0, gt=0, description="a whole upload within this, whatever its rate (408)")
     max_unpacked_mb: float = Field(2048.0, gt=0, description="a zipped DICOM series unpacks to at most this (413)")
     max_zip_members: int = Field(5000, ge=1, description="files in a zipped DICOM series (422 beyond)")
     max_compression_ratio: float = Field(

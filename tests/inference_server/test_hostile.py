@@ -50,10 +50,11 @@ def serving(weights: Path, temp: Path, **settings: str) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def guarded(weights, tmp_path_factory) -> Iterator[tuple[str, Path]]:
-    """One inference at a time and no queue, small limits, an API key, 1 s idle timeout."""
+    """One inference at a time, no queue and one upload place, small limits, an API key, 1 s idle
+    timeout, 2 s for a request head."""
     temp = tmp_path_factory.mktemp("server_tmp")
-    settings = dict(max_upload_mb="4", max_concurrent="1", queue_length="0", api_key=API_KEY, idle_timeout_s="1",
-                    max_zip_members="50", max_unpacked_mb="8")  # fmt: skip
+    settings = dict(max_upload_mb="4", max_concurrent="1", queue_length="0", max_uploads="1", api_key=API_KEY,
+                    idle_timeout_s="1", head_timeout_s="2", max_zip_members="50", max_unpacked_mb="8")  # fmt: skip
     with serving(weights, temp, **settings) as url:
         yield url, temp
 
@@ -273,3 +274,105 @@ def test_a_bomb_is_refused_without_waiting_for_the_busy_slot(weights, tmp_path):
         worker.join()
         assert bomb.status_code == 413, bomb.text
         assert finished["bomb"] < finished["honest"], "the bomb waited for the slot before its refusal"
+
+
+def closed_within(connection: socket.socket, seconds: float) -> float | None:
+    """Seconds until the server closes ``connection`` (reading and dropping what it sends), or None."""
+    started = time.monotonic()
+    connection.settimeout(0.2)
+    while time.monotonic() - started < seconds:
+        try:
+            if connection.recv(65536) == b"":
+                return time.monotonic() - started
+        except TimeoutError:
+            continue
+        except ConnectionResetError:
+            return time.monotonic() - started
+    return None
+
+
+def test_a_connection_that_sends_one_byte_and_stops_is_closed_after_the_head_timeout(weights, tmp_path):
+    # The first byte cancelled uvicorn's idle timer and nothing restarted it: such connections
+    # stayed open for good, and max_connections of them turned every request away with 503.
+    temp = tmp_path / "server_tmp"
+    temp.mkdir()
+    with serving(weights, temp, head_timeout_s="1", idle_timeout_s="1", max_connections="4") as url:
+        parts = urlsplit(url)
+        sockets = [socket.create_connection((parts.hostname, parts.port), timeout=5) for _ in range(4)]
+        for connection in sockets:
+            connection.sendall(b"G")
+        assert all((closed := closed_within(c, 4)) is not None and closed < 3 for c in sockets)
+        assert httpx.get(f"{url}/health", timeout=5).status_code == 200
+        for connection in sockets:
+            connection.close()
+
+
+def test_a_trickled_body_is_cut_off_below_the_minimum_rate(weights, tmp_path):
+    # One byte every 0.5 s never trips the idle timeout; the rate after the grace does.
+    temp = tmp_path / "server_tmp"
+    temp.mkdir()
+    settings = dict(upload_grace_s="1", min_upload_kib_s="64", idle_timeout_s="5", max_uploads="1")
+    with serving(weights, temp, **settings) as url:
+        parts = urlsplit(url)
+        with socket.create_connection((parts.hostname, parts.port), timeout=5) as slow:
+            slow.sendall(upload_head(3 << 20))
+            started, answer = time.monotonic(), b""
+            slow.settimeout(0.5)
+            while time.monotonic() - started < 6 and not answer:
+                try:
+                    slow.sendall(b"\0")
+                    answer = slow.recv(4096)
+                except TimeoutError:
+                    continue
+                except (BrokenPipeError, ConnectionResetError):
+                    break
+            answered = time.monotonic() - started
+            rest, closed = b"", False
+            slow.settimeout(3)
+            while not closed:  # the rest of the answer, then the close
+                try:
+                    more = slow.recv(4096)
+                except TimeoutError:
+                    break
+                except ConnectionResetError:  # closed with our unread bytes in its buffer: a reset
+                    more = b""
+                rest, closed = rest + more, more == b""
+            assert answer.startswith(b"HTTP/1.1 408") and b"KiB/s" in answer + rest, answer + rest
+            assert answered < 4 and closed
+        assert left_behind(temp) == []
+
+
+def test_a_client_answered_503_is_disconnected_not_left_sending(guarded):
+    url, _ = guarded
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=5) as holder:
+        holder.sendall(upload_head(3 << 20, API_KEY) + b"\0" * 1024)  # takes the only upload place
+        time.sleep(0.3)
+        with socket.create_connection((parts.hostname, parts.port), timeout=5) as refused:
+            refused.sendall(upload_head(3 << 20, API_KEY) + b"\0" * 1024)
+            assert refused.recv(4096).startswith(b"HTTP/1.1 503")
+            assert (closed := closed_within(refused, 2)) is not None and closed < 0.5  # idle timeout: 1 s
+
+
+def test_slow_uploads_fill_the_upload_places_never_the_queue(weights, real_data, tmp_path):
+    # Two stalled uploads used to take both places of a 1 + 1 queue: every honest request got 503.
+    temp = tmp_path / "server_tmp"
+    temp.mkdir()
+    settings = dict(max_concurrent="1", queue_length="1", max_uploads="3", idle_timeout_s="20", upload_grace_s="60")
+    with serving(weights, temp, **settings) as url:
+        parts = urlsplit(url)
+        slow = [socket.create_connection((parts.hostname, parts.port), timeout=5) for _ in range(3)]
+        try:
+            for connection in slow[:2]:
+                connection.sendall(upload_head(3 << 20) + b"\0" * 1024)  # two upload places, then silence
+            time.sleep(0.3)
+            source = (real_data / "abdomen_ct_3mm.nii.gz").read_bytes()
+            assert post(url, "ct.nii.gz", source).status_code == 200  # the queue is still free
+            slow[2].sendall(upload_head(3 << 20) + b"\0" * 1024)  # the third and last upload place
+            time.sleep(0.3)
+            assert post(url, "ct.nii.gz", source).status_code == 503
+        finally:
+            for connection in slow:
+                connection.close()
+        time.sleep(0.5)
+        assert post(url, "ct.nii.gz", source).status_code == 200  # the places came back at once

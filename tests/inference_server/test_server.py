@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-
-import json
 
 import httpx
 import numpy as np

@@ -113,6 +113,7 @@ def archives(draw):
     return data
 
 
+@pytest.mark.filterwarnings("ignore:Duplicate name", "ignore:Generating overly large repr")
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(archives())
 def test_any_archive_is_unpacked_and_read_or_refused_with_a_4xx(real_data, data):
