@@ -82,14 +82,28 @@ class UploadPace:
         return min(limits)
 
 
+@dataclass(frozen=True)
+class MemoryModel:
+    """A request's expected peak memory from its input's voxels, and the bounds it must fit."""
+
+    bytes_per_voxel: float
+    base_bytes: float
+    request_limit: float
+    budget: float
+
+    def need(self, voxels: int) -> int:
+        return int(self.base_bytes + self.bytes_per_voxel * voxels)
+
+
 class Admission:
     """At most ``concurrent`` inferences at once, ``concurrent + queue`` requests waiting or
     running, and apart from them ``uploads`` bodies streaming in: slow uploads can take upload
     places, never the queue's."""
 
-    def __init__(self, concurrent: int, queue: int, uploads: int):
+    def __init__(self, concurrent: int, queue: int, uploads: int, memory: MemoryModel | None = None):
         self.capacity, self.upload_places = concurrent + queue, uploads
         self.admitted = self.uploading = 0
+        self.memory, self.reserved_bytes = memory, 0
         self.slots = asyncio.Semaphore(concurrent)
         self.running: set[asyncio.Task] = set()
 
@@ -111,6 +125,27 @@ class Ticket:
         self.handed_over = False
         self.released = False
         self.queued = False
+        self.reserved = 0
+
+    def reserve_memory(self, voxels: int, name: str) -> None:
+        """Hold the memory the request will need (:class:`MemoryModel`), from its header's voxel
+        count: 413 when it could never fit one request's limit, 503 with ``Retry-After`` while
+        the requests already admitted leave too little of the server's budget."""
+        model = self.admission.memory
+        if model is None or self.reserved:
+            return
+        need = model.need(voxels)
+        if need > model.request_limit:
+            raise HTTPException(
+                413, f"{name}: {voxels:,} voxels would need about {need / 2**30:.1f} GiB of memory; one request "
+                f"may use {model.request_limit / 2**30:.1f} GiB",
+            )  # fmt: skip
+        if self.admission.reserved_bytes + need > model.budget:
+            raise HTTPException(
+                503, f"{name}: busy: {need / 2**30:.1f} GiB of memory needed, not free now", {"Retry-After": "10"}
+            )
+        self.admission.reserved_bytes += need
+        self.reserved = need
 
     def enter_queue(self) -> None:
         """Trade the upload place for a queue place; 503 when the queue filled meanwhile."""
@@ -125,6 +160,7 @@ class Ticket:
     def release(self) -> None:
         if not self.released:
             self.released = True
+            self.admission.reserved_bytes -= self.reserved
             if self.queued:
                 self.admission.admitted -= 1
             else:

@@ -15,6 +15,7 @@ the temporary folder is removed once the worker is done with it, whatever the ou
 from __future__ import annotations
 
 import base64
+import math
 import os
 import platform
 import shutil
@@ -37,7 +38,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from inference_server.admission import Admission, SegmentGate, UploadPace, key_matches, unauthorized
+from inference_server.admission import (
+    Admission,
+    MemoryModel,
+    SegmentGate,
+    UploadPace,
+    key_matches,
+    unauthorized,
+)
 from inference_server.schemas import Bundle, Info, Problem, Segmentation
 from inference_server.settings import Settings
 from inference_server.uploads import ZipLimits, check_archive, extract_series, sniff_kind
@@ -176,6 +184,12 @@ def info(request: Request, model: Model, settings: AppSettings) -> Info:
             "queue_length": settings.queue_length,
             "request_timeout_s": settings.request_timeout_s,
             "idle_timeout_s": settings.idle_timeout_s,
+            "max_uploads": settings.max_uploads,
+            "head_timeout_s": settings.head_timeout_s,
+            "min_upload_kib_s": settings.min_upload_kib_s,
+            "upload_deadline_s": settings.upload_deadline_s,
+            "max_request_memory_mb": settings.max_request_memory_mb,
+            "memory_budget_mb": settings.memory_budget_mb,
             "max_unpacked_mb": settings.max_unpacked_mb,
             "max_zip_members": settings.max_zip_members,
             "max_compression_ratio": settings.max_compression_ratio,
@@ -212,7 +226,8 @@ async def segment(
     try:
         upload, kind = await save_upload(file, workdir)
         await file.close()
-        await anyio.to_thread.run_sync(check_headers, upload, kind, name, zip_limits)  # before the queue
+        voxels = await anyio.to_thread.run_sync(check_headers, upload, kind, name, zip_limits)  # before the queue
+        request.state.ticket.reserve_memory(voxels, name)
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
         raise
@@ -325,7 +340,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.predictor, app.state.settings = None, settings
-    app.state.admission = Admission(settings.max_concurrent, settings.queue_length, settings.max_uploads)
+    memory = MemoryModel(
+        settings.memory_bytes_per_voxel, settings.memory_base_mb * 2**20, settings.max_request_memory_mb * 2**20,
+        settings.memory_budget_mb * 2**20,
+    )  # fmt: skip
+    app.state.admission = Admission(settings.max_concurrent, settings.queue_length, settings.max_uploads, memory)
     pace = UploadPace(
         settings.idle_timeout_s, settings.upload_grace_s, settings.min_upload_kib_s * 1024, settings.upload_deadline_s
     )
@@ -340,14 +359,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def check_headers(upload: Path, kind: str, name: str, zip_limits: ZipLimits) -> None:
+def check_headers(upload: Path, kind: str, name: str, zip_limits: ZipLimits) -> int:
     """What can be refused from the upload's headers alone (a bomb, a header claiming gigabytes),
-    in milliseconds: done before the request waits for a slot."""
+    in milliseconds: done before the request waits for a slot. Returns the input's voxels as the
+    header gives them (a zipped series: its unpacked bytes / 2, an uncompressed int16 series)."""
     if kind == "zip":
-        check_archive(upload, zip_limits, name)
-    else:
-        with volume_errors_as_http(name, upload):
-            check_file_header(upload)
+        return check_archive(upload, zip_limits, name) // 2
+    with volume_errors_as_http(name, upload):
+        return math.prod(check_file_header(upload).size)
 
 
 @contextmanager

@@ -9,16 +9,21 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+MEMORY_BYTES_PER_VOXEL = 15.0
+MEMORY_BASE_MB = 512.0
+"""A request's expected peak memory: ``memory_base_mb`` + ``memory_bytes_per_voxel`` × input voxels.
+Measured with ``bench.memory_admission`` (the default model on a 2-core CPU, NIfTI in, mask and
+preview out): 2.3 B/voxel + 375 MB on 512 x 512 x 100 / 300 / 600 phantoms, but 12.9 B/voxel +
+186 MB on volumes of air (no organ: the whole volume is worked on; 512 x 512 x 150 / 300) and
+14.7 B/voxel on a 1024 x 1024 x 1000 one (15.46 GB). The defaults cover the dearest, rounded up."""
+
 
 class Settings(BaseSettings):
     """What the service loads and how much work it accepts.
 
-    Environment variables: ``SEGMENT_WEIGHTS_DIR``, ``SEGMENT_DEVICE``, ``SEGMENT_PRECISION``,
-    ``SEGMENT_MAX_UPLOAD_MB``, ``SEGMENT_MAX_CONCURRENT``, ``SEGMENT_QUEUE_LENGTH``,
-    ``SEGMENT_REQUEST_TIMEOUT_S``, ``SEGMENT_IDLE_TIMEOUT_S``, ``SEGMENT_MAX_CONNECTIONS``,
-    ``SEGMENT_MAX_UNPACKED_MB``, ``SEGMENT_MAX_ZIP_MEMBERS``, ``SEGMENT_MAX_COMPRESSION_RATIO``,
-    ``SEGMENT_API_KEY``. Temporary files go to ``TMPDIR`` (default ``/tmp``), one private folder
-    per request, removed when its work ends.
+    Environment variables: every field below as ``SEGMENT_<FIELD>`` (``SEGMENT_MAX_UPLOAD_MB``,
+    ``SEGMENT_API_KEY``, ...). Temporary files go to ``TMPDIR`` (default ``/tmp``), one private
+    folder per request, removed when its work ends. The memory defaults fit a 24 GB machine.
     """
 
     model_config = SettingsConfigDict(env_prefix="SEGMENT_", frozen=True)
@@ -43,6 +48,16 @@ class Settings(BaseSettings):
     upload_grace_s: float = Field(10.0, ge=0, description="after this, an upload must keep min_upload_kib_s (408)")
     min_upload_kib_s: float = Field(32.0, ge=0, description="slowest mean upload rate accepted after the grace (408)")
     upload_deadline_s: float = Field(300.0, gt=0, description="a whole upload within this, whatever its rate (408)")
+    max_request_memory_mb: float = Field(
+        8192.0, gt=0, description="a request whose expected peak memory is over this gets 413 from its header"
+    )
+    memory_budget_mb: float = Field(
+        16384.0, gt=0, description="expected peak memory of every admitted request together; beyond it 503"
+    )
+    memory_bytes_per_voxel: float = Field(
+        MEMORY_BYTES_PER_VOXEL, gt=0, description="expected peak memory per input voxel (bench.memory_admission)"
+    )
+    memory_base_mb: float = Field(MEMORY_BASE_MB, ge=0, description="expected peak memory of any request, plus voxels")
     max_unpacked_mb: float = Field(2048.0, gt=0, description="a zipped DICOM series unpacks to at most this (413)")
     max_zip_members: int = Field(5000, ge=1, description="files in a zipped DICOM series (422 beyond)")
     max_compression_ratio: float = Field(

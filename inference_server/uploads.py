@@ -119,12 +119,13 @@ def _unpacking(member: zipfile.ZipInfo, name: str) -> Iterator[None]:
         raise HTTPException(422, f"{name}: member {member.filename[:100]!r} cannot be unpacked ({error})") from None
 
 
-def check_archive(archive: Path, limits: ZipLimits, name: str) -> None:
+def check_archive(archive: Path, limits: ZipLimits, name: str) -> int:
     """Every check that needs only the zip's directories (milliseconds, whatever the archive
-    claims to hold): a server runs it before queueing the work; :func:`extract_series` again."""
+    claims to hold): a server runs it before queueing the work; :func:`extract_series` again.
+    Returns the unpacked bytes the directory declares."""
     try:
-        with _checked_archive(archive, limits, name):
-            pass
+        with _checked_archive(archive, limits, name) as (_, members):
+            return sum(member.file_size for member in members)
     except UNREADABLE_ARCHIVE as error:
         raise HTTPException(400, f"{name}: not a readable zip archive ({error})") from None
 

@@ -219,13 +219,15 @@ def _open_payload(path: Path):
 
 def check_file_header(
     path: str | os.PathLike, *, max_voxels: int = DEFAULT_MAX_VOXELS, max_bytes: int = DEFAULT_MAX_BYTES
-) -> None:
+) -> ImageInfo:
     """Every check of :func:`read_volume` that needs only an image file's header (milliseconds,
-    whatever the file claims): a server runs it before queueing the work."""
+    whatever the file claims): a server runs it before queueing the work. Returns what the
+    header says (size, bytes per voxel)."""
     path = Path(path)
     if not path.is_file():
         raise VolumeError(path, "no such file", "unreadable")
-    _header_checked_reader(path, Limits(max_voxels, max_bytes))
+    reader, _ = _header_checked_reader(path, Limits(max_voxels, max_bytes))
+    return _info_of(reader)
 
 
 def _header_checked_reader(path: Path, limits: Limits) -> tuple[sitk.ImageFileReader, nib.Nifti1Image | None]:

@@ -360,8 +360,10 @@ def test_dicom_seg_preview_and_table_from_one_run(real_data, series_with_uids, w
 
 def every_file(folder: Path) -> list[str]:
     """Every file and folder under ``folder``, hidden ones included, but the records and the table."""
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
-                  if p.name not in ("summary.csv", ".records", ".summary.lock") and ".records" not in p.parts)  # fmt: skip
+    kept = ("summary.csv", ".records", ".summary.lock")
+    return sorted(
+        str(p.relative_to(folder)) for p in folder.rglob("*") if p.name not in kept and ".records" not in p.parts
+    )
 
 
 def table_row(out: Path, case: str) -> dict[str, str]:

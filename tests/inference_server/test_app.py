@@ -172,19 +172,25 @@ def test_500_when_the_predictor_fails_and_the_next_request_is_served(real_data, 
     assert post(client, CT_3MM, (real_data / CT_3MM).read_bytes()).status_code == 200
 
 
-def test_503_when_every_slot_and_queue_place_is_taken(real_data, tmpdir_watched):
-    stand_in = StandInPredictor(delay_s=1.0)
-    client = client_for(stand_in, max_concurrent=1, queue_length=0)
-    statuses = []
-    first = threading.Thread(target=lambda: statuses.append(post(client, CT_3MM, (real_data / CT_3MM).read_bytes())))
-    first.start()
+def while_one_runs(client: TestClient, stand_in: StandInPredictor, content: bytes):
+    """``(first, second)``: the second request sent while the first one is being segmented."""
+    first: list = []
+    holder = threading.Thread(target=lambda: first.append(post(client, CT_3MM, content)))
+    holder.start()
     deadline = time.monotonic() + 5
     while stand_in.calls == 0 and time.monotonic() < deadline:
         time.sleep(0.01)
-    busy = post(client, CT_3MM, (real_data / CT_3MM).read_bytes())
-    first.join()
+    second = post(client, CT_3MM, content)
+    holder.join()
+    return first[0], second
+
+
+def test_503_when_every_slot_and_queue_place_is_taken(real_data, tmpdir_watched):
+    stand_in = StandInPredictor(delay_s=1.0)
+    first, busy = while_one_runs(client_for(stand_in, max_concurrent=1, queue_length=0), stand_in,
+                                 (real_data / CT_3MM).read_bytes())  # fmt: skip
     assert busy.status_code == 503 and int(busy.headers["retry-after"]) > 0
-    assert statuses[0].status_code == 200
+    assert first.status_code == 200
 
 
 def zipped_series(folder) -> bytes:
@@ -253,3 +259,41 @@ def test_every_response_says_nosniff(tmpdir_watched, method, path, status):
     response = getattr(client_for(stand_in, api_key="k"), method)(path)
     assert response.status_code == status, response.text
     assert response.headers["x-content-type-options"] == "nosniff"
+
+
+def test_413_from_the_header_when_one_request_would_need_more_memory_than_it_may(real_data, tmpdir_watched):
+    # 122 x 101 x 30 = 369,660 voxels at 1000 bytes each: ~0.34 GiB, over a 100 MB limit.
+    stand_in = StandInPredictor()
+    client = client_for(stand_in, memory_bytes_per_voxel=1000.0, memory_base_mb=0.0, max_request_memory_mb=100.0)
+    response = post(client, CT_3MM, (real_data / CT_3MM).read_bytes())
+    assert response.status_code == 413, response.text
+    assert "369,660 voxels" in response.json()["detail"] and "memory" in response.json()["detail"]
+    assert stand_in.calls == 0
+
+
+def test_503_while_the_admitted_requests_hold_the_memory_budget(real_data, tmpdir_watched):
+    stand_in = StandInPredictor(delay_s=1.0)
+    settings = dict(memory_bytes_per_voxel=1000.0, memory_base_mb=0.0, max_request_memory_mb=1000.0,
+                    memory_budget_mb=500.0, queue_length=2)  # fmt: skip
+    client = client_for(stand_in, **settings)
+    first, refused = while_one_runs(client, stand_in, (real_data / CT_3MM).read_bytes())
+    assert refused.status_code == 503 and "memory" in refused.json()["detail"] and refused.headers["retry-after"]
+    assert first.status_code == 200
+    assert post(client, CT_3MM, (real_data / CT_3MM).read_bytes()).status_code == 200  # the memory came back
+
+
+def test_a_small_upload_of_a_huge_volume_is_refused_from_its_header_by_the_default_memory_model(tmpdir_watched):
+    # 1024 x 1024 x 1000 int16 is within the 1 Gi-voxel limit, but a request on it took 15.5 GB.
+    header = nib.Nifti1Header()
+    header.set_data_dtype(np.int16)
+    header.set_data_shape((1024, 1024, 1000))
+    header.set_zooms((0.5, 0.5, 0.5))
+    header.set_qform(np.diag([0.5, 0.5, 0.5, 1.0]), code=1)
+    header["vox_offset"] = 352
+    upload = gzip.compress(header.binaryblock + b"\0" * 4 + b"\0" * 4096)
+    stand_in = StandInPredictor()
+    started = time.monotonic()
+    response = post(client_for(stand_in), "huge.nii.gz", upload)
+    assert response.status_code == 413, response.text
+    assert "1,048,576,000 voxels" in response.json()["detail"] and time.monotonic() - started < 2
+    assert stand_in.calls == 0
