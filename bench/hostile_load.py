@@ -5,7 +5,7 @@ Run from the repository root::
 
     .venv/bin/python -m bench.hostile_load                          # tiny random nets (fast)
     .venv/bin/python -m bench.hostile_load --weights model_weights  # the real ones
-    .venv/bin/python -m bench.hostile_load --requests 50 --clients 10 --hostile 20 --out load.json
+    .venv/bin/python -m bench.hostile_load --requests 60 --clients 10 --hostile 24 --out load.json
 
 One real uvicorn process (:class:`inference_server.local.LocalServer`): one inference at a time,
 a queue of 2, 64 MB uploads, 2 s idle timeout, an API key, and a ``TMPDIR`` of its own.
@@ -19,14 +19,21 @@ a queue of 2, 64 MB uploads, 2 s idle timeout, an API key, and a ``TMPDIR`` of i
   the unpacking and reading code). Hostile kinds, in turn: a 1 GiB deflate bomb,
   1000 members of 2 MiB zeros, a 256 MiB bzip2 bomb, a member whose headers claim 1 KiB, a
   NIfTI header claiming 1100×1000×1000, a NIfTI with pixdim 0, no API key on a 60 MB declared
-  body, an upload that stalls after 1 KB, a non-Latin-1 file name (honest content: 200) and a
-  part named only by ``filename*``. Every ~50 ms: the server's RSS (``/proc/<pid>/status``) and
-  its temporary bytes (files under its ``TMPDIR`` plus deleted ones it still holds open).
+  body, an upload that stalls after 1 KB, a non-Latin-1 file name (honest content: 200), a
+  part named only by ``filename*``, a connection that sends one byte and stops, a request head
+  sent a byte every 0.5 s, a body sent a byte every 0.5 s (never idle, far below the minimum
+  rate), the series under 300-character member names (honest content: 200), an encrypted
+  member, a NIfTI whose ``vox_offset`` is 0 and a 1024×1024×1000 header over a few bytes (the
+  memory admission). Status 0 for the connection-holding kinds: closed without an answer, the
+  expected end. Every ~50 ms: the server's RSS (``/proc/<pid>/status``) and its temporary
+  bytes (files under its ``TMPDIR`` plus deleted ones it still holds open); every 0.2 s a
+  ``GET /health``.
 * Then, server idle: each bomb alone, 3 times (RSS peak from the kernel's high-water mark,
   reset before each request; temporary bytes sampled every 5 ms).
 
 Targets: nothing left under ``TMPDIR`` once in-flight work is done; no 5xx but 503/504; every
-honest 200 on the input's grid; each bomb answered 413/422 (a lying header: 400, its CRC fails)
+honest 200 on the input's grid; >= 90 % of the honest requests answered 200; ``/health`` p99
+<= 1 s; each bomb answered 413/422 (a lying header: 400, its CRC fails)
 within 1 s with < 100 MB extra RSS and < 100 MB temporary bytes. Figures are printed, with the
 target next to each, and written as JSON with ``--out``.
 """
@@ -72,7 +79,10 @@ NIFTI_SOURCE = REAL_DATA / "abdomen_ct_3mm.nii.gz"
 DICOM_SOURCE = REAL_DATA / "abdomen_ct_dicom"
 API_KEY = "bench-key"
 SETTINGS = {"max_concurrent": "1", "queue_length": "2", "max_upload_mb": "64", "idle_timeout_s": "2",
+            "head_timeout_s": "2", "upload_grace_s": "2", "min_upload_kib_s": "32", "max_uploads": "8",
             "api_key": API_KEY}  # fmt: skip
+TRICKLE_PAUSE_S = 0.5
+HEALTH_EVERY_S, HEALTH_TARGET_S = 0.2, 1.0
 MiB = 1 << 20
 SAMPLE_S, ISOLATED_SAMPLE_S = 0.05, 0.005
 BOMB_TARGET_S, BOMB_TARGET_BYTES = 1.0, 100e6
@@ -102,6 +112,10 @@ class Payloads:
     lying_size: bytes
     huge_header: bytes
     zero_pixdim: bytes
+    long_names: bytes
+    encrypted: bytes
+    zero_offset: bytes
+    huge_volume: bytes
     geometry: dict[str, tuple]
 
 
@@ -178,6 +192,42 @@ def zero_pixdim_nifti(folder: Path) -> bytes:
     return nifti_with_header(folder / "zero.nii.gz", small_ct((40, 40, 20)), CT_AFFINE, zero_x).read_bytes()
 
 
+def long_name_zip(folder: Path) -> bytes:
+    """The series with each file under a 300-character name (over the file system's 255 bytes)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as bundle:
+        for index, path in enumerate(sorted(folder.iterdir())):
+            bundle.write(path, "d" * 292 + f"{index:04d}.dcm")
+    return buffer.getvalue()
+
+
+def encrypted_zip() -> bytes:
+    """One member whose encrypted flag is set in both headers (zipfile cannot open it)."""
+    data = bytearray(zipped_folder(DICOM_SOURCE))
+    directory = data.rfind(b"PK\x01\x02")
+    local = struct.unpack_from("<I", data, directory + 42)[0]
+    for field_at in (directory + 8, local + 6):
+        struct.pack_into("<H", data, field_at, struct.unpack_from("<H", data, field_at)[0] | 0x1)
+    return bytes(data)
+
+
+def zero_offset_nifti(folder: Path) -> bytes:
+    """A single-file NIfTI whose vox_offset 0 puts the voxels in the header (read, a shifted mask)."""
+
+    def zero(header):
+        header["vox_offset"] = 0
+
+    return nifti_with_header(folder / "offset.nii.gz", small_ct((40, 40, 20)), CT_AFFINE, zero).read_bytes()
+
+
+def huge_volume_nifti() -> bytes:
+    """A header of 1024×1024×1000 int16 (within the voxel limit; 15.5 GB of work), few voxels sent."""
+    header = nib.Nifti1Image(small_ct(), np.diag([0.5, 0.5, 0.5, 1.0])).header.copy()
+    header.set_data_shape((1024, 1024, 1000))
+    header["vox_offset"] = 352
+    return gzip.compress(header.binaryblock + b"\0" * 4 + bytes(1 << 16))
+
+
 def geometry_of(image: sitk.Image) -> tuple:
     return image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection()
 
@@ -200,6 +250,10 @@ def build_payloads(work: Path) -> Payloads:
         lying_size=claiming_size(deflate_bomb, 1024),
         huge_header=huge_header_nifti(),
         zero_pixdim=zero_pixdim_nifti(work),
+        long_names=long_name_zip(DICOM_SOURCE),
+        encrypted=encrypted_zip(),
+        zero_offset=zero_offset_nifti(work),
+        huge_volume=huge_volume_nifti(),
         geometry={"nifti": geometry_of(sitk.ReadImage(str(NIFTI_SOURCE))), "dicom": dicom_geometry(DICOM_SOURCE)},
     )
 
@@ -251,6 +305,47 @@ def post_stalled(url: str, payloads: Payloads) -> Answer:
     return post_raw(url, upload_head(3 * MiB, API_KEY) + b"\0" * 1024, wait=float(SETTINGS["idle_timeout_s"]) + 5)
 
 
+def held_open(url: str, pieces: list[bytes], wait: float) -> Answer:
+    """Send ``pieces`` one every :data:`TRICKLE_PAUSE_S`, then wait; the answer, or status 0 when
+    the server closed without one (``Answer.body_bytes`` -1: it never closed within ``wait`` s)."""
+    parts = urlsplit(url)
+    received, closed = b"", False
+    deadline = time.monotonic() + wait
+    with socket.create_connection((parts.hostname, parts.port), timeout=TRICKLE_PAUSE_S) as sock:
+        for piece in [*pieces, *([b""] * int(wait / TRICKLE_PAUSE_S))]:
+            if time.monotonic() > deadline or closed:
+                break
+            try:
+                if piece:
+                    sock.sendall(piece)
+                chunk = sock.recv(65536)
+                received, closed = received + chunk, chunk == b""
+            except TimeoutError:
+                continue
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+    if received.startswith(b"HTTP/1.1 "):
+        return Answer(int(received[9:12]), len(received.partition(b"\r\n\r\n")[2]))
+    return Answer(0, 0 if closed else -1)
+
+
+def one_byte(url: str, payloads: Payloads) -> Answer:
+    """One byte of a request, then silence: closed after the head timeout."""
+    return held_open(url, [b"P"], wait=float(SETTINGS["head_timeout_s"]) + 5)
+
+
+def head_trickle(url: str, payloads: Payloads) -> Answer:
+    """The request head, a byte every 0.5 s: closed after the head timeout."""
+    head = upload_head(3 * MiB, API_KEY)
+    return held_open(url, [head[i : i + 1] for i in range(len(head))], wait=float(SETTINGS["head_timeout_s"]) + 5)
+
+
+def body_trickle(url: str, payloads: Payloads) -> Answer:
+    """A whole head, then the body a byte every 0.5 s (never idle): 408 below the minimum rate."""
+    wait = float(SETTINGS["upload_grace_s"]) + 5
+    return held_open(url, [upload_head(3 * MiB, API_KEY), *([b"\0"] * int(wait / TRICKLE_PAUSE_S))], wait=wait)
+
+
 HONEST = {
     "nifti": Kind(lambda url, p: post_file(url, NIFTI_SOURCE.name, p.nifti), (200,), "nifti"),
     "dicom_zip": Kind(lambda url, p: post_file(url, "series.zip", p.dicom_zip), (200,), "dicom"),
@@ -269,7 +364,16 @@ HOSTILE = {
     "stalled_upload": Kind(post_stalled, (408,)),
     "non_latin_name": Kind(lambda url, p: post_file(url, "腹部.nii.gz", p.nifti), (200,), "nifti"),
     "filename_star_only": Kind(post_filename_star_only, (400, 422)),
+    "one_byte": Kind(one_byte, (0,)),
+    "head_trickle": Kind(head_trickle, (0,)),
+    "body_trickle": Kind(body_trickle, (408,)),
+    "long_member_names": Kind(lambda url, p: post_file(url, "long.zip", p.long_names), (200,), "dicom"),
+    "encrypted_member": Kind(lambda url, p: post_file(url, "encrypted.zip", p.encrypted), (422,)),
+    "zero_vox_offset": Kind(lambda url, p: post_file(url, "offset.nii.gz", p.zero_offset), (400,)),
+    "huge_volume": Kind(lambda url, p: post_file(url, "huge_volume.nii.gz", p.huge_volume), (413,)),
 }
+SLOW = ("one_byte", "head_trickle", "body_trickle", "stalled_upload")
+"""Hostile kinds that hold a connection rather than send a payload (status 0: closed unanswered)."""
 KINDS = {**HONEST, **HOSTILE}
 
 
@@ -416,6 +520,37 @@ class Sampler:
         self.sample()
 
 
+class HealthProbe:
+    """``GET /health`` every :data:`HEALTH_EVERY_S` in a thread: seconds of each answer (a failed
+    or non-200 one counts as its full wait)."""
+
+    def __init__(self, url: str):
+        self.url, self.seconds, self.failures = url, [], 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(HEALTH_EVERY_S):
+            started = time.perf_counter()
+            try:
+                ok = httpx.get(f"{self.url}/health", timeout=5).status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            self.seconds.append(time.perf_counter() - started)
+            self.failures += not ok
+
+    def __enter__(self) -> HealthProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def percentile(self, share: float) -> float:
+        return float(np.quantile(self.seconds, share)) if self.seconds else float("nan")
+
+
 @dataclass
 class Server:
     url: str
@@ -474,6 +609,10 @@ class LoadReport:
     samples: int
     drain_seconds: float
     left_behind: list[str]
+    health_p99_s: float
+    health_max_s: float
+    health_failures: int
+    health_probes: int
     outcomes: list[Outcome] = field(default_factory=list)
     warm_up: list[Outcome] = field(default_factory=list)
 
@@ -486,14 +625,19 @@ def run_load(server: Server, payloads: Payloads, args: argparse.Namespace, scrat
     warm_up = [send(server.url, kind, payloads, scratch) for kind in HONEST]
     warm = rss_bytes(server.pid)
     started = time.perf_counter()
-    with Sampler(server.pid, server.temp, SAMPLE_S) as sampler, ThreadPoolExecutor(args.clients) as pool:
+    with (
+        Sampler(server.pid, server.temp, SAMPLE_S) as sampler,
+        HealthProbe(server.url) as health,
+        ThreadPoolExecutor(args.clients) as pool,
+    ):
         outcomes = list(pool.map(lambda kind: send(server.url, kind, payloads, scratch, args.retry_for), kinds))
     seconds = time.perf_counter() - started
     peak_kernel = status_kib(server.pid, "VmHWM") * 1024 if kernel_peak else None
     drain_seconds, left = drain(server)
     return LoadReport(args.requests, args.clients, args.hostile, args.retry_for, seconds, baseline, warm,
-                      sampler.peak_rss, peak_kernel, sampler.peak_temp, sampler.samples, drain_seconds, left, outcomes,
-                      warm_up)  # fmt: skip
+                      sampler.peak_rss, peak_kernel, sampler.peak_temp, sampler.samples, drain_seconds, left,
+                      health.percentile(0.99), max(health.seconds, default=float("nan")), health.failures,
+                      len(health.seconds), outcomes, warm_up)  # fmt: skip
 
 
 @dataclass
@@ -550,6 +694,14 @@ def print_load(load: LoadReport) -> None:
     print(f"  last statuses: {statuses_text(statuses)} (0: no HTTP answer); "
           f"503 answers on the way: {sum(o.full_answers for o in outcomes)}")  # fmt: skip
     print(f"  5xx other than 503/504: {len(unexpected_5xx)} (target 0)")
+    honest = [outcome for outcome in outcomes if outcome.kind in HONEST]
+    answered = sum(outcome.status == 200 for outcome in honest)
+    first_try = sum(outcome.status == 200 and outcome.full_answers == 0 for outcome in honest)
+    if honest:
+        print(f"  honest requests answered 200: {answered}/{len(honest)} ({answered / len(honest):.0%}; target "
+              f">= 90 %), at the first try: {first_try}/{len(honest)} ({first_try / len(honest):.0%})")  # fmt: skip
+    print(f"  /health: p99 {load.health_p99_s:.3f} s, max {load.health_max_s:.3f} s over {load.health_probes} probes, "
+          f"{load.health_failures} failed (target p99 <= {HEALTH_TARGET_S:g} s)")  # fmt: skip
     print(f"  200s on the input's grid (size, spacing, origin, direction): {equal}/{len(checked)} (target all)")
     print(
         f"  server RSS: baseline {megabytes(load.baseline_rss)}, warm {megabytes(load.warm_rss)}, peak "
@@ -597,9 +749,9 @@ def print_isolated(results: list[Isolated]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", type=Path, help="weights folder (default: tiny random nets, fast)")
-    parser.add_argument("--requests", type=int, default=50)
+    parser.add_argument("--requests", type=int, default=60)
     parser.add_argument("--clients", type=int, default=10)
-    parser.add_argument("--hostile", type=int, default=20)
+    parser.add_argument("--hostile", type=int, default=24)
     parser.add_argument("--seed", type=int, default=0, help="of the order of the requests")
     parser.add_argument(
         "--retry-for", type=float, default=60,
