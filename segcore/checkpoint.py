@@ -54,7 +54,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:
-        raise ValueError(f"{path}: not a readable checkpoint ({type(error).__name__}: {error})") from None
+        first_line = next((line for line in str(error).splitlines() if line.strip()), "no reason given")[:200]
+        raise ValueError(f"{path}: not a readable checkpoint ({first_line})") from None
     if not isinstance(payload, dict) or "networks" not in payload:
         raise ValueError(f"{path}: not a segmentation checkpoint")
     if payload.get("format_version") != CHECKPOINT_FORMAT_VERSION:
