@@ -41,7 +41,8 @@ count with the recipe's step time measured on this 2-core machine, ``SECONDS_PER
 - ``full_res_4ch``: ``full_res`` with 4 full-resolution channels (the cost/accuracy trade);
 - ``full_res_depth4``: ``full_res`` with one more level (depth 4, up to 64 channels: the default
   model's widths), added when ``full_res`` plateaued near 0.73 at constant learning rate
-  (its step time is an estimate, not a measurement).
+  (its step time is an estimate, not a measurement);
+- ``full_res_ds_1e-2``: ``full_res_ds`` at the calibrated peak rate, AdamW 1e-2 (below).
 
 Calibration (``CALIBRATION``, ``--recipes ds_adamw_1e-3 ...``): ``full_res_ds`` with AdamW at
 1e-3 / 1e-2 / 3e-2 and SGD (Nesterov, momentum 0.99) at 3e-3 / 1e-2 / 3e-2, beside ``full_res_ds``
