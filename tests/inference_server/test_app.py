@@ -225,6 +225,16 @@ def test_a_dicom_seg_for_a_zipped_series_and_a_422_for_a_nifti(real_data, series
     assert refused.status_code == 422 and "needs a DICOM series" in refused.json()["detail"]
 
 
+def test_a_seg_of_a_series_without_uids_is_refused_before_inference(real_data, tmpdir_watched):
+    stand_in = StandInPredictor()
+    response = post(client_for(stand_in), "series.zip", zipped_series(real_data / "abdomen_ct_dicom"),
+                    params={"output": "dicom-seg"})  # fmt: skip
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert detail.startswith("series.zip: no DICOM-SEG") and "StudyInstanceUID" in detail and "/" not in detail
+    assert stand_in.calls == 0
+
+
 def test_a_bundle_carries_summary_mask_preview_and_seg_from_one_inference(real_data, series_with_uids, tmpdir_watched):
     import base64
 
