@@ -73,6 +73,7 @@ from bench.ssl_gain import (
     IN_DOMAIN,
     TRAIN_CONFIG,
     Settings,
+    bootstrap_interval,
     finished_jobs,
     link_upper_bound_root,
     prepare_store,
@@ -222,10 +223,35 @@ def report(
     figure.tight_layout()
     figure.savefig(out / "curves.png", dpi=110)
     plt.close(figure)
+    lines += comparisons(results, subsets, figures)
     text = "\n".join(lines)
     (out / "report.txt").write_text(text + "\n")
     (out / "report.json").write_text(json.dumps(figures, indent=1))
     return text
+
+
+def comparisons(results: list[dict], subsets: dict[str, list[str]], figures: dict) -> list[str]:
+    """Each recipe against ``old`` on the test cases, over the seeds both finished: the mean of
+    the per-case differences (each case's DSC averaged over those seeds first) with a bootstrap
+    95 % interval over the cases; also into ``figures["against_old"]``."""
+    tested = [r for r in results if r["test"] is not None]
+    lines, figures["against_old"] = [], {}
+    old = {r["seed"]: r for r in tested if r["recipe"] == "old"}
+    for recipe in sorted({r["recipe"] for r in tested} - {"old"}):
+        mine = {r["seed"]: r for r in tested if r["recipe"] == recipe}
+        seeds = sorted(set(old) & set(mine))
+        if not seeds:
+            continue
+        lines.append(f"\n{recipe} - old, test mean DSC, seeds {seeds} (per-case mean over seeds, 95 % bootstrap CI):")
+        for name, ids in subsets.items():
+            per_case = np.array([
+                np.mean([np.mean(mine[s]["test"][c]["dsc"]) - np.mean(old[s]["test"][c]["dsc"]) for s in seeds])
+                for c in ids
+            ])  # fmt: skip
+            low, high = bootstrap_interval(per_case, np.random.default_rng(0))
+            lines.append(f"  {name:<10} {per_case.mean():+.4f} [{low:+.4f}, {high:+.4f}] over {len(ids)} cases")
+            figures["against_old"].setdefault(recipe, {})[name] = [float(per_case.mean()), low, high]
+    return lines
 
 
 SETTINGS = {

@@ -53,7 +53,9 @@ function showResult(bundle, fileName) {
     ? "Quality check: ok"
     : `Quality check: ${quality.verdict.toUpperCase()} — ${quality.reasons.join("; ")}`;
   const warnings = $("warnings");
-  warnings.replaceChildren(...bundle.warnings.map((text) => Object.assign(document.createElement("li"), { textContent: text })));
+  // The missing DICOM-SEG is said once, beside the downloads, not again among the warnings.
+  const listed = bundle.warnings.filter((text) => text !== bundle.dicom_seg_note);
+  warnings.replaceChildren(...listed.map((text) => Object.assign(document.createElement("li"), { textContent: text })));
   $("preview").src = `data:image/png;base64,${bundle.preview_png_base64}`;
   const rows = Object.entries(bundle.organs).map(([name, organ]) => {
     const row = document.createElement("tr");
@@ -68,7 +70,7 @@ function showResult(bundle, fileName) {
   if (bundle.dicom_seg_base64) {
     links.push(download(`${stem}_seg.dcm`, bundle.dicom_seg_base64, "application/dicom"));
   }
-  const note = bundle.dicom_seg_note ? [Object.assign(document.createElement("span"), { textContent: "No DICOM-SEG: DICOM inputs only." })] : [];
+  const note = bundle.dicom_seg_note ? [Object.assign(document.createElement("span"), { textContent: bundle.dicom_seg_note })] : [];
   $("downloads").replaceChildren(...links, ...note);
   if (bundle.model_notice) {
     $("notice").textContent = `Model notice: ${bundle.model_notice}`;
