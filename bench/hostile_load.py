@@ -182,6 +182,7 @@ def huge_header_nifti() -> bytes:
     """A header claiming 1100×1000×1000 int16 (2.2 GB) over a few hundred bytes of voxels."""
     header = nib.Nifti1Image(small_ct(), CT_AFFINE).header.copy()
     header.set_data_shape((1100, 1000, 1000))
+    header["vox_offset"] = 352  # voxels after the header (nibabel's in-memory header says 0)
     return gzip.compress(header.binaryblock + b"\0" * 4 + small_ct().tobytes())
 
 

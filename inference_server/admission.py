@@ -172,7 +172,11 @@ class Ticket:
         From here on the worker task owns the place and ``workdir``: both are given back when the
         thread has ended, never before.
         """
-        self.enter_queue()
+        try:
+            self.enter_queue()
+        except HTTPException:  # the queue filled while the body came in: nothing of it may stay
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
         self.handed_over = True
 
         async def in_slot():

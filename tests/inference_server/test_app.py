@@ -307,3 +307,33 @@ def test_a_small_upload_of_a_huge_volume_is_refused_from_its_header_by_the_defau
     assert response.status_code == 413, response.text
     assert "1,048,576,000 voxels" in response.json()["detail"] and time.monotonic() - started < 2
     assert stand_in.calls == 0
+
+
+def test_a_request_refused_at_the_queue_after_its_upload_leaves_no_folder(tmp_path):
+    # Two uploads were admitted to a queue of one place: the second found it full once its body
+    # was in, got its 503, and its folder (the whole upload) stayed on disk.
+    import asyncio
+
+    from fastapi import HTTPException
+
+    from inference_server.admission import Admission
+
+    async def scenario():
+        admission = Admission(concurrent=1, queue=0, uploads=2)
+        first, second = admission.admit(), admission.admit()
+        folders = [tmp_path / "first", tmp_path / "second"]
+        for folder in folders:
+            folder.mkdir()
+            (folder / "input.nii.gz").write_bytes(b"x" * 1000)
+        running = asyncio.create_task(first.run(lambda: time.sleep(0.3), 5, folders[0]))
+        await asyncio.sleep(0.05)
+        with pytest.raises(HTTPException) as refused:
+            await second.run(lambda: None, 5, folders[1])
+        second.release()  # as the gate does for a ticket it did not hand over
+        await running
+        return refused.value.status_code, folders, admission
+
+    status, folders, admission = asyncio.run(scenario())
+    assert status == 503
+    assert not folders[0].exists() and not folders[1].exists()
+    assert admission.admitted == 0 and admission.uploading == 0
