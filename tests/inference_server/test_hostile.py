@@ -376,3 +376,25 @@ def test_slow_uploads_fill_the_upload_places_never_the_queue(weights, real_data,
                 connection.close()
         time.sleep(0.5)
         assert post(url, "ct.nii.gz", source).status_code == 200  # the places came back at once
+
+
+def test_a_request_head_sent_a_byte_at_a_time_is_closed_at_the_head_deadline(weights, tmp_path):
+    # Each byte came within the idle timeout, so nothing ever timed the head out.
+    temp = tmp_path / "server_tmp"
+    temp.mkdir()
+    with serving(weights, temp, head_timeout_s="1.5", idle_timeout_s="1") as url:
+        parts = urlsplit(url)
+        head = upload_head(3 << 20)
+        with socket.create_connection((parts.hostname, parts.port), timeout=5) as slow:
+            started, closed = time.monotonic(), False
+            for index in range(len(head)):
+                try:
+                    slow.sendall(head[index : index + 1])
+                except (BrokenPipeError, ConnectionResetError):
+                    closed = True
+                    break
+                time.sleep(0.25)
+                if time.monotonic() - started > 6:
+                    break
+            closed = closed or closed_within(slow, 2) is not None
+            assert closed and time.monotonic() - started < 5
