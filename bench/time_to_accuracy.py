@@ -13,7 +13,8 @@ are appended as they come)::
 instead (``model_weights/recipe/``: its 200 randomised, varied medium phantoms, its store, nets,
 optimiser and augmentation; fold 0 of 5, 40 phantoms, validates; no test scoring here: the
 recipe's ``train.sh`` scores the held-out phantoms). Their step times are in
-``DEFAULT_SECONDS_PER_STEP`` (the fine stage's measured, the coarse stage's estimated). Everything below describes the ``ssl`` setting.
+``DEFAULT_SECONDS_PER_STEP`` (the fine stage's measured, the coarse stage's estimated).
+Everything below describes the ``ssl`` setting.
 
 Setting (the SSL benchmark's, :mod:`bench.ssl_gain`, its ``upper_bound`` arm): phantoms of size
 ``small``, data seed 0, 56 labeled cases (8 in one domain and 48 in random domains), the coarse
