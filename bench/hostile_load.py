@@ -492,26 +492,24 @@ def temp_bytes(pid: int, folder: Path) -> int:
     return tree_bytes(str(folder)) + unlinked_bytes(pid, folder)
 
 
-class Sampler:
-    """Peak RSS and temporary bytes of the server, sampled every ``interval`` s in a thread."""
+class Periodic:
+    """Calls :meth:`sample` every ``interval`` s in a thread, from ``with`` entry to exit (and
+    once more at exit)."""
 
-    def __init__(self, pid: int, temp: Path, interval: float):
-        self.pid, self.temp, self.interval = pid, temp, interval
-        self.peak_rss = self.peak_temp = self.samples = 0
+    def __init__(self, interval: float):
+        self.interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def sample(self) -> None:
-        self.peak_rss = max(self.peak_rss, rss_bytes(self.pid))
-        self.peak_temp = max(self.peak_temp, temp_bytes(self.pid, self.temp))
-        self.samples += 1
+        raise NotImplementedError
 
     def _loop(self) -> None:
         self.sample()
         while not self._stop.wait(self.interval):
             self.sample()
 
-    def __enter__(self) -> Sampler:
+    def __enter__(self):
         self._thread.start()
         return self
 
@@ -521,32 +519,36 @@ class Sampler:
         self.sample()
 
 
-class HealthProbe:
+class Sampler(Periodic):
+    """Peak RSS and temporary bytes of the server, sampled every ``interval`` s in a thread."""
+
+    def __init__(self, pid: int, temp: Path, interval: float):
+        self.pid, self.temp = pid, temp
+        self.peak_rss = self.peak_temp = self.samples = 0
+        super().__init__(interval)
+
+    def sample(self) -> None:
+        self.peak_rss = max(self.peak_rss, rss_bytes(self.pid))
+        self.peak_temp = max(self.peak_temp, temp_bytes(self.pid, self.temp))
+        self.samples += 1
+
+
+class HealthProbe(Periodic):
     """``GET /health`` every :data:`HEALTH_EVERY_S` in a thread: seconds of each answer (a failed
     or non-200 one counts as its full wait)."""
 
     def __init__(self, url: str):
         self.url, self.seconds, self.failures = url, [], 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
+        super().__init__(HEALTH_EVERY_S)
 
-    def _loop(self) -> None:
-        while not self._stop.wait(HEALTH_EVERY_S):
-            started = time.perf_counter()
-            try:
-                ok = httpx.get(f"{self.url}/health", timeout=5).status_code == 200
-            except httpx.HTTPError:
-                ok = False
-            self.seconds.append(time.perf_counter() - started)
-            self.failures += not ok
-
-    def __enter__(self) -> HealthProbe:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self._stop.set()
-        self._thread.join()
+    def sample(self) -> None:
+        started = time.perf_counter()
+        try:
+            ok = httpx.get(f"{self.url}/health", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            ok = False
+        self.seconds.append(time.perf_counter() - started)
+        self.failures += not ok
 
     def percentile(self, share: float) -> float:
         return float(np.quantile(self.seconds, share)) if self.seconds else float("nan")
