@@ -1,0 +1,732 @@
+"""The semi-supervised verdict at convergence: does unlabeled data pay once the nets can learn?
+
+Run from the repository root (resumable: rerun the same command after an interruption; every
+finished run is appended to ``WORK/results.jsonl`` as it ends)::
+
+    .venv/bin/python -m bench.ssl_verdict --work runs/ssl_verdict            # phase A, then phase B
+    .venv/bin/python -m bench.ssl_verdict --work runs/ssl_verdict --report   # the tables from what has finished
+    .venv/bin/python -m bench.ssl_verdict --quick                            # smoke run of every step, minutes
+
+Design (fixed before any method run was compared; changing it means a new benchmark):
+
+* **Data** (phantoms of size ``small``, data seed 0, as :mod:`bench.ssl_gain`): 14 labeled cases
+  in one domain (portal venous, 10 HU noise: a single-centre labeled set), of which 6 train and
+  8 validate (a fixed set, chosen once by a seeded permutation; the store's fold 0), 48 unlabeled
+  cases and 48 test cases each with its own random domain
+  (:func:`segcore.phantom.tissues.sample_domain`), the test cases reported as **in-domain**
+  (``portal_venous``, 12 cases) and **shifted** (every other group, 36 cases) by
+  :func:`segcore.phantom.tissues.domain_group`. The unlabeled cases' true labels are kept aside
+  (``trainu_mask/``) for the upper bound and the pseudo-label accuracy only.
+* **Stage, nets and recipe**: the coarse stage at 48³ trained by the real command
+  (``sh coarse_seg/run.sh --nproc 1`` with ``coarse_seg/config.tiny.yaml``: base 8, depth 3,
+  full-resolution output, deep supervision, its augmentation) with the calibrated recipe
+  ``full_res_ds_1e-2`` of :mod:`bench.time_to_accuracy` (AdamW 1e-2, warm-up 10 steps, stable,
+  linear cool-down over the last 20 % of a run's steps), batch 2 labeled (+ 2 unlabeled for the
+  semi-supervised arms) per net, one thread per process, two processes at a time.
+* **A "pair"** is two differently initialised nets trained side by side (``semi.enabled`` with
+  ``semi.weight=0``, Fourier amplitude sources from the labeled batch) and scored as the mean of
+  their softmax: every arm below is a pair, so arms differ only in how unlabeled data is used.
+* **Phase A, once** (training seed 0): ``supervised_pair`` (the 6 labeled cases) and
+  ``upper_bound`` (the 6 labeled and the 48 unlabeled cases with their true labels), 3,000 steps
+  each at the recipe's stable rate (``optimizer.schedule=constant``: warm-up, then constant, no
+  cool-down, so the curve shows where the rate stops paying), validated every 150 steps (50
+  epochs of 3 steps; ``upper_bound``: every 6 epochs of 27 steps, 162 steps) on the 8 validation
+  cases (mean DSC of the pair's ensemble at the stored 48³ grid).
+  Pre-registered rule: **final** = the median of ``supervised_pair``'s last three validations;
+  **S1** = the first validation step at which its validation DSC is ≥ final − 0.01;
+  **S2** = S1 / 2 (rounded down to a whole step). **Headroom** = ``upper_bound`` −
+  ``supervised_pair``, ``last.pt`` of phase A, mean DSC on the 36 shifted test cases.
+* **Phase B, training seeds 0, 1, 2** (each seed changes the nets' initialisation and the data
+  order); every run uses the recipe (WSD over its own steps):
+
+  - ``supervised_pair_s1``: the pair for S1 steps: the common start of the four arms below,
+    each of which runs S2 more steps from its ``last.pt`` (``semi.init_from``: both nets, fresh
+    optimisers, the same learning-rate shape for every one of them):
+  - ``pair_continue``: the same two nets, labels only (unlabeled weight 0): **the control**;
+  - ``cacps``: confidence-aware CPS (``semi.weak_strong``, ``semi.fourier_confidence``,
+    ``semi.pseudo_dice=0.5``, Fourier amplitude sources from all volumes): **the primary arm**;
+  - ``cps``: plain cross pseudo supervision (same view for both nets, amplitude sources from all
+    volumes);
+  - ``cps_uif``: ``cps`` whose unlabeled pool UIF filters after the first half of S2: UIF keeps
+    the most certain half (24) of the unlabeled cases, ranked with the nets of that moment, and
+    the run continues on them with its optimisers and learning-rate schedule carried on
+    (``semi.rounds=2``, ``semi.round_init=continue``), so a restart cannot explain a difference;
+  - the pseudo-label weight of the three CPS arms ramps up (sigmoid) over the first 35 % of S2;
+  - ``dense_pretrain``: self-supervised dense pre-training of the encoder
+    (:mod:`segcore.training.pretrain`) on the images of the 6 labeled training cases and the 48
+    unlabeled cases (never the validation or test cases), S1 steps of batch 2, AdamW 1e-3 with
+    the recipe's schedule shape (one setting, not tuned): two independently augmented views of
+    each volume (spatial + intensity augmentation of the stage config), features of every
+    encoder level sampled at 256 points per volume whose position in each view follows from the
+    two known spatial transforms, a projection head (to 64, then 32 channels), InfoNCE at
+    temperature 0.2 (the same point in the other view is the positive, every other point of the
+    batch a negative); then the pair fine-tuned with labels only for S1 + S2 steps, both nets'
+    encoders from the pre-trained one, their decoders freshly (differently) initialised;
+  - ``supervised_pair_long``: the pair from scratch for S1 + S2 steps: **the control of
+    ``dense_pretrain``**;
+  - ``upper_bound``: the pair on all 54 cases with labels for S1 + S2 steps.
+
+* **Scoring**: ``last.pt`` (primary) and ``best.pt`` of every run, the pair's mean softmax; each
+  test case's stored 48³ image predicted, resized (nearest) back to its original grid and scored
+  with :func:`segcore.metrics.score_case` (FLARE22 DSC per organ; an organ absent from both maps
+  scores 1). A case's score is its mean DSC over the 13 organs; the adrenal glands are also
+  reported apart (at ~10 voxels of the 48³ grid, one voxel is 10 % of their DSC).
+* **Comparison**: per test case, an arm minus its control, averaged over the seeds both have
+  finished; the mean over cases with a paired bootstrap 95 % interval (10,000 resamples of the
+  cases); per organ the same mean difference.
+* **Validity checks** (else the verdict is "inconclusive", said so): the pair has plateaued
+  (S1 ≤ 2,250, i.e. the last quarter of phase A gains less than 0.01) and the headroom on the
+  shifted cases is ≥ 0.05.
+* **Success criterion**: ``cacps`` − ``pair_continue`` (``last.pt``, shifted cases) ≥ +0.02 mean
+  DSC **and** ≥ 25 % of the headroom, its 95 % interval above 0, and no organ of ≥ 50 voxels
+  (median over the shifted test cases of its voxels in the stored 48³ labels) worse by more than
+  0.02. The other arms are reported against their controls with the same figures, but only the
+  primary arm decides the verdict; the verdict needs all three seeds of ``cacps`` and
+  ``pair_continue``.
+* **Also measured**: pseudo-label accuracy on the unlabeled pool, per organ, against the kept-aside
+  labels: the teacher at the start of phase B (``supervised_pair_s1``), ``cps`` and ``cacps``
+  half-way (``step<S2/2>.pt``, ``train.keep_steps``) and at the end (``last.pt``); for
+  ``cps_uif`` the pseudo-label DSC of the cases UIF kept against those it dropped. Wall time of
+  every run.
+* **Order and budget**: phase A's two runs side by side; then phase B in priority tiers, so that
+  an interrupted or over-long run has the primary comparison first: (1) ``supervised_pair_s1``,
+  ``pair_continue``, ``cacps`` for every seed; (2) ``cps``, ``cps_uif``; (3) ``dense_pretrain``,
+  ``supervised_pair_long``; (4) ``upper_bound``; then the pseudo-label scoring. Two nets on one
+  thread take ~0.8 s a step (CPS ~1.7 s, CACPS ~2 s), so with S1 = 1,500 the whole run is
+  ~5 h of this 2-core machine, tiers 1 and 2 with phase A ~3 h.
+
+Figures are printed and written to ``WORK/report.txt`` / ``WORK/report.json``; none is judged by
+a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench import ssl_gain
+from bench.ssl_gain import IN_DOMAIN, TRAIN_CONFIG, bootstrap_interval, score_checkpoint, train_arm
+from bench.time_to_accuracy import RECIPES
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RECIPE = RECIPES["full_res_ds_1e-2"]
+PAIR = ["semi.enabled=true", "semi.rounds=1", "semi.weight=0", "augment.fourier_sources=labeled"]
+SEMI = ["semi.enabled=true", "semi.weight=1.0", "augment.fourier_sources=all", "semi.rampup_share=0.35"]
+ARM_OVERRIDES = {
+    "pair_continue": PAIR,
+    "cps": [*SEMI, "semi.rounds=1"],
+    "cacps": [*SEMI, "semi.rounds=1", "semi.weak_strong=true", "semi.fourier_confidence=true", "semi.pseudo_dice=0.5"],
+    "cps_uif": [*SEMI, "semi.rounds=2", "semi.round_init=continue"],
+}
+"""The four arms that continue from ``supervised_pair_s1`` for S2 steps."""
+CONTROL, PRIMARY = "pair_continue", "cacps"
+CONTROLS = {
+    "cacps": "pair_continue", "cps": "pair_continue", "cps_uif": "pair_continue",
+    "dense_pretrain": "supervised_pair_long", "upper_bound": "supervised_pair_long",
+}  # fmt: skip
+TIERS = (
+    ("supervised_pair_s1", "pair_continue", "cacps"), ("cps", "cps_uif"),
+    ("dense_pretrain", "supervised_pair_long"), ("upper_bound",),
+)  # fmt: skip
+REPORT_ORDER = [arm for tier in TIERS for arm in tier]
+PHASE_A = ("supervised_pair", "upper_bound")
+ADRENALS = ("right_adrenal_gland", "left_adrenal_gland")
+TOLERANCE = 0.01
+"""S1: the first validation within this of the final value."""
+SUCCESS_GAIN, SUCCESS_HEADROOM_SHARE, MIN_HEADROOM, ORGAN_LOSS, ORGAN_MIN_VOXELS = 0.02, 0.25, 0.05, 0.02, 50
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything that decides the data and the runs (saved with the results)."""
+
+    labeled_train: int = 6
+    validation: int = 8
+    unlabeled: int = 48
+    test: int = 48
+    coarse_size: int = 48
+    seed: int = 0
+    phase_a_steps: int = 3000
+    phase_a_validations: int = 20
+    validations: int = 10
+    seeds: tuple[int, ...] = (0, 1, 2)
+    uif_keep: float = 0.5
+    pretrain_lr: float = 0.001
+    threads: int = 1
+    parallel: int = 2
+
+    @property
+    def plateau_limit(self) -> int:
+        """The largest S1 of a plateaued pair: the last quarter of phase A gained less than 0.01."""
+        return self.phase_a_steps * 3 // 4
+
+
+QUICK = {"labeled_train": 2, "validation": 2, "unlabeled": 4, "test": 4, "phase_a_steps": 12,
+         "phase_a_validations": 4, "validations": 2, "seeds": (0,)}  # fmt: skip
+"""``--quick``: every step once, in minutes."""
+
+
+# -- the pre-registered rules -----------------------------------------------------------------------
+def plateau(curve: list[tuple[int, float]], tolerance: float = TOLERANCE) -> tuple[int, float]:
+    """``(S1, final)`` of a validation curve ``[(step, dice), ...]`` (steps increasing).
+
+    ``final`` is the median of the last three validations (fewer if the curve is shorter); S1 is
+    the step of the first validation at or above ``final - tolerance``.
+    """
+    if not curve:
+        raise ValueError("plateau: an empty validation curve")
+    final = float(np.median([dice for _, dice in curve[-3:]]))
+    return next(step for step, dice in curve if dice >= final - tolerance), final
+
+
+def verdict(gain: float, interval: tuple[float, float], headroom: float, worst_organ: float, valid: bool) -> str:
+    """The one-sentence verdict by the pre-registered criterion."""
+    if not valid:
+        return "inconclusive: the validity checks failed (see above), so the benchmark cannot tell"
+    needed = max(SUCCESS_GAIN, SUCCESS_HEADROOM_SHARE * headroom)
+    if gain >= needed and interval[0] > 0 and worst_organ >= -ORGAN_LOSS:
+        return f"unlabeled data pays: {PRIMARY} beats {CONTROL} by {gain:+.4f} (needed {needed:+.4f})"
+    reasons = []
+    if gain < needed:
+        reasons.append(f"gain {gain:+.4f} < {needed:+.4f} needed")
+    if interval[0] <= 0:
+        reasons.append(f"interval [{interval[0]:+.4f}, {interval[1]:+.4f}] not above 0")
+    if worst_organ < -ORGAN_LOSS:
+        reasons.append(f"an organ loses {worst_organ:+.4f}")
+    return f"unlabeled data does not pay here: {PRIMARY} vs {CONTROL}: " + "; ".join(reasons)
+
+
+# -- data ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Paths:
+    work: Path
+    data_root: Path
+    upper_root: Path
+    store: Path
+    upper_store: Path
+    manifest: Path
+    results: Path
+
+
+def paths_of(work: Path, settings: Settings) -> Paths:
+    key = f"{settings.labeled_train + settings.validation}_{settings.unlabeled}_{settings.test}_{settings.seed}"
+    size = settings.coarse_size
+    return Paths(
+        work, work / f"data_{key}", work / f"data_{key}_all_labeled", work / f"store_{key}_{size}.lmdb",
+        work / f"store_{key}_{size}_all_labeled.lmdb", work / f"cases_{key}.json", work / "results.jsonl",
+    )  # fmt: skip
+
+
+def validation_ids(labeled: list[str], count: int, seed: int) -> list[str]:
+    """The fixed validation cases: the first ``count`` of a seeded permutation of the labeled ids."""
+    order = np.random.default_rng(seed).permutation(len(labeled))
+    return sorted(sorted(labeled)[i] for i in order[:count])
+
+
+def set_validation(store: Path, validation: list[str]) -> None:
+    """Fold 0 of ``store`` validates on ``validation``; every other labeled case trains."""
+    from segcore.store import CaseStore, StoreWriter
+
+    reader = CaseStore(store)
+    labeled = reader.ids("labeled")
+    reader.close()
+    with StoreWriter(store) as writer:
+        splits = writer.read_splits()
+        train = sorted(set(labeled) - set(validation))
+        writer.put_splits({**splits, "folds": [sorted(validation), train]})
+
+
+def prepare_data(paths: Paths, settings: Settings) -> list[dict[str, Any]]:
+    """Phantoms, both stores and their folds (what exists is kept)."""
+    gain_settings = ssl_gain.Settings(
+        labeled=settings.labeled_train + settings.validation, unlabeled=settings.unlabeled, test=settings.test,
+        coarse_size=settings.coarse_size, seed=settings.seed,
+    )  # fmt: skip
+    if not paths.manifest.exists():
+        records = ssl_gain.write_data(paths.data_root, gain_settings)
+        paths.manifest.write_text(json.dumps(records, indent=1))
+    records = json.loads(paths.manifest.read_text())
+    labeled = sorted(r["id"] for r in records if r["split"] == "labeled")
+    validation = validation_ids(labeled, settings.validation, settings.seed)
+    ssl_gain.prepare_store(paths.data_root, paths.store, gain_settings)
+    set_validation(paths.store, validation)
+    ssl_gain.link_upper_bound_root(paths.data_root, paths.upper_root)
+    ssl_gain.prepare_store(paths.upper_root, paths.upper_store, gain_settings)
+    set_validation(paths.upper_store, validation)
+    return records
+
+
+def test_subsets(paths: Paths) -> dict[str, list[str]]:
+    from segcore.phantom.tissues import domain_group
+    from segcore.store import CaseStore
+
+    groups = {r["id"]: domain_group(r["domain"]) for r in json.loads(paths.manifest.read_text())}
+    reader = CaseStore(paths.store)
+    test_ids = reader.ids("test")
+    reader.close()
+    return {
+        "in-domain": [c for c in test_ids if groups[c] == IN_DOMAIN],
+        "shifted": [c for c in test_ids if groups[c] != IN_DOMAIN],
+        "all": test_ids,
+    }
+
+
+def organ_voxels(paths: Paths, ids: list[str]) -> np.ndarray:
+    """Median voxel count of each of the 13 organs in the stored 48³ labels of ``ids``."""
+    from segcore.labels import ORGANS
+    from segcore.store import CaseStore
+
+    reader = CaseStore(paths.store)
+    counts = np.array([np.bincount(np.asarray(reader.arrays(c)["coarse_label"]).ravel(), minlength=14)[1:14]
+                       for c in ids])  # fmt: skip
+    reader.close()
+    assert counts.shape[1] == len(ORGANS)
+    return np.median(counts, axis=0)
+
+
+def train_size(store: Path) -> int:
+    from segcore.store import CaseStore
+
+    reader = CaseStore(store)
+    train, _ = reader.fold(0)
+    reader.close()
+    return len(train)
+
+
+# -- runs ------------------------------------------------------------------------------------------
+def schedule_overrides(steps: int, validations: int, steps_per_epoch: int, seed: int, size: int) -> list[str]:
+    """The recipe for ``steps`` steps, validating about ``validations`` times (every whole epoch
+    nearest to ``steps / validations`` steps)."""
+    epochs = math.ceil(steps / steps_per_epoch)
+    val_every = max(1, round(steps / max(1, validations) / steps_per_epoch))
+    return [
+        f"input_size=[{size},{size},{size}]", f"train.epochs={epochs}", f"train.max_steps={steps}",
+        f"train.val_every={val_every}", f"train.seed={seed}", "data.workers=0", *RECIPE,
+    ]  # fmt: skip
+
+
+def train_command(store: Path, run_dir: Path, overrides: list[str]) -> list[str]:
+    return [
+        "sh", "coarse_seg/run.sh", "--nproc", "1", "--device", "cpu", "--config", TRAIN_CONFIG,
+        f"store={store}", f"output_dir={run_dir}", *overrides,
+    ]  # fmt: skip
+
+
+def phase_a_jobs(paths: Paths, settings: Settings, run_root: Path) -> list[dict[str, Any]]:
+    jobs = []
+    for arm in PHASE_A:
+        store = paths.upper_store if arm == "upper_bound" else paths.store
+        spe = max(1, train_size(store) // ssl_gain.BATCH)
+        overrides = schedule_overrides(
+            settings.phase_a_steps, settings.phase_a_validations, spe, 0, settings.coarse_size
+        )
+        run_dir = run_root / "phase_a" / arm
+        command = train_command(store, run_dir, [*overrides, *PAIR, "optimizer.schedule=constant"])
+        jobs.append(job("A", 0, arm, [command], run_dir, paths))
+    return jobs
+
+
+def job(phase: str, seed: int, arm: str, commands: list[list[str]], run_dir: Path, paths: Paths, after=()) -> dict:
+    return {
+        "phase": phase, "seed": seed, "arm": arm, "commands": commands, "run_dir": str(run_dir),
+        "store": str(paths.store), "data_root": str(paths.data_root), "after": [str(p) for p in after],
+    }  # fmt: skip
+
+
+def phase_b_jobs(paths: Paths, settings: Settings, run_root: Path, s1: int) -> list[dict[str, Any]]:
+    """Every phase-B run, in the priority order of the tiers (seed order within a tier)."""
+    s2, size, validations = s1 // 2, settings.coarse_size, settings.validations
+    spe = max(1, train_size(paths.store) // ssl_gain.BATCH)
+    upper_spe = max(1, train_size(paths.upper_store) // ssl_gain.BATCH)
+    by_arm: dict[str, list[dict]] = {arm: [] for arm in REPORT_ORDER}
+    for seed in settings.seeds:
+        root = run_root / "phase_b" / f"seed{seed}"
+        start = root / "supervised_pair_s1"
+        by_arm["supervised_pair_s1"].append(job(
+            "B", seed, "supervised_pair_s1",
+            [train_command(paths.store, start, [*schedule_overrides(s1, validations, spe, seed, size), *PAIR])],
+            start, paths,
+        ))  # fmt: skip
+        for arm, extra in ARM_OVERRIDES.items():
+            overrides = [
+                *schedule_overrides(s2, validations, spe, seed, size),
+                *extra,
+                f"semi.init_from={start}/last.pt",
+            ]
+            if arm in ("cps", "cacps"):
+                overrides.append(f"train.keep_steps=[{s2 // 2}]")
+            if arm == "cps_uif":
+                overrides += [f"semi.uif_keep={settings.uif_keep}", f"semi.uif_domains={paths.manifest}"]
+            by_arm[arm].append(job("B", seed, arm, [train_command(paths.store, root / arm, overrides)], root / arm,
+                                   paths, after=[start / "last.pt"]))  # fmt: skip
+        long = schedule_overrides(s1 + s2, validations, spe, seed, size)
+        pretrain_dir = root / "dense_pretrain" / "pretrain"
+        pretrain = [
+            sys.executable, "-m", "segcore.training.pretrain", "--config", TRAIN_CONFIG, f"store={paths.store}",
+            f"output_dir={pretrain_dir}", *schedule_overrides(s1, 1, spe, seed, size),
+            f"optimizer.lr={settings.pretrain_lr}",
+        ]  # fmt: skip
+        finetune = [*long, *PAIR, f"train.init_encoder={pretrain_dir}/encoder.pt"]
+        by_arm["dense_pretrain"].append(job(
+            "B", seed, "dense_pretrain", [pretrain, train_command(paths.store, root / "dense_pretrain", finetune)],
+            root / "dense_pretrain", paths,
+        ))  # fmt: skip
+        long_dir = root / "supervised_pair_long"
+        by_arm["supervised_pair_long"].append(job(
+            "B", seed, "supervised_pair_long", [train_command(paths.store, long_dir, [*long, *PAIR])], long_dir, paths,
+        ))  # fmt: skip
+        upper = [*schedule_overrides(s1 + s2, validations, upper_spe, seed, size), *PAIR]
+        by_arm["upper_bound"].append(job(
+            "B", seed, "upper_bound", [train_command(paths.upper_store, root / "upper_bound", upper)],
+            root / "upper_bound", paths,
+        ))  # fmt: skip
+    return [j for arm in REPORT_ORDER for j in by_arm[arm]]
+
+
+def run_job(job: dict[str, Any]) -> dict[str, Any]:
+    """Train one run (its commands in order; each resumes where it stopped) and score its checkpoints."""
+    torch.set_num_threads(1)
+    run_dir = Path(job["run_dir"])
+    load_before = os.getloadavg()
+    wall = 0.0
+    for command in job["commands"]:
+        if "segcore.training.pretrain" in command:
+            wall += run_pretrain(command)
+        else:
+            output = Path(next(c for c in command if c.startswith("output_dir=")).split("=", 1)[1])
+            wall += train_arm(command, output, 1)
+    started = time.perf_counter()
+    last = run_dir / "last.pt"
+    if not last.exists():
+        last = sorted(run_dir.glob("round*/last.pt"))[-1]
+    scores = {
+        name: score_checkpoint(path, Path(job["store"]), Path(job["data_root"]))
+        for name, path in (("last", last), ("best", run_dir / "best.pt"))
+    }
+    return {
+        **{k: job[k] for k in ("phase", "seed", "arm", "run_dir")},
+        "commands": [" ".join(c) for c in job["commands"]], "train_s": round(wall, 1),
+        "score_s": round(time.perf_counter() - started, 1), "load_before": list(load_before),
+        "load_after": list(os.getloadavg()), "curve": validation_curve(run_dir), "checkpoints": scores,
+    }  # fmt: skip
+
+
+def run_pretrain(command: list[str]) -> float:
+    """Run (or resume) the dense pre-training command; returns its wall time."""
+    import subprocess
+
+    output = Path(next(c for c in command if c.startswith("output_dir=")).split("=", 1)[1])
+    if (output / "encoder.pt").exists():
+        return 0.0
+    if (output / "last.pt").exists():
+        command = [*command, "--resume"]
+    output.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    with (output / "pretrain.log").open("a") as log:
+        result = subprocess.run(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    if result.returncode != 0:
+        tail = "\n".join((output / "pretrain.log").read_text().splitlines()[-20:])
+        raise RuntimeError(f"{' '.join(command)} exited with {result.returncode}:\n{tail}")
+    return time.perf_counter() - started
+
+
+def validation_curve(run_dir: Path) -> list[tuple[int, float]]:
+    """``[(step, ensemble validation DSC), ...]`` of a run (its rounds in order)."""
+    points = []
+    for path in [*sorted(run_dir.glob("round*/metrics.jsonl")), run_dir / "metrics.jsonl"]:
+        if path.exists():
+            for line in path.read_text().splitlines():
+                record = json.loads(line)
+                variant = record.get("ensemble") or record["net0"]
+                points.append((int(record["step"]), float(variant["mean_dice"])))
+    return points
+
+
+def run_jobs(jobs: list[dict[str, Any]], parallel: int, paths: Paths, results: list[dict], settings_key: str) -> None:
+    """Run ``jobs`` ``parallel`` at a time in list order, each once every path in its ``after``
+    exists; every finished one is appended to ``paths.results`` at once. A failed job is reported
+    and the others go on."""
+    pending, running = list(jobs), {}
+    with ProcessPoolExecutor(parallel, mp_context=get_context("spawn")) as pool:
+        while pending or running:
+            for item in [j for j in pending if all(Path(p).exists() for p in j["after"])]:
+                if len(running) >= parallel:
+                    break
+                pending.remove(item)
+                running[pool.submit(run_pseudo_labels if item["phase"] == "P" else run_job, item)] = item
+            if not running:
+                names = ", ".join(f"seed {j['seed']} {j['arm']}" for j in pending)
+                print(f"ssl_verdict: cannot start {names}: what they start from is missing", flush=True)
+                return
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                item = running.pop(future)
+                try:
+                    line = future.result()
+                except Exception as error:  # one failed run must not lose the others
+                    print(f"ssl_verdict: phase {item['phase']} seed {item['seed']} {item['arm']} FAILED: {error}",
+                          flush=True)  # fmt: skip
+                    continue
+                line["settings_key"] = settings_key
+                with paths.results.open("a") as stream:
+                    stream.write(json.dumps(line) + "\n")
+                results.append(line)
+                print(f"ssl_verdict: phase {line['phase']} seed {line['seed']} {line['arm']}: trained in "
+                      f"{line['train_s']:.0f} s", flush=True)  # fmt: skip
+
+
+def read_results(path: Path, settings_key: str) -> list[dict]:
+    lines = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    lines = [line for line in lines if line.get("settings_key", settings_key) == settings_key]
+    return list({(r["phase"], r["seed"], r["arm"]): r for r in lines}.values())
+
+
+# -- pseudo-labels ---------------------------------------------------------------------------------
+def pseudo_label_job(paths: Paths, run_root: Path, seed: int, s2: int) -> dict[str, Any]:
+    root = run_root / "phase_b" / f"seed{seed}"
+    half = s2 // 2
+    checkpoints = {
+        "teacher@start": root / "supervised_pair_s1" / "last.pt",
+        "cps@half": root / "cps" / f"step{half}.pt", "cps@end": root / "cps" / "last.pt",
+        "cacps@half": root / "cacps" / f"step{half}.pt", "cacps@end": root / "cacps" / "last.pt",
+        "cps_uif@half": root / "cps_uif" / "round0" / "last.pt",
+    }  # fmt: skip
+    return {
+        **job("P", seed, "pseudo_labels", [], root, paths, after=list(checkpoints.values())),
+        "checkpoints": {k: str(v) for k, v in checkpoints.items()},
+        "uif_csv": str(root / "cps_uif" / "round0" / "uif.csv"),
+    }  # fmt: skip
+
+
+def run_pseudo_labels(job: dict[str, Any]) -> dict[str, Any]:
+    """Pseudo-label DSC per unlabeled case and organ of each checkpoint's ensemble; UIF kept vs dropped."""
+    import csv
+    import io
+
+    from bench.ssl_pseudo_labels import score_unlabeled
+
+    started = time.perf_counter()
+    store, data_root = Path(job["store"]), Path(job["data_root"])
+    scores = {
+        name: score_unlabeled(Path(path), store, data_root, "ensemble") for name, path in job["checkpoints"].items()
+    }
+    rows = list(csv.DictReader(io.StringIO(Path(job["uif_csv"]).read_text())))
+    kept = [r["case_id"] for r in rows if r["selected"] == "1"]
+    return {
+        **{k: job[k] for k in ("phase", "seed", "arm", "run_dir")}, "train_s": round(time.perf_counter() - started, 1),
+        "pseudo": scores, "uif_kept": kept,
+    }  # fmt: skip
+
+
+# -- report ----------------------------------------------------------------------------------------
+def dsc_of(results: list[dict], phase: str, arm: str, checkpoint: str, ids: list[str], seeds) -> np.ndarray:
+    """``(seeds, cases, 13)`` DSC of one arm."""
+    rows = {r["seed"]: r for r in results if r["phase"] == phase and r["arm"] == arm}
+    return np.array([[rows[s]["checkpoints"][checkpoint]["cases"][c]["dsc"] for c in ids] for s in seeds])
+
+
+def seeds_of(results: list[dict], phase: str, arm: str) -> list[int]:
+    return sorted(r["seed"] for r in results if r["phase"] == phase and r["arm"] == arm)
+
+
+def phase_a_summary(results: list[dict], subsets: dict[str, list[str]], settings: Settings) -> dict[str, Any] | None:
+    """S1, S2, final, headroom and the validity checks, once both phase-A runs have finished."""
+    rows = {r["arm"]: r for r in results if r["phase"] == "A"}
+    if set(rows) != set(PHASE_A):
+        return None
+    s1, final = plateau([tuple(p) for p in rows["supervised_pair"]["curve"]])
+    shifted = subsets["shifted"]
+    pair = dsc_of(results, "A", "supervised_pair", "last", shifted, [0]).mean()
+    upper = dsc_of(results, "A", "upper_bound", "last", shifted, [0]).mean()
+    headroom = float(upper - pair)
+    plateaued = s1 <= settings.plateau_limit
+    return {
+        "s1": s1, "s2": s1 // 2, "final": final, "plateaued": plateaued, "headroom_shifted": headroom,
+        "pair_shifted": float(pair), "upper_shifted": float(upper),
+        "valid": bool(plateaued and headroom >= MIN_HEADROOM),
+    }  # fmt: skip
+
+
+def report(
+    results: list[dict], subsets: dict[str, list[str]], voxels: np.ndarray, settings: Settings
+) -> tuple[str, dict]:
+    from segcore.labels import ORGANS
+
+    names = list(ORGANS.values())
+    adrenal = [names.index(n) for n in ADRENALS]
+    rng = np.random.default_rng(0)
+    lines = [
+        f"ssl_verdict: coarse stage {settings.coarse_size}^3, recipe full_res_ds_1e-2; "
+        f"{settings.labeled_train} labeled train + {settings.validation} validation (portal venous, 10 HU), "
+        f"{settings.unlabeled} unlabeled, test " + ", ".join(f"{k} {len(v)}" for k, v in subsets.items())
+    ]
+    figures: dict[str, Any] = {"settings": asdict(settings)}
+    summary = phase_a_summary(results, subsets, settings)
+    lines.append("\nPhase A (seed 0, constant rate): validation mean DSC of the pair's ensemble by step")
+    for row in sorted((r for r in results if r["phase"] == "A"), key=lambda r: r["arm"]):
+        curve = ", ".join(f"{step}: {dice:.4f}" for step, dice in row["curve"])
+        means = [dsc_of(results, "A", row["arm"], "last", ids, [0]).mean() for ids in subsets.values()]
+        lines.append(f"  {row['arm']:<16} {curve}")
+        lines.append(f"  {'':<16} last.pt test in/shifted/all {'/'.join(f'{m:.4f}' for m in means)}; "
+                     f"{row['train_s']:.0f} s")  # fmt: skip
+    if summary:
+        lines.append(
+            f"  rule: final {summary['final']:.4f}, S1 {summary['s1']} (plateaued: S1 <= {settings.plateau_limit}: "
+            f"{summary['plateaued']}), S2 {summary['s2']}; headroom on the shifted cases "
+            f"{summary['headroom_shifted']:+.4f} "
+            f"(upper {summary['upper_shifted']:.4f} - pair {summary['pair_shifted']:.4f}; >= {MIN_HEADROOM}: "
+            f"{summary['headroom_shifted'] >= MIN_HEADROOM}) -> valid: {summary['valid']}"
+        )
+    figures["phase_a"] = summary
+    arms = [arm for arm in REPORT_ORDER if seeds_of(results, "B", arm)]
+    if not arms:
+        return "\n".join(lines), figures
+
+    lines.append(
+        "\nPhase B, mean DSC per seed (last.pt): in-domain / shifted / all, adrenals (shifted); training wall s"
+    )
+    for arm in arms:
+        cells = []
+        for seed in seeds_of(results, "B", arm):
+            per = [dsc_of(results, "B", arm, "last", ids, [seed]).mean() for ids in subsets.values()]
+            adrenals = dsc_of(results, "B", arm, "last", subsets["shifted"], [seed])[..., adrenal].mean()
+            wall = next(r["train_s"] for r in results if r["phase"] == "B" and r["arm"] == arm and r["seed"] == seed)
+            cells.append(f"s{seed}: " + "/".join(f"{v:.4f}" for v in per) + f" adr {adrenals:.3f} ({wall:.0f} s)")
+        lines.append(f"  {arm:<22}" + "  ".join(cells))
+
+    shifted = subsets["shifted"]
+    lines.append(
+        "\nPer-organ DSC, shifted cases, last.pt, mean over seeds and cases (voxels: median in the 48^3 labels)"
+    )
+    lines.append(f"{'organ':<22}{'voxels':>8}" + "".join(f"{arm[:12]:>13}" for arm in arms))
+    table = {arm: dsc_of(results, "B", arm, "last", shifted, seeds_of(results, "B", arm)).mean((0, 1)) for arm in arms}
+    for o, name in enumerate(names):
+        lines.append(f"{name:<22}{voxels[o]:>8.0f}" + "".join(f"{table[a][o]:>13.4f}" for a in arms))
+    lines.append(f"{'mean':<22}{'':>8}" + "".join(f"{table[a].mean():>13.4f}" for a in arms))
+    figures["organ_dsc_shifted"] = {arm: table[arm].tolist() for arm in arms}
+
+    figures["differences"] = {}
+    for checkpoint in ("last", "best"):
+        lines.append(f"\n{checkpoint}.pt minus control, per case mean over common seeds; mean [bootstrap 95 %]")
+        for arm, control in CONTROLS.items():
+            common = sorted(set(seeds_of(results, "B", arm)) & set(seeds_of(results, "B", control)))
+            if not common:
+                continue
+            cells = []
+            for subset, ids in subsets.items():
+                diff = dsc_of(results, "B", arm, checkpoint, ids, common) - dsc_of(
+                    results, "B", control, checkpoint, ids, common
+                )
+                per_case = diff.mean(2).mean(0)
+                low, high = bootstrap_interval(per_case, rng)
+                cells.append(f"{subset} {per_case.mean():+.4f} [{low:+.4f}, {high:+.4f}]")
+                figures["differences"][f"{arm}-{control}/{checkpoint}/{subset}"] = {
+                    "mean": float(per_case.mean()), "ci95": [low, high], "seeds": common,
+                }  # fmt: skip
+            lines.append(f"  {arm} - {control}: " + "; ".join(cells) + f" (seeds {common})")
+
+    common = sorted(set(seeds_of(results, "B", PRIMARY)) & set(seeds_of(results, "B", CONTROL)))
+    if common:
+        diff = dsc_of(results, "B", PRIMARY, "last", shifted, common) - dsc_of(
+            results, "B", CONTROL, "last", shifted, common
+        )
+        per_organ = diff.mean((0, 1))
+        per_seed = diff.mean((1, 2))
+        large = voxels >= ORGAN_MIN_VOXELS
+        worst = float(per_organ[large].min()) if large.any() else 0.0
+        gain = figures["differences"][f"{PRIMARY}-{CONTROL}/last/shifted"]
+        lines.append(f"\n{PRIMARY} - {CONTROL} per organ, shifted, last.pt (seeds {common}): "
+                     + ", ".join(f"{n} {v:+.4f}" for n, v in zip(names, per_organ)))  # fmt: skip
+        lines.append("  per seed: " + ", ".join(f"s{s} {v:+.4f}" for s, v in zip(common, per_seed)))
+        lines.append(f"  worst organ of >= {ORGAN_MIN_VOXELS} voxels: {worst:+.4f}")
+        figures["primary_per_organ"] = dict(zip(names, per_organ.tolist()))
+        figures["primary_per_seed"] = dict(zip(map(str, common), per_seed.tolist()))
+        if summary is not None:
+            complete = set(common) >= set(settings.seeds)
+            sentence = verdict(gain["mean"], tuple(gain["ci95"]), summary["headroom_shifted"], worst, summary["valid"])
+            if not complete:
+                sentence = f"not yet decided ({len(common)} of {len(settings.seeds)} seeds); so far: {sentence}"
+            lines.append(f"\nVERDICT: {sentence}")
+            figures["verdict"] = sentence
+
+    pseudo = sorted((r for r in results if r["phase"] == "P"), key=lambda r: r["seed"])
+    if pseudo:
+        lines.append("\nPseudo-label DSC on the unlabeled pool (ensemble, mean over cases): mean; per organ")
+        for row in pseudo:
+            for name, cases in row["pseudo"].items():
+                organs = np.array(list(cases.values())).mean(0)
+                lines.append(f"  s{row['seed']} {name:<14} {organs.mean():.4f}; "
+                             + ", ".join(f"{n[:8]} {v:.3f}" for n, v in zip(names, organs)))  # fmt: skip
+            half = row["pseudo"]["cps_uif@half"]
+            kept = [np.mean(v) for c, v in half.items() if c in row["uif_kept"]]
+            dropped = [np.mean(v) for c, v in half.items() if c not in row["uif_kept"]]
+            lines.append(f"  s{row['seed']} UIF: pseudo-label DSC of kept cases {np.mean(kept):.4f} ({len(kept)}), "
+                         f"dropped {np.mean(dropped):.4f} ({len(dropped)})")  # fmt: skip
+    return "\n".join(lines), figures
+
+
+# -- main ------------------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
+    parser = argparse.ArgumentParser(prog="bench.ssl_verdict", description=__doc__.split("\n")[0])
+    parser.add_argument("--work", type=Path, help="folder for data, stores, runs and results (default: a new temp dir)")
+    parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}")
+    parser.add_argument("--report", action="store_true", help="only the report of what has finished")
+    parser.add_argument("--phase-a-only", action="store_true", help="stop after phase A")
+    args = parser.parse_args(argv)
+    settings = Settings(**QUICK) if args.quick else Settings()
+    return args, settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, settings = parse_args(argv)
+    torch.set_num_threads(settings.threads)
+    work = (args.work or Path(tempfile.mkdtemp(prefix="ssl_verdict_"))).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    paths = paths_of(work, settings)
+    settings_key = json.dumps(asdict(settings), sort_keys=True)
+    print(f"ssl_verdict: {work}; {settings}; load average {os.getloadavg()}, {os.cpu_count()} CPUs", flush=True)
+    started = time.perf_counter()
+    if not args.report:
+        prepare_data(paths, settings)
+    subsets = test_subsets(paths)
+    voxels = organ_voxels(paths, subsets["shifted"])
+    results = read_results(paths.results, settings_key)
+    run_root = work / "runs"
+
+    def todo(jobs):
+        done = {(r["phase"], r["seed"], r["arm"]) for r in results}
+        return [j for j in jobs if (j["phase"], j["seed"], j["arm"]) not in done]
+
+    if not args.report:
+        run_jobs(todo(phase_a_jobs(paths, settings, run_root)), settings.parallel, paths, results, settings_key)
+        summary = phase_a_summary(results, subsets, settings)
+        if summary and not args.phase_a_only:
+            print(f"ssl_verdict: phase A: S1 {summary['s1']}, S2 {summary['s2']}, headroom "
+                  f"{summary['headroom_shifted']:+.4f}, valid {summary['valid']}", flush=True)  # fmt: skip
+            jobs = phase_b_jobs(paths, settings, run_root, summary["s1"])
+            jobs += [pseudo_label_job(paths, run_root, seed, summary["s2"]) for seed in settings.seeds]
+            run_jobs(todo(jobs), settings.parallel, paths, results, settings_key)
+    text, figures = report(results, subsets, voxels, settings)
+    print("\n" + text)
+    (work / "report.txt").write_text(text + "\n")
+    (work / "report.json").write_text(json.dumps(figures, indent=1))
+    print(f"\nssl_verdict: {time.perf_counter() - started:.0f} s; report in {work / 'report.txt'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
