@@ -283,11 +283,8 @@ class SegmentationNetwork(nn.Module):
             raise ValueError(f"{type(self).__name__}: half_resolution logits exist only with output_stride 2")
         if auxiliary and not self.init_args["deep_supervision"]:
             raise ValueError(f"{type(self).__name__}: auxiliary outputs need deep_supervision")
-        features = self.stem(x)
-        skips = []
-        for level in self.encoder:
-            features = level(features)
-            skips.append(features)
+        skips = self.encode(x)
+        features = skips[-1]
         levels = set(self.auxiliary_levels) if auxiliary else set()
         decoded = {}
         for level in reversed(range(len(self.decoder))):
@@ -301,6 +298,16 @@ class SegmentationNetwork(nn.Module):
         if not auxiliary:
             return logits
         return [logits] + [head(decoded[level]) for level, head in zip(self.auxiliary_levels, self.auxiliary_heads)]
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The ``stem`` and every ``encoder`` level: each level's features (the skips), highest
+        resolution (half the input's) first."""
+        features = self.stem(x)
+        skips = []
+        for level in self.encoder:
+            features = level(features)
+            skips.append(features)
+        return skips
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise ``ValueError`` unless ``x`` is ``(N, in_channels, D, H, W)`` with a valid size."""

@@ -3,8 +3,11 @@
 With ``semi.enabled`` and ``semi.rounds`` = R > 1 one command runs the whole schedule: round 0
 trains CPS on every unlabeled case; after each round, UIF scores the unlabeled cases with that
 round's two nets and stores the most certain ``semi.uif_keep`` as a selection; the next round
-trains on that selection, from a fresh initialisation (``semi.round_init: fresh``) or from the
-previous round's nets (``previous``). Round ``r`` lives in ``output_dir/round<r>/`` (with
+trains on that selection, from a fresh initialisation (``semi.round_init: fresh``), from the
+previous round's nets (``previous``: a new optimiser and learning-rate cycle), or as the
+continuation of one run (``continue``: the run's steps are split between the rounds, and each
+round goes on with the previous one's nets, optimisers, schedule and step, so the rounds have
+one learning-rate shape, as a single run has). Round ``r`` lives in ``output_dir/round<r>/`` (with
 ``uif.csv``: the scores that chose round r+1's cases), and the last round's ``best.pt`` is
 copied to ``output_dir/best.pt``. ``--resume`` skips finished rounds and continues the
 unfinished one. Selections are named ``uif_<stage>_fold<f>_round<r>_<run>``, ``<run>`` a hash of
@@ -47,11 +50,17 @@ def round_configs(config: StageConfig, stage: Stage) -> list[StageConfig]:
     return rounds
 
 
-def train_round(config: StageConfig, stage: Stage, context, resume: bool) -> float:
+def train_round(
+    config: StageConfig, stage: Stage, context, resume: bool, stop_share: float = 1.0, continues: Path | None = None
+) -> float:
+    """Train one round; ``continues``: the previous round's ``last.pt`` this one goes on from
+    (unless it has its own to resume); ``stop_share``: the share of the run's steps it ends at."""
     output_dir = Path(config.output_dir)
-    trainer = Trainer(config, stage, context)
+    trainer = Trainer(config, stage, context, stop_share)
     if resume and (output_dir / "last.pt").exists():
         trainer.resume()
+    elif continues is not None:
+        trainer.resume(continues)
     if context.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "config.yaml").write_text(yaml.safe_dump(config.as_dict(), sort_keys=False))
@@ -118,7 +127,12 @@ def main(stage: Stage, default_config: Path, argv: list[str] | None = None) -> i
     try:
         for r, round_config in enumerate(rounds):
             output_dir = Path(round_config.output_dir)
-            train_round(round_config, stage, context, args.resume)  # a finished round resumes to a no-op
+            continued = config.semi.round_init == "continue"
+            train_round(
+                round_config, stage, context, args.resume,  # a finished round resumes to a no-op
+                stop_share=(r + 1) / len(rounds) if continued else 1.0,
+                continues=Path(rounds[r - 1].output_dir) / "last.pt" if continued and r > 0 else None,
+            )  # fmt: skip
             if r + 1 < len(rounds) and not (Path(rounds[r + 1].output_dir) / "last.pt").exists():
                 selection = rounds[r + 1].semi.unlabeled_split
                 semi = config.semi

@@ -54,8 +54,9 @@ class DataConfig:
 @dataclass(frozen=True)
 class OptimizerConfig:
     """``optimizer``: AdamW or SGD (Nesterov); the learning-rate ``schedule`` after a linear
-    warm-up: ``poly`` (decay to zero over ``train.epochs``) or ``wsd`` (constant, then a linear
-    cool-down over the last ``decay_share`` of the run's steps; :func:`segcore.training.engine.wsd_schedule`);
+    warm-up: ``poly`` (decay to zero over ``train.epochs``), ``wsd`` (constant, then a linear
+    cool-down over the last ``decay_share`` of the run's steps; :func:`segcore.training.engine.wsd_schedule`)
+    or ``constant`` (no decay: a probe of where the rate stops paying);
     ``grad_clip`` is the largest gradient norm (null: no clipping)."""
 
     __pydantic_config__ = STRICT
@@ -64,7 +65,7 @@ class OptimizerConfig:
     weight_decay: float = 0.0
     momentum: float = 0.99  # sgd only
     warmup_steps: int = 0
-    schedule: Literal["poly", "wsd"] = "poly"
+    schedule: Literal["poly", "wsd", "constant"] = "poly"
     decay_share: float = 0.2  # wsd only
     grad_clip: float | None = None
 
@@ -75,7 +76,10 @@ class OptimizerConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """``train``: length, validation, seed, precision (``auto | fp16 | bf16 | off``), layout, compile."""
+    """``train``: length, validation, seed, precision (``auto | fp16 | bf16 | off``), layout, compile;
+    ``keep_steps``: also keep a copy of ``last.pt`` as ``step<N>.pt`` at the first save at or past
+    each step N; ``init_encoder``: an ``encoder.pt`` of dense pre-training
+    (:mod:`segcore.training.pretrain`) every net's stem and encoder start from (decoders fresh)."""
 
     __pydantic_config__ = STRICT
     epochs: int = 300
@@ -85,6 +89,20 @@ class TrainConfig:
     max_steps: int | None = None
     channels_last: Literal["auto"] | bool = "auto"
     compile: bool = False
+    keep_steps: tuple[int, ...] = ()
+    init_encoder: str | None = None
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """``pretrain``: dense pre-training of the encoder (:mod:`segcore.training.pretrain`): points
+    per volume, InfoNCE temperature, the projection head's hidden and output channels."""
+
+    __pydantic_config__ = STRICT
+    points: int = 256
+    temperature: float = 0.2
+    hidden_channels: int = 64
+    out_channels: int = 32
 
 
 @dataclass(frozen=True)
@@ -102,6 +120,7 @@ class StageConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     semi: CPSConfig = field(default_factory=CPSConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
     def __post_init__(self) -> None:
         if self.train.compile and self.network.init_args.get("deep_supervision"):

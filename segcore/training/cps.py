@@ -46,7 +46,7 @@ from segcore.training.data import EndlessBatches, StoreDataset, make_loader
 from segcore.training.losses import soft_dice_per_class
 
 IGNORE = -100  # F.cross_entropy's default ignore_index
-ROUND_INITS = ("fresh", "previous")
+ROUND_INITS = ("fresh", "previous", "continue")
 
 
 def sigmoid_rampup(step: int, rampup_steps: int) -> float:
@@ -166,7 +166,7 @@ class CPSConfig:
     unlabeled_batch_size: int = 2
     allow_body_crops: bool = False  # fine stage: accept unlabeled crops from the body outline
     rounds: int = 1  # > 1: UIF between rounds (see segcore.training.uif)
-    round_init: str = "fresh"  # rounds after the first: fresh initialisation, or the previous round's nets
+    round_init: str = "fresh"  # rounds after the first: fresh nets, the previous round's nets, or continue its run
     uif_keep: float = 0.1  # share (< 1) or count (>= 1) of unlabeled cases kept by UIF
     uif_domains: str | None = None  # JSON of case domains (a phantom_cases.json): UIF reports picks per domain
 
@@ -196,6 +196,10 @@ class CPSStep:
             raise ValueError(f"cross pseudo supervision needs 2 networks, got {len(trainer.members)}")
         self.config = config
         store = trainer.store
+        self.rampup_steps = config.rampup_length(trainer.total_steps)  # the planned run, as the LR schedule
+        self.unlabeled = None
+        if config.weight == 0 and trainer.augment.fourier_sources != "all":
+            return  # the supervised pair: no unlabeled batch is ever drawn
         ids = trainer.unlabeled_ids()
         if not ids:
             raise ValueError(f"{store.path}: split {config.unlabeled_split!r} holds no cases for CPS")
@@ -208,16 +212,13 @@ class CPSStep:
                     "bodies: run data_prepare with --coarse-weights (a trained coarse model) first, or set "
                     "semi.allow_body_crops=true"
                 )
-        self.rampup_steps = config.rampup_length(trainer.total_steps)  # the planned run, as the LR schedule
-        self.unlabeled = None
-        if config.weight > 0 or trainer.augment.fourier_sources == "all":
-            dataset = StoreDataset(store, ids, trainer.stage.image_key)
-            context, data_cfg = trainer.context, trainer.config.data
-            loader = make_loader(
-                dataset, config.unlabeled_batch_size, context.rank, context.world_size,
-                trainer.config.train.seed + 1, data_cfg.workers, pin=context.device.type == "cuda",
-            )  # fmt: skip
-            self.unlabeled = EndlessBatches(loader)
+        dataset = StoreDataset(store, ids, trainer.stage.image_key)
+        context, data_cfg = trainer.context, trainer.config.data
+        loader = make_loader(
+            dataset, config.unlabeled_batch_size, context.rank, context.world_size,
+            trainer.config.train.seed + 1, data_cfg.workers, pin=context.device.type == "cuda",
+        )  # fmt: skip
+        self.unlabeled = EndlessBatches(loader)
 
     def __call__(self, trainer, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         config, augment = self.config, trainer.augment

@@ -18,6 +18,7 @@ import gc
 import json
 import math
 import os
+import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -98,7 +99,10 @@ def wsd_schedule(total_steps: int, warmup_steps: int, decay_share: float):
 
 
 def lr_schedule(config: OptimizerConfig, total_steps: int, max_steps: int):
-    """The factor of ``optimizer.schedule``: poly over the epochs' steps, wsd over the run's steps."""
+    """The factor of ``optimizer.schedule``: poly over the epochs' steps, wsd over the run's steps,
+    or the warm-up alone (``constant``)."""
+    if config.schedule == "constant":
+        return lambda step: min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
     if config.schedule == "wsd":
         return wsd_schedule(max_steps, config.warmup_steps, config.decay_share)
     return poly_schedule(total_steps, config.warmup_steps)
@@ -153,11 +157,16 @@ class SupervisedStep:
 
 @dataclass
 class Trainer:
-    """Holds the nets, the data and the loop state; :meth:`fit` runs the loop."""
+    """Holds the nets, the data and the loop state; :meth:`fit` runs the loop.
+
+    ``stop_share`` < 1 stops :meth:`fit` after that share of the run's steps, with the schedule of
+    the whole run (a round that another one continues: ``semi.round_init=continue``).
+    """
 
     config: StageConfig
     stage: Stage
     context: distributed.DistributedContext
+    stop_share: float = 1.0
 
     def __post_init__(self) -> None:
         config, context = self.config, self.context
@@ -185,10 +194,16 @@ class Trainer:
         self.steps_per_epoch = len(self.loader)
         self.total_steps = train_cfg.epochs * self.steps_per_epoch
         self.max_steps = min(self.total_steps, train_cfg.max_steps or self.total_steps)
+        self.stop_step = round(self.max_steps * self.stop_share)
 
         self.members = [self._make_member(i, use_scaler) for i in range(self.network_count())]
         if self.semi.enabled and self.semi.init_from:
             self.load_weights(Path(self.semi.init_from))
+        if train_cfg.init_encoder:
+            from segcore.training.pretrain import load_encoder
+
+            for member in self.members:
+                load_encoder(member.module, Path(train_cfg.init_encoder))
         self.step, self.best_dice, self.history, self.finished = 0, -math.inf, [], False
         self.train_seconds = 0.0
         """Wall time spent in training steps (data, augmentation, passes, updates) so far, resumes
@@ -293,11 +308,13 @@ class Trainer:
 
     # -- hooks ---------------------------------------------------------------------------------
     def fit(self) -> None:
-        """Train until ``train.epochs`` (or ``train.max_steps``), validating every ``val_every`` epochs."""
-        max_steps = self.max_steps
+        """Train until ``train.epochs`` (or ``train.max_steps``, or the ``stop_share``), validating
+        every ``val_every`` epochs."""
+        max_steps, stop_step = self.max_steps, self.stop_step
+        self.saved_step = self.step
         start_epoch, skip = divmod(self.step, self.steps_per_epoch)
         for epoch in range(start_epoch, self.config.train.epochs):
-            if self.step >= max_steps:
+            if self.step >= stop_step:
                 break
             self.loader.sampler.set_epoch(epoch, start=skip * self.config.data.batch_size)
             skip = 0
@@ -311,7 +328,7 @@ class Trainer:
                 logs = self.step_fn(self, batch)
                 self.step += 1
                 self.on_step_end(logs, bar)
-                if self.step >= max_steps:
+                if self.step >= stop_step:
                     break
             bar.close()
             self.train_seconds += time.perf_counter() - started
@@ -434,6 +451,10 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
         }
         save_checkpoint(self.output_dir / "last.pt", payload)
+        for step in self.config.train.keep_steps:
+            if self.saved_step < step <= self.step:
+                shutil.copyfile(self.output_dir / "last.pt", self.output_dir / f"step{step}.pt")
+        self.saved_step = self.step
 
     def load_weights(self, path: Path) -> None:
         """Start every member from the matching net of a checkpoint (``semi.init_from``)."""
@@ -443,9 +464,15 @@ class Trainer:
         for member, entry in zip(self.members, payload["networks"]):
             member.module.load_state_dict(entry["state_dict"])
 
-    def resume(self) -> None:
-        """Continue from ``output_dir/last.pt``: weights, optimizer, schedule, scaler, step and RNG."""
-        path = self.output_dir / "last.pt"
+    def resume(self, path: Path | None = None) -> None:
+        """Continue from ``output_dir/last.pt``: weights, optimizer, schedule, scaler, step and RNG.
+
+        ``path``: continue another run's ``last.pt`` instead (a round of ``semi.round_init=continue``:
+        the previous round's state, except its unlabeled stream, which drew from another pool, and
+        its best validation score, so that this round's ``best.pt`` is its own).
+        """
+        own = path is None
+        path = self.output_dir / "last.pt" if own else path
         payload = load_checkpoint(path, map_location=self.context.device)
         state = payload.get("training_state")
         if state is None or len(payload["networks"]) != len(self.members):
@@ -466,7 +493,9 @@ class Trainer:
         else:  # resumed on another number of processes: same data order is impossible anyway
             self.generator.manual_seed(self.step * 1000 + self.context.rank)
         torch.set_rng_state(state["torch_rng"].cpu())
-        if hasattr(self.step_fn, "load_state_dict"):
+        if not own:
+            self.best_dice, self.finished = -math.inf, False
+        elif hasattr(self.step_fn, "load_state_dict"):
             self.step_fn.load_state_dict(state["step_fn"])
 
     def close(self) -> None:

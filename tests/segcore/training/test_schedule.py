@@ -41,3 +41,9 @@ def test_config_picks_the_schedule_and_its_length():
     assert poly(500) == pytest.approx(0.5**0.9)
     with pytest.raises(ValueError, match="decay_share"):
         OptimizerConfig(decay_share=0.0)
+
+
+def test_the_constant_schedule_warms_up_and_never_decays():
+    factor = lr_schedule(OptimizerConfig(schedule="constant", warmup_steps=10), total_steps=100, max_steps=100)
+    assert factor(4) == pytest.approx(0.5) and factor(9) == 1.0 and factor(99) == 1.0 and factor(10**6) == 1.0
+    assert lr_schedule(OptimizerConfig(schedule="constant"), total_steps=5, max_steps=5)(0) == 1.0

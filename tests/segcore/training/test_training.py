@@ -110,12 +110,12 @@ def test_two_processes_of_batch_one_give_the_gradient_of_one_process_of_batch_tw
         torch.testing.assert_close(distributed[name], parameter.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
-def train(tiny_store, out, *overrides, resume=False):
+def train(tiny_store, out, *overrides, resume=False, name="last.pt"):
     argv = ["--config", str(ROOT / "coarse_seg" / "config.tiny.yaml"), "--device", "cpu"]
     argv += ["--resume"] if resume else []
     argv += [f"store={tiny_store}", f"output_dir={out}", "train.epochs=3", "train.val_every=2", *overrides]
     assert main(COARSE, ROOT / "coarse_seg" / "config.tiny.yaml", argv) == 0
-    return load_checkpoint(out / "last.pt")
+    return load_checkpoint(out / name)
 
 
 @pytest.mark.parametrize("semi", [[], ["semi.enabled=true", "semi.unlabeled_batch_size=1"]], ids=["supervised", "cps"])
@@ -289,3 +289,39 @@ def test_loader_workers_read_a_store_the_trainer_already_opened(tiny_store):
     assert sum(batch["image"].shape[0] for batch in batches) == len(loader.sampler)
     assert sorted(i for batch in batches for i in batch["index"].tolist()) == sorted(loader.sampler)
     store.close()
+
+
+def test_a_supervised_pair_needs_no_unlabeled_cases(tiny_store, tmp_path):
+    # weight 0 with amplitude sources from the labeled batch never draws an unlabeled batch, so a
+    # store (or a named selection) without unlabeled cases must not stop it: the upper-bound pair
+    payload = train(
+        tiny_store, tmp_path / "pair", "semi.enabled=true", "semi.weight=0", "semi.unlabeled_split=no_such_selection"
+    )  # fmt: skip
+    assert payload["training_state"]["finished"] and len(payload["networks"]) == 2
+
+
+def test_keep_steps_keeps_a_copy_of_the_first_checkpoint_at_or_past_each_step(tiny_store, tmp_path):
+    out = tmp_path / "run"
+    final = train(tiny_store, out, "train.keep_steps=[3]")
+    steps_per_epoch = final["training_state"]["step"] // 3
+    kept = load_checkpoint(out / "step3.pt")["training_state"]["step"]
+    assert 3 <= kept < 3 + steps_per_epoch and kept % steps_per_epoch == 0
+    assert sorted(p.name for p in out.glob("step*.pt")) == ["step3.pt"]
+
+
+def test_continued_rounds_carry_one_schedule_and_the_optimisers_across_uif(tiny_store, tmp_path):
+    semi = ["semi.enabled=true", "semi.unlabeled_batch_size=1", "semi.rounds=2", "semi.uif_keep=2"]
+    wsd = ["optimizer.schedule=wsd", "optimizer.decay_share=0.5", "optimizer.warmup_steps=0", "train.epochs=4"]
+    out = tmp_path / "continued"
+    final = train(tiny_store, out, *semi, *wsd, "semi.round_init=continue", name="round1/last.pt")
+    total = final["training_state"]["step"]
+    half = load_checkpoint(out / "round0" / "last.pt")["training_state"]
+    assert half["step"] == total // 2 and not half["finished"]
+    lr = final["config"]["optimizer"]["lr"]
+    # round 0 stops half-way through the one schedule: still at the full rate, not cooled down
+    assert half["schedulers"][0]["_last_lr"][0] == pytest.approx(lr)
+    state = final["training_state"]
+    assert state["schedulers"][0]["_last_lr"][0] == 0.0 and state["finished"]
+    # the optimisers went on: Adam's step count is the run's, not the second round's
+    assert all(s["step"] == total for s in state["optimizers"][0]["state"].values())
+    assert (out / "round0" / "uif.csv").exists()
