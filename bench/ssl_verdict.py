@@ -142,6 +142,9 @@ TIERS = (
     ("dense_pretrain", "supervised_pair_long"), ("upper_bound",),
 )  # fmt: skip
 REPORT_ORDER = [arm for tier in TIERS for arm in tier]
+SHORT = {"supervised_pair_s1": "pair@S1", "pair_continue": "pair_cont", "dense_pretrain": "dense_pre",
+         "supervised_pair_long": "pair_long", "upper_bound": "upper"}  # fmt: skip
+"""Column names of the per-organ table."""
 PHASE_A = ("supervised_pair", "upper_bound")
 ADRENALS = ("right_adrenal_gland", "left_adrenal_gland")
 TOLERANCE = 0.01
@@ -174,7 +177,7 @@ class Settings:
         return self.phase_a_steps * 3 // 4
 
 
-QUICK = {"labeled_train": 2, "validation": 2, "unlabeled": 4, "test": 4, "phase_a_steps": 12,
+QUICK = {"labeled_train": 2, "validation": 2, "unlabeled": 4, "test": 4, "phase_a_steps": 24,
          "phase_a_validations": 4, "validations": 2, "seeds": (0,)}  # fmt: skip
 """``--quick``: every step once, in minutes."""
 
@@ -373,7 +376,7 @@ def phase_b_jobs(paths: Paths, settings: Settings, run_root: Path, s1: int) -> l
             by_arm[arm].append(job("B", seed, arm, [train_command(paths.store, root / arm, overrides)], root / arm,
                                    paths, after=[start / "last.pt"]))  # fmt: skip
         long = schedule_overrides(s1 + s2, validations, spe, seed, size)
-        pretrain_dir = root / "dense_pretrain" / "pretrain"
+        pretrain_dir = root / "dense_pretrain_encoder"  # beside the run: train_arm clears a run never checkpointed
         pretrain = [
             sys.executable, "-m", "segcore.training.pretrain", "--config", TRAIN_CONFIG, f"store={paths.store}",
             f"output_dir={pretrain_dir}", *schedule_overrides(s1, 1, spe, seed, size),
@@ -612,7 +615,7 @@ def report(
     lines.append(
         "\nPer-organ DSC, shifted cases, last.pt, mean over seeds and cases (voxels: median in the 48^3 labels)"
     )
-    lines.append(f"{'organ':<22}{'voxels':>8}" + "".join(f"{arm[:12]:>13}" for arm in arms))
+    lines.append(f"{'organ':<22}{'voxels':>8}" + "".join(f"{SHORT.get(arm, arm):>13}" for arm in arms))
     table = {arm: dsc_of(results, "B", arm, "last", shifted, seeds_of(results, "B", arm)).mean((0, 1)) for arm in arms}
     for o, name in enumerate(names):
         lines.append(f"{name:<22}{voxels[o]:>8.0f}" + "".join(f"{table[a][o]:>13.4f}" for a in arms))
