@@ -27,6 +27,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from data_prepare.cases import CaseSource, find_cases
+from segcore.body_region import body_mask, keep_body
 from segcore.boxes import DEFAULT_MARGIN_MM, Box, box_to_original, crop, expand_box, foreground_box
 from segcore.config import config_hash
 from segcore.geometry import to_canonical
@@ -62,6 +63,9 @@ class PrepareConfig:
     workers: int = 2
     max_voxels: int = DEFAULT_MAX_VOXELS
     coarse_weights: str | None = None
+    body_region: bool = False
+    """Set everything outside the patient's trunk (arms, table, cushions) to air before anything
+    is stored (:mod:`segcore.body_region`), as the predictor does with ``body_region``."""
 
     def output_hash(self, source: CaseSource | None = None) -> str:
         """Hash of every setting that changes what is stored for a case.
@@ -77,6 +81,8 @@ class PrepareConfig:
             "body_threshold_hu": float(self.body_threshold_hu),
             "format_version": RECORD_FORMAT_VERSION,
         }
+        if self.body_region:  # off, the hash of stores written before the option existed holds
+            values["body_region"] = True
         if self.uses_coarse_model(source):
             values["coarse_weights_sha256"] = coarse_weights_sha256(self.coarse_weights)
         return config_hash(values)
@@ -160,6 +166,8 @@ def prepare_case(
         labels = read_label(root / source.label_path, geometry, image_path=image_path)
     canonical_image, reorientation = to_canonical(image, geometry)
     canonical = reorientation.canonical
+    if config.body_region:
+        canonical_image = keep_body(canonical_image, body_mask(canonical_image, canonical.spacing_zyx))
     arrays = {COARSE_IMAGE: to_int16(resize_image(canonical_image, config.coarse_size))}
 
     if labels is not None:

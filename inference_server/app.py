@@ -328,7 +328,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.predictor = await anyio.to_thread.run_sync(
-            lambda: Predictor.from_weights(settings.weights_dir, settings.device, settings.precision, verify=True)
+            lambda: Predictor.from_weights(
+                settings.weights_dir, settings.device, settings.precision, verify=True, body_region=settings.body_region
+            )
         )
         yield
         app.state.predictor = None

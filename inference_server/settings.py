@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     weights_dir: Path | None = Field(None, description="folder with coarse.pt and fine.pt (default: model_weights/)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    body_region: bool = Field(False, description="arms, table, cushions outside the trunk set to air first")
     max_upload_mb: float = Field(1024.0, gt=0, description="larger uploads get 413")
     max_concurrent: int = Field(1, ge=1, description="inferences running at once")
     queue_length: int = Field(4, ge=0, description="requests waiting for a slot; beyond them 503")

@@ -2,7 +2,7 @@
 
     sh predict.sh -i INPUT_DIR -o OUTPUT_DIR [--weights DIR] [--device auto|cpu|cuda]
                   [--precision auto|fp32|fp16|bf16] [--nproc N] [--stats] [--overwrite] [--strict]
-                  [--output-type nifti|dicom-seg|both] [--preview]
+                  [--output-type nifti|dicom-seg|both] [--preview] [--body-region]
     sh predict.sh                # the embedded sample: see segcore.sample
 
 Cases are every ``.nii``/``.nii.gz`` file and every folder (one DICOM series each) directly in
@@ -407,6 +407,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="<id>.nii.gz, <id>_seg.dcm (DICOM inputs only: a SEG references its source series), or both",
     )  # fmt: skip
     parser.add_argument("--preview", action="store_true", help="also write <id>_preview.png (three slices, legend)")
+    parser.add_argument(
+        "--body-region", action="store_true",
+        help="set arms, table and cushions outside the trunk to air first (models trained on body-region stores)",
+    )  # fmt: skip
     parser.add_argument("--overwrite", action="store_true", help="redo cases whose output exists")
     parser.add_argument(
         "--strict",
@@ -445,7 +449,8 @@ def run_batch(args: argparse.Namespace, context: distributed.DistributedContext)
         say(error, file=sys.stderr)
         return 2
     try:
-        predictor, error = Predictor.from_weights(args.weights, context.device, args.precision), None
+        predictor = Predictor.from_weights(args.weights, context.device, args.precision, body_region=args.body_region)
+        error = None
     except (OSError, ValueError, RuntimeError) as failure:
         predictor, error = None, f"predict: {failure}"
     if (error := first_error(error)) is not None:

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from segcore.body_region import body_mask, keep_body
 from segcore.boxes import DEFAULT_MARGIN_MM, Box, box_to_original, expand_box, foreground_box, scale_box
 from segcore.checkpoint import build_networks, load_checkpoint
 from segcore.distributed import configure_device, resolve_device
@@ -330,6 +331,10 @@ class Predictor:
         verify: check that the rebuilt networks reproduce their recorded probe outputs.
         chunk_elements: bound on the probabilities resized at once to full resolution
             (:func:`segcore.postprocess.resize_argmax`).
+        body_region: set everything outside the patient's trunk (arms, table, cushions) to air
+            before the coarse stage (:mod:`segcore.body_region`), so it can neither widen the
+            organs' box nor be taken for an organ; for models trained on stores prepared the
+            same way (``data_prepare`` ``body_region: true``).
     """
 
     def __init__(
@@ -342,8 +347,10 @@ class Predictor:
         margin_mm: float = DEFAULT_MARGIN_MM,
         verify: bool = False,
         chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+        body_region: bool = False,
     ):
         self.device = _device(device)
+        self.body_region = body_region
         self.locator = CoarseLocator(coarse_payload, self.device, precision, margin_mm=margin_mm, verify=verify)
         self.fine = StageModel.from_payload(
             fine_payload, "fine", self.device, resolve_precision(precision, self.device), verify
@@ -391,6 +398,7 @@ class Predictor:
             "device": str(self.device),
             "precision": str(self.fine.autocast_dtype).removeprefix("torch."),
             "margin_mm": self.locator.margin_mm,
+            "body_region": self.body_region,
             "notice": self.notice,
             **{
                 name: {
@@ -427,6 +435,9 @@ class Predictor:
         watch = _Stopwatch(self.device)
         canonical_image, reorientation = to_canonical(image, geometry)
         canonical = reorientation.canonical
+        if self.body_region:
+            canonical_image = keep_body(canonical_image, body_mask(canonical_image, canonical.spacing_zyx))
+            watch.lap("body_region")
         volume = _upload(canonical_image, self.device)
         watch.lap("reorient")
         coarse = self.locator._locate(volume, canonical.spacing_zyx, watch)

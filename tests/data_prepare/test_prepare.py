@@ -250,3 +250,22 @@ def test_coarse_weights_crop_cases_without_labels(phantom_root, tmp_path):
     config.coarse_weights = str(tmp_path / "missing.pt")
     with pytest.raises(ValueError, match="coarse weights .*missing.pt"):
         run(config, progress=False)
+
+
+def test_body_region_stores_the_trunk_alone_and_is_part_of_the_cases_hash(phantom_root, prepared, tmp_path):
+    _, plain = prepared
+    config = tiny_config(phantom_root, tmp_path / "store")
+    config.body_region = True
+    assert config.output_hash() != tiny_config(phantom_root, tmp_path / "other").output_hash()
+    assert not run(config, progress=False).failed
+    trunk = CaseStore(config.out)
+    removed = 0
+    for case_id in trunk.ids():
+        mine, theirs = trunk.arrays(case_id)["coarse_image"], plain.arrays(case_id)["coarse_image"]
+        assert (mine <= theirs).all()  # voxels only ever set to air (then resized: positive weights)
+        removed += int(((theirs > -500) & (mine <= -500)).sum())
+        if "coarse_label" in trunk.arrays(case_id):
+            organs = np.asarray(trunk.arrays(case_id)["coarse_label"]) > 0
+            np.testing.assert_array_equal(mine[organs], theirs[organs])
+    trunk.close()
+    assert removed > 0  # the phantoms' table, where it is in the field of view

@@ -206,3 +206,25 @@ def test_stage_probabilities_are_the_whole_volume_softmax_of_the_nets_output(out
         expected = torch.softmax(model.nets[0](image)[0], dim=0)
     assert got.shape == (NUM_CLASSES, 24, 24, 24)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+def test_the_body_region_option_segments_the_trunk_alone(tmp_path):
+    from segcore.body_region import AIR_HU, body_mask, keep_body
+    from segcore.geometry import Geometry
+    from tests.segcore.test_body_region import SPACING, torso_with_arms_and_table
+
+    case = torso_with_arms_and_table()
+    image = case["image"]
+    geometry = Geometry(size=image.shape[::-1], spacing=SPACING[::-1], origin=(0.0, 0.0, 0.0),
+                        direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))  # fmt: skip
+    weights = write_tiny_weights(tmp_path / "weights")
+    masked_by_hand = Predictor.from_weights(weights, device="cpu")
+    with_body = Predictor.from_weights(weights, device="cpu", body_region=True)
+    assert with_body.info()["body_region"] and not masked_by_hand.info()["body_region"]
+    canonical, reorientation = to_canonical(image, geometry)
+    trunk_only = keep_body(canonical, body_mask(canonical, reorientation.canonical.spacing_zyx))
+    assert (trunk_only == AIR_HU).sum() > (canonical == AIR_HU).sum()  # the arms and the table went
+    expected = masked_by_hand.predict(np.ascontiguousarray(reorientation.undo(trunk_only)), geometry)
+    found = with_body.predict(image, geometry)
+    np.testing.assert_array_equal(found.labels, expected.labels)
+    assert "body_region" in found.timings
