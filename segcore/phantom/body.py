@@ -8,6 +8,7 @@ operations per voxel. Bones, bowel and muscles are shapes evaluated in their own
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -27,7 +28,74 @@ RIB_GAP_MM = 1.0
 """Ribs start this far outside the cavity outline, inside the muscle wall."""
 
 
-def build_background(grid: Grid, patient: Patient, rng: np.random.Generator, threads: int = 1) -> np.ndarray:
+ARMS_AT_SIDES_SHARE = 0.3
+"""Share of varied cases scanned with the arms at the sides. Abdominal CT is done with the arms
+raised above the head (out of the field, no streaks across the abdomen); patients who cannot
+raise them (trauma, frailty, restraints) keep them at their sides (e.g. Seeram, *Computed
+Tomography*, patient positioning for abdominal scans)."""
+
+
+@dataclass(frozen=True)
+class Arms:
+    """Both forearms or elbows beside the trunk, straight along z (mm, patient frame).
+
+    Attributes:
+        x: distance of each arm's centre from the midline; y: its antero-posterior position.
+        rx, ry: half width and half depth (adult forearm girth 24-30 cm, anthropometric tables).
+        fat_mm: subcutaneous fat; bone_mm: radius of the bone (radius and ulna as one, cortex 2 mm).
+    """
+
+    x: float
+    y: float
+    rx: float
+    ry: float
+    fat_mm: float
+    bone_mm: float
+
+    @property
+    def half_width(self) -> float:
+        """How far from the midline the arms reach."""
+        return self.x + self.rx
+
+
+def sample_arms(rng: np.random.Generator, patient: Patient) -> Arms | None:
+    """Arms at the sides for a share :data:`ARMS_AT_SIDES_SHARE` of the patients, else None (raised)."""
+    if rng.random() >= ARMS_AT_SIDES_SHARE:
+        return None
+    k = patient.scale
+    rx, ry = k * rng.uniform(34.0, 44.0), k * rng.uniform(38.0, 48.0)
+    gap = rng.uniform(0.0, 15.0)  # 0: resting on the flank
+    x_min, x_max, _, _ = patient.trunk_extent
+    flank = max(-x_min, x_max)  # the trunk's widest half width
+    return Arms(
+        x=flank + gap + rx, y=rng.uniform(-15.0, 25.0), rx=rx, ry=ry,
+        fat_mm=rng.uniform(3.0, 3.0 + 0.4 * patient.fat_mm), bone_mm=k * rng.uniform(9.0, 12.0),
+    )  # fmt: skip
+
+
+def _arms(grid: Grid, tissue: np.ndarray, arms: Arms) -> None:
+    """Paint both arms (skin, fat, muscle, bone) into the air and table voxels of every slice."""
+    x, y = grid.x[None, :], grid.y[:, None]
+    section = np.zeros(tissue.shape[1:], dtype=np.uint8)
+    for side in (-1.0, 1.0):
+        dx, dy = x - side * arms.x, y - arms.y
+        for shrink, code in ((0.0, Tissue.SKIN), (2.0, Tissue.SUBCUTANEOUS_FAT), (2.0 + arms.fat_mm, Tissue.MUSCLE)):
+            inside = (dx / (arms.rx - shrink)) ** 2 + (dy / (arms.ry - shrink)) ** 2 <= 1.0
+            section[inside] = code
+        radius = np.hypot(dx, dy)
+        section[radius <= arms.bone_mm] = Tissue.BONE_CORTEX
+        section[radius <= arms.bone_mm - 2.0] = Tissue.BONE_MARROW
+    where = section > 0
+    if not where.any():
+        return
+    view = tissue[:, where]
+    free = (view == Tissue.AIR) | (view == Tissue.TABLE)
+    tissue[:, where] = np.where(free, section[where][None, :], view)
+
+
+def build_background(
+    grid: Grid, patient: Patient, rng: np.random.Generator, threads: int = 1, arms: Arms | None = None
+) -> np.ndarray:
     """The tissue map of everything but the labelled organs.
 
     Args:
@@ -35,6 +103,7 @@ def build_background(grid: Grid, patient: Patient, rng: np.random.Generator, thr
         patient: the patient.
         rng: the case's bowel stream (bowel loops differ between patients).
         threads: worker threads for the slice-block pass.
+        arms: arms at the sides (:func:`sample_arms`), or None.
 
     Returns:
         uint8 ``(z, y, x)`` tissue codes (:class:`~segcore.phantom.tissues.Tissue`).
@@ -47,6 +116,8 @@ def build_background(grid: Grid, patient: Patient, rng: np.random.Generator, thr
         _paint_hollow(grid, tissue, loop, gas_level)
     _spine(grid, tissue, patient)
     _pelvis(grid, tissue, patient)
+    if arms is not None:
+        _arms(grid, tissue, arms)
     return tissue
 
 

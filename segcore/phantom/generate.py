@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from segcore.geometry import Geometry
 from segcore.labels import ORGAN_IDS, ORGANS
 from segcore.phantom.anatomy import PASSAGES, Organ, Vessel, build_anatomy, organ_z_range
-from segcore.phantom.body import build_background
+from segcore.phantom.body import build_background, sample_arms
 from segcore.phantom.imaging import render
 from segcore.phantom.patient import sample_patient
 from segcore.phantom.scanner import Scan, plan_scan
@@ -21,7 +21,8 @@ SeedLike = int | np.random.SeedSequence | np.random.Generator
 """What :func:`generate_case` accepts as its randomness."""
 
 # The case's independent random streams: changing one (say, forcing the domain) leaves the others alone.
-_STREAMS = ("patient", "anatomy", "scan", "bowel", "domain", "hu", "noise", "variation")
+_STREAMS = ("patient", "anatomy", "scan", "bowel", "domain", "hu", "noise", "variation", "arms")
+"""Appended only: a stream's seed is its index, so adding one leaves every existing case alone."""
 
 REMOVABLE_ORGANS: dict[str, float] = {"gallbladder": 0.2, "right_kidney": 0.04, "left_kidney": 0.04, "spleen": 0.03}
 """With ``vary``: chance that a case lacks each organ (cholecystectomy, nephrectomy, splenectomy)."""
@@ -133,7 +134,11 @@ def generate_case(
     patient = sample_patient(rng("patient"))
     organs, _ = build_anatomy(patient, rng("anatomy"), vary=vary)
     variation = rng("variation") if vary else None
-    scan = plan_scan(rng("scan"), size, patient, organ_z_range(organs), full_field, geometry, variation)
+    arms = sample_arms(rng("arms"), patient) if vary else None
+    scan = plan_scan(
+        rng("scan"), size, patient, organ_z_range(organs), full_field, geometry, variation,
+        half_width=None if arms is None else arms.half_width,
+    )  # fmt: skip
     # Same anatomy stream again, now with the grid's thickness floor for thin organs.
     organs, vessels = build_anatomy(patient, rng("anatomy"), scan.min_feature_mm, vary=vary)
     if variation is not None:
@@ -143,7 +148,7 @@ def generate_case(
     domain = drawn_domain if domain is None else domain
 
     grid = scan.grid
-    tissue = build_background(grid, patient, rng("bowel"), threads)
+    tissue = build_background(grid, patient, rng("bowel"), threads, arms)
     label = np.zeros(grid.shape, dtype=np.uint8)
     shapes: dict[int, OrganMask] | None = {} if keep_shapes else None
     voxel_counts = _paint_organs(grid, organs, tissue, label, shapes)
@@ -159,6 +164,7 @@ def generate_case(
     if vary:
         meta["organs_removed"] = sorted(set(ORGAN_IDS) - {organ.name for organ in organs})
         meta["field_of_view"] = {"slab_mm": scan.slab_mm, "narrow": scan.narrow}
+        meta["arms"] = None if arms is None else {key: round(value, 2) for key, value in asdict(arms).items()}
     return Phantom(stored_image, stored_label, scan.geometry, meta, shapes)
 
 

@@ -130,6 +130,7 @@ def plan_scan(
     full_field: bool,
     geometry: Geometry | None = None,
     variation: np.random.Generator | None = None,
+    half_width: float | None = None,
 ) -> Scan:
     """Choose the grid and the field of view for one patient.
 
@@ -145,10 +146,14 @@ def plan_scan(
             cases are slabs of :data:`SLAB_MM` centred anywhere between the lowest and the
             highest organ, a share :data:`NARROW_SHARE` have an in-plane field narrower than
             the body (:data:`NARROW_FRACTION` per axis), placed anywhere across it.
+        half_width: how far from the midline the field must reach (arms at the sides), if
+            beyond the trunk.
     """
     if size not in SIZES:
         raise ValueError(f"unknown phantom size {size!r}; expected one of {', '.join(SIZES)}")
     x_min, x_max, y_min, y_max = patient.trunk_extent
+    if half_width is not None:
+        x_min, x_max = min(x_min, -half_width), max(x_max, half_width)
     body_center = np.array([(x_min + x_max) / 2, (y_min + y_max) / 2])
     organ_low, organ_high = organ_z_range
     if geometry is not None:

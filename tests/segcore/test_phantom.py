@@ -399,3 +399,33 @@ def test_randomised_domains_and_tissue_values_stay_in_their_ranges():
                 else:
                     assert inside, (Tissue(code).name if code < ORGAN_BASE else code, value, low, high)
     assert seen_reversed
+
+
+def test_arms_lie_at_the_sides_in_about_their_share_of_the_varied_cases(varied):
+    with_arms = [case for case in varied if case.meta["arms"] is not None]
+    assert 2 <= len(with_arms) <= 14  # share 0.3 of 24
+    for case in with_arms:
+        arms = case.meta["arms"]
+        assert arms["x"] - arms["rx"] >= 120.0  # beside the trunk (its flank is >= 130 mm out), never in it
+    plain = generate_case(3, "small")
+    assert "arms" not in plain.meta
+
+
+def test_the_body_region_drops_a_phantoms_arms_and_keeps_every_organ(varied):
+    from segcore.body_region import body_mask
+
+    checked = 0
+    for case in varied:
+        arms = case.meta["arms"]
+        if arms is None or case.meta["field_of_view"]["narrow"] is not None:
+            continue  # a narrow field may leave the arms out
+        canonical, reorientation = to_canonical(case.image, case.geometry)
+        labels, _ = to_canonical(case.label, case.geometry)
+        spacing = reorientation.canonical.spacing_zyx
+        mask = body_mask(canonical, spacing)
+        assert mask[labels > 0].all()
+        dropped_ml = ((canonical > -500) & ~mask).sum() * np.prod(spacing) / 1000
+        arms_ml = 2 * np.pi * arms["rx"] * arms["ry"] * canonical.shape[0] * spacing[0] / 1000
+        assert dropped_ml >= 0.6 * arms_ml, (dropped_ml, arms_ml)
+        checked += 1
+    assert checked >= 1
