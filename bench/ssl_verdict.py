@@ -1,7 +1,8 @@
 """The semi-supervised verdict at convergence: does unlabeled data pay once the nets can learn?
 
 Run from the repository root (resumable: rerun the same command after an interruption; every
-finished run is appended to ``WORK/results.jsonl`` as it ends)::
+finished run is appended to ``bench/results/ssl_verdict.jsonl`` as it ends, per test case and
+organ DSC, so that the figures outlive a work folder)::
 
     .venv/bin/python -m bench.ssl_verdict --work runs/ssl_verdict            # phase A, then phase B
     .venv/bin/python -m bench.ssl_verdict --work runs/ssl_verdict --report   # the tables from what has finished
@@ -96,7 +97,10 @@ Design (fixed before any method run was compared; changing it means a new benchm
   ~5 h of this 2-core machine, tiers 1 and 2 with phase A ~3 h.
 
 Figures are printed and written to ``WORK/report.txt`` / ``WORK/report.json``; none is judged by
-a test.
+a test. The results file is the record of what finished: a new work folder regenerates the
+(deterministic) phantoms and stores, skips every finished run, and retrains a finished
+``supervised_pair_s1`` only when an arm still to run starts from its checkpoint, printing how
+the retrained pair's test DSC compares with the recorded one.
 """
 
 from __future__ import annotations
@@ -122,6 +126,7 @@ from bench.ssl_gain import IN_DOMAIN, TRAIN_CONFIG, bootstrap_interval, score_ch
 from bench.time_to_accuracy import RECIPES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+RESULTS = REPO_ROOT / "bench" / "results" / "ssl_verdict.jsonl"
 RECIPE = RECIPES["full_res_ds_1e-2"]
 PAIR = ["semi.enabled=true", "semi.rounds=1", "semi.weight=0", "augment.fourier_sources=labeled"]
 SEMI = ["semi.enabled=true", "semi.weight=1.0", "augment.fourier_sources=all", "semi.rampup_share=0.35"]
@@ -224,12 +229,12 @@ class Paths:
     results: Path
 
 
-def paths_of(work: Path, settings: Settings) -> Paths:
+def paths_of(work: Path, settings: Settings, results: Path | None = None) -> Paths:
     key = f"{settings.labeled_train + settings.validation}_{settings.unlabeled}_{settings.test}_{settings.seed}"
     size = settings.coarse_size
     return Paths(
         work, work / f"data_{key}", work / f"data_{key}_all_labeled", work / f"store_{key}_{size}.lmdb",
-        work / f"store_{key}_{size}_all_labeled.lmdb", work / f"cases_{key}.json", work / "results.jsonl",
+        work / f"store_{key}_{size}_all_labeled.lmdb", work / f"cases_{key}.json", results or work / "results.jsonl",
     )  # fmt: skip
 
 
@@ -396,6 +401,13 @@ def phase_b_jobs(paths: Paths, settings: Settings, run_root: Path, s1: int) -> l
             "B", seed, "upper_bound", [train_command(paths.upper_store, root / "upper_bound", upper)],
             root / "upper_bound", paths,
         ))  # fmt: skip
+    pseudo = {
+        **PSEUDO,
+        **{arm: {f"{arm}@half": f"step{s2 // 2}.pt", f"{arm}@end": "last.pt"} for arm in ("cps", "cacps")},
+    }
+    for arm, checkpoints in pseudo.items():
+        for item in by_arm[arm]:
+            item["pseudo"] = checkpoints
     return [j for arm in REPORT_ORDER for j in by_arm[arm]]
 
 
@@ -416,15 +428,22 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     if not last.exists():
         last = sorted(run_dir.glob("round*/last.pt"))[-1]
     scores = {
-        name: score_checkpoint(path, Path(job["store"]), Path(job["data_root"]))
+        name: compact(score_checkpoint(path, Path(job["store"]), Path(job["data_root"])))
         for name, path in (("last", last), ("best", run_dir / "best.pt"))
     }
+    pseudo = pseudo_label_scores(job) if job.get("pseudo") else {}
     return {
-        **{k: job[k] for k in ("phase", "seed", "arm", "run_dir")},
+        **{k: job[k] for k in ("phase", "seed", "arm", "run_dir")}, **pseudo,
         "commands": [" ".join(c) for c in job["commands"]], "train_s": round(wall, 1),
         "score_s": round(time.perf_counter() - started, 1), "load_before": list(load_before),
         "load_after": list(os.getloadavg()), "curve": validation_curve(run_dir), "checkpoints": scores,
     }  # fmt: skip
+
+
+def compact(scores: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's scores as the results file keeps them: DSC per case and organ, 4 decimals."""
+    cases = {case: {"dsc": [round(v, 4) for v in values["dsc"]]} for case, values in scores["cases"].items()}
+    return {**scores, "cases": cases}
 
 
 def run_pretrain(command: list[str]) -> float:
@@ -470,7 +489,7 @@ def run_jobs(jobs: list[dict[str, Any]], parallel: int, paths: Paths, results: l
                 if len(running) >= parallel:
                     break
                 pending.remove(item)
-                running[pool.submit(run_pseudo_labels if item["phase"] == "P" else run_job, item)] = item
+                running[pool.submit(run_job, item)] = item
             if not running:
                 names = ", ".join(f"seed {j['seed']} {j['arm']}" for j in pending)
                 print(f"ssl_verdict: cannot start {names}: what they start from is missing", flush=True)
@@ -484,7 +503,14 @@ def run_jobs(jobs: list[dict[str, Any]], parallel: int, paths: Paths, results: l
                     print(f"ssl_verdict: phase {item['phase']} seed {item['seed']} {item['arm']} FAILED: {error}",
                           flush=True)  # fmt: skip
                     continue
+                if item.get("rerun"):  # a start checkpoint made again: its recorded figures stay
+                    recorded = next(r for r in results if r["phase"] == "B" and r["seed"] == item["seed"]
+                                    and r["arm"] == item["arm"])  # fmt: skip
+                    print(f"ssl_verdict: seed {item['seed']} {item['arm']} retrained: test DSC of last.pt "
+                          f"{mean_dsc(line):.4f}, recorded {mean_dsc(recorded):.4f}", flush=True)  # fmt: skip
+                    continue
                 line["settings_key"] = settings_key
+                paths.results.parent.mkdir(parents=True, exist_ok=True)
                 with paths.results.open("a") as stream:
                     stream.write(json.dumps(line) + "\n")
                 results.append(line)
@@ -492,47 +518,41 @@ def run_jobs(jobs: list[dict[str, Any]], parallel: int, paths: Paths, results: l
                       f"{line['train_s']:.0f} s", flush=True)  # fmt: skip
 
 
+def mean_dsc(line: dict) -> float:
+    return float(np.mean([values["dsc"] for values in line["checkpoints"]["last"]["cases"].values()]))
+
+
 def read_results(path: Path, settings_key: str) -> list[dict]:
     lines = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
     lines = [line for line in lines if line.get("settings_key", settings_key) == settings_key]
-    return list({(r["phase"], r["seed"], r["arm"]): r for r in lines}.values())
+    return list({(r["phase"], r["seed"], r["arm"]): r for r in reversed(lines)}.values())  # the first of each
 
 
 # -- pseudo-labels ---------------------------------------------------------------------------------
-def pseudo_label_job(paths: Paths, run_root: Path, seed: int, s2: int) -> dict[str, Any]:
-    root = run_root / "phase_b" / f"seed{seed}"
-    half = s2 // 2
-    checkpoints = {
-        "teacher@start": root / "supervised_pair_s1" / "last.pt",
-        "cps@half": root / "cps" / f"step{half}.pt", "cps@end": root / "cps" / "last.pt",
-        "cacps@half": root / "cacps" / f"step{half}.pt", "cacps@end": root / "cacps" / "last.pt",
-        "cps_uif@half": root / "cps_uif" / "round0" / "last.pt",
-    }  # fmt: skip
-    return {
-        **job("P", seed, "pseudo_labels", [], root, paths, after=list(checkpoints.values())),
-        "checkpoints": {k: str(v) for k, v in checkpoints.items()},
-        "uif_csv": str(root / "cps_uif" / "round0" / "uif.csv"),
-    }  # fmt: skip
+PSEUDO = {"supervised_pair_s1": {"teacher@start": "last.pt"}, "cps_uif": {"cps_uif@half": "round0/last.pt"}}
+"""The checkpoints (relative to the run) whose pseudo-labels a run's own job scores, while they exist;
+``cps`` and ``cacps`` add ``@half`` (``step<S2/2>.pt``) and ``@end`` (``last.pt``)."""
 
 
-def run_pseudo_labels(job: dict[str, Any]) -> dict[str, Any]:
-    """Pseudo-label DSC per unlabeled case and organ of each checkpoint's ensemble; UIF kept vs dropped."""
+def pseudo_label_scores(job: dict[str, Any]) -> dict[str, Any]:
+    """Pseudo-label DSC per unlabeled case and organ of the job's checkpoints' ensembles (4 decimals),
+    and for ``cps_uif`` the cases UIF kept."""
     import csv
     import io
 
     from bench.ssl_pseudo_labels import score_unlabeled
 
-    started = time.perf_counter()
-    store, data_root = Path(job["store"]), Path(job["data_root"])
+    run_dir, store, data_root = Path(job["run_dir"]), Path(job["store"]), Path(job["data_root"])
     scores = {
-        name: score_unlabeled(Path(path), store, data_root, "ensemble") for name, path in job["checkpoints"].items()
-    }
-    rows = list(csv.DictReader(io.StringIO(Path(job["uif_csv"]).read_text())))
-    kept = [r["case_id"] for r in rows if r["selected"] == "1"]
-    return {
-        **{k: job[k] for k in ("phase", "seed", "arm", "run_dir")}, "train_s": round(time.perf_counter() - started, 1),
-        "pseudo": scores, "uif_kept": kept,
+        name: {case: [round(v, 4) for v in values] for case, values in
+               score_unlabeled(run_dir / relative, store, data_root, "ensemble").items()}
+        for name, relative in job["pseudo"].items()
     }  # fmt: skip
+    out: dict[str, Any] = {"pseudo": scores}
+    uif = run_dir / "round0" / "uif.csv"
+    if uif.exists():
+        out["uif_kept"] = [r["case_id"] for r in csv.DictReader(io.StringIO(uif.read_text())) if r["selected"] == "1"]
+    return out
 
 
 # -- report ----------------------------------------------------------------------------------------
@@ -666,19 +686,20 @@ def report(
             lines.append(f"\nVERDICT: {sentence}")
             figures["verdict"] = sentence
 
-    pseudo = sorted((r for r in results if r["phase"] == "P"), key=lambda r: r["seed"])
-    if pseudo:
+    scored = sorted((r for r in results if r["phase"] == "B" and r.get("pseudo")), key=lambda r: r["seed"])
+    if scored:
         lines.append("\nPseudo-label DSC on the unlabeled pool (ensemble, mean over cases): mean; per organ")
-        for row in pseudo:
+        for row in scored:
             for name, cases in row["pseudo"].items():
                 organs = np.array(list(cases.values())).mean(0)
                 lines.append(f"  s{row['seed']} {name:<14} {organs.mean():.4f}; "
                              + ", ".join(f"{n[:8]} {v:.3f}" for n, v in zip(names, organs)))  # fmt: skip
-            half = row["pseudo"]["cps_uif@half"]
-            kept = [np.mean(v) for c, v in half.items() if c in row["uif_kept"]]
-            dropped = [np.mean(v) for c, v in half.items() if c not in row["uif_kept"]]
-            lines.append(f"  s{row['seed']} UIF: pseudo-label DSC of kept cases {np.mean(kept):.4f} ({len(kept)}), "
-                         f"dropped {np.mean(dropped):.4f} ({len(dropped)})")  # fmt: skip
+            if "uif_kept" in row:
+                half = row["pseudo"]["cps_uif@half"]
+                kept = [np.mean(v) for c, v in half.items() if c in row["uif_kept"]]
+                dropped = [np.mean(v) for c, v in half.items() if c not in row["uif_kept"]]
+                lines.append(f"  s{row['seed']} UIF: pseudo-label DSC of kept cases {np.mean(kept):.4f} "
+                             f"({len(kept)}), dropped {np.mean(dropped):.4f} ({len(dropped)})")  # fmt: skip
     return "\n".join(lines), figures
 
 
@@ -689,6 +710,11 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
     parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}")
     parser.add_argument("--report", action="store_true", help="only the report of what has finished")
     parser.add_argument("--phase-a-only", action="store_true", help="stop after phase A")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        help=f"results file (default: {RESULTS.relative_to(REPO_ROOT)}; --quick: WORK/results.jsonl)",
+    )
     args = parser.parse_args(argv)
     settings = Settings(**QUICK) if args.quick else Settings()
     return args, settings
@@ -699,7 +725,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(settings.threads)
     work = (args.work or Path(tempfile.mkdtemp(prefix="ssl_verdict_"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    paths = paths_of(work, settings)
+    paths = paths_of(work, settings, args.results or (None if args.quick else RESULTS))
     settings_key = json.dumps(asdict(settings), sort_keys=True)
     print(f"ssl_verdict: {work}; {settings}; load average {os.getloadavg()}, {os.cpu_count()} CPUs", flush=True)
     started = time.perf_counter()
@@ -712,7 +738,12 @@ def main(argv: list[str] | None = None) -> int:
 
     def todo(jobs):
         done = {(r["phase"], r["seed"], r["arm"]) for r in results}
-        return [j for j in jobs if (j["phase"], j["seed"], j["arm"]) not in done]
+        waiting = [j for j in jobs if (j["phase"], j["seed"], j["arm"]) not in done]
+        needed = {path for j in waiting for path in j["after"]}
+        again = [{**j, "rerun": True} for j in jobs
+                 if (j["phase"], j["seed"], j["arm"]) in done and str(Path(j["run_dir"]) / "last.pt") in needed
+                 and not (Path(j["run_dir"]) / "last.pt").exists()]  # fmt: skip
+        return again + waiting
 
     if not args.report:
         run_jobs(todo(phase_a_jobs(paths, settings, run_root)), settings.parallel, paths, results, settings_key)
@@ -721,7 +752,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ssl_verdict: phase A: S1 {summary['s1']}, S2 {summary['s2']}, headroom "
                   f"{summary['headroom_shifted']:+.4f}, valid {summary['valid']}", flush=True)  # fmt: skip
             jobs = phase_b_jobs(paths, settings, run_root, summary["s1"])
-            jobs += [pseudo_label_job(paths, run_root, seed, summary["s2"]) for seed in settings.seeds]
             run_jobs(todo(jobs), settings.parallel, paths, results, settings_key)
     text, figures = report(results, subsets, voxels, settings)
     print("\n" + text)
