@@ -518,6 +518,23 @@ def run_jobs(jobs: list[dict[str, Any]], parallel: int, paths: Paths, results: l
                       f"{line['train_s']:.0f} s", flush=True)  # fmt: skip
 
 
+def to_run(jobs: list[dict[str, Any]], results: list[dict]) -> list[dict[str, Any]]:
+    """The jobs without a result, in order, each preceded by the finished runs whose ``last.pt`` it
+    starts from and this work folder lacks (marked ``rerun``: remade, their recorded figures kept),
+    so that a start checkpoint is remade just before the first run that needs it."""
+    done = {(r["phase"], r["seed"], r["arm"]) for r in results}
+    missing = [j for j in jobs if (j["phase"], j["seed"], j["arm"]) in done]
+    remade = {str(Path(j["run_dir"]) / "last.pt"): {**j, "rerun": True} for j in missing}
+    remade = {path: j for path, j in remade.items() if not Path(path).exists()}
+    order = []
+    for item in jobs:
+        if (item["phase"], item["seed"], item["arm"]) in done:
+            continue
+        order += [remade.pop(path) for path in item["after"] if path in remade]
+        order.append(item)
+    return order
+
+
 def mean_dsc(line: dict) -> float:
     return float(np.mean([values["dsc"] for values in line["checkpoints"]["last"]["cases"].values()]))
 
@@ -736,23 +753,16 @@ def main(argv: list[str] | None = None) -> int:
     results = read_results(paths.results, settings_key)
     run_root = work / "runs"
 
-    def todo(jobs):
-        done = {(r["phase"], r["seed"], r["arm"]) for r in results}
-        waiting = [j for j in jobs if (j["phase"], j["seed"], j["arm"]) not in done]
-        needed = {path for j in waiting for path in j["after"]}
-        again = [{**j, "rerun": True} for j in jobs
-                 if (j["phase"], j["seed"], j["arm"]) in done and str(Path(j["run_dir"]) / "last.pt") in needed
-                 and not (Path(j["run_dir"]) / "last.pt").exists()]  # fmt: skip
-        return again + waiting
-
     if not args.report:
-        run_jobs(todo(phase_a_jobs(paths, settings, run_root)), settings.parallel, paths, results, settings_key)
+        run_jobs(
+            to_run(phase_a_jobs(paths, settings, run_root), results), settings.parallel, paths, results, settings_key
+        )
         summary = phase_a_summary(results, subsets, settings)
         if summary and not args.phase_a_only:
             print(f"ssl_verdict: phase A: S1 {summary['s1']}, S2 {summary['s2']}, headroom "
                   f"{summary['headroom_shifted']:+.4f}, valid {summary['valid']}", flush=True)  # fmt: skip
             jobs = phase_b_jobs(paths, settings, run_root, summary["s1"])
-            run_jobs(todo(jobs), settings.parallel, paths, results, settings_key)
+            run_jobs(to_run(jobs, results), settings.parallel, paths, results, settings_key)
     text, figures = report(results, subsets, voxels, settings)
     print("\n" + text)
     (work / "report.txt").write_text(text + "\n")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.ssl_verdict import plateau, verdict
+from bench.ssl_verdict import plateau, to_run, verdict
 
 
 def test_s1_is_the_first_validation_within_0_01_of_the_median_of_the_last_three():
@@ -45,3 +45,29 @@ def test_a_rising_curve_plateaus_only_at_its_end_and_an_empty_one_is_refused():
 )
 def test_the_verdict_follows_the_success_criterion(gain, interval, headroom, worst, valid, expected):
     assert expected in verdict(gain, interval, headroom, worst, valid)
+
+
+def _job(seed: int, arm: str, after: tuple[str, ...] = ()) -> dict:
+    return {"phase": "B", "seed": seed, "arm": arm, "run_dir": f"/nowhere/seed{seed}/{arm}", "after": list(after)}
+
+
+def test_a_missing_start_checkpoint_is_remade_just_before_the_first_run_that_needs_it():
+    starts = [_job(seed, "supervised_pair_s1") for seed in (0, 1, 2)]
+    arms = [
+        _job(1, "cacps", ("/nowhere/seed1/supervised_pair_s1/last.pt",)),
+        _job(2, "cacps", ("/nowhere/seed2/supervised_pair_s1/last.pt",)),
+        _job(0, "cps", ("/nowhere/seed0/supervised_pair_s1/last.pt",)),
+    ]
+    done = [{"phase": "B", "seed": seed, "arm": arm} for seed in (0, 1, 2) for arm in ("supervised_pair_s1",)]
+    done.append({"phase": "B", "seed": 0, "arm": "cacps"})
+    order = [(j["seed"], j["arm"], bool(j.get("rerun"))) for j in to_run([*starts, _job(0, "cacps"), *arms], done)]
+    assert order == [
+        (1, "supervised_pair_s1", True), (1, "cacps", False),
+        (2, "supervised_pair_s1", True), (2, "cacps", False),
+        (0, "supervised_pair_s1", True), (0, "cps", False),
+    ]  # fmt: skip
+
+
+def test_a_finished_run_whose_checkpoint_no_one_needs_is_not_run_again():
+    done = [{"phase": "B", "seed": 0, "arm": "supervised_pair_s1"}]
+    assert to_run([_job(0, "supervised_pair_s1"), _job(0, "upper_bound")], done) == [_job(0, "upper_bound")]
