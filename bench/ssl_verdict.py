@@ -124,6 +124,7 @@ import torch
 from bench import ssl_gain
 from bench.ssl_gain import IN_DOMAIN, TRAIN_CONFIG, bootstrap_interval, score_checkpoint, train_arm
 from bench.time_to_accuracy import RECIPES
+from segcore.checkpoint import load_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS = REPO_ROOT / "bench" / "results" / "ssl_verdict.jsonl"
@@ -485,7 +486,7 @@ def run_jobs(jobs: list[dict[str, Any]], parallel: int, paths: Paths, results: l
     pending, running = list(jobs), {}
     with ProcessPoolExecutor(parallel, mp_context=get_context("spawn")) as pool:
         while pending or running:
-            for item in [j for j in pending if all(Path(p).exists() for p in j["after"])]:
+            for item in [j for j in pending if all(finished(p) for p in j["after"])]:
                 if len(running) >= parallel:
                     break
                 pending.remove(item)
@@ -518,6 +519,14 @@ def run_jobs(jobs: list[dict[str, Any]], parallel: int, paths: Paths, results: l
                       f"{line['train_s']:.0f} s", flush=True)  # fmt: skip
 
 
+def finished(checkpoint: str | Path) -> bool:
+    """Whether ``checkpoint`` is the ``last.pt`` of a run that has finished: a run writes its
+    ``last.pt`` all along, and a run started from an unfinished one would start from the wrong step."""
+    if not Path(checkpoint).exists():
+        return False
+    return bool(load_checkpoint(checkpoint).get("training_state", {}).get("finished"))
+
+
 def to_run(jobs: list[dict[str, Any]], results: list[dict]) -> list[dict[str, Any]]:
     """The jobs without a result, in order, each preceded by the finished runs whose ``last.pt`` it
     starts from and this work folder lacks (marked ``rerun``: remade, their recorded figures kept),
@@ -525,7 +534,7 @@ def to_run(jobs: list[dict[str, Any]], results: list[dict]) -> list[dict[str, An
     done = {(r["phase"], r["seed"], r["arm"]) for r in results}
     missing = [j for j in jobs if (j["phase"], j["seed"], j["arm"]) in done]
     remade = {str(Path(j["run_dir"]) / "last.pt"): {**j, "rerun": True} for j in missing}
-    remade = {path: j for path, j in remade.items() if not Path(path).exists()}
+    remade = {path: j for path, j in remade.items() if not finished(path)}
     order = []
     for item in jobs:
         if (item["phase"], item["seed"], item["arm"]) in done:

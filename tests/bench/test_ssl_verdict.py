@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bench.ssl_verdict import plateau, to_run, verdict
+from bench.ssl_verdict import finished, plateau, to_run, verdict
+from segcore.checkpoint import CHECKPOINT_FORMAT_VERSION, save_checkpoint
 
 
 def test_s1_is_the_first_validation_within_0_01_of_the_median_of_the_last_three():
@@ -71,3 +72,27 @@ def test_a_missing_start_checkpoint_is_remade_just_before_the_first_run_that_nee
 def test_a_finished_run_whose_checkpoint_no_one_needs_is_not_run_again():
     done = [{"phase": "B", "seed": 0, "arm": "supervised_pair_s1"}]
     assert to_run([_job(0, "supervised_pair_s1"), _job(0, "upper_bound")], done) == [_job(0, "upper_bound")]
+
+
+def _last(run_dir, finished_run: bool) -> str:
+    run_dir.mkdir(parents=True)
+    payload = {
+        "format_version": CHECKPOINT_FORMAT_VERSION,
+        "networks": [],
+        "training_state": {"finished": finished_run},
+    }
+    save_checkpoint(run_dir / "last.pt", payload)
+    return str(run_dir / "last.pt")
+
+
+def test_only_the_last_checkpoint_of_a_finished_run_counts_as_finished(tmp_path):
+    assert finished(_last(tmp_path / "done", True))
+    assert not finished(_last(tmp_path / "running", False))  # a run writes last.pt all along
+    assert not finished(tmp_path / "never" / "last.pt")
+
+
+def test_a_start_run_stopped_half_way_is_run_again_before_the_runs_it_starts(tmp_path):
+    start = {**_job(0, "supervised_pair_s1"), "run_dir": str(tmp_path / "start")}
+    arm = _job(0, "cacps", (_last(tmp_path / "start", False),))
+    order = to_run([start, arm], [{"phase": "B", "seed": 0, "arm": "supervised_pair_s1"}])
+    assert [(j["arm"], bool(j.get("rerun"))) for j in order] == [("supervised_pair_s1", True), ("cacps", False)]
