@@ -47,6 +47,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="training cases get anatomy and field-of-view variation (organs moved, resized, deformed, some "
         "removed; slabs and narrow fields); validation cases stay realistic",
     )  # fmt: skip
+    parser.add_argument(
+        "--detailed-anatomy", action="store_true",
+        help="training cases get the detailed anatomy (habitus, aorta and IVC on the spine, crura, adrenals "
+        "against their neighbours, iliac vessels, calcified aortas, collapsed loops, mottled faeces); "
+        "validation cases stay realistic",
+    )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
 
@@ -72,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     records = write_dataset(
         args.out, args.labeled, args.unlabeled, args.val, args.size, args.seed,
         workers=args.workers, domain=_forced_domain(args), randomise=args.randomise_domains,
-        vary=args.vary_anatomy, progress=not args.no_progress,
+        vary=args.vary_anatomy, detailed=args.detailed_anatomy, progress=not args.no_progress,
     )  # fmt: skip
     elapsed = time.perf_counter() - started
     splits = Counter(record["split"] for record in records)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from segcore.labels import ORGAN_IDS
+from segcore.phantom.detailed import DetailedBuilder, Plaques
 from segcore.phantom.patient import Patient
 from segcore.phantom.shapes import Bumps, Difference, Ellipsoid, Shape, Tube, Union, rotation, smooth_path
 from segcore.phantom.tissues import ORGAN_BASE, Tissue
@@ -65,6 +66,7 @@ class Organ:
         core_below: field value under which a voxel is core (the field is -1 on the axis or centre).
         gas_above: for hollow organs, core voxels whose height over the centreline is below this
             (anterior, in radii) hold gas instead of ``core_tissue``.
+        plaques: calcium in the organ's wall (tissue only: the voxels keep the organ's label), or None.
     """
 
     name: str
@@ -72,6 +74,7 @@ class Organ:
     core_tissue: int | None = None
     core_below: float = -1.0
     gas_above: float | None = None
+    plaques: Plaques | None = None
 
     @property
     def label(self) -> int:
@@ -84,11 +87,14 @@ class Organ:
 
 @dataclass
 class Vessel:
-    """An unlabelled vessel: image only. ``inside`` names the organ it runs in (None: outside organs)."""
+    """An unlabelled vessel: image only. ``inside`` names the organ it runs in (None: outside organs).
+    ``first``: a structure painted into loose tissue before the organs, which then lie around it
+    (the diaphragmatic crura)."""
 
     shape: Shape
     tissue: int
     inside: str | None = None
+    first: bool = False
 
 
 class _Builder:
@@ -109,6 +115,20 @@ class _Builder:
         self.k = p.scale
         self.aorta_y = p.spine_y - p.spine_ry - 11.0 * p.scale - 3.0
         self.ivc_y = p.spine_y - p.spine_ry - 10.0 * p.scale
+        self.aorta_x, self.ivc_x = 12 * p.scale, -25 * p.scale  # where the renal vessels join them
+
+    def detail(self, organs: dict[str, Organ], rng: np.random.Generator) -> list[Vessel]:
+        """Replace the aorta, IVC and adrenals by :mod:`segcore.phantom.detailed`'s and return the
+        crura and iliac vessels; the renal vessels then join the new aorta and IVC."""
+        kidneys = (organs["right_kidney"].shape, organs["left_kidney"].shape)
+        retro = DetailedBuilder(self.p, rng, self.min_radius, self.step, kidneys).build(self.p.dome_right + 400.0)
+        organs["aorta"] = Organ("aorta", retro.aorta, plaques=retro.plaques)
+        organs["ivc"] = Organ("ivc", retro.ivc)
+        for name, shape in retro.adrenals.items():
+            organs[name] = Organ(name, shape)
+        self.aorta_x, self.ivc_x, self.ivc_y = retro.renal
+        crura = [Vessel(crus, Tissue.MUSCLE, first=True) for crus in retro.crura]
+        return crura + [Vessel(tube, tissue) for tube, tissue in retro.iliac]
 
     def jitter(self, point, sd: float = 4.0) -> np.ndarray:
         return np.asarray(point, dtype=np.float64) + self.spread * self.rng.normal(0.0, sd, 3)
@@ -231,6 +251,7 @@ class _Builder:
     def vessels(self) -> list[Vessel]:
         p, k = self.p, self.k
         pitch, h_right, ay, iy, sy = p.pitch, p.dome_right, self.aorta_y, self.ivc_y, p.spine_y
+        ax, ix = self.aorta_x, self.ivc_x
         confluence = (-5 * k, ay - 24 * k, -0.4 * pitch)
         porta = (-35 * k, 10 * k, 0.5 * pitch)
         hepatic_root = (-22 * k, iy - 8 * k, h_right - 25 * k)
@@ -250,15 +271,15 @@ class _Builder:
               (88 * k, ay - 2 * k, 1.0 * pitch)], [6, 5, 4.5, 4], Tissue.PORTAL_VEIN, None),
             ([confluence, (-10 * k, ay - 32 * k, -2.0 * pitch), (-12 * k, ay - 40 * k, -3.5 * pitch)], [6, 5, 4],
              Tissue.PORTAL_VEIN, None),
-            ([(12 * k, ay - 10 * k, -0.3 * pitch), (10 * k, ay - 20 * k, -0.8 * pitch),
+            ([(ax, ay - 10 * k, -0.3 * pitch), (10 * k, ay - 20 * k, -0.8 * pitch),
               (4 * k, ay - 28 * k, -2.2 * pitch), (0, ay - 35 * k, -3.6 * pitch)], [3.5, 3.5, 3, 2.5],
              Tissue.ARTERY, None),
-            ([(12 * k, ay - 10 * k, 0.5 * pitch), (14 * k, ay - 25 * k, 0.6 * pitch)], [3.5, 3], Tissue.ARTERY, None),
-            ([(kidney_x, sy - 12 * k, -0.8 * pitch), (12 * k, ay - 16 * k, -0.55 * pitch),
-              (-25 * k, iy, -0.55 * pitch)], [5, 4.5, 5], Tissue.RENAL_VEIN, None),
-            ([(-kidney_x, sy - 12 * k, -1.3 * pitch), (-25 * k, iy, -1.1 * pitch)], [4.5, 5], Tissue.RENAL_VEIN, None),
-            ([(12 * k, ay, -0.7 * pitch), (kidney_x, sy - 5 * k, -0.8 * pitch)], [3, 2.5], Tissue.ARTERY, None),
-            ([(12 * k, ay, -0.8 * pitch), (-kidney_x, sy - 5 * k, -1.3 * pitch)], [3, 2.5], Tissue.ARTERY, None),
+            ([(ax, ay - 10 * k, 0.5 * pitch), (14 * k, ay - 25 * k, 0.6 * pitch)], [3.5, 3], Tissue.ARTERY, None),
+            ([(kidney_x, sy - 12 * k, -0.8 * pitch), (ax, ay - 16 * k, -0.55 * pitch),
+              (ix, iy, -0.55 * pitch)], [5, 4.5, 5], Tissue.RENAL_VEIN, None),
+            ([(-kidney_x, sy - 12 * k, -1.3 * pitch), (ix, iy, -1.1 * pitch)], [4.5, 5], Tissue.RENAL_VEIN, None),
+            ([(ax, ay, -0.7 * pitch), (kidney_x, sy - 5 * k, -0.8 * pitch)], [3, 2.5], Tissue.ARTERY, None),
+            ([(ax, ay, -0.8 * pitch), (-kidney_x, sy - 5 * k, -1.3 * pitch)], [3, 2.5], Tissue.ARTERY, None),
         ]  # fmt: skip
         vessels = []
         for control, radii, tissue, inside in specs:
@@ -269,7 +290,11 @@ class _Builder:
 
 
 def build_anatomy(
-    patient: Patient, rng: np.random.Generator, min_radius_mm: float = 0.0, vary: bool = False
+    patient: Patient,
+    rng: np.random.Generator,
+    min_radius_mm: float = 0.0,
+    vary: bool = False,
+    detail: np.random.Generator | None = None,
 ) -> tuple[list[Organ], list[Vessel]]:
     """The organs in :data:`PAINT_ORDER` and the unlabelled vessels of one patient.
 
@@ -280,11 +305,15 @@ def build_anatomy(
             still sample thin organs (adrenals, esophagus); 0 for the true anatomy.
         vary: scatter positions and sizes :data:`VARIED_SPREAD` times wider and deform surfaces
             :data:`VARIED_BUMPS` times more (the same random draws, so the same patient).
+        detail: the case's detail stream: draw the aorta, IVC, adrenals, crura and iliac vessels
+            from their anatomical relations (:mod:`segcore.phantom.detailed`); None: the average
+            anatomy's.
     """
     spread, bumps = (VARIED_SPREAD, VARIED_BUMPS) if vary else (1.0, 1.0)
     builder = _Builder(patient, rng, min_radius_mm, spread, bumps)
     organs = builder.organs()
-    vessels = builder.vessels()
+    extra = builder.detail(organs, detail) if detail is not None else []
+    vessels = builder.vessels() + extra
     return [organs[name] for name in PAINT_ORDER], vessels
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from segcore.phantom.detailed import bowel_detail
 from segcore.phantom.patient import Patient
 from segcore.phantom.shapes import Ellipsoid, Grid, Tube, rotation, smooth_path
 from segcore.phantom.tissues import Tissue
@@ -94,7 +95,12 @@ def _arms(grid: Grid, tissue: np.ndarray, arms: Arms) -> None:
 
 
 def build_background(
-    grid: Grid, patient: Patient, rng: np.random.Generator, threads: int = 1, arms: Arms | None = None
+    grid: Grid,
+    patient: Patient,
+    rng: np.random.Generator,
+    threads: int = 1,
+    arms: Arms | None = None,
+    detail: np.random.Generator | None = None,
 ) -> np.ndarray:
     """The tissue map of everything but the labelled organs.
 
@@ -104,6 +110,8 @@ def build_background(
         rng: the case's bowel stream (bowel loops differ between patients).
         threads: worker threads for the slice-block pass.
         arms: arms at the sides (:func:`sample_arms`), or None.
+        detail: the case's bowel-detail stream (:func:`~segcore.phantom.detailed.bowel_detail`:
+            collapsed loops, varied fluid, mottled faeces), or None for smooth fluid-filled loops.
 
     Returns:
         uint8 ``(z, y, x)`` tissue codes (:class:`~segcore.phantom.tissues.Tissue`).
@@ -112,8 +120,14 @@ def build_background(
     _paint(grid, tissue, _heart(patient), Tissue.HEART, allowed=(Tissue.LUNG,))
     for psoas in _psoas(patient):
         _paint(grid, tissue, psoas, Tissue.PSOAS, allowed=(Tissue.VISCERAL_FAT,))
-    for loop, gas_level in _bowel(patient, rng):
-        _paint_hollow(grid, tissue, loop, gas_level)
+    loops = _bowel(patient, rng)
+    if detail is None:
+        for loop, gas_level in loops:
+            _paint_hollow(grid, tissue, loop, gas_level)
+    else:
+        for (loop, _), how in zip(loops, bowel_detail(detail, len(loops))):
+            tube = Tube(loop.points, loop.radii * how.radius_factor)
+            _paint_hollow(grid, tissue, tube, how.gas_level, -1.01 if how.collapsed else -0.25, how.mottle)
     _spine(grid, tissue, patient)
     _pelvis(grid, tissue, patient)
     if arms is not None:
@@ -214,16 +228,23 @@ def _paint(grid: Grid, tissue: np.ndarray, shape, code: int, allowed: tuple[int,
     view[inside] = code
 
 
-def _paint_hollow(grid: Grid, tissue: np.ndarray, tube: Tube, gas_level: float) -> None:
-    """A bowel loop: wall, fluid content, gas in its anterior part; only into visceral fat."""
+def _paint_hollow(
+    grid: Grid, tissue: np.ndarray, tube: Tube, gas_level: float, lumen_below: float = -0.25, mottle=None
+) -> None:
+    """A bowel loop: wall, fluid content, gas in its anterior part; only into visceral fat.
+    ``lumen_below``: the field under which the lumen starts (below -1: no lumen, a collapsed loop);
+    ``mottle``: a :class:`~segcore.phantom.detailed.Plaques` pattern of gas bubbles in the content."""
     box = grid.box(*tube.bounds())
     if box is None:
         return
     field, height = tube.evaluate_with_height(box, want_height=True)
     view = tissue[box.slices]
     inside = (field <= 0) & (view == Tissue.VISCERAL_FAT)
-    lumen = field < -0.25
-    code = np.where(lumen, np.where(height < gas_level, np.uint8(Tissue.GAS), np.uint8(Tissue.BOWEL_CONTENT)),
+    lumen = field < lumen_below
+    gas = height < gas_level
+    if mottle is not None:
+        gas |= mottle.mask(box)
+    code = np.where(lumen, np.where(gas, np.uint8(Tissue.GAS), np.uint8(Tissue.BOWEL_CONTENT)),
                     np.uint8(Tissue.BOWEL_WALL))  # fmt: skip
     view[inside] = code[inside]
 

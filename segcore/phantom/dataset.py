@@ -78,12 +78,12 @@ def _is_full_field(seed: int, split: str, index: int) -> bool:
 
 
 def _make_case(task: tuple) -> dict:
-    out, split, index, seed, size, domain, threads, mask_dir, randomise, vary = task
+    out, split, index, seed, size, domain, threads, mask_dir, randomise, vary, detailed = task
     started = time.perf_counter()
     full_field = _is_full_field(seed, split, index)
     phantom = generate_case(
         case_seed(seed, split, index), size, domain, full_field=full_field, threads=threads, randomise=randomise,
-        vary=vary,
+        vary=vary, detailed=detailed,
     )  # fmt: skip
     generated = time.perf_counter()
     spec, name = SPLITS[split], case_id(split, index)
@@ -116,6 +116,7 @@ def write_dataset(
     unlabeled_masks: bool = False,
     randomise: bool = False,
     vary: bool = False,
+    detailed: bool = False,
     progress: bool = True,
 ) -> list[dict]:
     """Generate phantoms and write them in the FLARE22 layout.
@@ -136,6 +137,8 @@ def write_dataset(
         vary: training cases get anatomy and field-of-view variation (``generate_case(vary=True)``:
             organs moved, resized, deformed and sometimes removed; slabs and narrow fields);
             validation cases stay realistic.
+        detailed: training cases get the detailed anatomy (``generate_case(detailed=True)``:
+            habitus, great vessels, crura, adrenals, bowel); validation cases stay realistic.
         progress: show a progress bar.
 
     Returns:
@@ -153,7 +156,7 @@ def write_dataset(
         mask_dirs["unlabeled"] = UNLABELED_MASK_DIR
     tasks = [
         (str(out), split, index, seed, size, (val_domain or domain) if split == "val" else domain, threads,
-         mask_dirs[split], randomise and split != "val", vary and split != "val")
+         mask_dirs[split], randomise and split != "val", vary and split != "val", detailed and split != "val")
         for split, count in (("labeled", labeled), ("unlabeled", unlabeled), ("val", val))
         for index in range(count)
     ]  # fmt: skip

@@ -12,7 +12,7 @@ from segcore.labels import ORGAN_IDS, ORGANS
 from segcore.phantom.anatomy import PASSAGES, Organ, Vessel, build_anatomy, organ_z_range
 from segcore.phantom.body import build_background, sample_arms
 from segcore.phantom.imaging import render
-from segcore.phantom.patient import sample_patient
+from segcore.phantom.patient import detailed_habitus, sample_patient, spine_setback
 from segcore.phantom.scanner import Scan, plan_scan
 from segcore.phantom.shapes import Grid
 from segcore.phantom.tissues import PhantomDomain, Tissue, hu_lookup, sample_domain, sample_randomised_domain
@@ -21,7 +21,20 @@ SeedLike = int | np.random.SeedSequence | np.random.Generator
 """What :func:`generate_case` accepts as its randomness."""
 
 # The case's independent random streams: changing one (say, forcing the domain) leaves the others alone.
-_STREAMS = ("patient", "anatomy", "scan", "bowel", "domain", "hu", "noise", "variation", "arms")
+_STREAMS = (
+    "patient",
+    "anatomy",
+    "scan",
+    "bowel",
+    "domain",
+    "hu",
+    "noise",
+    "variation",
+    "arms",
+    "habitus",
+    "detail",
+    "bowel_detail",
+)
 """Appended only: a stream's seed is its index, so adding one leaves every existing case alone."""
 
 REMOVABLE_ORGANS: dict[str, float] = {"gallbladder": 0.2, "right_kidney": 0.04, "left_kidney": 0.04, "spleen": 0.03}
@@ -97,6 +110,7 @@ def generate_case(
     threads: int | None = None,
     randomise: bool = False,
     vary: bool = False,
+    detailed: bool = False,
 ) -> Phantom:
     """Generate one synthetic abdominal CT with its 13-organ label map.
 
@@ -120,6 +134,12 @@ def generate_case(
             some organs removed (:data:`REMOVABLE_ORGANS`), and partial fields of view
             (:func:`~segcore.phantom.scanner.plan_scan`: thin slabs anywhere over the organs,
             in-plane fields narrower than the body). Ignored with ``geometry``.
+        detailed: anatomy drawn from anatomical relations rather than fixed places: the spine's
+            depth, the back's muscle and fat and the lordosis on their own
+            (:func:`~segcore.phantom.patient.detailed_habitus`); aorta and IVC on the spine,
+            crura, adrenals against their neighbours, iliac vessels, aortic calcification
+            (:mod:`segcore.phantom.detailed`); collapsed bowel loops and mottled faeces. Off, a
+            case is voxel for voxel what it was before this option existed.
 
     Returns:
         The :class:`Phantom`.
@@ -132,7 +152,13 @@ def generate_case(
         return np.random.default_rng(streams[name])
 
     patient = sample_patient(rng("patient"))
-    organs, _ = build_anatomy(patient, rng("anatomy"), vary=vary)
+    if detailed:
+        patient = detailed_habitus(patient, rng("habitus"))
+
+    def detail(name: str) -> np.random.Generator | None:
+        return rng(name) if detailed else None
+
+    organs, _ = build_anatomy(patient, rng("anatomy"), vary=vary, detail=detail("detail"))
     variation = rng("variation") if vary else None
     arms = sample_arms(rng("arms"), patient) if vary else None
     scan = plan_scan(
@@ -140,7 +166,7 @@ def generate_case(
         half_width=None if arms is None else arms.half_width,
     )  # fmt: skip
     # Same anatomy stream again, now with the grid's thickness floor for thin organs.
-    organs, vessels = build_anatomy(patient, rng("anatomy"), scan.min_feature_mm, vary=vary)
+    organs, vessels = build_anatomy(patient, rng("anatomy"), scan.min_feature_mm, vary=vary, detail=detail("detail"))
     if variation is not None:
         removed = {name for name, chance in REMOVABLE_ORGANS.items() if variation.random() < chance}
         organs = [organ for organ in organs if organ.name not in removed]
@@ -148,7 +174,9 @@ def generate_case(
     domain = drawn_domain if domain is None else domain
 
     grid = scan.grid
-    tissue = build_background(grid, patient, rng("bowel"), threads, arms)
+    tissue = build_background(grid, patient, rng("bowel"), threads, arms, detail("bowel_detail"))
+    _paint_first(grid, [vessel for vessel in vessels if vessel.first], tissue)
+    vessels = [vessel for vessel in vessels if not vessel.first]
     label = np.zeros(grid.shape, dtype=np.uint8)
     shapes: dict[int, OrganMask] | None = {} if keep_shapes else None
     voxel_counts = _paint_organs(grid, organs, tissue, label, shapes)
@@ -165,6 +193,12 @@ def generate_case(
         meta["organs_removed"] = sorted(set(ORGAN_IDS) - {organ.name for organ in organs})
         meta["field_of_view"] = {"slab_mm": scan.slab_mm, "narrow": scan.narrow}
         meta["arms"] = None if arms is None else {key: round(value, 2) for key, value in asdict(arms).items()}
+    if detailed:
+        aorta = next((organ for organ in organs if organ.name == "aorta"), None)
+        meta["detailed"] = {
+            "spine_setback_mm": round(spine_setback(patient), 2),
+            "aorta_calcified": aorta is not None and aorta.plaques is not None,
+        }
     return Phantom(stored_image, stored_label, scan.geometry, meta, shapes)
 
 
@@ -192,11 +226,23 @@ def _paint_organs(
             codes[field_values < organ.core_below] = organ.core_tissue
         if height is not None:
             codes[(field_values < organ.core_below) & (height < organ.gas_above)] = Tissue.GAS
+        if organ.plaques is not None:
+            codes[(field_values > organ.plaques.wall_above) & organ.plaques.mask(box)] = organ.plaques.tissue
         tissue_view[claimed] = codes[claimed]
         counts[organ.name] = {"shape": int(inside.sum()), "painted": int(claimed.sum())}
         if shapes is not None:
             shapes[organ.label] = OrganMask(box.slices, inside)
     return counts
+
+
+def _paint_first(grid: Grid, structures: list[Vessel], tissue: np.ndarray) -> None:
+    """Structures the organs lie around (the crura), into loose tissue before any organ."""
+    for structure in structures:
+        box = grid.box(*structure.shape.bounds())
+        if box is None:
+            continue
+        view = tissue[box.slices]
+        view[(structure.shape.evaluate(box) <= 0) & _SOFT[view]] = structure.tissue
 
 
 def _paint_vessels(grid: Grid, vessels: list[Vessel], tissue: np.ndarray, label: np.ndarray) -> None:

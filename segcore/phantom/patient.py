@@ -9,7 +9,7 @@ not depend on the grid or on how the scan is stored.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -32,6 +32,8 @@ class Patient:
         spine_y: y of the L1 vertebral body centre; spine_rx, spine_ry: its half width and depth.
         dome_right, dome_left: z of the top of each diaphragm dome.
         dome_depth: how far the diaphragm falls from a dome top to the cavity wall.
+        lordosis_mm: how far lumbar lordosis brings L3-L4 forward (per unit of ``scale``).
+        fat_posterior: subcutaneous fat on the back, as a share of ``fat_mm``.
     """
 
     scale: float
@@ -52,6 +54,8 @@ class Patient:
     dome_right: float
     dome_left: float
     dome_depth: float
+    lordosis_mm: float = 12.0
+    fat_posterior: float = 0.55
 
     def cavity_radius(self, theta: np.ndarray) -> np.ndarray:
         """Radius (mm) of the cavity outline at L1 at polar angle ``theta`` (from +x towards +y)."""
@@ -71,7 +75,7 @@ class Patient:
         """Subcutaneous fat thickness (mm) at angle ``theta``: thickest at the belly, thinnest on the back."""
         from_front = _angle_from(theta, -np.pi / 2)
         belly = np.exp(-0.5 * (from_front / 0.9) ** 2)
-        return self.fat_mm * (0.55 + self.fat_anterior * belly)
+        return self.fat_mm * (self.fat_posterior + self.fat_anterior * belly)
 
     def outer_radius(self, theta: np.ndarray) -> np.ndarray:
         """Skin surface radius (mm) at L1."""
@@ -88,10 +92,10 @@ class Patient:
     def spine_y_at(self, z: np.ndarray) -> np.ndarray:
         """y (mm) of the vertebral body centre at height ``z``: lumbar lordosis brings L3-L4 forward."""
         z = np.asarray(z, dtype=np.float64)
-        lordosis = 12.0 * self.scale * np.exp(-0.5 * ((z + 2.5 * self.pitch) / (2.5 * self.pitch)) ** 2)
+        lordosis = self.lordosis_mm * self.scale * np.exp(-0.5 * ((z + 2.5 * self.pitch) / (2.5 * self.pitch)) ** 2)
         # Below L5 the sacrum sweeps backwards.
         sacrum = np.clip(-(z + 5.0 * self.pitch), 0.0, None) * 0.6
-        return self.spine_y - lordosis + 12.0 * self.scale * np.exp(-0.5) + sacrum
+        return self.spine_y - lordosis + self.lordosis_mm * self.scale * np.exp(-0.5) + sacrum
 
     def diaphragm(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Height (mm) of the diaphragm above point ``(x, y)``: two domes, falling towards the wall.
@@ -159,3 +163,32 @@ def sample_patient(rng: np.random.Generator) -> Patient:
         dome_left=dome_right - rng.uniform(5.0, 25.0),
         dome_depth=rng.uniform(80.0, 100.0) * scale,
     )
+
+
+SPINE_SETBACK_MM = (0.0, 22.0)
+"""With ``detailed``: how far (mm, per unit of ``scale``) the back of the L1 vertebral body lies in
+front of the cavity's back wall (the average anatomy: 6). The lumbar bodies stand into the
+abdominal cavity between the psoas muscles by an amount that varies with build and lordosis
+(Gray's Anatomy, posterior abdominal wall)."""
+
+
+def detailed_habitus(patient: Patient, rng: np.random.Generator) -> Patient:
+    """The patient's back drawn on its own: the spine's depth in the cavity, the paraspinal muscle
+    mass, lumbar lordosis and the fat on the back vary independently of the trunk's outline, so no
+    organ or vessel keeps a fixed fraction of the body's depth. Body habitus (sarcopenia, obesity)
+    changes muscle and fat by tens of millimetres at the same skeleton (Gray's Anatomy; CT body
+    composition studies of the L3 level)."""
+    k = patient.scale
+    setback = k * rng.uniform(*SPINE_SETBACK_MM)
+    return replace(
+        patient,
+        spine_y=patient.cavity_b - patient.spine_ry - setback,
+        paraspinal_mm=k * rng.uniform(22.0, 62.0),
+        lordosis_mm=rng.uniform(3.0, 24.0),
+        fat_posterior=rng.uniform(0.25, 0.9),
+    )
+
+
+def spine_setback(patient: Patient) -> float:
+    """How far (mm) the back of the L1 vertebral body lies in front of the cavity's back wall."""
+    return patient.cavity_b - (patient.spine_y + patient.spine_ry)
