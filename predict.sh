@@ -1,11 +1,11 @@
 #!/bin/sh
-# Segment every CT in a folder with the two-stage model (see segcore/predict.py):
+# Segment every CT in a folder with the two-stage model (see predict/batch.py):
 #   sh predict.sh -i INPUT_DIR -o OUTPUT_DIR [--weights DIR] [--device auto|cpu|cuda]
 #                 [--precision auto|fp32|fp16|bf16] [--nproc N] [--stats] [--overwrite] [--strict]
 #                 [--output-type nifti|dicom-seg|both] [--preview]
 #   sh predict.sh [--weights DIR]     # no -i/-o: segment the embedded sample CT and score it
 # --nproc N (N > 1), or torchrun's multi-node options (--nnodes, --node-rank, --rdzv-endpoint, ...),
-# start the processes with torchrun (segcore/launch.sh); each takes every N-th case.
+# start the processes with torchrun (segcore/runtime/launch.sh); each takes every N-th case.
 # Relative paths are taken from the current directory.
 set -eu
 ROOT=$(cd "$(dirname "$0")" && pwd)
@@ -39,10 +39,10 @@ if [ "$NPROC" -gt 1 ] || [ "$TORCHRUN" = 1 ]; then
     cores=$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)
     share=$((cores / NPROC))
     export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$((share > 0 ? share : 1))}
-    MODULE=segcore.predict
+    MODULE=predict.batch
     set -- "$@" --status-file "$STATUS_FILE"
     code=0
-    ( . "$ROOT/segcore/launch.sh" ) || code=$?
+    ( . "$ROOT/segcore/runtime/launch.sh" ) || code=$?
     if [ "$code" -ne 0 ]; then
         exit "$code"
     fi
@@ -60,4 +60,4 @@ while [ "$remaining" -gt 0 ]; do
         *) set -- "$@" "$arg" ;;
     esac
 done
-PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" exec "$PYTHON" -m segcore.predict "$@"
+PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" exec "$PYTHON" -m predict.batch "$@"

@@ -8,11 +8,11 @@ from pathlib import Path
 import torch
 
 from bench.phantom_generation import clinical_grid
-from segcore.checkpoint import make_payload, network_entry, save_checkpoint
-from segcore.io import write_volume
 from segcore.labels import HU_WINDOW
 from segcore.networks import build_network
+from segcore.networks.checkpoint import make_payload, network_entry, save_checkpoint
 from segcore.phantom import generate_case
+from segcore.volumes import write_volume
 
 PRODUCTION = {"coarse": ("residual_unet3d", [160, 160, 160]), "fine": ("efficient_context_net", [192, 192, 192])}
 

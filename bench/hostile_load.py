@@ -70,10 +70,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from inference_server.local import LocalServer
-from tests.conftest import REAL_DATA
-from tests.inference_server.test_hostile import upload_head
-from tests.segcore.test_io import CT_AFFINE, nifti_with_header, small_ct
-from tests.tiny_checkpoints import write_tiny_weights
+from segcore.testing import CT_AFFINE, REAL_DATA, nifti_with_header, small_ct, upload_head, write_tiny_weights
 
 NIFTI_SOURCE = REAL_DATA / "abdomen_ct_3mm.nii.gz"
 DICOM_SOURCE = REAL_DATA / "abdomen_ct_dicom"
@@ -564,16 +561,8 @@ class Server:
 @contextmanager
 def serving(weights: Path, temp: Path) -> Iterator[Server]:
     """The service with :data:`SETTINGS`, its temporary files in ``temp`` (and nowhere else)."""
-    server = LocalServer(weights, ready_timeout=120, **SETTINGS)
-    saved = os.environ.get("TMPDIR")
-    os.environ["TMPDIR"] = str(temp)
-    try:
-        url = server.__enter__()
-    finally:
-        if saved is None:
-            del os.environ["TMPDIR"]
-        else:
-            os.environ["TMPDIR"] = saved
+    server = LocalServer(weights, ready_timeout=120, environment={"TMPDIR": str(temp)}, **SETTINGS)
+    url = server.__enter__()
     try:
         yield Server(url, server_pid(server.process.pid), temp)
     finally:

@@ -31,7 +31,7 @@ Per model, three measurements:
 * **whole process** (``--whole`` runs each, default 3): ``default`` and ``production`` run
   ``sh predict.sh`` on a folder holding the CT (Python start, imports, weights, one case, exit);
   ``realistic`` cannot (its outputs are swapped in-process), so a fresh subprocess runs
-  ``segcore.predict``'s own per-case function (the same allocator setting, imports, load, read,
+  ``predict.batch``'s own per-case function (the same allocator setting, imports, load, read,
   predict, organ statistics, write, record, results table, exit), and the replacement outputs'
   build time is subtracted. Peak RSS of the
   process tree (``RUSAGE_CHILDREN``).
@@ -78,8 +78,8 @@ def oracle_outputs(predictor, truth: Path, keep: bool = True) -> dict[str, float
     import torch
     import torch.nn.functional as F
 
-    from segcore.geometry import to_canonical
-    from segcore.io import read_volume
+    from segcore.volumes import read_volume
+    from segcore.volumes.geometry import to_canonical
 
     labels, geometry = read_volume(truth, check_ct=False)
     canonical = torch.from_numpy(np.ascontiguousarray(to_canonical(labels, geometry)[0]))
@@ -182,11 +182,11 @@ def measure(
     import torch
 
     from bench.prepare import peak_rss_mb
-    from segcore.allocator import keep_freed_memory
-    from segcore.io import read_volume, write_volume
-    from segcore.predictor import Predictor
+    from segcore.inference.predictor import Predictor
+    from segcore.runtime.allocator import keep_freed_memory
+    from segcore.volumes import read_volume, write_volume
 
-    keep_freed_memory()  # as segcore.predict does
+    keep_freed_memory()  # as predict.batch does
     predictor = Predictor.from_weights(weights, device, precision)
     oracle = oracle_outputs(predictor, truth) if truth is not None else {"build_s": 0.0}
     runs = []
@@ -213,26 +213,26 @@ def measure(
 
 
 def once(ct: Path, weights: Path, device: str, precision: str, out: Path, truth: Path) -> dict:
-    """One case as ``segcore.predict`` runs it in a fresh process (imports are timed by the caller)."""
+    """One case as ``predict.batch`` runs it in a fresh process (imports are timed by the caller)."""
     import gc
 
-    from segcore.allocator import keep_freed_memory
+    from segcore.runtime.allocator import keep_freed_memory
 
     keep_freed_memory()
-    from segcore.case_records import rebuild_table
-    from segcore.predict import Case, output_name, predict_case
-    from segcore.predictor import Predictor
+    from predict.batch import Case, output_name, predict_case
+    from segcore.inference.predictor import Predictor
+    from segcore.outputs.records import rebuild_table
 
     predictor = Predictor.from_weights(weights, device, precision)
     oracle = oracle_outputs(predictor, truth, keep=False)
     folder = out.parent / f"{out.name}.once"
     folder.mkdir(exist_ok=True)
-    # segcore.predict's own per-case path: read, predict, organ statistics, mask, record; then the table
+    # predict.batch's own per-case path: read, predict, organ statistics, mask, record; then the table
     result = predict_case(predictor, Case(ct.name, ct, output_name(ct)), folder)
     if result.status != "written":
         raise RuntimeError(result.reason)
     rebuild_table(folder)
-    gc.freeze()  # as segcore.predict does before exit
+    gc.freeze()  # as predict.batch does before exit
     return {"oracle_build_s": oracle["build_s"]}
 
 

@@ -91,9 +91,9 @@ def augmentation_seconds(store_path: Path, stage: str, device: torch.device, rep
     """Median seconds of the trainer's batch preparation (both views, Fourier mixing) for 2 samples."""
     import numpy as np
 
-    from segcore.intensity import normalize_hu
     from segcore.store import CaseStore
     from segcore.training.augment import AugmentConfig, augment_views, random_fourier_mix
+    from segcore.volumes.intensity import normalize_hu
 
     image_key, label_key, _, size = STAGES[stage]
     store = CaseStore(store_path)

@@ -8,7 +8,7 @@ Run from the repository root::
 For each size a fresh subprocess loads the predictor (as the service does at start-up), resets
 its peak-memory mark (``/proc/self/clear_refs``), then does what ``POST /segment?output=bundle``
 does for a NIfTI upload: read the file, segment it, make the mask, the preview and the record
-(:func:`segcore.case_outputs.build_case`). The request's cost is the process's peak resident
+(:func:`segcore.outputs.case.build_case`). The request's cost is the process's peak resident
 memory during that work minus its resident memory before it. The CTs are full-size phantoms
 (512 x 512 x ``--slices``, :mod:`bench.fixtures`), each also with its x and z axes swapped in
 the file (``sitk.PermuteAxes``: the same scan on a grid that is not the canonical one, so
@@ -39,9 +39,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 REQUEST = r"""
 import json, sys, tempfile, time
 from pathlib import Path
-from segcore.case_outputs import build_case
-from segcore.io import read_volume
-from segcore.predictor import Predictor
+from segcore.outputs.case import build_case
+from segcore.volumes import read_volume
+from segcore.inference.predictor import Predictor
 
 def status(field):
     line = next(l for l in open("/proc/self/status") if l.startswith(field + ":"))

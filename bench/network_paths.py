@@ -14,7 +14,7 @@ channels-last-3d; ONNX Runtime fp32 on the CPU execution provider (the net expor
 voxels whose argmax agrees (random weights make many near-ties, so this is a lower bound on what
 a trained model shows). The logits are what the predictor takes: a full-resolution net's
 output (the default), or with ``--output-stride 2`` a half-resolution net's before its final ×2
-upsampling (which the predictor does itself, :func:`segcore.resample.upsampled_softmax`).
+upsampling (which the predictor does itself, :func:`segcore.volumes.resample.upsampled_softmax`).
 
 ONNX Runtime is not a dependency of the project; to measure it::
 

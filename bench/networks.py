@@ -20,14 +20,13 @@ import argparse
 import json
 import resource
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from bench.timing import in_subprocess
 from segcore.labels import NUM_CLASSES
 from segcore.networks import build_network
 
@@ -107,14 +106,6 @@ def count(arch: str) -> dict[str, Any]:
     }
 
 
-def _in_subprocess(task: dict[str, Any]) -> dict[str, Any]:
-    command = [sys.executable, "-m", "bench.networks", "--worker", json.dumps(task)]
-    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"benchmark subprocess {task} failed:\n{done.stderr.strip()}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="1 timed repeat instead of 3")
@@ -137,13 +128,13 @@ def main(argv: list[str] | None = None) -> None:
     print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads, median of {repeats}")
     rows = []
     for arch in args.arch:
-        info = _in_subprocess({"arch": arch, "mode": "count"})
+        info = in_subprocess("bench.networks", {"arch": arch, "mode": "count"})
         size = PRODUCTION[arch]["input_size"]
         print(f"{arch}: {info['params'] / 1e6:.2f} M params, {info['gflops']:.1f} GFLOP per {size}³ forward, "
               f"input multiple {info['input_multiple']}, init_args {info['init_args']}")  # fmt: skip
         for mode in args.modes:
             task = {"arch": arch, "mode": mode, "device_name": args.device, "repeats": repeats}
-            result = _in_subprocess(task)
+            result = in_subprocess("bench.networks", task)
             rows.append((arch, size, mode.replace("amp", amp_name), result))
             print(f"  {mode:<10} {result['seconds']:7.2f} s  peak {result['peak_gb']:.2f} GB", flush=True)
 

@@ -20,7 +20,7 @@ FLARE22 convention; a case's score is its mean over the 13 organs):
 - ``full_res``: the best smooth full-resolution answer restored as the predictor restores one:
   each organ's one-hot on the case's grid resized trilinearly to the input size (soft
   probabilities at the input size), resized trilinearly back and argmaxed
-  (:func:`segcore.postprocess.resize_argmax`).
+  (:func:`segcore.inference.postprocess.resize_argmax`).
 
 Coarse sizes are whole scans (canonical orientation, each axis resized to the size); fine sizes
 are the organs' box plus 20 mm (as ``data_prepare`` crops with labels) resized to the size.
@@ -44,13 +44,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from segcore.boxes import DEFAULT_MARGIN_MM, expand_box, foreground_box
-from segcore.geometry import to_canonical
-from segcore.io import read_labels
+from segcore.evaluate.metrics import dice
+from segcore.inference.boxes import DEFAULT_MARGIN_MM, expand_box, foreground_box
+from segcore.inference.postprocess import resize_argmax
 from segcore.labels import NUM_CLASSES, ORGANS
-from segcore.metrics import dice
-from segcore.postprocess import resize_argmax
-from segcore.resample import resize_image, resize_labels
+from segcore.volumes import read_label_map
+from segcore.volumes.geometry import to_canonical
+from segcore.volumes.resample import resize_image, resize_labels
 
 SETS = {
     "ssl": {"size": "small", "seed": 0, "coarse": (32, 48, 64), "fine": ()},
@@ -87,8 +87,8 @@ def organ_scores(gt: np.ndarray, prediction: np.ndarray) -> list[float]:
 
 def score_set(name: str, cases: int) -> dict[str, dict[str, list[list[float]]]]:
     """``{"coarse 48": {"stored": [[13 DSC] per case], ...}, ...}`` of one set."""
-    from segcore.io import read_volume
     from segcore.phantom import write_dataset
+    from segcore.volumes import read_volume
 
     spec = SETS[name]
     scores: dict[str, dict[str, list[list[float]]]] = {}
@@ -96,7 +96,7 @@ def score_set(name: str, cases: int) -> dict[str, dict[str, list[list[float]]]]:
         root = Path(folder)
         write_dataset(root, 0, 0, cases, spec["size"], spec["seed"], workers=2, progress=False)
         for image_path in sorted((root / "val_images").glob("*_0000.nii.gz")):
-            gt, geometry = read_labels(root / "val_mask" / image_path.name.replace("_0000", ""))
+            gt, geometry = read_label_map(root / "val_mask" / image_path.name.replace("_0000", ""))
             _, image_geometry = read_volume(image_path)
             canonical, reorientation = to_canonical(gt, image_geometry)
             canonical = np.ascontiguousarray(canonical)

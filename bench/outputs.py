@@ -6,8 +6,8 @@ Run from the repository root::
 
 The 512 x 512 x 300 phantom CT of :mod:`bench.fixtures` is written once as a DICOM series (300
 uncompressed CT slices with study, series and SOP UIDs, kept in ``--work``), read back with
-:func:`segcore.io.read_volume` and segmented with the default model; then, on that mask,
-:func:`segcore.dicom_seg.write_dicom_seg` and :func:`segcore.preview.render_preview` are timed
+:func:`segcore.volumes.read_volume` and segmented with the default model; then, on that mask,
+:func:`segcore.outputs.dicom_seg.write_dicom_seg` and :func:`segcore.outputs.preview.render_preview` are timed
 (medians of ``--repeats`` after one warm-up; the preview with the organ volumes given, as
 ``predict.sh`` does, and counting them itself). Nothing is asserted: this is not a test.
 """
@@ -72,11 +72,11 @@ def main() -> None:
     args = parser.parse_args()
 
     from bench.fixtures import full_size_ct
-    from segcore.dicom_seg import write_dicom_seg
-    from segcore.io import read_volume
-    from segcore.postprocess import organ_statistics
-    from segcore.predictor import Predictor
-    from segcore.preview import render_preview
+    from segcore.inference.postprocess import organ_statistics
+    from segcore.inference.predictor import Predictor
+    from segcore.outputs.dicom_seg import write_dicom_seg
+    from segcore.outputs.preview import render_preview
+    from segcore.volumes import read_volume
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-outputs-"))
     work.mkdir(parents=True, exist_ok=True)

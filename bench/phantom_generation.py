@@ -7,7 +7,7 @@ Run from the repository root::
 
 One full-size case is generated on an imposed clinical grid (512 x 512 in-plane, 0.8 mm,
 1.25 mm slices, stored as NIfTI from DICOM usually is: x and y flipped), ``--repeats`` times
-(the median is reported), then written as ``.nii.gz`` with :func:`segcore.io.write_volume`
+(the median is reported), then written as ``.nii.gz`` with :func:`segcore.volumes.write_volume`
 (image and mask). Small cases (the test size) are timed too. Peak resident memory is this
 process's ``ru_maxrss``. Figures are printed, never judged: this is not a test.
 """
@@ -21,10 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from segcore.geometry import Geometry
-from segcore.io import write_volume
 from segcore.phantom import generate_case
 from segcore.phantom.generate import default_threads
+from segcore.volumes import write_volume
+from segcore.volumes.geometry import Geometry
 
 
 def clinical_grid(slices: int) -> Geometry:

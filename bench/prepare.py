@@ -73,8 +73,8 @@ def _watch_children(stop: threading.Event, peaks: dict[int, float]) -> None:
 def write_phantoms(root: Path, slices: list[int], seed: int) -> list[dict[str, Any]]:
     """Labeled full-size phantoms on clinical grids, in the FLARE22 layout under ``root``."""
     from bench.phantom_generation import clinical_grid
-    from segcore.io import write_volume
     from segcore.phantom import SPLITS, case_id, case_seed, generate_case
+    from segcore.volumes import write_volume
 
     split = SPLITS["labeled"]
     (root / split.image_dir).mkdir(parents=True, exist_ok=True)
@@ -93,9 +93,9 @@ def write_phantoms(root: Path, slices: list[int], seed: int) -> list[dict[str, A
 def _instrument(timings: dict[str, float]) -> None:
     """Record the wall time of the library calls ``prepare_case`` makes, by call path, into ``timings``."""
     import data_prepare.prepare as prepare
-    import segcore.io
-    import segcore.resample
-    from segcore.geometry import Reorientation
+    import segcore.volumes
+    import segcore.volumes.resample
+    from segcore.volumes.geometry import Reorientation
 
     stack: list[str] = []
 
@@ -122,12 +122,12 @@ def _instrument(timings: dict[str, float]) -> None:
         setattr(owner, name, timed)
 
     wrap(prepare, "read_volume", "read_volume")
-    wrap(segcore.io, "check_ct_values", "check_ct_values")
-    wrap(prepare, "read_label", "read_label")
+    wrap(segcore.volumes, "check_ct_values", "check_ct_values")
+    wrap(prepare, "read_labels_on_grid", "read_labels_on_grid")
     wrap(Reorientation, "apply", "reorient (view)")
     wrap(prepare, "resize_image", "resize_image", size_of(1))
     wrap(prepare, "resize_labels", "resize_labels", size_of(1))
-    wrap(segcore.resample, "_as_5d", "to tensor (contiguous copy, cast)")
+    wrap(segcore.volumes.resample, "_as_5d", "to tensor (contiguous copy, cast)")
     wrap(prepare, "foreground_box", "foreground_box")
     wrap(prepare, "body_box", "body_box")
     wrap(prepare, "expand_box", "expand_box")

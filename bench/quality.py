@@ -15,7 +15,7 @@ stage agreement and the verdict. Corruptions (on the stored array; truth cropped
 Two disjoint sets of phantom seeds: a **calibration** set, on which :func:`calibrate` picks the
 review/fail thresholds (the smallest review thresholds that flag at most 10 % of the cases with
 DSC ≥ 0.8, searched on a grid), and a **report** set, on which the figures are measured with
-those thresholds and with the shipped ones (:class:`segcore.quality.Thresholds`). Targets
+those thresholds and with the shipped ones (:class:`segcore.inference.quality.Thresholds`). Targets
 (issue 16): Spearman(uncertainty, DSC) ≤ −0.6; flagged ≥ 90 % of DSC < 0.5 and ≤ 10 % of DSC ≥ 0.8.
 """
 
@@ -31,11 +31,11 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from segcore.geometry import Geometry, to_canonical
-from segcore.metrics import dice
+from segcore.evaluate.metrics import dice
+from segcore.inference.predictor import DEFAULT_WEIGHTS_DIR, Predictor
+from segcore.inference.quality import Thresholds, verdict
 from segcore.phantom import generate_case
-from segcore.predictor import DEFAULT_WEIGHTS_DIR, Predictor
-from segcore.quality import Thresholds, verdict
+from segcore.volumes.geometry import Geometry, to_canonical
 
 CALIBRATION_SEEDS = 7000
 REPORT_SEEDS = 8000

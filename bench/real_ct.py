@@ -10,7 +10,7 @@ with them): the 3 mm abdominal CT with its labels, and the 20-slice DICOM series
 labels, which are stored on the same physical grid with the y axis flipped and are brought onto
 the series' grid by nearest-neighbour resampling (exact: the voxel centres coincide). Phantoms:
 ``--phantoms`` small held-out cases of the model card's second set (seed 2023). Scores follow
-the FLARE22 script (:func:`segcore.metrics.score_case`, no NSD rule): per organ DSC and NSD, the
+the FLARE22 script (:func:`segcore.evaluate.metrics.score_case`, no NSD rule): per organ DSC and NSD, the
 mean over the organs the ground truth holds, and the mean over all 13 (an organ absent from both
 masks counts 1, from one of them 0). The labels of the real files are another tool's output
 remapped to FLARE22 ids, not manual annotation (their README). Nothing is asserted.
@@ -32,7 +32,7 @@ def labels_on_grid(path: Path, reference: Path) -> np.ndarray:
     """The label file resampled (nearest neighbour) onto the grid of the image at ``reference``."""
     import SimpleITK as sitk
 
-    from segcore.io import dicom_series_files
+    from segcore.volumes import dicom_series_files
 
     labels = sitk.ReadImage(str(path))
     if reference.is_dir():
@@ -47,7 +47,7 @@ def labels_on_grid(path: Path, reference: Path) -> np.ndarray:
 
 def score(predictor, image_path: Path, truth: np.ndarray) -> dict:
     """Per organ DSC/NSD of the prediction on ``image_path`` against ``truth`` (on its grid)."""
-    from segcore.metrics import score_case
+    from segcore.evaluate.metrics import score_case
 
     prediction, _, geometry = predictor.predict_file(image_path)
     scores = score_case(truth, prediction.labels, geometry.spacing_zyx)
@@ -65,7 +65,7 @@ def phantom_scores(predictor, count: int) -> dict | None:
     """Mean DSC per organ over ``count`` small held-out phantoms (seed 2023, as the model card)."""
     if count <= 0:
         return None
-    from segcore.metrics import score_case
+    from segcore.evaluate.metrics import score_case
     from segcore.phantom import write_dataset
 
     with tempfile.TemporaryDirectory() as folder:
@@ -74,9 +74,9 @@ def phantom_scores(predictor, count: int) -> dict | None:
         for image_path in sorted((Path(folder) / "val_images").iterdir()):
             truth_path = Path(folder) / "val_mask" / image_path.name.replace("_0000", "")
             prediction, _, geometry = predictor.predict_file(image_path)
-            from segcore.io import read_labels
+            from segcore.volumes import read_label_map
 
-            truth, _ = read_labels(truth_path)
+            truth, _ = read_label_map(truth_path)
             for organ, organ_score in score_case(truth, prediction.labels, geometry.spacing_zyx).items():
                 per_organ.setdefault(organ, []).append(organ_score.dsc)
     return {organ: float(np.mean(values)) for organ, values in per_organ.items()}
@@ -88,12 +88,12 @@ def main() -> None:
     parser.add_argument("--phantoms", type=int, default=10, help="held-out small phantoms to score (0: none)")
     args = parser.parse_args()
 
-    from segcore.io import read_labels
+    from segcore.inference.predictor import Predictor
     from segcore.labels import ORGANS
-    from segcore.predictor import Predictor
+    from segcore.volumes import read_label_map
 
     predictor = Predictor.from_weights(args.weights, "cpu")
-    ct, _ = read_labels(REAL / "abdomen_ct_3mm_labels.nii.gz")
+    ct, _ = read_label_map(REAL / "abdomen_ct_3mm_labels.nii.gz")
     results = {
         "real 3 mm CT": score(predictor, REAL / "abdomen_ct_3mm.nii.gz", ct),
         "real DICOM series": score(

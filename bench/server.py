@@ -32,8 +32,8 @@ import httpx
 
 from bench.fixtures import full_size_ct, random_production_weights
 from inference_server.local import LocalServer
-from segcore.io import read_volume, write_volume
-from segcore.predictor import Predictor
+from segcore.inference.predictor import Predictor
+from segcore.volumes import read_volume, write_volume
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TARGET_RATIO = 1.15

@@ -57,7 +57,7 @@ Design (fixed before any method run was compared; changing it means a new benchm
 * **Scoring**: ``last.pt`` (primary) and ``best.pt`` of every arm; a checkpoint with two nets
   predicts with their mean softmax. Each test case's stored 48³ image is windowed and z-scored,
   predicted, resized (nearest) back to the case's original grid, and scored against its
-  ground-truth mask with :func:`segcore.metrics.score_case` (FLARE22 DSC and NSD per organ, an
+  ground-truth mask with :func:`segcore.evaluate.metrics.score_case` (FLARE22 DSC and NSD per organ, an
   organ absent from both scores 1). A case's score is its mean DSC over the 13 organs.
 * **Comparison**: per test case, the difference of an arm and ``supervised_pair`` averaged over
   the seeds; the mean over cases with a bootstrap 95 % interval (10 000 resamples of the cases);
@@ -260,7 +260,7 @@ def train_arm(command: list[str], run_dir: Path, threads: int) -> float:
 @torch.no_grad()
 def predict_coarse(nets: list[torch.nn.Module], image_hu: np.ndarray, hu_window: tuple[float, float]) -> np.ndarray:
     """Argmax ``(z, y, x)`` uint8 of the nets' mean softmax on a stored coarse image (HU, input size)."""
-    from segcore.intensity import normalize_hu
+    from segcore.volumes.intensity import normalize_hu
 
     tensor = normalize_hu(torch.from_numpy(np.array(image_hu, dtype=np.float32))[None, None], hu_window)
     probabilities = torch.stack([torch.softmax(net(tensor).float(), dim=1) for net in nets]).mean(0)
@@ -269,8 +269,8 @@ def predict_coarse(nets: list[torch.nn.Module], image_hu: np.ndarray, hu_window:
 
 def to_original_grid(coarse_labels: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
     """A coarse label map on the case's original grid: nearest resize to the canonical shape, reorientation undone."""
-    from segcore.geometry import Geometry, Reorientation
-    from segcore.resample import resize_labels
+    from segcore.volumes.geometry import Geometry, Reorientation
+    from segcore.volumes.resample import resize_labels
 
     geometry = Geometry(**{key: tuple(value) for key, value in meta["geometry"].items()})
     reorientation = Reorientation(
@@ -287,17 +287,17 @@ def score_test_cases(store_path: Path, data_root: Path, label_map_of) -> dict[st
 
     ``label_map_of`` maps a case's stored arrays to its ``(z, y, x)`` label map at the coarse size.
     """
-    from segcore.io import read_labels
+    from segcore.evaluate.metrics import NSD_MIN_DSC, score_case
     from segcore.labels import ORGANS
-    from segcore.metrics import NSD_MIN_DSC, score_case
     from segcore.store import CaseStore
+    from segcore.volumes import read_label_map
 
     store = CaseStore(store_path)
     cases = {}
     for case_id in store.ids("test"):
         meta = store.meta(case_id)
         prediction = to_original_grid(label_map_of(store.arrays(case_id)), meta)
-        gt, geometry = read_labels(data_root / meta["label_path"])
+        gt, geometry = read_label_map(data_root / meta["label_path"])
         if gt.shape != prediction.shape:
             raise RuntimeError(f"{case_id}: prediction {prediction.shape} vs ground truth {gt.shape}")
         scores = score_case(gt, prediction, geometry.spacing_zyx, NSD_MIN_DSC)  # the design's rule, kept
@@ -308,7 +308,7 @@ def score_test_cases(store_path: Path, data_root: Path, label_map_of) -> dict[st
 
 def score_checkpoint(checkpoint: Path, store_path: Path, data_root: Path) -> dict[str, Any]:
     """Scores of one checkpoint's ensemble on the test cases."""
-    from segcore.checkpoint import build_networks, load_checkpoint
+    from segcore.networks.checkpoint import build_networks, load_checkpoint
 
     payload = load_checkpoint(checkpoint)
     networks = build_networks(payload)

@@ -38,12 +38,12 @@ CHECKPOINTS = {
 
 def score_unlabeled(checkpoint: Path, store_path: Path, data_root: Path, nets_to_use: str) -> dict[str, list[float]]:
     """Per unlabeled case, DSC of the 13 organs of one checkpoint's prediction (``ensemble`` or ``net0``)."""
-    from segcore.checkpoint import build_networks, load_checkpoint
-    from segcore.io import read_labels
+    from segcore.evaluate.metrics import score_case
     from segcore.labels import ORGANS
-    from segcore.metrics import score_case
+    from segcore.networks.checkpoint import build_networks, load_checkpoint
     from segcore.phantom.dataset import UNLABELED_MASK_DIR
     from segcore.store import CaseStore
+    from segcore.volumes import read_label_map
 
     payload = load_checkpoint(checkpoint)
     networks = [net.eval() for net in build_networks(payload)]
@@ -54,7 +54,7 @@ def score_unlabeled(checkpoint: Path, store_path: Path, data_root: Path, nets_to
     for case_id in store.ids("unlabeled"):
         meta = store.meta(case_id)
         prediction = to_original_grid(predict_coarse(nets, store.arrays(case_id)["coarse_image"], window), meta)
-        truth, geometry = read_labels(data_root / UNLABELED_MASK_DIR / f"{case_id}.nii.gz")
+        truth, geometry = read_label_map(data_root / UNLABELED_MASK_DIR / f"{case_id}.nii.gz")
         organ_scores = score_case(truth, prediction, geometry.spacing_zyx)
         scores[case_id] = [organ_scores[o].dsc for o in ORGANS]
     store.close()

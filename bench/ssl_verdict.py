@@ -69,7 +69,7 @@ Design (fixed before any method run was compared; changing it means a new benchm
 
 * **Scoring**: ``last.pt`` (primary) and ``best.pt`` of every run, the pair's mean softmax; each
   test case's stored 48³ image predicted, resized (nearest) back to its original grid and scored
-  with :func:`segcore.metrics.score_case` (FLARE22 DSC per organ; an organ absent from both maps
+  with :func:`segcore.evaluate.metrics.score_case` (FLARE22 DSC per organ; an organ absent from both maps
   scores 1). A case's score is its mean DSC over the 13 organs; the adrenal glands are also
   reported apart (at ~10 voxels of the 48³ grid, one voxel is 10 % of their DSC).
 * **Comparison**: per test case, an arm minus its control, averaged over the seeds both have
@@ -124,7 +124,7 @@ import torch
 from bench import ssl_gain
 from bench.ssl_gain import IN_DOMAIN, TRAIN_CONFIG, bootstrap_interval, score_checkpoint, train_arm
 from bench.time_to_accuracy import RECIPES
-from segcore.checkpoint import load_checkpoint
+from segcore.networks.checkpoint import load_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS = REPO_ROOT / "bench" / "results" / "ssl_verdict.jsonl"

@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,6 +34,7 @@ import torch
 
 from bench.networks import _synchronize
 from bench.prepare import peak_rss_mb
+from bench.timing import in_subprocess
 from segcore.training.engine import Stage
 
 STAGES = {
@@ -75,7 +74,7 @@ def measure(stage_name: str, amp: str, device_name: str, steps: int) -> dict[str
     import importlib
 
     from data_prepare.prepare import PrepareConfig
-    from segcore.distributed import DistributedContext
+    from segcore.runtime.distributed import DistributedContext
     from segcore.training.config import load_stage_config
     from segcore.training.engine import Trainer
 
@@ -126,14 +125,6 @@ def measure(stage_name: str, amp: str, device_name: str, steps: int) -> dict[str
     }
 
 
-def _in_subprocess(task: dict[str, Any]) -> dict[str, Any]:
-    command = [sys.executable, "-m", "bench.training_step", "--worker", json.dumps(task)]
-    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"benchmark subprocess {task} failed:\n{done.stderr.strip()}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--stage", choices=[*STAGES, "both"], default="both")
@@ -162,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     for stage_name in stages:
         for amp in amps:
             task = {"stage_name": stage_name, "amp": amp, "device_name": args.device, "steps": args.steps}
-            result = _in_subprocess(task)
+            result = in_subprocess("bench.training_step", task)
             rows.append((stage_name, amp, result))
             steps = ", ".join(f"{s:.2f}" for s in result["step_seconds"])
             print(f"  {stage_name} {result['arch']} {'x'.join(map(str, result['batch']))} amp={amp}: "

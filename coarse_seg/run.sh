@@ -7,4 +7,4 @@ set -eu
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 MODULE=coarse_seg.train
 PREFLIGHT=1
-. "$ROOT/segcore/launch.sh"
+. "$ROOT/segcore/runtime/launch.sh"

@@ -6,7 +6,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from segcore.io import case_id, is_nifti
+from segcore.volumes import case_id, is_nifti
 
 SPLIT_FOLDERS = {
     "labeled": ("train_images", "train_mask"),

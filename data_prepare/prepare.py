@@ -5,7 +5,7 @@ Per case: read and check, reorient to canonical, then
 * fine: a box around the organs plus ``margin_mm``, cropped at full resolution and resized
   to ``fine_size``. The box comes from the labels (labeled cases), else from the coarse model
   when ``coarse_weights`` is set (the box inference crops to:
-  :class:`segcore.predictor.CoarseLocator`), else from the body outline; the record says which
+  :class:`segcore.inference.predictor.CoarseLocator`), else from the body outline; the record says which
   (``crop_source``), and ``crop_note`` says why the body outline was used when the coarse
   model found no organ.
 """
@@ -27,13 +27,10 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from data_prepare.cases import CaseSource, find_cases
-from segcore.body_region import body_mask, keep_body
-from segcore.boxes import DEFAULT_MARGIN_MM, Box, box_to_original, crop, expand_box, foreground_box
 from segcore.config import config_hash
-from segcore.geometry import to_canonical
-from segcore.io import DEFAULT_MAX_VOXELS, VolumeError, read_label, read_volume
-from segcore.predictor import CoarseLocator, file_sha256
-from segcore.resample import resize_image, resize_labels
+from segcore.inference.boxes import DEFAULT_MARGIN_MM, Box, box_to_original, crop, expand_box, foreground_box
+from segcore.inference.predictor import CoarseLocator
+from segcore.inference.stage import file_sha256
 from segcore.store import (
     COARSE_IMAGE,
     COARSE_LABEL,
@@ -43,6 +40,10 @@ from segcore.store import (
     CaseMeta,
     StoreWriter,
 )
+from segcore.volumes import DEFAULT_MAX_VOXELS, VolumeError, read_labels_on_grid, read_volume
+from segcore.volumes.body_region import body_mask, keep_body
+from segcore.volumes.geometry import to_canonical
+from segcore.volumes.resample import resize_image, resize_labels
 
 BODY_STRIDE = 4
 """The body-outline heuristic works on every 4th voxel: plenty for a bounding box, 64x cheaper."""
@@ -65,7 +66,7 @@ class PrepareConfig:
     coarse_weights: str | None = None
     body_region: bool = False
     """Set everything outside the patient's trunk (arms, table, cushions) to air before anything
-    is stored (:mod:`segcore.body_region`), as the predictor does with ``body_region``."""
+    is stored (:mod:`segcore.volumes.body_region`), as the predictor does with ``body_region``."""
 
     def output_hash(self, source: CaseSource | None = None) -> str:
         """Hash of every setting that changes what is stored for a case.
@@ -163,7 +164,7 @@ def prepare_case(
     image, geometry = read_volume(image_path, max_voxels=config.max_voxels)
     labels = None
     if source.label_path is not None:
-        labels = read_label(root / source.label_path, geometry, image_path=image_path)
+        labels = read_labels_on_grid(root / source.label_path, geometry, image_path=image_path)
     canonical_image, reorientation = to_canonical(image, geometry)
     canonical = reorientation.canonical
     if config.body_region:

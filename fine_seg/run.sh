@@ -7,4 +7,4 @@ set -eu
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 MODULE=fine_seg.train
 PREFLIGHT=1
-. "$ROOT/segcore/launch.sh"
+. "$ROOT/segcore/runtime/launch.sh"

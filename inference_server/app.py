@@ -1,4 +1,4 @@
-"""The FastAPI application: HTTP only; the segmentation itself is :class:`segcore.predictor.Predictor`.
+"""The FastAPI application: HTTP only; the segmentation itself is :class:`segcore.inference.predictor.Predictor`.
 
 ``create_app(settings)`` builds the app from the module's routes; the predictor is loaded once,
 at start-up (lifespan). Endpoints take the settings and the predictor through ``Depends``
@@ -49,11 +49,11 @@ from inference_server.admission import (
 from inference_server.schemas import Bundle, Info, Problem, Segmentation
 from inference_server.settings import Settings
 from inference_server.uploads import ZipLimits, check_archive, extract_series, sniff_kind
-from segcore.case_outputs import CaseOutputs, build_case, seg_refusal
-from segcore.dicom_seg import SegUnavailable
-from segcore.io import VolumeError, case_id, case_stem, check_file_header, read_volume
+from segcore.inference.predictor import Predictor
 from segcore.labels import LABEL_NAMES
-from segcore.predictor import Predictor
+from segcore.outputs.case import CaseOutputs, build_case, seg_refusal
+from segcore.outputs.dicom_seg import SegUnavailable
+from segcore.volumes import VolumeError, case_id, case_stem, check_file_header, read_volume
 
 NIFTI_MEDIA_TYPE = "application/gzip"
 Output = Literal["nifti", "json", "dicom-seg", "preview", "bundle"]
@@ -78,7 +78,7 @@ VOLUME_ERROR_STATUS = {
     "not_ct": 422,
     "invalid": 422,
 }
-"""HTTP status per :data:`segcore.io.ErrorKind`: the bytes are bad (400), or the volume is no CT we take (422)."""
+"""HTTP status per :data:`segcore.volumes.ErrorKind`: the bytes are bad (400), or the volume is no CT we take (422)."""
 MAX_SHOWN_NAME = 200
 
 
@@ -271,7 +271,7 @@ async def segment(
 
 OUTPUT_KINDS = {"json": set(), "nifti": {"mask"}, "preview": {"preview"}, "dicom-seg": {"seg"},
                 "bundle": {"mask", "preview", "seg"}}  # fmt: skip
-"""The files of a case (:data:`segcore.case_outputs.KINDS`) each ``output`` needs; the record is always made."""
+"""The files of a case (:data:`segcore.outputs.case.KINDS`) each ``output`` needs; the record is always made."""
 
 
 @dataclass(frozen=True)

@@ -39,15 +39,25 @@ class LocalServer:
         weights: folder with ``coarse.pt`` and ``fine.pt``.
         device: ``auto``, ``cpu`` or ``cuda``.
         ready_timeout: seconds to wait for ``/ready``.
+        environment: further environment variables of the server process (e.g. its ``TMPDIR``).
         **settings: further settings, e.g. ``max_upload_mb="4"`` → ``SEGMENT_MAX_UPLOAD_MB=4``.
 
     Raises:
         RuntimeError: on entering, when the process exits or is not ready in time (with its output).
     """
 
-    def __init__(self, weights: str | os.PathLike, device: str = "cpu", ready_timeout: float = 60, **settings: str):
+    def __init__(
+        self,
+        weights: str | os.PathLike,
+        device: str = "cpu",
+        ready_timeout: float = 60,
+        *,
+        environment: dict[str, str] | None = None,
+        **settings: str,
+    ):
         self.weights, self.device, self.ready_timeout = Path(weights), device, ready_timeout
-        self.environment = {f"SEGMENT_{key.upper()}": value for key, value in settings.items()}
+        settings_environment = {f"SEGMENT_{key.upper()}": value for key, value in settings.items()}
+        self.environment = {**(environment or {}), **settings_environment}
         self.process: subprocess.Popen | None = None
         self.url = ""
 

@@ -16,7 +16,7 @@ class Organ(BaseModel):
 
 
 class Quality(BaseModel):
-    """How far to trust the segmentation (``segcore.quality``)."""
+    """How far to trust the segmentation (``segcore.inference.quality``)."""
 
     verdict: Literal["ok", "review", "fail"]
     reasons: list[str]
@@ -29,7 +29,7 @@ class Quality(BaseModel):
 
 class Segmentation(BaseModel):
     """``POST /segment?output=json``: the case record, as ``predict.sh --stats`` writes it
-    (:func:`segcore.case_outputs.case_record`)."""
+    (:func:`segcore.outputs.case.case_record`)."""
 
     case: str = Field(description="the case id: the upload's name without NIfTI suffix and _0000")
     input: str = Field(description="the upload's name")

@@ -27,7 +27,7 @@ in the canonical orientation: ``coarse_image`` / ``fine_image`` as raw HU int16,
 * ``id``, ``split`` (``labeled`` | ``unlabeled`` | ``test``), ``format_version``, ``config_hash``;
 * ``image_path``, ``label_path`` (relative to the data root; ``label_path`` may be null);
 * ``geometry``: the original grid (``size``, ``spacing``, ``origin``, ``direction``, ITK order);
-* ``reorientation``: ``axes_zyx``, ``flips_zyx`` (see :mod:`segcore.geometry`);
+* ``reorientation``: ``axes_zyx``, ``flips_zyx`` (see :mod:`segcore.volumes.geometry`);
 * ``canonical_shape`` ``(z, y, x)`` and ``canonical_spacing`` ``(z, y, x)`` mm;
 * ``crop_box_canonical``: ``[[z0, z1], [y0, y1], [x0, x1]]`` (half-open) of the fine crop in
   canonical voxels; ``crop_box_original``: the same box in the original file's voxel indices,
@@ -289,10 +289,6 @@ class StoreWriter:
         if self.read_splits() != json.loads(json.dumps(splits)):
             self._put(SPLITS_KEY, json.dumps(splits, sort_keys=True).encode())
 
-    def put_selection(self, name: str, ids: list[str]) -> None:
-        """:func:`write_selection` into this store."""
-        write_selection(self.path, name, ids)
-
     def close(self) -> None:
         self._env.close()
 
@@ -312,7 +308,7 @@ def _selection_path(store: Path, name: str) -> Path:
 def write_selection(store: str | os.PathLike, name: str, ids: list[str]) -> Path:
     """Store (or replace) a named selection of case ids as ``<store>/selections/<name>.json``,
     atomically and without touching the LMDB data (see the module docstring)."""
-    from segcore.io import write_text_atomic
+    from segcore.runtime.files import write_text_atomic
 
     path = _selection_path(Path(store), name)
     path.parent.mkdir(exist_ok=True)

@@ -7,10 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segcore.geometry import Geometry
-from segcore.io import write_volume
-
-REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
+from segcore.testing import REAL_DATA
+from segcore.volumes import write_volume
+from segcore.volumes.geometry import Geometry
 
 
 @pytest.fixture(scope="session")

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from segcore.evaluate import score_files
-from segcore.io import read_volume, write_volume
+from segcore.inference.predictor import Predictor
 from segcore.phantom import write_dataset
-from segcore.predictor import Predictor
+from segcore.volumes import read_volume, write_volume
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "model_weights"
 CARD_MEAN_DSC = 0.8514  # model_weights/MODEL_CARD.md, 10 held-out small phantoms
@@ -74,7 +74,7 @@ def test_real_scans_are_not_passed_as_ok(predictor, real_data):
 
 
 def test_strict_writes_no_mask_for_a_failed_case(real_data, tmp_path, capsys):
-    from segcore.predict import main
+    from predict.batch import main
 
     source = tmp_path / "in"
     source.mkdir()

@@ -26,7 +26,7 @@ done
 # best.pt: weights and description, no optimizer state; the copies say what they must not be used for.
 "$PYTHON" - "$WORK" "$ROOT/model_weights" <<'PY'
 import sys
-from segcore.checkpoint import copy_with_notice
+from segcore.networks.checkpoint import copy_with_notice
 NOTICE = ("the default model was trained on synthetic phantoms (segcore.phantom), not on patients: "
           "not for real scans (model_weights/MODEL_CARD.md)")
 for stage in ("coarse", "fine"):

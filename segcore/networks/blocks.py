@@ -181,7 +181,7 @@ class SegmentationNetwork(nn.Module):
       on its features: logits at the input's size, no interpolation;
     - ``2``: the ``head`` on the half-resolution decoder features, logits upsampled trilinearly
       ×2 (:meth:`upsample_logits`). Checkpoints written before ``output_stride`` existed are of
-      this kind (:func:`segcore.checkpoint.build_networks` says so for them).
+      this kind (:func:`segcore.networks.checkpoint.build_networks` says so for them).
 
     With ``deep_supervision`` the net also has a 1×1×1 head on each lower decoder level
     (``auxiliary_heads``), trained by :func:`segcore.training.losses.deep_supervision_loss`
@@ -341,7 +341,7 @@ class SegmentationNetwork(nn.Module):
     @staticmethod
     def upsample_logits(logits: torch.Tensor, half_resolution: bool = False) -> torch.Tensor:
         """Trilinear ×2 upsampling of the half-resolution logits to the input size (none with
-        ``half_resolution``: :func:`segcore.resample.upsampled_softmax` does it with the softmax)."""
+        ``half_resolution``: :func:`segcore.volumes.resample.upsampled_softmax` does it with the softmax)."""
         if half_resolution:
             return logits
         return F.interpolate(logits, scale_factor=2, mode="trilinear", align_corners=False)

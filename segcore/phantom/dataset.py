@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from segcore.io import write_volume
 from segcore.phantom.generate import generate_case
 from segcore.phantom.tissues import PhantomDomain
+from segcore.volumes import write_volume
 
 MANIFEST = "phantom_cases.json"
 UNLABELED_MASK_DIR = "trainu_mask"

@@ -7,7 +7,6 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from segcore.geometry import Geometry
 from segcore.labels import ORGAN_IDS, ORGANS
 from segcore.phantom.anatomy import PASSAGES, Organ, Vessel, build_anatomy, organ_z_range
 from segcore.phantom.body import build_background, sample_arms
@@ -16,6 +15,7 @@ from segcore.phantom.patient import detailed_habitus, sample_patient, spine_setb
 from segcore.phantom.scanner import Scan, plan_scan
 from segcore.phantom.shapes import Grid
 from segcore.phantom.tissues import PhantomDomain, Tissue, hu_lookup, sample_domain, sample_randomised_domain
+from segcore.volumes.geometry import Geometry
 
 SeedLike = int | np.random.SeedSequence | np.random.Generator
 """What :func:`generate_case` accepts as its randomness."""

@@ -1,7 +1,7 @@
 """Scanner geometry of a phantom: grid size, spacing, field of view and how the volume is stored.
 
 The anatomy is generated on the canonical grid (axes along +x, +y, +z, see
-:mod:`segcore.geometry`); the stored grid is the same voxels under one of several signed
+:mod:`segcore.volumes.geometry`); the stored grid is the same voxels under one of several signed
 axis permutations (:data:`DIRECTIONS`), so different cases reach the pipeline in different
 orientations while their physical content is consistent.
 """
@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from segcore.geometry import Geometry, Reorientation, canonical_reorientation
 from segcore.phantom.patient import Patient
 from segcore.phantom.shapes import Grid
+from segcore.volumes.geometry import Geometry, Reorientation, canonical_reorientation
 
 SIZES = ("small", "medium", "full")
 """``small``: a few dozen voxels per axis, for tests; ``medium``: 128-160 voxels in-plane (about

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import yaml
 
-from segcore import distributed
 from segcore.config import config_hash
-from segcore.io import replace_atomically
+from segcore.runtime import distributed
+from segcore.runtime.files import replace_atomically
 from segcore.store import CaseStore
 from segcore.training.config import StageConfig, load_stage_config
 from segcore.training.engine import Stage, Trainer

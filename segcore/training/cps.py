@@ -135,16 +135,6 @@ def pseudo_label_loss(
     return loss
 
 
-def cps_loss(
-    student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    confidence: float | None = None,
-    class_balance: bool = False,
-) -> torch.Tensor:
-    """Plain CPS: cross-entropy of the student against the teacher's argmax (no gradient to the teacher)."""
-    return pseudo_label_loss(student_logits, pseudo_labels(teacher_logits, confidence), class_balance=class_balance)
-
-
 @dataclass
 class CPSConfig:
     """The ``semi`` section of a stage config (unknown keys are refused)."""

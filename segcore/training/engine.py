@@ -10,6 +10,10 @@ The loop is the short :meth:`Trainer.fit`; what a step does lives in a step obje
 Rank 0 alone logs (console bar, TensorBoard, ``metrics.jsonl``) and writes checkpoints:
 ``last.pt`` (everything ``--resume`` needs) and ``best.pt`` (the best validation Dice, for
 inference).
+
+The module is over 400 lines on purpose: :class:`Trainer` is the loop's whole state (nets,
+optimisers, schedules, scalers, loaders, random streams, step), which ``--resume`` must save and
+restore together; the optimisers and schedules are in :mod:`segcore.training.optim`.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -31,17 +35,25 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from segcore import distributed
-from segcore.checkpoint import load_checkpoint, make_payload, network_entry, save_checkpoint, unwrap, weights_digest
-from segcore.intensity import normalize_hu
 from segcore.labels import NUM_CLASSES, ORGANS
 from segcore.networks import build_network
+from segcore.networks.checkpoint import (
+    load_checkpoint,
+    make_payload,
+    network_entry,
+    save_checkpoint,
+    unwrap,
+    weights_digest,
+)
+from segcore.runtime import distributed
 from segcore.store import CaseStore
 from segcore.training.augment import AugmentConfig, augment_views, random_fourier_mix
-from segcore.training.config import OptimizerConfig, StageConfig
+from segcore.training.config import StageConfig
 from segcore.training.cps import CPSStep
 from segcore.training.data import StoreDataset, make_loader
 from segcore.training.losses import deep_supervision_loss, dice_ce_loss, hard_dice_per_class
+from segcore.training.optim import autocast_settings, lr_schedule, make_optimizer, use_channels_last
+from segcore.volumes.intensity import normalize_hu
 
 
 @dataclass(frozen=True)
@@ -68,81 +80,21 @@ class Member:
         return unwrap(self.net)
 
 
-def poly_schedule(total_steps: int, warmup_steps: int, power: float = 0.9):
-    """Linear warm-up then polynomial decay to zero at ``total_steps``: a factor for LambdaLR."""
+class TrainingStep(Protocol):
+    """What the engine calls once per labeled batch: :class:`SupervisedStep` or
+    :class:`segcore.training.cps.CPSStep`."""
 
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        return max(0.0, 1 - step / max(1, total_steps)) ** power
+    def __call__(self, trainer: Trainer, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Update every member of ``trainer`` from one labeled ``batch``; returns the values to log."""
+        ...
 
-    return factor
+    def state_dict(self) -> dict[str, Any]:
+        """What ``last.pt`` keeps for ``--resume`` (e.g. where the unlabeled stream stands)."""
+        ...
 
-
-def wsd_schedule(total_steps: int, warmup_steps: int, decay_share: float):
-    """Warm-up, stable, decay: a factor for LambdaLR.
-
-    Linear warm-up to 1 over ``warmup_steps``, constant 1, then a linear cool-down to zero over
-    the last ``decay_share`` of ``total_steps``. The stable phase does not depend on the run's
-    length, so a run resumed with more steps (and the curves of runs of different lengths)
-    match step for step until the cool-down.
-    """
-    decay_steps = max(1, round(decay_share * total_steps))
-    decay_start = total_steps - decay_steps
-
-    def factor(step: int) -> float:
-        warm = (step + 1) / warmup_steps if step < warmup_steps else 1.0
-        cool = 1.0 if step < decay_start else max(0.0, (total_steps - step) / decay_steps)
-        return min(warm, cool)  # a run shorter than its warm-up still ends at zero
-
-    return factor
-
-
-def lr_schedule(config: OptimizerConfig, total_steps: int, max_steps: int):
-    """The factor of ``optimizer.schedule``: poly over the epochs' steps, wsd over the run's steps,
-    or the warm-up alone (``constant``)."""
-    if config.schedule == "constant":
-        return lambda step: min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
-    if config.schedule == "wsd":
-        return wsd_schedule(max_steps, config.warmup_steps, config.decay_share)
-    return poly_schedule(total_steps, config.warmup_steps)
-
-
-def autocast_settings(amp: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    """``(autocast dtype or None, use a GradScaler)`` for the config's ``amp`` on ``device``.
-
-    ``auto``: fp16 with a GradScaler on CUDA, full precision on CPU; ``bf16``: bfloat16 (CPU or
-    CUDA, no scaler needed); ``fp16``: CUDA only; ``off``: full precision.
-    """
-    if amp is False:  # YAML reads an unquoted ``off`` as false
-        amp = "off"
-    if amp == "off" or (amp == "auto" and device.type == "cpu"):
-        return None, False
-    if amp in ("auto", "fp16"):
-        if device.type != "cuda":
-            raise ValueError("amp=fp16 needs a CUDA device; use bf16 or off on CPU")
-        return torch.float16, True
-    if amp == "bf16":
-        return torch.bfloat16, False
-    raise ValueError(f"amp={amp!r}: expected auto, fp16, bf16 or off")
-
-
-def use_channels_last(setting: str | bool, device: torch.device) -> bool:
-    """``train.channels_last``: ``auto`` (on CUDA, where cuDNN's 3-D convolutions are faster in
-    channels-last-3d), true or false."""
-    if setting == "auto":
-        return device.type == "cuda"
-    if isinstance(setting, bool):
-        return setting
-    raise ValueError(f"train.channels_last={setting!r}: expected auto, true or false")
-
-
-def make_optimizer(params, config: OptimizerConfig) -> torch.optim.Optimizer:
-    if config.name == "adamw":
-        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.SGD(
-        params, lr=config.lr, momentum=config.momentum, nesterov=True, weight_decay=config.weight_decay
-    )
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Go on from :meth:`state_dict`'s ``state``."""
+        ...
 
 
 class SupervisedStep:
@@ -153,6 +105,12 @@ class SupervisedStep:
         images, labels = trainer.prepare_batch(batch, with_labels=True)
         images = random_fourier_mix(images, images, trainer.augment, trainer.generator)
         return trainer.supervised_updates(images, labels)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}  # the labeled loader's place is the trainer's
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
 
 
 @dataclass
@@ -208,7 +166,7 @@ class Trainer:
         self.train_seconds = 0.0
         """Wall time spent in training steps (data, augmentation, passes, updates) so far, resumes
         included; validation and checkpoints are not counted: the x axis of time-to-accuracy curves."""
-        self.step_fn = CPSStep(self, self.semi) if self.semi.enabled else SupervisedStep()
+        self.step_fn: TrainingStep = CPSStep(self, self.semi) if self.semi.enabled else SupervisedStep()
         self.tensorboard = None
         if context.is_main:
             from torch.utils.tensorboard import SummaryWriter
@@ -447,7 +405,7 @@ class Trainer:
             "scalers": [m.scaler.state_dict() for m in self.members],
             "generators": generators,
             "rank_weight_digests": digests,
-            "step_fn": self.step_fn.state_dict() if hasattr(self.step_fn, "state_dict") else {},
+            "step_fn": self.step_fn.state_dict(),
             "torch_rng": torch.get_rng_state(),
         }
         save_checkpoint(self.output_dir / "last.pt", payload)
@@ -495,7 +453,7 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"].cpu())
         if not own:
             self.best_dice, self.finished = -math.inf, False
-        elif hasattr(self.step_fn, "load_state_dict"):
+        else:
             self.step_fn.load_state_dict(state["step_fn"])
 
     def close(self) -> None:

@@ -33,16 +33,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from segcore import distributed
-from segcore.checkpoint import load_checkpoint, make_payload, save_checkpoint
-from segcore.intensity import normalize_hu
 from segcore.networks import SegmentationNetwork, build_network, network_spec
 from segcore.networks.blocks import level_channels
+from segcore.networks.checkpoint import load_checkpoint, make_payload, save_checkpoint
+from segcore.runtime import distributed
 from segcore.store import COARSE_IMAGE, FINE_IMAGE, CaseStore
 from segcore.training.augment import augment_intensity, random_affines, resample_batch
 from segcore.training.config import StageConfig, load_stage_config
 from segcore.training.data import StoreDataset, make_loader
-from segcore.training.engine import lr_schedule, make_optimizer
+from segcore.training.optim import lr_schedule, make_optimizer
+from segcore.volumes.intensity import normalize_hu
 
 ENCODER_KIND = "dense_pretrained_encoder"
 ENCODER_PREFIXES = ("stem.", "encoder.")

@@ -40,12 +40,12 @@ from typing import Any
 
 import torch
 
-from segcore import distributed
-from segcore.checkpoint import build_networks, load_checkpoint
-from segcore.intensity import normalize_hu
-from segcore.quality import FOREGROUND_DOUBT, normalised_entropy
-from segcore.resample import resize_image
+from segcore.inference.quality import FOREGROUND_DOUBT, normalised_entropy
+from segcore.networks.checkpoint import build_networks, load_checkpoint
+from segcore.runtime import distributed
 from segcore.store import CaseStore, write_selection
+from segcore.volumes.intensity import normalize_hu
+from segcore.volumes.resample import resize_image
 
 FIELDS = ["case_id", "domain", "entropy", "disagreement", "uncertainty", "foreground_fraction", "selected"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bench.ssl_verdict import finished, plateau, to_run, verdict
-from segcore.checkpoint import CHECKPOINT_FORMAT_VERSION, save_checkpoint
+from segcore.networks.checkpoint import CHECKPOINT_FORMAT_VERSION, save_checkpoint
 
 
 def test_s1_is_the_first_validation_within_0_01_of_the_median_of_the_last_three():

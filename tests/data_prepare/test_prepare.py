@@ -14,12 +14,12 @@ from scipy import ndimage
 from torch.utils.data import DataLoader
 
 from data_prepare.prepare import PrepareConfig, run
-from segcore.checkpoint import save_checkpoint
-from segcore.geometry import to_canonical
-from segcore.io import read_label, read_volume, write_volume
+from segcore.networks.checkpoint import save_checkpoint
 from segcore.store import CaseStore
+from segcore.testing import tiny_payload, write_tiny_weights
 from segcore.training.data import StoreDataset
-from tests.tiny_checkpoints import tiny_payload, write_tiny_weights
+from segcore.volumes import read_labels_on_grid, read_volume, write_volume
+from segcore.volumes.geometry import to_canonical
 
 ROOT = Path(__file__).resolve().parents[2]
 COARSE, FINE = [24, 28, 32], [32, 32, 40]
@@ -71,7 +71,7 @@ def test_crop_box_holds_every_labeled_voxel_and_organs_survive_resizing(prepared
     for case_id in store.ids("labeled"):
         meta, arrays = store.meta(case_id), store.arrays(case_id)
         image, geometry = read_volume(root / meta["image_path"])
-        labels = read_label(root / meta["label_path"], geometry)
+        labels = read_labels_on_grid(root / meta["label_path"], geometry)
         (x0, x1), (y0, y1), (z0, z1) = meta["crop_box_original"]
         outside = labels.copy()
         outside[z0:z1, y0:y1, x0:x1] = 0
@@ -84,7 +84,7 @@ def test_crop_box_holds_every_labeled_voxel_and_organs_survive_resizing(prepared
         for key, source, size in (("coarse_label", canonical_labels, COARSE), ("fine_label", cropped, FINE)):
             cell = [int(np.ceil(s / t)) for s, t in zip(source.shape, size)]
             for organ in meta["labels_present"]:
-                # The claim (segcore.resample): an organ holding a whole target-size cell survives.
+                # The claim (segcore.volumes.resample): an organ holding a whole target-size cell survives.
                 holds_cell = ndimage.binary_erosion(source == organ, np.ones(cell, bool)).any()
                 if holds_cell:
                     assert (arrays[key] == organ).any(), f"{case_id}: organ {organ} lost in {key}"
@@ -110,12 +110,12 @@ def test_bad_cases_are_reported_and_the_rest_is_stored(phantom_root, tmp_path, r
     (root / "train_mask" / good[1].replace("_0000", "")).unlink()
     mask_path = root / "train_mask" / good[2].replace("_0000", "")
     image, geometry = read_volume(root / "train_images" / good[2])
-    labels = read_label(mask_path, geometry)
+    labels = read_labels_on_grid(mask_path, geometry)
     labels[0, 0, 0] = 42
     write_volume(mask_path, labels, geometry)
     shifted = root / "train_mask" / good[3].replace("_0000", "")
     _, geometry3 = read_volume(root / "train_images" / good[3])
-    write_volume(shifted, read_label(shifted, geometry3)[:, :, :-1], geometry3.__class__(
+    write_volume(shifted, read_labels_on_grid(shifted, geometry3)[:, :, :-1], geometry3.__class__(
         size=(geometry3.size[0] - 1, *geometry3.size[1:]), spacing=geometry3.spacing,
         origin=geometry3.origin, direction=geometry3.direction))  # fmt: skip
     duplicate = sorted((root / "trainu_images").iterdir())[0]

@@ -22,8 +22,8 @@ from fastapi.testclient import TestClient
 
 from inference_server.app import create_app, loaded_predictor
 from inference_server.settings import Settings
-from segcore.predictor import Prediction
-from segcore.quality import Quality
+from segcore.inference.predictor import Prediction
+from segcore.inference.quality import Quality
 
 CT_3MM = "abdomen_ct_3mm.nii.gz"
 API_KEY = "s3cret-key"

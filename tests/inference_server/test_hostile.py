@@ -23,9 +23,8 @@ import numpy as np
 import pytest
 
 from inference_server.local import LocalServer
+from segcore.testing import CT_AFFINE, nifti_with_header, small_ct, upload_head, write_tiny_weights
 from tests.inference_server.test_server import API_KEY, post
-from tests.segcore.test_io import CT_AFFINE, nifti_with_header, small_ct
-from tests.tiny_checkpoints import write_tiny_weights
 
 KEY = {"X-API-Key": API_KEY}
 
@@ -90,18 +89,6 @@ def raw_exchange(url: str, request: bytes, wait: float) -> bytes:
             return sock.recv(65536)
         except TimeoutError:
             return b""
-
-
-def upload_head(length: int, key: str | None = None, boundary: str = "B0undary") -> bytes:
-    lines = [
-        "POST /segment HTTP/1.1",
-        "Host: 127.0.0.1",
-        f"Content-Type: multipart/form-data; boundary={boundary}",
-        f"Content-Length: {length}",
-        *([f"X-API-Key: {key}"] if key else []),
-    ]
-    part = f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="ct.nii.gz"\r\n\r\n'
-    return ("\r\n".join(lines) + "\r\n\r\n" + part).encode()
 
 
 def test_a_timed_out_request_leaves_no_file_behind(weights, real_data, tmp_path):

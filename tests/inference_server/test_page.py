@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from inference_server.local import LocalServer
-from tests.tiny_checkpoints import write_tiny_weights
+from segcore.testing import write_tiny_weights
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium here: install Debian's chromium package")

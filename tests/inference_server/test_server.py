@@ -15,8 +15,8 @@ import pytest
 import SimpleITK as sitk
 
 from inference_server.local import LocalServer
-from tests.test_predict import run_predict
-from tests.tiny_checkpoints import write_tiny_weights
+from segcore.testing import write_tiny_weights
+from tests.predict.test_batch import run_predict
 
 API_KEY = "s3cret-key"
 NOTICE = "trained on phantoms: not for real scans"

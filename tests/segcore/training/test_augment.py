@@ -7,7 +7,6 @@ from dataclasses import replace
 import pytest
 import torch
 
-from segcore.intensity import normalize_hu
 from segcore.labels import ORGAN_IDS
 from segcore.training.augment import (
     AugmentConfig,
@@ -19,6 +18,7 @@ from segcore.training.augment import (
     random_fourier_mix,
     remap_hu,
 )
+from segcore.volumes.intensity import normalize_hu
 
 LIVER, AORTA = ORGAN_IDS["liver"], ORGAN_IDS["aorta"]
 ONLY_ORGAN_CONTRAST = AugmentConfig(

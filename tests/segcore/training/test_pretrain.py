@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from segcore.checkpoint import load_checkpoint
 from segcore.networks import build_network
+from segcore.networks.checkpoint import load_checkpoint
 from segcore.training import pretrain
 from segcore.training.augment import AugmentConfig, random_affines
 from segcore.training.pretrain import corresponding_points, dense_contrastive_loss, info_nce, load_encoder

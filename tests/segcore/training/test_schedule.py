@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from segcore.training.config import OptimizerConfig
-from segcore.training.engine import lr_schedule, poly_schedule, wsd_schedule
+from segcore.training.optim import lr_schedule, poly_schedule, wsd_schedule
 
 
 def test_warmup_stable_decay_factors():

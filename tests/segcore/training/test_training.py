@@ -16,14 +16,14 @@ from torch.nn.parallel import DistributedDataParallel
 
 from coarse_seg.train import STAGE as COARSE
 from fine_seg.train import STAGE as FINE
-from segcore.checkpoint import build_networks, load_checkpoint
 from segcore.config import load_config
-from segcore.intensity import normalize_hu
 from segcore.networks import build_network
+from segcore.networks.checkpoint import build_networks, load_checkpoint
 from segcore.store import CaseStore
 from segcore.training.cli import main
-from segcore.training.engine import autocast_settings, poly_schedule
 from segcore.training.losses import dice_ce_loss, hard_dice_per_class
+from segcore.training.optim import autocast_settings, poly_schedule
+from segcore.volumes.intensity import normalize_hu
 
 ROOT = Path(__file__).resolve().parents[3]
 TINY_NET = {"base_channels": 4, "depth": 3, "max_channels": 16}

@@ -1,0 +1,5 @@
+import sys
+
+from predict.batch import main
+
+sys.exit(main())

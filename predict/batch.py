@@ -1,0 +1,439 @@
+"""Batch prediction over a folder of CTs, in one process or sharded over torchrun processes.
+
+    sh predict.sh -i INPUT_DIR -o OUTPUT_DIR [--weights DIR] [--device auto|cpu|cuda]
+                  [--precision auto|fp32|fp16|bf16] [--nproc N] [--stats] [--overwrite] [--strict]
+                  [--output-type nifti|dicom-seg|both] [--preview] [--body-region]
+    sh predict.sh                # the embedded sample: see predict.sample
+
+Cases are every ``.nii``/``.nii.gz`` file and every folder (one DICOM series each) directly in
+INPUT_DIR, sorted by name; hidden entries, other files and OUTPUT_DIR itself are passed over.
+Output names: ``<id>_0000.nii.gz`` -> ``<id>.nii.gz`` (FLARE), anything else keeps its stem,
+plus ``.nii.gz``. Each mask carries exactly its input's size, spacing, origin and direction.
+Existing outputs are kept (the case is skipped) unless ``--overwrite``. A case's outputs are
+made in a hidden staging folder and moved to their names together once every one was made
+(:mod:`segcore.outputs.case`): a case that fails leaves no file, an interrupted run leaves whole
+files only, and a re-run finishes the rest. ``--stats`` also writes
+``<id>.json`` (per-organ volume in mL, mean HU, bounding box; the crop box; warnings; timings);
+``--output-type dicom-seg|both`` ``<id>_seg.dcm`` for DICOM inputs (:mod:`segcore.outputs.dicom_seg`; a
+SEG that cannot be made is a warning beside the mask with ``both``, and with ``dicom-seg`` a
+failed case, refused before inference where the headers tell);
+``--preview`` ``<id>_preview.png`` (:mod:`segcore.outputs.preview`). Every case leaves a record, and
+``summary.csv`` is rebuilt from all records in OUTPUT_DIR (:mod:`segcore.outputs.records`).
+
+OUTPUT_DIR is checked before the weights load or any case is read: it is created if missing,
+must be a folder, and must take a new file (a probe file is written and removed; permission bits
+say nothing for root). A bad one is a one-line usage error.
+
+Runs started at the same time on one OUTPUT_DIR split the cases: a run claims a case with an
+exclusive ``flock`` on ``OUTPUT_DIR/.<id>.lock`` (see :func:`claim_case`). A case another run
+holds is put off to the end of the list and then waited for; once claimed, its outputs are
+looked for again, and a case the other run wrote counts as skipped. The claim is dropped and its
+file removed once the case is written or has failed. The kernel drops the locks of a process
+that dies, so a killed run's claims pass to the next run with no stale-lock handling; only its
+hidden lock files stay behind, and the next run that claims such a case removes its file. With
+``--overwrite`` a run redoes every case, so two concurrent runs may each write a case (in turn,
+never at once).
+
+With ``--nproc N`` (``python -m torch.distributed.run --standalone --nproc-per-node N -m
+predict.batch ...``), rank ``r`` of ``W`` takes ``sorted_cases[r::W]``, so every case is
+written exactly once; rank 0 gathers the results and prints the summary. Each rank uses its
+own GPU (NCCL) or, on CPUs (Gloo), ``OMP_NUM_THREADS`` threads (predict.sh gives each process its
+share of the cores unless ``OMP_NUM_THREADS`` is set).
+
+A case that cannot be read or segmented is reported with its file and the reason and the batch
+goes on (a concurrent run waiting for that case then tries it again). Exit status: 0 when every
+case is written or skipped, 1 when any case failed, 2 for a usage error (bad folders, missing or
+bad weights).
+
+The module is over 400 lines on purpose: a batch's life (claims, staging, records, ranks, the
+summary) reads top to bottom in one place; the folder rules are in :mod:`predict.cases`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+
+from tqdm import tqdm
+
+from predict.cases import Case, check_output_folder, find_cases, lock_path
+from segcore.inference.predictor import Predictor
+from segcore.inference.stage import PRECISIONS
+from segcore.outputs.case import build_case, publish, seg_refusal
+from segcore.outputs.dicom_seg import SegUnavailable
+from segcore.outputs.records import has_record, organ_measures, rebuild_table, write_record
+from segcore.runtime import distributed
+from segcore.runtime.allocator import keep_freed_memory
+from segcore.runtime.claims import claim_case
+from segcore.volumes import VolumeError
+
+DISTRIBUTED_TIMEOUT_MINUTES = 24 * 60
+"""Ranks wait for each other only at the end; a long batch must not time the wait out."""
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """What a run writes per case (besides its record, :mod:`segcore.outputs.records`)."""
+
+    nifti: bool = True
+    dicom_seg: bool = False
+    preview: bool = False
+    stats: bool = False
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Outputs:
+        kind = args.output_type
+        return cls(kind in ("nifti", "both"), kind in ("dicom-seg", "both"), args.preview, args.stats)
+
+    def kinds(self) -> set[str]:
+        """The :data:`segcore.outputs.case.KINDS` this run makes per case."""
+        wanted = {"mask": self.nifti, "seg": self.dicom_seg, "preview": self.preview, "record": self.stats}
+        return {kind for kind, asked in wanted.items() if asked}
+
+    def destinations(self, case: Case, output_dir: Path) -> dict[str, Path]:
+        """Where each kind of output of ``case`` goes."""
+        names = {"mask": case.output_name, "seg": f"{case.case_id}_seg.dcm", "preview": f"{case.case_id}_preview.png",
+                 "record": f"{case.case_id}.json"}  # fmt: skip
+        return {kind: output_dir / names[kind] for kind in self.kinds()}
+
+    def files(self, case: Case) -> list[str]:
+        """The names of the case's outputs (a DICOM-SEG only for a DICOM input: :mod:`segcore.outputs.dicom_seg`)."""
+        names = [case.output_name] if self.nifti else []
+        if self.dicom_seg and (case.path.is_dir() or not self.nifti):
+            names.append(f"{case.case_id}_seg.dcm")
+        if self.preview:
+            names.append(f"{case.case_id}_preview.png")
+        if self.stats:
+            names.append(f"{case.case_id}.json")
+        return names
+
+
+@dataclass
+class CaseResult:
+    """What happened to one case: ``written``, ``skipped`` (its output existed) or ``failed``."""
+
+    name: str
+    output_name: str
+    status: str
+    seconds: float = 0.0
+    reason: str = ""
+    organs: int = 0
+    warnings: list[str] = field(default_factory=list)
+    rank: int = 0
+    verdict: str = ""
+    quality_reasons: list[str] = field(default_factory=list)
+
+
+STAGING = ".staging-"
+"""A case's outputs are made in ``OUTPUT_DIR/.<id>.staging-XXXX/`` and moved out together."""
+
+
+def predict_case(
+    predictor: Predictor, case: Case, output_dir: Path, *, outputs: Outputs = Outputs(), strict: bool = False
+) -> CaseResult:
+    """Segment one case and write what ``outputs`` asks for, all or nothing; failures become a
+    ``failed`` result with no file and no organ figures.
+
+    Every output is made in a hidden staging folder (:mod:`segcore.outputs.case`) and moved to its
+    name once all were made. A DICOM-SEG asked for alone is refused before inference when the
+    input's headers show it cannot be made; asked for beside the mask, it is a warning. With
+    ``strict``, a case whose quality verdict is ``fail`` gets no mask and is ``failed``.
+    """
+    started = time.perf_counter()
+    for stale in output_dir.glob(f".{case.case_id}{STAGING}*"):  # left by a killed run (we hold the claim)
+        shutil.rmtree(stale, ignore_errors=True)
+    organs: dict = {}
+    staging = Path(tempfile.mkdtemp(prefix=f".{case.case_id}{STAGING}", dir=output_dir))
+    try:
+        if outputs.dicom_seg and not outputs.nifti and (refusal := seg_refusal(case.path)) is not None:
+            raise SegUnavailable(refusal)
+        prediction, image, geometry = predictor.predict_file(case.path)
+        quality = prediction.quality
+        refused = strict and quality.verdict == "fail"
+        kinds = outputs.kinds() - ({"mask", "seg"} if refused else set())
+        made = build_case(
+            staging, kinds, case=case.case_id, input_name=case.name, source=case.path, prediction=prediction,
+            image=image, geometry=geometry, notice=predictor.notice, withheld=refused,
+            checkpoints_sha256=[source["sha256"] for source in predictor.sources.values()],
+        )  # fmt: skip
+        publish(made.files, outputs.destinations(case, output_dir))
+        organs = made.record["organs"]
+    except VolumeError as error:
+        result = CaseResult(case.name, case.output_name, "failed", time.perf_counter() - started, str(error))
+    except SegUnavailable as error:
+        reason = f"{case.path}: no DICOM-SEG: {error}"
+        result = CaseResult(case.name, case.output_name, "failed", time.perf_counter() - started, reason)
+    except Exception as error:  # one bad case must not stop the batch; the traceback goes to the log
+        traceback.print_exc(file=sys.stderr)
+        reason = f"{case.path}: internal error while segmenting ({error})"
+        result = CaseResult(case.name, case.output_name, "failed", time.perf_counter() - started, reason)
+    else:
+        result = CaseResult(
+            case.name, case.output_name, "written", time.perf_counter() - started, organs=quality.organ_count,
+            warnings=made.record["warnings"], verdict=quality.verdict, quality_reasons=quality.reasons,
+        )  # fmt: skip
+        if refused:
+            result.status, result.reason = "failed", f"{case.path}: quality verdict fail (--strict: no mask written)"
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    write_record(output_dir, record_of(case, result, organs))
+    return result
+
+
+def record_of(case: Case, result: CaseResult, statistics: dict) -> dict:
+    """The case's row of the results table (:mod:`segcore.outputs.records`)."""
+    return {
+        "case": case.case_id, "input": case.name, "status": result.status, "seconds": round(result.seconds, 3),
+        "verdict": result.verdict, "quality_reasons": result.quality_reasons, "warnings": result.warnings,
+        "reason": result.reason, "organs": organ_measures(statistics),
+    }  # fmt: skip
+
+
+def outputs_exist(case: Case, output_dir: Path, outputs: Outputs) -> bool:
+    """Whether every output the run asks for is already in ``output_dir``."""
+    return all((output_dir / name).exists() for name in outputs.files(case))
+
+
+def settle_case(
+    predictor: Predictor,
+    case: Case,
+    output_dir: Path,
+    *,
+    overwrite: bool,
+    outputs: Outputs,
+    wait: bool,
+    strict: bool = False,
+) -> CaseResult | None:
+    """Skip the case, or claim it and predict it; ``None`` when another run holds it and ``wait`` is false."""
+    if not overwrite and outputs_exist(case, output_dir, outputs):
+        return skipped(case, output_dir)
+    try:
+        claim = claim_case(lock_path(output_dir, case), wait=wait)
+    except OSError as error:
+        reason = f"{lock_path(output_dir, case)}: cannot claim the case: {error.strerror}"
+        return CaseResult(case.name, case.output_name, "failed", reason=reason)
+    if claim is None:
+        return None
+    try:
+        # Another run may have held the claim and written the case meanwhile. A holder removes its
+        # lock file only after its outputs are in place, so whoever locks after it, the old file or
+        # a new one, finds them here; claim_case's same-file check keeps two runs from holding one
+        # case at once when the holder failed it.
+        if not overwrite and outputs_exist(case, output_dir, outputs):
+            return skipped(case, output_dir)
+        return predict_case(predictor, case, output_dir, outputs=outputs, strict=strict)
+    finally:
+        claim.release()
+
+
+def skipped(case: Case, output_dir: Path) -> CaseResult:
+    """A case whose outputs exist; its record stays as the run that wrote them left it."""
+    result = CaseResult(case.name, case.output_name, "skipped")
+    if not has_record(output_dir, case.case_id):  # outputs from before records existed
+        write_record(output_dir, record_of(case, result, {}))
+    return result
+
+
+TABLE_EVERY_S = 5.0
+"""During a run the results table is rebuilt after a case at most this often (and always at the end)."""
+
+
+def predict_cases(
+    predictor: Predictor,
+    cases: list[Case],
+    output_dir: Path,
+    *,
+    overwrite: bool = False,
+    outputs: Outputs = Outputs(),
+    strict: bool = False,
+    progress: bool = True,
+    rank: int = 0,
+) -> list[CaseResult]:
+    """Settle every case (:func:`settle_case`), in order; those another run holds are put off to the
+    end and then waited for, so concurrent runs over one ``output_dir`` split the cases.
+
+    Returns:
+        The results in the order the cases were settled.
+    """
+    settle = partial(settle_case, predictor, output_dir=output_dir, overwrite=overwrite, outputs=outputs, strict=strict)
+    results: list[CaseResult] = []
+    deferred: list[Case] = []
+    tabled = time.monotonic()
+
+    def done(result: CaseResult) -> None:
+        nonlocal tabled
+        results.append(result)
+        bar.update()
+        if time.monotonic() - tabled > TABLE_EVERY_S:
+            rebuild_table(output_dir)
+            tabled = time.monotonic()
+
+    with tqdm(total=len(cases), desc="predict", unit="case", disable=not progress) as bar:
+        for case in cases:
+            result = settle(case, wait=False)
+            if result is None:
+                deferred.append(case)
+            else:
+                done(result)
+        for case in deferred:
+            done(settle(case, wait=True))
+    rebuild_table(output_dir)
+    for result in results:
+        result.rank = rank
+    return results
+
+
+def summary(results: list[CaseResult], elapsed: float, world_size: int = 1) -> str:
+    """A per-case table (status, seconds, organs found, quality verdict), the counts, every quality
+    concern and every failure with its reason."""
+    width = max([len("case"), *(len(result.name) for result in results)])
+    rank_header = f"{'rank':>5}" if world_size > 1 else ""
+    lines = [f"{'case':<{width}}  {'status':<8}{'time s':>8}{'organs':>8}  {'verdict':<7}{rank_header}"]
+    for result in sorted(results, key=lambda r: r.name):
+        rank = f"{result.rank:>5}" if world_size > 1 else ""
+        time_s = f"{result.seconds:>8.2f}" if result.status != "skipped" else f"{'-':>8}"
+        organs = f"{result.organs:>8}" if result.status == "written" else f"{'-':>8}"
+        lines.append(f"{result.name:<{width}}  {result.status:<8}{time_s}{organs}  {result.verdict or '-':<7}{rank}")
+    counts = {status: sum(r.status == status for r in results) for status in ("written", "skipped", "failed")}
+    written = [r.seconds for r in results if r.status == "written"]
+    mean = f" (mean {sum(written) / len(written):.2f} s per written case)" if written else ""
+    lines.append(
+        f"written {counts['written']}, skipped {counts['skipped']} (output exists), failed {counts['failed']} "
+        f"in {elapsed:.1f} s{mean}"
+    )
+    lines += [f"  WARNING {r.name}: {warning}" for r in results for warning in r.warnings]
+    lines += [
+        f"  {r.verdict.upper()} {r.name}: {'; '.join(r.quality_reasons)}"
+        for r in sorted(results, key=lambda r: r.name)
+        if r.verdict in ("review", "fail")
+    ]
+    lines += [f"  FAILED {r.name}: {r.reason}" for r in sorted(results, key=lambda r: r.name) if r.status == "failed"]
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="predict.sh",
+        description="Segment the 13 FLARE22 organs in every CT of a folder (coarse-to-fine).",
+        epilog="predict.sh also takes --nproc N (N processes under torchrun, each taking every N-th case) and "
+        "torchrun's multi-node options. Without -i/-o: segment the embedded sample CT and score it.",
+    )
+    parser.add_argument("-i", "--input", type=Path, help="folder of .nii/.nii.gz files and DICOM series folders")
+    parser.add_argument("-o", "--output", type=Path, help="folder for the masks (<id>.nii.gz)")
+    parser.add_argument("--weights", type=Path, help="folder holding coarse.pt and fine.pt (default: model_weights/)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: %(default)s")
+    parser.add_argument("--precision", choices=("auto", *PRECISIONS), default="auto", help="default: %(default)s")
+    parser.add_argument("--stats", action="store_true", help="also write <id>.json with per-organ statistics")
+    parser.add_argument(
+        "--output-type", choices=("nifti", "dicom-seg", "both"), default="nifti",
+        help="<id>.nii.gz, <id>_seg.dcm (DICOM inputs only: a SEG references its source series), or both",
+    )  # fmt: skip
+    parser.add_argument("--preview", action="store_true", help="also write <id>_preview.png (three slices, legend)")
+    parser.add_argument(
+        "--body-region", action="store_true",
+        help="set arms, table and cushions outside the trunk to air first (models trained on body-region stores)",
+    )  # fmt: skip
+    parser.add_argument("--overwrite", action="store_true", help="redo cases whose output exists")
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="write no mask for a case whose quality verdict is fail; it counts as failed",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--status-file",
+        type=Path,
+        help="write the exit status here and exit 0 (predict.sh uses it under torchrun, which reports any "
+        "non-zero exit as a crash with a traceback)",
+    )
+    args = parser.parse_args(argv)
+    if (args.input is None) != (args.output is None):
+        parser.error("-i INPUT_DIR and -o OUTPUT_DIR go together (give neither to run the embedded sample)")
+    return args
+
+
+def first_error(error: str | None) -> str | None:
+    """The first error of any rank, on every rank, so that all ranks stop or go on together."""
+    return next((e for e in distributed.gather_objects(error) if e), None)
+
+
+def run_batch(args: argparse.Namespace, context: distributed.DistributedContext) -> int:
+    """Every rank predicts its share; rank 0 prints the summary. Returns the exit status (the same on every rank)."""
+    say = print if context.is_main else (lambda *a, **k: None)
+    if not args.input.is_dir():
+        say(f"predict: input folder {args.input} does not exist", file=sys.stderr)
+        return 2
+    # Every rank checks the folder and loads the model; all must succeed before any goes on (a
+    # rank that stopped alone would leave the others waiting for it at the final gather).
+    problem = check_output_folder(args.output)
+    error = f"predict: output folder {args.output}: {problem}" if problem else None
+    if (error := first_error(error)) is not None:
+        say(error, file=sys.stderr)
+        return 2
+    try:
+        predictor = Predictor.from_weights(args.weights, context.device, args.precision, body_region=args.body_region)
+        error = None
+    except (OSError, ValueError, RuntimeError) as failure:
+        predictor, error = None, f"predict: {failure}"
+    if (error := first_error(error)) is not None:
+        say(error, file=sys.stderr)
+        return 2
+    cases, problems, ignored = find_cases(args.input, args.output)
+    say(
+        f"predict: {len(cases) + len(problems)} case(s) in {args.input} -> {args.output} "
+        f"({context.world_size} process(es) on {context.device.type})"
+    )
+    if ignored:
+        say(f"  passed over (neither NIfTI nor folder): {', '.join(ignored)}")
+    if predictor.notice:
+        say(f"predict: NOTE on these weights: {predictor.notice}")
+    started = time.perf_counter()
+    mine = cases[context.rank :: context.world_size]
+    results = predict_cases(
+        predictor, mine, args.output, overwrite=args.overwrite, outputs=Outputs.from_args(args), strict=args.strict,
+        progress=context.is_main and not args.no_progress, rank=context.rank,
+    )  # fmt: skip
+    gathered = [result for part in distributed.gather_objects([asdict(r) for r in results]) for result in part]
+    everything = [CaseResult(**result) for result in gathered]
+    everything += [CaseResult(name, "", "failed", reason=reason) for name, reason in problems.items()]
+    say(summary(everything, time.perf_counter() - started, context.world_size))
+    return 1 if any(result.status == "failed" for result in everything) else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    keep_freed_memory()  # a batch reuses the same sizes case after case: see segcore.runtime.allocator
+    try:
+        context = distributed.setup(args.device, timeout_minutes=DISTRIBUTED_TIMEOUT_MINUTES)
+    except RuntimeError as error:
+        print(f"predict: {error}", file=sys.stderr)
+        return 2
+    try:
+        if args.input is None:
+            from predict.sample import run_sample
+
+            status = run_sample(args.weights, context.device, args.precision) if context.is_main else 0
+        else:
+            status = run_batch(args, context)
+    finally:
+        distributed.cleanup()
+        # Interpreter exit collects every object left (torch alone leaves ~10^5): frozen ones are
+        # skipped, which saves ~0.3 s of a one-case run's ~2.4 s.
+        gc.freeze()
+    if args.status_file is None:
+        return status
+    if context.local_rank == 0:  # one writer per machine: each node's predict.sh reads its own file
+        args.status_file.write_text(f"{status}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from segcore.evaluate.folders import main
+
+sys.exit(main())

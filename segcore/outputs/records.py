@@ -1,0 +1,77 @@
+"""The batch results table: one record per case in the output folder, and ``summary.csv`` built from them.
+
+Each case ``predict`` settles leaves ``OUTPUT_DIR/.records/<id>.json`` (status, seconds, quality
+verdict and reasons, warnings, failure reason, per organ volume in mL and mean HU), written
+atomically. ``summary.csv`` is rebuilt from every record in the folder, under an exclusive lock
+and replaced atomically, so the table is always whole: an interrupted run leaves the table of
+what it finished, and runs sharing the folder (or torchrun ranks) each rebuild it from all the
+records, the last one seeing every case. One row per record, sorted by case id; columns
+:data:`COLUMNS` then ``<organ>_ml`` and ``<organ>_mean_hu`` for the 13 organs (empty where the
+organ is absent).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from segcore.labels import ORGANS
+from segcore.runtime.claims import claim_case
+from segcore.runtime.files import write_text_atomic
+
+RECORDS = ".records"
+TABLE = "summary.csv"
+COLUMNS = ["case", "input", "status", "seconds", "verdict", "quality_reasons", "warnings", "reason"]
+
+
+def record_path(output_dir: Path, case_id: str) -> Path:
+    return output_dir / RECORDS / f"{case_id}.json"
+
+
+def write_record(output_dir: Path, record: dict[str, Any]) -> None:
+    """Keep one case's record (``record["case"]`` names it)."""
+    (output_dir / RECORDS).mkdir(exist_ok=True)
+    write_text_atomic(record_path(output_dir, record["case"]), json.dumps(record, indent=1) + "\n")
+
+
+def table_columns() -> list[str]:
+    return COLUMNS + [f"{name}_{measure}" for name in ORGANS.values() for measure in ("ml", "mean_hu")]
+
+
+def rebuild_table(output_dir: Path) -> int:
+    """Rewrite ``summary.csv`` from every record in ``output_dir``; returns the number of rows."""
+    claim = claim_case(output_dir / ".summary.lock", wait=True)
+    try:
+        rows = []
+        for path in sorted((output_dir / RECORDS).glob("*.json")) if (output_dir / RECORDS).is_dir() else []:
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, ValueError):  # a record being replaced right now: the next rebuild has it
+                continue
+            row = {key: record.get(key, "") for key in COLUMNS}
+            for key in ("quality_reasons", "warnings"):
+                row[key] = "; ".join(record.get(key) or [])
+            for name, measures in (record.get("organs") or {}).items():
+                row[f"{name}_ml"], row[f"{name}_mean_hu"] = measures["volume_ml"], measures["mean_hu"]
+            rows.append(row)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=table_columns(), restval="", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text_atomic(output_dir / TABLE, buffer.getvalue())
+        return len(rows)
+    finally:
+        claim.release()
+
+
+def organ_measures(statistics: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """The record's ``organs`` from :func:`segcore.inference.postprocess.organ_statistics`."""
+    return {name: {"volume_ml": s["volume_ml"], "mean_hu": s["mean_hu"]} for name, s in statistics.items()}
+
+
+def has_record(output_dir: Path, case_id: str) -> bool:
+    return os.path.exists(record_path(output_dir, case_id))

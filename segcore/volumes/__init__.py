@@ -1,0 +1,58 @@
+"""Volumes: reading CT and label files with their exact grid, the input checks, writing masks,
+grids and resampling, CT intensity, and the body region.
+
+The readers' public names are here; the modules hold one concern each: :mod:`.names` (case
+file names), :mod:`.checks` (errors, limits, shape / CT / grid checks), :mod:`.nifti` (NIfTI
+header checks and payload), :mod:`.dicom` (DICOM series), :mod:`.read` (CTs and label maps),
+:mod:`.write` (NIfTI writing), :mod:`.itk` (SimpleITK images), :mod:`.geometry` (grids and
+orientation), :mod:`.resample`, :mod:`.intensity`, :mod:`.body_region`.
+"""
+
+from segcore.volumes.checks import (
+    CT_AIR_OR_FAT_HU,
+    DEFAULT_LIMITS,
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_VOXELS,
+    UNLIMITED,
+    ErrorKind,
+    ImageInfo,
+    Limits,
+    VolumeError,
+    check_ct_values,
+    check_shape,
+    grid_difference,
+)
+from segcore.volumes.dicom import dicom_series_files
+from segcore.volumes.itk import geometry_of, to_image
+from segcore.volumes.names import CHANNEL_SUFFIX, NIFTI_SUFFIXES, case_id, case_stem, is_nifti
+from segcore.volumes.nifti import check_file_header
+from segcore.volumes.read import read_label_map, read_labels_on_grid, read_volume
+from segcore.volumes.write import write_volume
+
+__all__ = [
+    "CHANNEL_SUFFIX",
+    "CT_AIR_OR_FAT_HU",
+    "DEFAULT_LIMITS",
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_MAX_VOXELS",
+    "NIFTI_SUFFIXES",
+    "UNLIMITED",
+    "ErrorKind",
+    "ImageInfo",
+    "Limits",
+    "VolumeError",
+    "case_id",
+    "case_stem",
+    "check_ct_values",
+    "check_file_header",
+    "check_shape",
+    "dicom_series_files",
+    "geometry_of",
+    "grid_difference",
+    "is_nifti",
+    "read_label_map",
+    "read_labels_on_grid",
+    "read_volume",
+    "to_image",
+    "write_volume",
+]

@@ -1,0 +1,94 @@
+"""The layers of ARCHITECTURE.md, checked on every import of the repository's Python files."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+LIBRARY_LAYERS = {
+    "segcore.labels": 0, "segcore.config": 0, "segcore.runtime": 0,
+    "segcore.volumes": 1,
+    "segcore.store": 2, "segcore.networks": 2, "segcore.evaluate": 2, "segcore.phantom": 2,
+    "segcore.inference": 3,
+    "segcore.outputs": 4, "segcore.training": 4,
+    "segcore.testing": 5,
+}  # fmt: skip
+"""Each library package's floor: it imports only from floors below its own (and from itself)."""
+APPLICATIONS = {"data_prepare", "coarse_seg", "fine_seg", "inference_server", "predict"}
+"""Programs on top of the library: they import the library, never one another."""
+OURS = {"segcore", "bench", "tests", *APPLICATIONS}
+
+
+def unit(module: str) -> str:
+    """The package an import belongs to: ``segcore.<package>`` inside the library, else the top level."""
+    parts = module.split(".")
+    return ".".join(parts[:2]) if parts[0] == "segcore" and len(parts) > 1 else parts[0]
+
+
+def imports(root: Path = ROOT) -> dict[str, set[str]]:
+    """Unit -> the other units its files import (absolute imports of this repository's modules)."""
+    edges: dict[str, set[str]] = {}
+    for top in sorted(OURS):
+        for path in sorted((root / top).rglob("*.py")):
+            source = unit(".".join(path.relative_to(root).with_suffix("").parts))
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    targets = [node.module]
+                elif isinstance(node, ast.Import):
+                    targets = [alias.name for alias in node.names]
+                else:
+                    continue
+                for target in targets:
+                    if target.split(".")[0] in OURS and unit(target) != source:
+                        edges.setdefault(source, set()).add(unit(target))
+    return edges
+
+
+def violations(edges: dict[str, set[str]]) -> list[str]:
+    """Every import that breaks a layer rule, as ``"importer -> imported: why"``."""
+    found = []
+    for source, targets in sorted(edges.items()):
+        for target in sorted(targets):
+            top = target.split(".")[0]
+            if source in LIBRARY_LAYERS:
+                if target not in LIBRARY_LAYERS:
+                    found.append(f"{source} -> {target}: the library imports only the library")
+                elif LIBRARY_LAYERS[target] >= LIBRARY_LAYERS[source]:
+                    found.append(f"{source} -> {target}: not a lower floor")
+            elif source == "segcore":
+                found.append(f"{source} -> {target}: the package's own __init__ imports nothing")
+            elif source in APPLICATIONS and top != "segcore":
+                found.append(f"{source} -> {target}: an application imports only the library")
+            elif source == "bench" and top == "tests":
+                found.append(f"{source} -> {target}: benchmarks share helpers with the tests through segcore.testing")
+    return found
+
+
+def test_every_library_package_has_a_floor():
+    packages = {unit(f"segcore.{path.stem}") for path in (ROOT / "segcore").iterdir() if path.name != "__init__.py"}
+    packages -= {"segcore.__pycache__"}
+    assert packages == set(LIBRARY_LAYERS), packages ^ set(LIBRARY_LAYERS)
+
+
+def test_no_import_goes_up_a_floor_and_no_application_or_test_is_imported_by_the_library():
+    assert violations(imports()) == []
+
+
+def test_the_rules_catch_each_kind_of_break():
+    edges = {
+        "segcore.volumes": {"segcore.inference", "segcore.labels"},  # up a floor; down is fine
+        "segcore.store": {"segcore.networks"},  # same floor
+        "segcore.inference": {"predict"},  # the library importing an application
+        "inference_server": {"predict", "segcore.outputs"},  # one application importing another
+        "bench": {"tests", "segcore.testing"},  # a benchmark importing a test module
+        "tests": {"bench", "segcore.volumes"},  # tests may import anything
+    }
+    assert violations(edges) == [
+        "bench -> tests: benchmarks share helpers with the tests through segcore.testing",
+        "inference_server -> predict: an application imports only the library",
+        "segcore.inference -> predict: the library imports only the library",
+        "segcore.store -> segcore.networks: not a lower floor",
+        "segcore.volumes -> segcore.inference: not a lower floor",
+    ]
