@@ -296,28 +296,17 @@ class Predictor:
         watch.lap("reorient")
         coarse = self.locator.locate(volume, canonical.spacing_zyx, watch.timings)
         watch.resume()
-        canonical_labels = np.zeros(canonical.shape_zyx, dtype=np.uint8)
-        warnings = []
         if coarse.box is None:
-            warnings.append("the coarse stage found no organ: the mask is empty")
+            canonical_labels = np.zeros(canonical.shape_zyx, dtype=np.uint8)
+            warnings = ["the coarse stage found no organ: the mask is empty"]
             assessed = empty_quality(canonical_image)
         else:
             region = tuple(slice(start, stop) for start, stop in coarse.box)
             probabilities = self.fine.probabilities(volume[region], watch)
             del volume
-            crop_shape = tuple(stop - start for start, stop in coarse.box)
-            crop_labels = resize_argmax(probabilities, crop_shape, chunk_elements=self.chunk_elements)
-            watch.lap("fine_restore")
-            crop_labels = keep_components(crop_labels, self.locator.component_shares)
-            canonical_labels[region] = crop_labels
-            watch.lap("cleanup")
-            if not canonical_labels.any():
-                warnings.append("the fine stage found no organ inside the coarse box: the mask is empty")
-            coarse_in_crop = coarse_on_crop(coarse.labels, coarse.box, canonical.shape_zyx, probabilities.shape[1:])
-            assessed = assess(
-                probabilities, coarse_in_crop, crop_labels, edge_labels(canonical_labels),
-                canonical_image, canonical.spacing_zyx,
-            )  # fmt: skip
+            canonical_labels, assessed, warnings = self._fine_labels(
+                probabilities, coarse, canonical_image, canonical, watch
+            )
             del probabilities
         watch.lap("quality")
         labels = np.ascontiguousarray(reorientation.undo(canonical_labels))
@@ -331,6 +320,33 @@ class Predictor:
             warnings=warnings,
             quality=assessed,
         )
+
+    def _fine_labels(
+        self,
+        probabilities: torch.Tensor,
+        coarse: CoarseResult,
+        canonical_image: np.ndarray,
+        canonical: Geometry,
+        watch: Stopwatch,
+    ) -> tuple[np.ndarray, Quality, list[str]]:
+        """The fine stage's canonical labels (its crop's argmax, cleaned and pasted), their quality and warnings."""
+        canonical_labels = np.zeros(canonical.shape_zyx, dtype=np.uint8)
+        region = tuple(slice(start, stop) for start, stop in coarse.box)
+        crop_shape = tuple(stop - start for start, stop in coarse.box)
+        crop_labels = resize_argmax(probabilities, crop_shape, chunk_elements=self.chunk_elements)
+        watch.lap("fine_restore")
+        crop_labels = keep_components(crop_labels, self.locator.component_shares)
+        canonical_labels[region] = crop_labels
+        watch.lap("cleanup")
+        warnings = (
+            [] if canonical_labels.any() else ["the fine stage found no organ inside the coarse box: the mask is empty"]
+        )
+        coarse_in_crop = coarse_on_crop(coarse.labels, coarse.box, canonical.shape_zyx, probabilities.shape[1:])
+        assessed = assess(
+            probabilities, coarse_in_crop, crop_labels, edge_labels(canonical_labels),
+            canonical_image, canonical.spacing_zyx,
+        )  # fmt: skip
+        return canonical_labels, assessed, warnings
 
     def predict_file(self, path: str | os.PathLike) -> tuple[Prediction, np.ndarray, Geometry]:
         """Read a NIfTI file or DICOM series folder (:func:`segcore.volumes.read_volume`) and segment it.

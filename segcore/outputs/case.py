@@ -112,34 +112,43 @@ def build_case(
     )
     staged = {kind: staging / STAGED_NAMES[kind] for kind in kinds}
     if "seg" in kinds:
-        try:
-            write_dicom_seg(
-                prediction.labels, source, staged["seg"], checkpoints_sha256=checkpoints_sha256 or [],
-                verdict=prediction.quality.verdict, notice=notice,
-            )  # fmt: skip
-            outputs.files["seg"] = staged["seg"]
-        except SegUnavailable as error:
-            if "mask" not in kinds:
-                raise
-            outputs.seg_note = f"no DICOM-SEG: {error}"
-            outputs.record["warnings"].append(outputs.seg_note)
+        _stage_seg(outputs, prediction, source, staged["seg"], checkpoints_sha256, notice, mask_too="mask" in kinds)
     if "mask" in kinds:
         write_volume(staged["mask"], prediction.labels, geometry)
         outputs.files["mask"] = staged["mask"]
     if "preview" in kinds:
-        from segcore.outputs.preview import reader_note, render_preview  # Pillow: only for cases that draw
-
-        quality = prediction.quality
-        note = reader_note(quality.verdict, quality.reasons, notice)
-        volumes = {name: s["volume_ml"] for name, s in organs.items()}
-        staged["preview"].write_bytes(
-            render_preview(image, prediction.labels, geometry, volumes_ml=volumes, note=note).png
-        )
-        outputs.files["preview"] = staged["preview"]
+        _stage_preview(outputs, prediction, image, geometry, organs, notice, staged["preview"])
     if "record" in kinds:
         staged["record"].write_text(json.dumps(outputs.record, indent=2) + "\n")
         outputs.files["record"] = staged["record"]
     return outputs
+
+
+def _stage_seg(
+    outputs: CaseOutputs, prediction, source: Path, path: Path, checkpoints_sha256, notice, *, mask_too: bool
+):
+    """The DICOM-SEG into ``path``; one that cannot be made is a warning when the mask goes too."""
+    try:
+        write_dicom_seg(
+            prediction.labels, source, path, checkpoints_sha256=checkpoints_sha256 or [],
+            verdict=prediction.quality.verdict, notice=notice,
+        )  # fmt: skip
+        outputs.files["seg"] = path
+    except SegUnavailable as error:
+        if not mask_too:
+            raise
+        outputs.seg_note = f"no DICOM-SEG: {error}"
+        outputs.record["warnings"].append(outputs.seg_note)
+
+
+def _stage_preview(outputs: CaseOutputs, prediction, image, geometry: Geometry, organs, notice, path: Path) -> None:
+    from segcore.outputs.preview import reader_note, render_preview  # Pillow: only for cases that draw
+
+    quality = prediction.quality
+    note = reader_note(quality.verdict, quality.reasons, notice)
+    volumes = {name: s["volume_ml"] for name, s in organs.items()}
+    path.write_bytes(render_preview(image, prediction.labels, geometry, volumes_ml=volumes, note=note).png)
+    outputs.files["preview"] = path
 
 
 def publish(files: dict[str, Path], destinations: dict[str, Path]) -> None:

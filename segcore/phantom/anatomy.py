@@ -156,10 +156,17 @@ class _Builder:
         return Ellipsoid(center, semi, rotation(tuple(angles)), Bumps.random(self.rng, 4, self.bumps * bump, frequency))
 
     def organs(self) -> dict[str, Organ]:
+        """Every labelled organ, by name: the solid organs, then the tubular ones (in this order of draws)."""
+        organs: dict[str, Organ] = {}
+        self._solid_organs(organs)
+        self._tubular_organs(organs)
+        return organs
+
+    def _solid_organs(self, organs: dict[str, Organ]) -> None:
+        """Liver, gallbladder, kidneys, spleen and adrenals."""
         p, k = self.p, self.k
         a, b, pitch = p.cavity_a, p.cavity_b, p.pitch
-        h_right, h_left, ay, iy, sy = p.dome_right, p.dome_left, self.aorta_y, self.ivc_y, p.spine_y
-        organs: dict[str, Organ] = {}
+        h_right, h_left, sy = p.dome_right, p.dome_left, p.spine_y
 
         # The liver's size varies less than the patient's: big patients are mostly bigger by fat and muscle.
         size = self.factor(0.84, 1.0) / k**0.4
@@ -210,6 +217,11 @@ class _Builder:
                                [adrenal * 1.2, adrenal * 0.8], sd=1.5) for end in (medial, lateral)]  # fmt: skip
             organs[name] = Organ(name, Union(limbs))
 
+    def _tubular_organs(self, organs: dict[str, Organ]) -> None:
+        """Aorta, IVC, esophagus, stomach, duodenum and pancreas."""
+        p, k = self.p, self.k
+        pitch = p.pitch
+        h_right, h_left, ay, iy, sy = p.dome_right, p.dome_left, self.aorta_y, self.ivc_y, p.spine_y
         top = h_right + 400.0  # beyond any field of view: tubes are cut by the grid, not by their ends
         organs["aorta"] = Organ("aorta", self.tube(
             [(26 * k, sy - 12 * k, top), (20 * k, sy - 20 * k, h_right + 20), (12 * k, ay, 2.5 * pitch),
@@ -246,7 +258,6 @@ class _Builder:
              (-8 * k, ay - 42 * k, -0.45 * pitch), (30 * k, ay - 36 * k, -0.1 * pitch),
              (62 * k, ay - 18 * k, 0.35 * pitch), (82 * k, ay - 12 * k, 0.45 * pitch)],
             np.array([11, 15, 11, 11, 9.5, 8]) * k * self.factor(0.85, 1.15), sd=3.0))  # fmt: skip
-        return organs
 
     def vessels(self) -> list[Vessel]:
         p, k = self.p, self.k

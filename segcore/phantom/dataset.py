@@ -102,6 +102,26 @@ def _make_case(task: tuple) -> dict:
     }
 
 
+def _make_cases(tasks: list[tuple], workers: int, progress: bool) -> list[dict]:
+    """Every case of ``tasks``, in order, in this process or in ``workers`` spawned ones."""
+    bar = tqdm(total=len(tasks), desc="phantoms", unit="case", disable=not progress)
+    if workers <= 1:
+        records = []
+        for task in tasks:
+            records.append(_make_case(task))
+            bar.update()
+    else:
+        # Spawned workers: safe whatever the parent has imported (threads, CUDA).
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            records = []
+            for record in pool.map(_make_case, tasks):
+                records.append(record)
+                bar.update()
+    bar.close()
+    return records
+
+
 def write_dataset(
     out: str | os.PathLike,
     labeled: int,
@@ -164,20 +184,6 @@ def write_dataset(
         for folder in (spec.image_dir, mask_dirs[name]):
             if folder is not None:
                 (out / folder).mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=len(tasks), desc="phantoms", unit="case", disable=not progress)
-    if workers <= 1:
-        records = []
-        for task in tasks:
-            records.append(_make_case(task))
-            bar.update()
-    else:
-        # Spawned workers: safe whatever the parent has imported (threads, CUDA).
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            records = []
-            for record in pool.map(_make_case, tasks):
-                records.append(record)
-                bar.update()
-    bar.close()
+    records = _make_cases(tasks, workers, progress)
     (out / MANIFEST).write_text(json.dumps(records, indent=1))
     return records

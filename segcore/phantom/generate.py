@@ -151,6 +151,31 @@ def generate_case(
     def rng(name: str) -> np.random.Generator:
         return np.random.default_rng(streams[name])
 
+    patient, organs, vessels, scan, arms = _draw_anatomy(streams, size, full_field, geometry, vary, detailed)
+    drawn_domain = (sample_randomised_domain if randomise else sample_domain)(rng("domain"))
+    domain = drawn_domain if domain is None else domain
+
+    grid = scan.grid
+    bowel_detail = rng("bowel_detail") if detailed else None
+    tissue = build_background(grid, patient, rng("bowel"), threads, arms, bowel_detail)
+    shapes: dict[int, OrganMask] | None = {} if keep_shapes else None
+    label, voxel_counts = _paint_labels(grid, organs, vessels, tissue, shapes)
+    spacing_zyx = tuple(reversed(grid.spacing_xyz))
+    image = render(tissue, hu_lookup(domain, rng("hu")), domain, spacing_zyx, streams["noise"], threads)
+
+    stored_image = np.ascontiguousarray(scan.reorientation.undo(image))
+    stored_label = np.ascontiguousarray(scan.reorientation.undo(label))
+    meta = _meta(root, size, domain, scan, patient, grid, voxel_counts)
+    meta.update(_variation_meta(organs, scan, arms, patient, vary, detailed))
+    return Phantom(stored_image, stored_label, scan.geometry, meta, shapes)
+
+
+def _draw_anatomy(streams: dict, size: str, full_field: bool, geometry: Geometry | None, vary: bool, detailed: bool):
+    """The patient, its organs and vessels on the planned scan, and the arms of one case."""
+
+    def rng(name: str) -> np.random.Generator:
+        return np.random.default_rng(streams[name])
+
     patient = sample_patient(rng("patient"))
     if detailed:
         patient = detailed_habitus(patient, rng("habitus"))
@@ -170,25 +195,23 @@ def generate_case(
     if variation is not None:
         removed = {name for name, chance in REMOVABLE_ORGANS.items() if variation.random() < chance}
         organs = [organ for organ in organs if organ.name not in removed]
-    drawn_domain = (sample_randomised_domain if randomise else sample_domain)(rng("domain"))
-    domain = drawn_domain if domain is None else domain
+    return patient, organs, vessels, scan, arms
 
-    grid = scan.grid
-    tissue = build_background(grid, patient, rng("bowel"), threads, arms, detail("bowel_detail"))
+
+def _paint_labels(grid: Grid, organs: list[Organ], vessels: list[Vessel], tissue: np.ndarray, shapes: dict | None):
+    """The structures organs lie around, the organs (label map and voxel counts), then the vessels."""
     _paint_first(grid, [vessel for vessel in vessels if vessel.first], tissue)
-    vessels = [vessel for vessel in vessels if not vessel.first]
     label = np.zeros(grid.shape, dtype=np.uint8)
-    shapes: dict[int, OrganMask] | None = {} if keep_shapes else None
     voxel_counts = _paint_organs(grid, organs, tissue, label, shapes)
     for name in ORGAN_IDS:  # removed organs, in a fixed order (the manifest's bytes stay reproducible)
         voxel_counts.setdefault(name, {"shape": 0, "painted": 0})
-    _paint_vessels(grid, vessels, tissue, label)
-    spacing_zyx = tuple(reversed(grid.spacing_xyz))
-    image = render(tissue, hu_lookup(domain, rng("hu")), domain, spacing_zyx, streams["noise"], threads)
+    _paint_vessels(grid, [vessel for vessel in vessels if not vessel.first], tissue, label)
+    return label, voxel_counts
 
-    stored_image = np.ascontiguousarray(scan.reorientation.undo(image))
-    stored_label = np.ascontiguousarray(scan.reorientation.undo(label))
-    meta = _meta(root, size, domain, scan, patient, grid, voxel_counts)
+
+def _variation_meta(organs: list[Organ], scan: Scan, arms, patient, vary: bool, detailed: bool) -> dict:
+    """What ``vary`` and ``detailed`` drew, for the case's meta."""
+    meta = {}
     if vary:
         meta["organs_removed"] = sorted(set(ORGAN_IDS) - {organ.name for organ in organs})
         meta["field_of_view"] = {"slab_mm": scan.slab_mm, "narrow": scan.narrow}
@@ -199,7 +222,7 @@ def generate_case(
             "spine_setback_mm": round(spine_setback(patient), 2),
             "aorta_calcified": aorta is not None and aorta.plaques is not None,
         }
-    return Phantom(stored_image, stored_label, scan.geometry, meta, shapes)
+    return meta
 
 
 def _paint_organs(

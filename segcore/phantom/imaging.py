@@ -8,6 +8,7 @@ deviation is the domain's ``noise_sigma_hu``.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import numpy as np
 from scipy import ndimage
@@ -96,27 +97,26 @@ def render(
             noise *= raw_sigma
             block += noise
 
-    def blur(axis: int, kernel: np.ndarray, part: tuple[slice, ...]) -> None:
-        view = image[part]
-        # In place: scipy buffers each line before writing it back.
-        ndimage.correlate1d(view, kernel, axis=axis, output=view, mode="nearest")
-
-    def store(start: int) -> None:
-        block = image[start : start + Z_CHUNK]
-        np.rint(block, out=block)
-        np.clip(block, HU_MIN, HU_MAX, out=block)
-        out[start : start + Z_CHUNK] = block
-
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         list(pool.map(fill, starts))
         for axis, kernel in enumerate(kernels):
-            list(
-                pool.map(
-                    lambda part, axis=axis, kernel=kernel: blur(axis, kernel, part), _parts(image.shape, axis, threads)
-                )
-            )
-        list(pool.map(store, starts))
+            list(pool.map(partial(_blur, image, axis, kernel), _parts(image.shape, axis, threads)))
+        list(pool.map(partial(_store, image, out), starts))
     return out
+
+
+def _blur(image: np.ndarray, axis: int, kernel: np.ndarray, part: tuple[slice, ...]) -> None:
+    view = image[part]
+    # In place: scipy buffers each line before writing it back.
+    ndimage.correlate1d(view, kernel, axis=axis, output=view, mode="nearest")
+
+
+def _store(image: np.ndarray, out: np.ndarray, start: int) -> None:
+    """Round and clip one block of slices into the int16 output."""
+    block = image[start : start + Z_CHUNK]
+    np.rint(block, out=block)
+    np.clip(block, HU_MIN, HU_MAX, out=block)
+    out[start : start + Z_CHUNK] = block
 
 
 def _parts(shape: tuple[int, ...], axis: int, count: int) -> list[tuple[slice, ...]]:

@@ -157,51 +157,13 @@ def plan_scan(
     body_center = np.array([(x_min + x_max) / 2, (y_min + y_max) / 2])
     organ_low, organ_high = organ_z_range
     if geometry is not None:
-        reorientation = canonical_reorientation(geometry)
-        canonical = reorientation.canonical
-        extent = (np.asarray(canonical.size) - 1) * np.asarray(canonical.spacing)
-        fov_center = np.asarray(canonical.origin) + extent / 2
-        wanted_center = np.array([*body_center, (organ_low + organ_high) / 2])
-        patient_origin = fov_center - wanted_center
-        fits = extent[2] >= organ_high - organ_low
-        return Scan(geometry, reorientation, _grid(reorientation, patient_origin), tuple(patient_origin), "given", fits)
+        return _given_scan(geometry, body_center, organ_low, organ_high)
 
-    width = max(x_max - x_min, y_max - y_min)
-    if size == "full":
-        n_xy = FULL_IN_PLANE
-        spacing_xy = float(np.clip(width * rng.uniform(1.05, 1.3) / n_xy, *FULL_SPACING_MM))
-        spacing_z = float(rng.choice(FULL_SLICE_SPACINGS_MM, p=FULL_SLICE_WEIGHTS))
-        max_slices = FULL_MAX_SLICES
-    elif size == "medium":
-        n_xy = int(rng.integers(MEDIUM_IN_PLANE[0], MEDIUM_IN_PLANE[1] + 1))
-        spacing_xy = width * rng.uniform(1.05, 1.3) / n_xy
-        spacing_z = float(rng.choice(MEDIUM_SLICE_SPACINGS_MM))
-        max_slices = MEDIUM_MAX_SLICES
-    else:
-        n_xy = int(rng.integers(SMALL_IN_PLANE[0], SMALL_IN_PLANE[1] + 1))
-        spacing_xy = width * rng.uniform(1.05, 1.25) / n_xy
-        spacing_z = spacing_xy * rng.uniform(0.9, 1.3)
-        max_slices = SMALL_MAX_SLICES
-
-    # z field of view: the organs plus margins (some scans reach into the chest or the pelvis).
-    below, above = rng.uniform(10.0, 110.0), rng.uniform(15.0, 90.0)
-    z_low, z_high = organ_low - below, organ_high + above
-    if not full_field:
-        if rng.random() < 0.5:
-            z_high = rng.uniform(organ_low + 0.45 * (organ_high - organ_low), organ_high - 25.0)
-        else:
-            z_low = rng.uniform(organ_low + 25.0, organ_low + 0.45 * (organ_high - organ_low))
-    n_x = n_y = n_xy
-    narrow_shift, slab_mm, narrow = np.zeros(2), None, None
-    if variation is not None:
-        if variation.random() < SLAB_SHARE:
-            slab_mm = float(np.exp(variation.uniform(*np.log(SLAB_MM))))
-            middle = variation.uniform(organ_low, organ_high)
-            z_low, z_high = middle - slab_mm / 2, middle + slab_mm / 2
-        if variation.random() < NARROW_SHARE:
-            narrow = tuple(float(variation.uniform(*NARROW_FRACTION)) for _ in range(2))
-            n_x, n_y = (int(round(n_xy * fraction)) for fraction in narrow)
-            narrow_shift = variation.uniform(-0.5, 0.5, 2) * (n_xy - np.array([n_x, n_y])) * spacing_xy
+    n_xy, spacing_xy, spacing_z, max_slices = _in_plane(rng, size, max(x_max - x_min, y_max - y_min))
+    z_low, z_high = _z_range(rng, organ_low, organ_high, full_field)
+    z_low, z_high, n_x, n_y, narrow_shift, slab_mm, narrow = _varied_field(
+        variation, organ_low, organ_high, z_low, z_high, n_xy, spacing_xy
+    )
     slab = slab_mm is not None
     n_z = int(round((z_high - z_low) / spacing_z)) + 1
     if slab and n_z < MIN_SLICES:
@@ -235,3 +197,64 @@ def plan_scan(
         slab_mm=slab_mm,
         narrow=narrow,
     )
+
+
+def _in_plane(rng: np.random.Generator, size: str, width: float) -> tuple[int, float, float, int]:
+    """Voxels across, in-plane spacing, slice spacing and the most slices of a ``size`` grid for a
+    body ``width`` mm across."""
+    if size == "full":
+        n_xy = FULL_IN_PLANE
+        spacing_xy = float(np.clip(width * rng.uniform(1.05, 1.3) / n_xy, *FULL_SPACING_MM))
+        spacing_z = float(rng.choice(FULL_SLICE_SPACINGS_MM, p=FULL_SLICE_WEIGHTS))
+        max_slices = FULL_MAX_SLICES
+    elif size == "medium":
+        n_xy = int(rng.integers(MEDIUM_IN_PLANE[0], MEDIUM_IN_PLANE[1] + 1))
+        spacing_xy = width * rng.uniform(1.05, 1.3) / n_xy
+        spacing_z = float(rng.choice(MEDIUM_SLICE_SPACINGS_MM))
+        max_slices = MEDIUM_MAX_SLICES
+    else:
+        n_xy = int(rng.integers(SMALL_IN_PLANE[0], SMALL_IN_PLANE[1] + 1))
+        spacing_xy = width * rng.uniform(1.05, 1.25) / n_xy
+        spacing_z = spacing_xy * rng.uniform(0.9, 1.3)
+        max_slices = SMALL_MAX_SLICES
+    return n_xy, spacing_xy, spacing_z, max_slices
+
+
+def _z_range(rng: np.random.Generator, organ_low: float, organ_high: float, full_field: bool) -> tuple[float, float]:
+    # z field of view: the organs plus margins (some scans reach into the chest or the pelvis).
+    below, above = rng.uniform(10.0, 110.0), rng.uniform(15.0, 90.0)
+    z_low, z_high = organ_low - below, organ_high + above
+    if not full_field:
+        if rng.random() < 0.5:
+            z_high = rng.uniform(organ_low + 0.45 * (organ_high - organ_low), organ_high - 25.0)
+        else:
+            z_low = rng.uniform(organ_low + 25.0, organ_low + 0.45 * (organ_high - organ_low))
+    return z_low, z_high
+
+
+def _varied_field(variation, organ_low, organ_high, z_low, z_high, n_xy, spacing_xy):
+    """With ``variation``: a slab anywhere over the organs, an in-plane field narrower than the body."""
+    n_x = n_y = n_xy
+    narrow_shift, slab_mm, narrow = np.zeros(2), None, None
+    if variation is not None:
+        if variation.random() < SLAB_SHARE:
+            slab_mm = float(np.exp(variation.uniform(*np.log(SLAB_MM))))
+            middle = variation.uniform(organ_low, organ_high)
+            z_low, z_high = middle - slab_mm / 2, middle + slab_mm / 2
+        if variation.random() < NARROW_SHARE:
+            narrow = tuple(float(variation.uniform(*NARROW_FRACTION)) for _ in range(2))
+            n_x, n_y = (int(round(n_xy * fraction)) for fraction in narrow)
+            narrow_shift = variation.uniform(-0.5, 0.5, 2) * (n_xy - np.array([n_x, n_y])) * spacing_xy
+    return z_low, z_high, n_x, n_y, narrow_shift, slab_mm, narrow
+
+
+def _given_scan(geometry: Geometry, body_center: np.ndarray, organ_low: float, organ_high: float) -> Scan:
+    """An imposed grid with the patient centred in it."""
+    reorientation = canonical_reorientation(geometry)
+    canonical = reorientation.canonical
+    extent = (np.asarray(canonical.size) - 1) * np.asarray(canonical.spacing)
+    fov_center = np.asarray(canonical.origin) + extent / 2
+    wanted_center = np.array([*body_center, (organ_low + organ_high) / 2])
+    patient_origin = fov_center - wanted_center
+    fits = extent[2] >= organ_high - organ_low
+    return Scan(geometry, reorientation, _grid(reorientation, patient_origin), tuple(patient_origin), "given", fits)
