@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from segcore.phantom.detailed import bowel_detail
+from segcore.phantom.detailed import bladder, bowel_detail
 from segcore.phantom.patient import Patient
 from segcore.phantom.shapes import Ellipsoid, Grid, Tube, rotation, smooth_path
 from segcore.phantom.tissues import Tissue
@@ -128,6 +128,7 @@ def build_background(
         for (loop, _), how in zip(loops, bowel_detail(detail, len(loops))):
             tube = Tube(loop.points, loop.radii * how.radius_factor)
             _paint_hollow(grid, tissue, tube, how.gas_level, -1.01 if how.collapsed else -0.25, how.mottle)
+        _paint(grid, tissue, bladder(detail, patient), Tissue.BILE, allowed=(Tissue.VISCERAL_FAT,))  # urine
     _spine(grid, tissue, patient)
     _pelvis(grid, tissue, patient)
     if arms is not None:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from segcore.phantom.patient import Patient
-from segcore.phantom.shapes import Box, Shape, Tube, Union, smooth_path
+from segcore.phantom.shapes import Box, Bumps, Ellipsoid, Shape, Tube, Union, rotation, smooth_path
 from segcore.phantom.tissues import Tissue
 
 CALCIFIED_SHARE = 0.35
@@ -270,3 +270,26 @@ def bowel_detail(rng: np.random.Generator, loops: int) -> list[BowelDetail]:
         collapsed = bool(rng.random() < COLLAPSED_SHARE)
         details.append(BowelDetail(collapsed, 0.55 if collapsed else 1.0, float(rng.uniform(-0.97, -0.3)), None))
     return details
+
+
+ABDOMEN_PELVIS_SHARE = 0.5
+"""With ``detailed``: share of the cases scanned abdomen and pelvis, down to the bladder (the
+common clinical protocol; FLARE22's scans include both kinds)."""
+PELVIS_EXTRA_MM = (80.0, 170.0)
+"""How much further below the lowest organ such a scan reaches."""
+
+
+def pelvis_field(rng: np.random.Generator) -> float:
+    """How far (mm) below the usual field this case's scan reaches: 0, or an abdomen-pelvis scan."""
+    return float(rng.uniform(*PELVIS_EXTRA_MM)) if rng.random() < ABDOMEN_PELVIS_SHARE else 0.0
+
+
+def bladder(rng: np.random.Generator, patient: Patient):
+    """The urinary bladder: in the lesser pelvis behind the pubic symphysis, low in front of the
+    rectum, its size with its filling (Gray's Anatomy, the urinary bladder); urine-filled."""
+    k, pitch = patient.scale, patient.pitch
+    filling = rng.uniform(0.2, 1.0)
+    semi = np.array([40.0, 30.0, 30.0]) * k * (0.45 + 0.55 * filling)
+    crest = -3.7 * pitch
+    center = np.array([rng.normal(0.0, 6.0), -0.35 * patient.cavity_b, crest - rng.uniform(110.0, 140.0) * k + semi[2]])
+    return Ellipsoid(center, semi, rotation((rng.normal(0, 8), 0, 0)), Bumps.random(rng, 3, 0.05, 1.5))

@@ -10,6 +10,7 @@ import numpy as np
 from segcore.labels import ORGAN_IDS, ORGANS
 from segcore.phantom.anatomy import PASSAGES, Organ, Vessel, build_anatomy, organ_z_range
 from segcore.phantom.body import build_background, sample_arms
+from segcore.phantom.detailed import pelvis_field
 from segcore.phantom.imaging import render
 from segcore.phantom.patient import detailed_habitus, sample_patient, spine_setback
 from segcore.phantom.scanner import Scan, plan_scan
@@ -34,6 +35,7 @@ _STREAMS = (
     "habitus",
     "detail",
     "bowel_detail",
+    "pelvis",
 )
 """Appended only: a stream's seed is its index, so adding one leaves every existing case alone."""
 
@@ -188,7 +190,7 @@ def _draw_anatomy(streams: dict, size: str, full_field: bool, geometry: Geometry
     arms = sample_arms(rng("arms"), patient) if vary else None
     scan = plan_scan(
         rng("scan"), size, patient, organ_z_range(organs), full_field, geometry, variation,
-        half_width=None if arms is None else arms.half_width,
+        half_width=None if arms is None else arms.half_width, below_mm=pelvis_field(rng("pelvis")) if detailed else 0.0,
     )  # fmt: skip
     # Same anatomy stream again, now with the grid's thickness floor for thin organs.
     organs, vessels = build_anatomy(patient, rng("anatomy"), scan.min_feature_mm, vary=vary, detail=detail("detail"))
@@ -221,6 +223,7 @@ def _variation_meta(organs: list[Organ], scan: Scan, arms, patient, vary: bool, 
         meta["detailed"] = {
             "spine_setback_mm": round(spine_setback(patient), 2),
             "aorta_calcified": aorta is not None and aorta.plaques is not None,
+            "bladder_level_in_field": bool(scan.grid.z[0] < -3.7 * patient.pitch - 110.0 * patient.scale),
         }
     return meta
 

@@ -131,6 +131,7 @@ def plan_scan(
     geometry: Geometry | None = None,
     variation: np.random.Generator | None = None,
     half_width: float | None = None,
+    below_mm: float = 0.0,
 ) -> Scan:
     """Choose the grid and the field of view for one patient.
 
@@ -148,6 +149,7 @@ def plan_scan(
             the body (:data:`NARROW_FRACTION` per axis), placed anywhere across it.
         half_width: how far from the midline the field must reach (arms at the sides), if
             beyond the trunk.
+        below_mm: further field below the drawn one (an abdomen-pelvis scan down to the bladder).
     """
     if size not in SIZES:
         raise ValueError(f"unknown phantom size {size!r}; expected one of {', '.join(SIZES)}")
@@ -161,6 +163,7 @@ def plan_scan(
 
     n_xy, spacing_xy, spacing_z, max_slices = _in_plane(rng, size, max(x_max - x_min, y_max - y_min))
     z_low, z_high = _z_range(rng, organ_low, organ_high, full_field)
+    z_low -= below_mm
     z_low, z_high, n_x, n_y, narrow_shift, slab_mm, narrow = _varied_field(
         variation, organ_low, organ_high, z_low, z_high, n_xy, spacing_xy
     )

@@ -12,7 +12,7 @@ from scipy import ndimage
 from segcore.labels import ORGAN_IDS
 from segcore.phantom import generate_case
 from segcore.phantom.anatomy import build_anatomy
-from segcore.phantom.detailed import COLLAPSED_SHARE, bowel_detail
+from segcore.phantom.detailed import COLLAPSED_SHARE, bladder, bowel_detail
 from segcore.phantom.patient import SPINE_SETBACK_MM, detailed_habitus, sample_patient, spine_setback
 from segcore.phantom.shapes import Grid
 from segcore.phantom.tissues import Tissue
@@ -177,15 +177,24 @@ def test_collapsed_loops_come_in_about_their_share_and_the_colon_is_never_collap
     assert all(loop.radius_factor < 1.0 for d in details for loop in d[1:] if loop.collapsed)
 
 
-def test_a_detailed_case_holds_every_organ_and_about_a_third_have_a_calcified_aorta():
-    calcified = []
-    for seed in range(6):
+def test_a_detailed_case_holds_every_organ_a_third_a_calcified_aorta_and_half_reach_the_bladder():
+    metas = []
+    for seed in range(30):
         case = generate_case(seed, "small", detailed=True, threads=1)
         assert sorted(case.meta["organs_present"]) == sorted(ORGAN_IDS.values()), f"seed {seed}"
-        calcified.append(case.meta["detailed"]["aorta_calcified"])
-    flags = [generate_case(seed, "small", detailed=True, full_field=False, threads=1).meta["detailed"]
-             ["aorta_calcified"] for seed in range(6, 30)]  # fmt: skip
-    assert 2 <= sum(calcified + flags) <= 20  # share 0.35 of 30
+        metas.append(case.meta["detailed"])
+    assert 2 <= sum(meta["aorta_calcified"] for meta in metas) <= 20  # share 0.35 of 30
+    reach = sum(meta["bladder_level_in_field"] for meta in metas)
+    assert 7 <= reach <= 26, reach  # abdomen-pelvis scans: share 0.5, plus fields that reach it anyway
+
+
+def test_the_bladder_is_urine_behind_the_symphysis_in_an_abdomen_pelvis_scan():
+    patient = detailed_habitus(sample_patient(np.random.default_rng([5, 0])), np.random.default_rng([5, 1]))
+    shape = bladder(np.random.default_rng(7), patient)
+    low, high = shape.bounds()
+    crest = -3.7 * patient.pitch
+    assert high[2] < crest - 20.0 and low[2] > crest - 200.0  # in the lesser pelvis, below the iliac crest
+    assert high[1] < 0.0 and abs((low[0] + high[0]) / 2) < 25.0  # anterior, near the midline
 
 
 def test_a_detailed_case_is_the_same_patient_seen_in_more_detail():
