@@ -50,10 +50,11 @@ from inference_server.schemas import Bundle, Info, Problem, Segmentation
 from inference_server.settings import Settings
 from inference_server.uploads import ZipLimits, check_archive, extract_series, sniff_kind
 from segcore.inference.predictor import Predictor
-from segcore.labels import LABEL_NAMES
+from segcore.labels import LABEL_NAMES, display_table
 from segcore.outputs.case import CaseOutputs, build_case, seg_refusal
 from segcore.outputs.dicom_seg import SegUnavailable
-from segcore.volumes import VolumeError, case_id, case_stem, check_file_header, read_volume
+from segcore.volumes import VolumeError, case_id, case_stem, check_file_header, nifti_bytes_for_viewing, read_volume
+from viewer import STATIC as VIEWER_STATIC
 
 NIFTI_MEDIA_TYPE = "application/gzip"
 Output = Literal["nifti", "json", "dicom-seg", "preview", "bundle"]
@@ -142,7 +143,7 @@ class SecurityHeaders:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        page = scope["path"] == "/" or scope["path"].startswith("/static/")
+        page = scope["path"] == "/" or scope["path"].startswith(("/static/", "/viewer/"))
 
         async def send_with_headers(message):
             if message["type"] == "http.response.start":
@@ -153,6 +154,12 @@ class SecurityHeaders:
             await send(message)
 
         return await self.app(scope, receive, send_with_headers)
+
+
+@routes.get("/labels", summary="The organs' ids, names and display colours, and the CT display window")
+def labels() -> dict:
+    """What the page's viewer draws the labels with (:func:`segcore.labels.display_table`)."""
+    return display_table()
 
 
 @routes.get("/health", summary="The process is alive")
@@ -256,7 +263,8 @@ async def segment(
             )  # fmt: skip
         except SegUnavailable as error:
             raise HTTPException(422, f"{name}: no DICOM-SEG: {error}") from None
-        answer = answer_of(output, made, name)
+        viewing = nifti_bytes_for_viewing(image, geometry) if output == "bundle" and kind == "zip" else None
+        answer = answer_of(output, made, name, viewing)
         made.record["timings"]["write"] = round(time.perf_counter() - written, 4)
         return answer, made.record
 
@@ -283,8 +291,9 @@ class Answer:
     filename: str | None = None
 
 
-def answer_of(output: str, made: CaseOutputs, name: str) -> Answer | None:
-    """The body for ``output`` from the case's staged files (None: the JSON record); runs in the worker thread."""
+def answer_of(output: str, made: CaseOutputs, name: str, ct: bytes | None = None) -> Answer | None:
+    """The body for ``output`` from the case's staged files (None: the JSON record); runs in the worker
+    thread. ``ct``: the input as NIfTI for the page's viewer (a bundle for a DICOM input)."""
     if output == "json":
         return None
     stem = download_stem(name)
@@ -299,6 +308,7 @@ def answer_of(output: str, made: CaseOutputs, name: str) -> Answer | None:
     bundle = Bundle(
         **made.record, mask_nifti_base64=encoded["mask"], preview_png_base64=encoded["preview"],
         dicom_seg_base64=encoded.get("seg"), dicom_seg_note=made.seg_note,
+        ct_nifti_base64=base64.b64encode(ct).decode() if ct is not None else None,
     )  # fmt: skip
     return Answer(bundle.model_dump_json().encode(), "application/json")
 
@@ -358,6 +368,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, validation_problem)
     app.include_router(routes)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.mount("/viewer", StaticFiles(directory=VIEWER_STATIC), name="viewer")
     return app
 
 

@@ -76,3 +76,13 @@ ORGAN_COLORS: dict[int, tuple[int, int, int]] = {
     13: (100, 160, 40),
 }
 """Organ id -> display colour (sRGB): the preview's overlays and the DICOM-SEG's recommended colour."""
+
+DISPLAY_WINDOW: tuple[float, float] = (-160.0, 240.0)
+"""The abdominal soft-tissue window (level 40 HU, width 400 HU) the viewers open a CT with."""
+
+
+def display_table() -> dict:
+    """What a viewer needs to draw the labels: every organ's id, name and colour, and the CT window
+    (the JSON behind the service's and the review station's ``/labels``)."""
+    organs = [{"id": label, "name": name, "color": list(ORGAN_COLORS[label])} for label, name in ORGANS.items()]
+    return {"organs": organs, "window": list(DISPLAY_WINDOW)}

@@ -16,9 +16,11 @@ LIBRARY_LAYERS = {
     "segcore.testing": 5,
 }  # fmt: skip
 """Each library package's floor: it imports only from floors below its own (and from itself)."""
-APPLICATIONS = {"data_prepare", "coarse_seg", "fine_seg", "inference_server", "predict"}
-"""Programs on top of the library: they import the library, never one another."""
-OURS = {"segcore", "bench", "tests", *APPLICATIONS}
+APPLICATIONS = {"data_prepare", "coarse_seg", "fine_seg", "inference_server", "predict", "review"}
+"""Programs on top of the library: they import the library (and the viewer's files), never one another."""
+ASSETS = {"viewer"}
+"""Static web files shared by the programs' pages; imported only for their folder, importing nothing."""
+OURS = {"segcore", "bench", "tests", *APPLICATIONS, *ASSETS}
 
 
 def unit(module: str) -> str:
@@ -59,8 +61,10 @@ def violations(edges: dict[str, set[str]]) -> list[str]:
                     found.append(f"{source} -> {target}: not a lower floor")
             elif source == "segcore":
                 found.append(f"{source} -> {target}: the package's own __init__ imports nothing")
-            elif source in APPLICATIONS and top != "segcore":
+            elif source in APPLICATIONS and top not in ("segcore", *ASSETS):
                 found.append(f"{source} -> {target}: an application imports only the library")
+            elif source in ASSETS:
+                found.append(f"{source} -> {target}: the shared web files import nothing")
             elif source == "bench" and top == "tests":
                 found.append(f"{source} -> {target}: benchmarks share helpers with the tests through segcore.testing")
     return found
@@ -84,6 +88,8 @@ def test_the_rules_catch_each_kind_of_break():
         "inference_server": {"predict", "segcore.outputs"},  # one application importing another
         "bench": {"tests", "segcore.testing"},  # a benchmark importing a test module
         "tests": {"bench", "segcore.volumes"},  # tests may import anything
+        "review": {"viewer", "segcore.labels"},  # the shared web files are fine
+        "viewer": {"segcore.labels"},  # the shared web files import nothing
     }
     assert violations(edges) == [
         "bench -> tests: benchmarks share helpers with the tests through segcore.testing",
@@ -91,4 +97,5 @@ def test_the_rules_catch_each_kind_of_break():
         "segcore.inference -> predict: the library imports only the library",
         "segcore.store -> segcore.networks: not a lower floor",
         "segcore.volumes -> segcore.inference: not a lower floor",
+        "viewer -> segcore.labels: the shared web files import nothing",
     ]

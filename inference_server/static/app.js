@@ -1,5 +1,7 @@
-// The service's page: upload one CT, show the preview, organ table and verdict, offer the files.
-// One request (POST /segment?output=bundle) brings everything: the server keeps nothing between requests.
+// The service's page: upload one CT, show it with its organs in the viewer (/viewer/viewer.js), the
+// organ table, the verdict and the preview, offer the files. One request (POST /segment?output=bundle)
+// brings everything: the server keeps nothing between requests. The viewer shows the uploaded NIfTI
+// itself, or for a DICOM series the copy the bundle carries (ct_nifti_base64).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -32,10 +34,16 @@ function errorText(xhr) {
   return `${words}${detail ? ": " + detail : "."}${later}`;
 }
 
+let viewer = null;
+const labelTable = fetch("/labels").then((answer) => answer.json());
+labelTable.then((table) => {
+  viewer = new SegViewer($("viewer"), table); // ready (WebGL set up) before any answer arrives
+  viewer.bindOrganTable($("organs"));
+});
+
 function download(name, base64, type) {
-  const bytes = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
   const link = document.createElement("a");
-  link.href = URL.createObjectURL(new Blob([bytes], { type }));
+  link.href = URL.createObjectURL(new Blob([SegViewer.bytesOf(base64)], { type }));
   link.download = name;
   link.textContent = `Download ${name}`;
   return link;
@@ -45,7 +53,31 @@ function stemOf(name) {
   return name.replace(/\.(nii\.gz|nii|zip)$/i, "").replace(/[^A-Za-z0-9._-]/g, "_") || "ct";
 }
 
-function showResult(bundle, fileName) {
+function organRow(name, organ, color) {
+  const row = document.createElement("tr");
+  row.dataset.label = String(organ.label);
+  row.tabIndex = 0;
+  row.setAttribute("aria-pressed", "true");
+  row.title = "click to hide or show this organ in the viewer";
+  const swatch = Object.assign(document.createElement("span"), { className: "swatch" });
+  swatch.style.backgroundColor = `rgb(${color.join(",")})`;
+  const first = document.createElement("td");
+  first.append(swatch, name.replaceAll("_", " "));
+  row.appendChild(first);
+  for (const value of [organ.volume_ml.toFixed(1), organ.mean_hu.toFixed(1)]) {
+    row.appendChild(Object.assign(document.createElement("td"), { textContent: value }));
+  }
+  return row;
+}
+
+async function showInViewer(bundle, file, arrived) {
+  const ct = bundle.ct_nifti_base64 ? SegViewer.bytesOf(bundle.ct_nifti_base64) : await file.arrayBuffer();
+  const ctName = bundle.ct_nifti_base64 ? "ct.nii.gz" : file.name;
+  await viewer.show(ct, ctName, SegViewer.bytesOf(bundle.mask_nifti_base64), "labels.nii.gz", arrived);
+}
+
+async function showResult(bundle, file, arrived) {
+  const fileName = file.name;
   const quality = bundle.quality;
   const verdict = $("verdict");
   verdict.className = quality.verdict;
@@ -57,13 +89,8 @@ function showResult(bundle, fileName) {
   const listed = bundle.warnings.filter((text) => text !== bundle.dicom_seg_note);
   warnings.replaceChildren(...listed.map((text) => Object.assign(document.createElement("li"), { textContent: text })));
   $("preview").src = `data:image/png;base64,${bundle.preview_png_base64}`;
-  const rows = Object.entries(bundle.organs).map(([name, organ]) => {
-    const row = document.createElement("tr");
-    for (const value of [name.replaceAll("_", " "), organ.volume_ml.toFixed(1), organ.mean_hu.toFixed(1)]) {
-      row.appendChild(Object.assign(document.createElement("td"), { textContent: value }));
-    }
-    return row;
-  });
+  const colors = Object.fromEntries((await labelTable).organs.map((organ) => [organ.id, organ.color]));
+  const rows = Object.entries(bundle.organs).map(([name, organ]) => organRow(name, organ, colors[organ.label]));
   $("organs").tBodies[0].replaceChildren(...rows);
   const stem = stemOf(fileName);
   const links = [download(`${stem}_labels.nii.gz`, bundle.mask_nifti_base64, "application/gzip")];
@@ -77,6 +104,11 @@ function showResult(bundle, fileName) {
     $("notice").hidden = false;
   }
   $("result").hidden = false;
+  try {
+    await showInViewer(bundle, file, arrived);
+  } catch (error) {
+    showStatus(`The viewer could not show the scan (${error.message || error}); the files are below.`, true);
+  }
 }
 
 $("upload").addEventListener("submit", (event) => {
@@ -101,6 +133,7 @@ $("upload").addEventListener("submit", (event) => {
   };
   xhr.upload.onload = () => showStatus("Segmenting…", false);
   xhr.onload = () => {
+    const arrived = performance.now();
     $("send").disabled = false;
     bar.hidden = true;
     if (xhr.status !== 200) {
@@ -110,7 +143,7 @@ $("upload").addEventListener("submit", (event) => {
     const bundle = JSON.parse(xhr.responseText);
     const seconds = xhr.getResponseHeader("X-Inference-Seconds");
     showStatus(`Done: ${Object.keys(bundle.organs).length} organs${seconds ? ` in ${seconds} s` : ""}.`, false);
-    showResult(bundle, file.name);
+    showResult(bundle, file, arrived);
   };
   xhr.onerror = () => {
     $("send").disabled = false;

@@ -19,11 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from segcore.labels import ORGAN_COLORS, ORGANS
+from segcore.labels import DISPLAY_WINDOW, ORGAN_COLORS, ORGANS
 from segcore.volumes.geometry import Geometry, to_canonical
 
-WINDOW_HU = (-160.0, 240.0)
-"""Abdominal soft-tissue window: level 40, width 400."""
 FILL_ALPHA = 0.4
 """Weight of an organ's colour over the grey CT inside the organ (its outline is opaque)."""
 PANEL_HEIGHT = 360
@@ -49,7 +47,7 @@ class Preview:
 
 
 def _grey(plane: np.ndarray) -> np.ndarray:
-    low, high = WINDOW_HU
+    low, high = DISPLAY_WINDOW
     scaled = (np.clip(plane.astype(np.float32), low, high) - low) * (255.0 / (high - low))
     return np.repeat(scaled[..., None], 3, axis=2)
 

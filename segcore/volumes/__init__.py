@@ -27,7 +27,7 @@ from segcore.volumes.itk import geometry_of, to_image
 from segcore.volumes.names import CHANNEL_SUFFIX, NIFTI_SUFFIXES, case_id, case_stem, is_nifti
 from segcore.volumes.nifti import check_file_header
 from segcore.volumes.read import read_label_map, read_labels_on_grid, read_volume
-from segcore.volumes.write import write_volume
+from segcore.volumes.write import nifti_bytes_for_viewing, write_volume
 
 __all__ = [
     "CHANNEL_SUFFIX",
@@ -54,5 +54,6 @@ __all__ = [
     "read_labels_on_grid",
     "read_volume",
     "to_image",
+    "nifti_bytes_for_viewing",
     "write_volume",
 ]

@@ -24,6 +24,7 @@ from inference_server.app import create_app, loaded_predictor
 from inference_server.settings import Settings
 from segcore.inference.predictor import Prediction
 from segcore.inference.quality import Quality
+from segcore.volumes import read_volume
 
 CT_3MM = "abdomen_ct_3mm.nii.gz"
 API_KEY = "s3cret-key"
@@ -245,12 +246,25 @@ def test_a_bundle_carries_summary_mask_preview_and_seg_from_one_inference(real_d
     assert base64.b64decode(bundle["mask_nifti_base64"])[:2] == b"\x1f\x8b"  # gzip
     assert base64.b64decode(bundle["preview_png_base64"])[:8] == b"\x89PNG\r\n\x1a\n"
     assert base64.b64decode(bundle["dicom_seg_base64"])[128:132] == b"DICM"
+    viewing = nib.Nifti1Image.from_bytes(gzip.decompress(base64.b64decode(bundle["ct_nifti_base64"])))
+    image, geometry = read_volume(series_with_uids)  # the series the page cannot read, as NIfTI on its grid
+    assert viewing.shape == geometry.size and np.array_equal(np.asarray(viewing.dataobj).transpose(2, 1, 0), image)
+    mask = nib.Nifti1Image.from_bytes(gzip.decompress(base64.b64decode(bundle["mask_nifti_base64"])))
+    np.testing.assert_allclose(viewing.affine, mask.affine, atol=1e-5)  # the viewer lays one on the other
     nifti = post(client, CT_3MM, (real_data / CT_3MM).read_bytes(), params={"output": "bundle"}).json()
     assert nifti["dicom_seg_base64"] is None and "the input is NIfTI" in nifti["dicom_seg_note"]
+    assert nifti["ct_nifti_base64"] is None  # the page holds the NIfTI it sent
     assert "segment-" not in nifti["dicom_seg_note"]  # no server path
 
 
-@pytest.mark.parametrize("path", ["/", "/static/index.html"])
+def test_the_label_table_gives_every_organ_its_colour(tmpdir_watched):
+    table = client_for(None).get("/labels").json()
+    assert [organ["id"] for organ in table["organs"]] == list(range(1, 14))
+    assert table["organs"][0] == {"id": 1, "name": "liver", "color": [220, 100, 80]}
+    assert table["window"] == [-160.0, 240.0]  # W 400, L 40
+
+
+@pytest.mark.parametrize("path", ["/", "/static/index.html", "/viewer/viewer.js"])
 def test_the_page_carries_its_policy_wherever_it_is_served(tmpdir_watched, path):
     # /static/index.html is the same file as /: it was served without the policy.
     response = client_for(None).get(path)

@@ -7,21 +7,17 @@ package; nothing is downloaded at test time: Playwright is pointed at the system
 from __future__ import annotations
 
 import io
-import shutil
 import zipfile
 from pathlib import Path
 
 import pytest
 
 from inference_server.local import LocalServer
+from segcore.labels import ORGAN_COLORS
 from segcore.testing import write_tiny_weights
+from tests.browser import browser_page, colour_count, needs_chromium, pixels
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium here: install Debian's chromium package")
-BROWSER_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync",
-]  # fmt: skip
+pytestmark = needs_chromium
 NOTICE = "trained on phantoms: not for real scans"
 
 
@@ -34,12 +30,8 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def page():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=BROWSER_ARGS)
-        yield browser.new_page(viewport={"width": 1500, "height": 1000})
-        browser.close()
+    with browser_page() as page:
+        yield page
 
 
 def test_a_ct_upload_shows_the_preview_the_organ_table_and_the_downloads(server, page, real_data, tmp_path):
@@ -50,6 +42,8 @@ def test_a_ct_upload_shows_the_preview_the_organ_table_and_the_downloads(server,
     assert page.text_content("#status").startswith("Done:")
     assert page.locator("#organs tbody tr").count() >= 1
     assert page.eval_on_selector("#preview", "image => image.naturalHeight") >= 360  # the PNG decoded
+    page.wait_for_selector("canvas[data-ready='1']", timeout=60_000)  # the viewer shows the upload and its mask
+    print(f"first slice {page.get_attribute('canvas', 'data-first-slice-ms')} ms after the answer")
     assert page.text_content("#verdict").startswith("Quality check:")
     assert NOTICE in page.text_content("#notice")
     links = page.locator("#downloads a")
@@ -75,3 +69,53 @@ def test_a_zip_of_a_2d_slice_is_refused_in_words(server, page, real_data, tmp_pa
     message = page.text_content("#status")
     assert message.startswith("The file is not a 3-D CT the service can segment") and "2-D" in message, message
     assert page.is_hidden("#result")
+
+
+def test_the_viewer_scrolls_and_a_hidden_organ_leaves_the_canvas(server, page, real_data):
+    page.goto(server)
+    page.errors.clear()
+    page.set_input_files("#file", str(real_data / "abdomen_ct_3mm.nii.gz"))
+    page.click("#send")
+    page.wait_for_selector("canvas[data-ready='1']", timeout=120_000)
+    assert page.errors == []
+    canvas = page.locator("canvas")
+    page.fill(".viewer-opacity", "1")
+    page.dispatch_event(".viewer-opacity", "input")
+    start = int(canvas.get_attribute("data-slice"))
+    before = pixels(canvas.screenshot())
+    canvas.click()
+    page.keyboard.press("ArrowUp")
+    assert int(canvas.get_attribute("data-slice")) == start + 1
+    page.keyboard.press("ArrowDown")
+    page.keyboard.press("ArrowDown")
+    assert int(canvas.get_attribute("data-slice")) == start - 1
+    box = canvas.bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.wheel(0, -120)
+    page.wait_for_selector(f"canvas:not([data-slice='{start - 1}'])")
+    assert (pixels(canvas.screenshot()) != before).any()
+    # Every organ the tiny model found is hidden, row by row: none of their colours stays on the canvas.
+    labels = [int(row.get_attribute("data-label")) for row in page.locator("#organs tbody tr").all()]
+    shown = pixels(canvas.screenshot())
+    counts = {label: colour_count(shown, ORGAN_COLORS[label], tolerance=6) for label in labels}
+    for label in labels:
+        page.click(f"#organs tr[data-label='{label}']")
+    page.wait_for_selector(f"canvas[data-hidden='{','.join(map(str, sorted(labels)))}']")
+    hidden = pixels(canvas.screenshot())
+    assert sum(counts.values()) > 200, counts
+    assert sum(colour_count(hidden, ORGAN_COLORS[label], tolerance=6) for label in labels) < 0.02 * sum(counts.values())
+    assert page.locator("#organs tr.organ-hidden").count() == len(labels)
+
+
+def test_a_dicom_series_is_shown_from_the_copy_in_the_answer(server, page, real_data, tmp_path):
+    archive = tmp_path / "series.zip"
+    with zipfile.ZipFile(archive, "w") as bundle:
+        for path in sorted((real_data / "abdomen_ct_dicom").iterdir()):
+            bundle.write(path, path.name)
+    page.goto(server)
+    page.errors.clear()
+    page.set_input_files("#file", str(archive))
+    page.click("#send")
+    page.wait_for_selector("canvas[data-ready='1']", timeout=180_000)
+    assert page.errors == []
+    assert page.text_content(".viewer-slice").endswith("/ 20")  # the series' 20 slices, axial

@@ -1,0 +1,196 @@
+// The organ viewer of the service's page and of the review station: the CT with its label map drawn
+// over it, scrollable, in NiiVue (vendored in /viewer/niivue/, see viewer/README.md). No build step:
+// a classic script that needs niivue.umd.js loaded before it and defines window.SegViewer.
+//
+// Conventions, the same as the preview PNG and the DICOM-SEG: radiological (the patient's right on
+// the screen's left), superior up, the organ colours of segcore.labels.ORGAN_COLORS (given by the
+// server's /labels), the CT at the abdominal window (W 400, L 40) until the user drags it.
+"use strict";
+
+(function () {
+  const VIEWS = {
+    axial: { label: "Axial", type: 0, axis: 2 },
+    coronal: { label: "Coronal", type: 1, axis: 1 },
+    sagittal: { label: "Sagittal", type: 2, axis: 0 },
+    multi: { label: "3 planes", type: 3, axis: 2 },
+  };
+  // Keys that step one slice through the view's axis (the 3-plane layout steps the axial plane).
+  const STEP_KEYS = { ArrowUp: 1, ArrowRight: 1, PageUp: 1, ArrowDown: -1, ArrowLeft: -1, PageDown: -1 };
+
+  function element(tag, properties, children) {
+    const node = Object.assign(document.createElement(tag), properties || {});
+    node.append(...(children || []));
+    return node;
+  }
+
+  class SegViewer {
+    // container: an empty element the viewer fills (tool bar, canvas, slice readout);
+    // table: the server's /labels answer, {organs: [{id, name, color: [r, g, b]}], window: [low, high]}.
+    constructor(container, table) {
+      this.table = table;
+      this.hidden = new Set();
+      this.opacity = 0.5;
+      this.view = "axial";
+      this.firstSliceMs = null;
+      this.buildControls(container);
+      this.nv = new niivue.Niivue({
+        backColor: [0, 0, 0, 1],
+        crosshairColor: [1, 1, 0.4, 0.3],
+        crosshairWidth: 0.5,
+        show3Dcrosshair: false,
+        isRadiologicalConvention: true,
+        multiplanarShowRender: niivue.SHOW_RENDER.NEVER,
+        isColorbar: false,
+        logLevel: "warn",
+        loadingText: "",
+      });
+      this.nv.onLocationChange = () => this.showSlice();
+      // WebGL and the shaders are set up now, not when a scan arrives: a page builds its viewer
+      // before it has anything to show.
+      this.attached = this.nv.attachToCanvas(this.canvas);
+      window.addEventListener("keydown", (event) => this.onKey(event), { capture: true });
+    }
+
+    buildControls(container) {
+      this.buttons = Object.entries(VIEWS).map(([name, view]) => {
+        const button = element("button", { type: "button", textContent: view.label, value: name });
+        button.addEventListener("click", () => this.setView(name));
+        return button;
+      });
+      this.slider = element("input", { type: "range", min: "0", max: "1", step: "0.05", value: String(this.opacity) });
+      this.slider.className = "viewer-opacity";
+      this.slider.addEventListener("input", () => this.setOpacity(Number(this.slider.value)));
+      this.readout = element("span", { className: "viewer-slice", role: "status" });
+      const views = element("span", { className: "viewer-views", role: "group" }, this.buttons);
+      const opacity = element("label", { className: "viewer-opacity-label" }, ["overlay opacity ", this.slider]);
+      this.canvas = element("canvas", { className: "viewer-canvas", tabIndex: 0 });
+      this.canvas.setAttribute("aria-label", "CT with the organs drawn; mouse wheel or arrow keys change the slice");
+      const tools = element("div", { className: "viewer-tools" }, [views, opacity, this.readout]);
+      const frame = element("div", { className: "viewer-frame" }, [this.canvas]);
+      container.replaceChildren(tools, frame);
+    }
+
+    // Show a CT and its label map (ArrayBuffers of NIfTI files; the names give the formats).
+    // since: the performance.now() the answer arrived at; firstSliceMs is measured from it.
+    async show(ct, ctName, mask, maskName, since) {
+      await this.attached;
+      const [low, high] = this.table.window;
+      // An ArrayBuffer as the url: NiiVue reads it, fetching nothing; the name gives the format.
+      const back = await niivue.NVImage.loadFromUrl({ url: ct, name: ctName, colormap: "gray", cal_min: low, cal_max: high });
+      const labels = await niivue.NVImage.loadFromUrl({ url: mask, name: maskName, opacity: 1 });
+      this.hidden.clear();
+      labels.setColormapLabel(this.colourTable());
+      // Both volumes in one update: addVolume() would remake every layer's texture once per volume added.
+      this.nv.volumes = [back, labels];
+      this.nv.setVolume(labels, 1);
+      this.setOpacity(this.opacity);
+      this.setView(this.view);
+      await new Promise((resolve) => requestAnimationFrame(() => resolve()));
+      this.firstSliceMs = since === undefined ? null : performance.now() - since;
+      this.canvas.dataset.firstSliceMs = this.firstSliceMs === null ? "" : this.firstSliceMs.toFixed(1);
+      this.canvas.dataset.hidden = "";
+      this.canvas.dataset.ready = "1";
+    }
+
+    // The label colour table: every organ in its colour, hidden organs and the background clear.
+    colourTable() {
+      const table = { R: [0], G: [0], B: [0], A: [0], I: [0], labels: ["background"] };
+      for (const organ of this.table.organs) {
+        table.R.push(organ.color[0]);
+        table.G.push(organ.color[1]);
+        table.B.push(organ.color[2]);
+        table.A.push(this.hidden.has(organ.id) ? 0 : 255);
+        table.I.push(organ.id);
+        table.labels.push(organ.name);
+      }
+      return table;
+    }
+
+    // Redraw the label layer alone with the colour table (the CT's texture stays as it is).
+    async applyColours() {
+      const labels = this.nv.volumes[1];
+      labels.setColormapLabel(this.colourTable());
+      await this.nv.refreshLayers(labels, 1);
+      this.nv.drawScene();
+      this.canvas.dataset.hidden = [...this.hidden].sort((a, b) => a - b).join(",");
+    }
+
+    setView(name) {
+      this.view = name;
+      for (const button of this.buttons) button.setAttribute("aria-pressed", String(button.value === name));
+      this.nv.setSliceType(VIEWS[name].type);
+      this.showSlice();
+    }
+
+    // The overlay's opacity is a uniform of NiiVue's slice shader: a redraw, no texture remade.
+    setOpacity(value) {
+      this.opacity = value;
+      this.slider.value = String(value);
+      this.nv.overlayAlphaShader = value;
+      this.nv.drawScene();
+    }
+
+    // Show or hide one organ; returns whether it is now shown.
+    toggleOrgan(id) {
+      if (this.hidden.has(id)) this.hidden.delete(id);
+      else this.hidden.add(id);
+      this.coloured = this.nv.volumes.length > 1 ? this.applyColours() : Promise.resolve();
+      return !this.hidden.has(id);
+    }
+
+    // Rows with a data-label attribute toggle their organ when clicked (or Enter / Space).
+    bindOrganTable(table) {
+      const toggle = (row) => {
+        const shown = this.toggleOrgan(Number(row.dataset.label));
+        row.classList.toggle("organ-hidden", !shown);
+        row.setAttribute("aria-pressed", String(shown));
+      };
+      table.addEventListener("click", (event) => {
+        const row = event.target.closest("tr[data-label]");
+        if (row) toggle(row);
+      });
+      table.addEventListener("keydown", (event) => {
+        const row = event.target.closest("tr[data-label]");
+        if (row && (event.key === "Enter" || event.key === " ")) {
+          event.preventDefault();
+          toggle(row);
+        }
+      });
+    }
+
+    // The slice shown, along the view's axis of the CT's display grid: {index, count} (1-based).
+    slice() {
+      const back = this.nv.volumes[0];
+      if (!back) return null;
+      const axis = VIEWS[this.view].axis;
+      const count = back.dimsRAS[axis + 1];
+      const index = Math.min(count, Math.max(1, Math.round(this.nv.scene.crosshairPos[axis] * count + 0.5)));
+      return { index, count };
+    }
+
+    step(delta) {
+      const move = [0, 0, 0];
+      move[VIEWS[this.view].axis] = delta;
+      this.nv.moveCrosshairInVox(...move);
+      this.showSlice();
+    }
+
+    showSlice() {
+      const where = this.slice();
+      this.readout.textContent = where ? `${VIEWS[this.view].label} slice ${where.index} / ${where.count}` : "";
+      this.canvas.dataset.slice = where ? String(where.index) : "";
+    }
+
+    onKey(event) {
+      if (document.activeElement !== this.canvas || !(event.key in STEP_KEYS)) return;
+      event.preventDefault();
+      event.stopImmediatePropagation(); // NiiVue's own arrow keys move the crosshair within the plane
+      this.step(STEP_KEYS[event.key]);
+    }
+  }
+
+  // The base64 of a file in a JSON answer as the ArrayBuffer of its bytes.
+  SegViewer.bytesOf = (base64) => Uint8Array.from(atob(base64), (c) => c.charCodeAt(0)).buffer;
+
+  window.SegViewer = SegViewer;
+})();
