@@ -191,7 +191,8 @@ def predict_case(
 def record_of(case: Case, result: CaseResult, statistics: dict) -> dict:
     """The case's row of the results table (:mod:`segcore.outputs.records`)."""
     return {
-        "case": case.case_id, "input": case.name, "status": result.status, "seconds": round(result.seconds, 3),
+        "case": case.case_id, "input": case.name, "input_dir": str(case.path.parent.resolve()),
+        "mask": case.output_name, "status": result.status, "seconds": round(result.seconds, 3),
         "verdict": result.verdict, "quality_reasons": result.quality_reasons, "warnings": result.warnings,
         "reason": result.reason, "organs": organ_measures(statistics),
     }  # fmt: skip

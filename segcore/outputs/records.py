@@ -1,8 +1,9 @@
 """The batch results table: one record per case in the output folder, and ``summary.csv`` built from them.
 
 Each case ``predict`` settles leaves ``OUTPUT_DIR/.records/<id>.json`` (status, seconds, quality
-verdict and reasons, warnings, failure reason, per organ volume in mL and mean HU), written
-atomically. ``summary.csv`` is rebuilt from every record in the folder, under an exclusive lock
+verdict and reasons, warnings, failure reason, per organ volume in mL and mean HU, the input's
+folder ``input_dir`` and the name of its ``mask`` in OUTPUT_DIR, which ``review.sh`` opens),
+written atomically. ``summary.csv`` is rebuilt from every record in the folder, under an exclusive lock
 and replaced atomically, so the table is always whole: an interrupted run leaves the table of
 what it finished, and runs sharing the folder (or torchrun ranks) each rebuild it from all the
 records, the last one seeing every case. One row per record, sorted by case id; columns

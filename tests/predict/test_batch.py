@@ -117,6 +117,8 @@ def test_batch_writes_good_cases_on_their_grid_and_reports_bad_ones(one_process_
     for name, organ in stats["organs"].items():
         assert float(row[f"{name}_ml"]) == organ["volume_ml"] and float(row[f"{name}_mean_hu"]) == organ["mean_hu"]
     assert all(rows[name]["reason"] for name in BAD)
+    record = json.loads((out / ".records" / "dicomct.json").read_text())  # what review.sh opens
+    assert record["input_dir"] == str(batch_input.resolve()) and record["mask"] == "dicomct.nii.gz"
 
     for source, output in (("abdomen_ct_3mm.nii.gz", "ct3mm.nii.gz"), ("abdomen_ct_dicom", "dicomct.nii.gz")):
         _, geometry = read_volume(real_data / source)

@@ -1,0 +1,32 @@
+"""``python -m review OUTPUT_DIR [--input-dir DIR] [--port P]``: serve the review station on 127.0.0.1."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from review.app import ReviewError, create_app
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="review.sh", description=__doc__)
+    parser.add_argument("output_dir", type=Path, help="a predict.sh output folder (with summary.csv)")
+    parser.add_argument("--input-dir", type=Path, help="the inputs' folder (default: the one the records name)")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    try:
+        app = create_app(args.output_dir, args.input_dir)
+    except ReviewError as error:
+        print(f"review.sh: {error}", file=sys.stderr)
+        return 2
+    print(f"review.sh: open http://127.0.0.1:{args.port}/ (read-only; Ctrl-C stops)", flush=True)
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level=args.log_level)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
