@@ -10,5 +10,5 @@ sh setup.sh --dev
 .venv/bin/python -m ruff format --check .
 # No block of 6+ lines repeated in the product's packages (comments, docstrings, imports aside).
 .venv/bin/python -m pylint --disable=all --enable=duplicate-code --min-similarity-lines=6 --score=n \
-    segcore data_prepare inference_server predict bench
+    segcore data_prepare inference_server predict review viewer bench
 exec .venv/bin/python -m pytest "$@"

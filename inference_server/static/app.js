@@ -53,23 +53,6 @@ function stemOf(name) {
   return name.replace(/\.(nii\.gz|nii|zip)$/i, "").replace(/[^A-Za-z0-9._-]/g, "_") || "ct";
 }
 
-function organRow(name, organ, color) {
-  const row = document.createElement("tr");
-  row.dataset.label = String(organ.label);
-  row.tabIndex = 0;
-  row.setAttribute("aria-pressed", "true");
-  row.title = "click to hide or show this organ in the viewer";
-  const swatch = Object.assign(document.createElement("span"), { className: "swatch" });
-  swatch.style.backgroundColor = `rgb(${color.join(",")})`;
-  const first = document.createElement("td");
-  first.append(swatch, name.replaceAll("_", " "));
-  row.appendChild(first);
-  for (const value of [organ.volume_ml.toFixed(1), organ.mean_hu.toFixed(1)]) {
-    row.appendChild(Object.assign(document.createElement("td"), { textContent: value }));
-  }
-  return row;
-}
-
 async function showInViewer(bundle, file, arrived) {
   const ct = bundle.ct_nifti_base64 ? SegViewer.bytesOf(bundle.ct_nifti_base64) : await file.arrayBuffer();
   const ctName = bundle.ct_nifti_base64 ? "ct.nii.gz" : file.name;
@@ -89,8 +72,10 @@ async function showResult(bundle, file, arrived) {
   const listed = bundle.warnings.filter((text) => text !== bundle.dicom_seg_note);
   warnings.replaceChildren(...listed.map((text) => Object.assign(document.createElement("li"), { textContent: text })));
   $("preview").src = `data:image/png;base64,${bundle.preview_png_base64}`;
-  const colors = Object.fromEntries((await labelTable).organs.map((organ) => [organ.id, organ.color]));
-  const rows = Object.entries(bundle.organs).map(([name, organ]) => organRow(name, organ, colors[organ.label]));
+  const organs = Object.fromEntries((await labelTable).organs.map((organ) => [organ.id, organ]));
+  const rows = Object.values(bundle.organs).map((organ) =>
+    SegViewer.organRow(organs[organ.label], [organ.volume_ml.toFixed(1), organ.mean_hu.toFixed(1)]),
+  );
   $("organs").tBodies[0].replaceChildren(...rows);
   const stem = stemOf(fileName);
   const links = [download(`${stem}_labels.nii.gz`, bundle.mask_nifti_base64, "application/gzip")];

@@ -52,20 +52,8 @@ async function openCase(item, row) {
   $("case-title").textContent = `${item.case} (${item.input})`;
   $("case-reasons").textContent = [...item.quality_reasons, ...item.warnings, item.reason].filter(Boolean).join("; ");
   const table = await labelTable;
-  const colors = Object.fromEntries(table.organs.map((organ) => [organ.name, [organ.id, organ.color]]));
-  const rows = Object.entries(item.organs).map(([name, volume]) => {
-    const [id, color] = colors[name];
-    const organ = document.createElement("tr");
-    organ.dataset.label = String(id);
-    organ.tabIndex = 0;
-    organ.setAttribute("aria-pressed", "true");
-    const swatch = Object.assign(document.createElement("span"), { className: "swatch" });
-    swatch.style.backgroundColor = `rgb(${color.join(",")})`;
-    const first = document.createElement("td");
-    first.append(swatch, name.replaceAll("_", " "));
-    organ.append(first, cell(volume.toFixed(1)));
-    return organ;
-  });
+  const organs = Object.fromEntries(table.organs.map((organ) => [organ.name, organ]));
+  const rows = Object.entries(item.organs).map(([name, volume]) => SegViewer.organRow(organs[name], [volume.toFixed(1)]));
   $("organs").tBodies[0].replaceChildren(...rows);
   if (item.status === "failed") {
     showStatus(`${item.case}: no mask was written (${item.reason})`, true);

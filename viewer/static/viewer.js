@@ -75,9 +75,11 @@
     async show(ct, ctName, mask, maskName, since) {
       await this.attached;
       const [low, high] = this.table.window;
+      const started = performance.now();
       // An ArrayBuffer as the url: NiiVue reads it, fetching nothing; the name gives the format.
       const back = await niivue.NVImage.loadFromUrl({ url: ct, name: ctName, colormap: "gray", cal_min: low, cal_max: high });
       const labels = await niivue.NVImage.loadFromUrl({ url: mask, name: maskName, opacity: 1 });
+      const parsed = performance.now();
       this.hidden.clear();
       labels.setColormapLabel(this.colourTable());
       // Both volumes in one update: addVolume() would remake every layer's texture once per volume added.
@@ -85,7 +87,11 @@
       this.nv.setVolume(labels, 1);
       this.setOpacity(this.opacity);
       this.setView(this.view);
+      this.nv.gl.finish();
+      const drawn = performance.now();
       await new Promise((resolve) => requestAnimationFrame(() => resolve()));
+      // Where the time went: reading both files, making the textures and drawing, showing the frame.
+      this.timings = { read_ms: parsed - started, textures_ms: drawn - parsed, frame_ms: performance.now() - drawn };
       this.firstSliceMs = since === undefined ? null : performance.now() - since;
       this.canvas.dataset.firstSliceMs = this.firstSliceMs === null ? "" : this.firstSliceMs.toFixed(1);
       this.canvas.dataset.hidden = "";
@@ -188,6 +194,19 @@
       this.step(STEP_KEYS[event.key]);
     }
   }
+
+  // A row of an organ table that bindOrganTable() toggles: a colour swatch and the name, then cells.
+  // organ: {id, name, color} of the /labels table.
+  SegViewer.organRow = (organ, cells) => {
+    const row = element("tr", { tabIndex: 0, title: "click to hide or show this organ in the viewer" });
+    row.dataset.label = String(organ.id);
+    row.setAttribute("aria-pressed", "true");
+    const swatch = element("span", { className: "swatch" });
+    swatch.style.backgroundColor = `rgb(${organ.color.join(",")})`;
+    row.append(element("td", {}, [swatch, organ.name.replaceAll("_", " ")]));
+    row.append(...cells.map((text) => element("td", { textContent: text })));
+    return row;
+  };
 
   // The base64 of a file in a JSON answer as the ArrayBuffer of its bytes.
   SegViewer.bytesOf = (base64) => Uint8Array.from(atob(base64), (c) => c.charCodeAt(0)).buffer;
