@@ -24,7 +24,8 @@ def test_whole_hu_become_int16_on_the_exact_grid(tmp_path):
     assert np.allclose(copy.GetOrigin(), geometry.origin) and np.allclose(copy.GetDirection(), geometry.direction)
     values = sitk.GetArrayFromImage(copy)
     assert np.array_equal(values, np.clip(array, -32768, 32767))
-    np.testing.assert_allclose(nib.load(tmp_path / "copy.nii.gz").affine, nib.load(tmp_path / "reference.nii.gz").affine)
+    affines = [nib.load(tmp_path / name).affine for name in ("copy.nii.gz", "reference.nii.gz")]
+    np.testing.assert_allclose(*affines)
 
 
 def test_fractional_values_stay_float():
