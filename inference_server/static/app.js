@@ -55,8 +55,7 @@ function stemOf(name) {
 
 async function showInViewer(bundle, file, arrived) {
   const ct = bundle.ct_nifti_base64 ? SegViewer.bytesOf(bundle.ct_nifti_base64) : await file.arrayBuffer();
-  const ctName = bundle.ct_nifti_base64 ? "ct.nii.gz" : file.name;
-  await viewer.show(ct, ctName, SegViewer.bytesOf(bundle.mask_nifti_base64), "labels.nii.gz", arrived);
+  await viewer.show(ct, SegViewer.bytesOf(bundle.mask_nifti_base64), arrived);
 }
 
 async function showResult(bundle, file, arrived) {

@@ -63,8 +63,7 @@ async function openCase(item, row) {
   try {
     const base = `/api/cases/${encodeURIComponent(item.case)}`;
     const [ct, mask] = await Promise.all([bytes(`${base}/ct`), bytes(`${base}/mask`)]);
-    const ctName = /\.nii$/i.test(item.input) ? "ct.nii" : "ct.nii.gz";
-    await viewer.show(ct, ctName, mask, "labels.nii.gz", performance.now());
+    await viewer.show(ct, mask, performance.now());
     showStatus(`${item.case}: ${item.verdict}`, false);
   } catch (error) {
     showStatus(`${item.case} could not be shown: ${error.message || error}`, true);

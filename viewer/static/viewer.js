@@ -17,6 +17,12 @@
   // Keys that step one slice through the view's axis (the 3-plane layout steps the axial plane).
   const STEP_KEYS = { ArrowUp: 1, ArrowRight: 1, PageUp: 1, ArrowDown: -1, ArrowLeft: -1, PageDown: -1 };
 
+  // The name NiiVue needs to read a NIfTI file's bytes: gzip-ed or not, whatever the file was called.
+  function niftiName(stem, buffer) {
+    const bytes = new Uint8Array(buffer, 0, 2);
+    return bytes[0] === 0x1f && bytes[1] === 0x8b ? `${stem}.nii.gz` : `${stem}.nii`;
+  }
+
   function element(tag, properties, children) {
     const node = Object.assign(document.createElement(tag), properties || {});
     node.append(...(children || []));
@@ -70,15 +76,15 @@
       container.replaceChildren(tools, frame);
     }
 
-    // Show a CT and its label map (ArrayBuffers of NIfTI files; the names give the formats).
+    // Show a CT and its label map (ArrayBuffers of .nii or .nii.gz files, told apart by their bytes).
     // since: the performance.now() the answer arrived at; firstSliceMs is measured from it.
-    async show(ct, ctName, mask, maskName, since) {
+    async show(ct, mask, since) {
       await this.attached;
       const [low, high] = this.table.window;
       const started = performance.now();
       // An ArrayBuffer as the url: NiiVue reads it, fetching nothing; the name gives the format.
-      const back = await niivue.NVImage.loadFromUrl({ url: ct, name: ctName, colormap: "gray", cal_min: low, cal_max: high });
-      const labels = await niivue.NVImage.loadFromUrl({ url: mask, name: maskName, opacity: 1 });
+      const back = await niivue.NVImage.loadFromUrl({ url: ct, name: niftiName("ct", ct), colormap: "gray", cal_min: low, cal_max: high });
+      const labels = await niivue.NVImage.loadFromUrl({ url: mask, name: niftiName("labels", mask), opacity: 1 });
       const parsed = performance.now();
       this.hidden.clear();
       labels.setColormapLabel(this.colourTable());
