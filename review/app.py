@@ -24,7 +24,7 @@ from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from segcore.labels import ORGANS, display_table
-from segcore.outputs.records import RECORDS, TABLE
+from segcore.outputs.records import RECORDS, TABLE, record_path
 from segcore.volumes import VolumeError, is_nifti, nifti_bytes_for_viewing, read_volume
 from viewer import STATIC as VIEWER_STATIC
 
@@ -71,14 +71,16 @@ class Review:
         """The rows of ``summary.csv`` in review order, each with its organs' volumes (mL)."""
         with open(self.output_dir / TABLE, newline="") as table:
             rows = list(csv.DictReader(table))
+        records = self.records()  # the lists as written (the table joins them with "; ")
         cases = []
         for row in rows:
             organs = {name: float(row[f"{name}_ml"]) for name in ORGANS.values() if row.get(f"{name}_ml")}
+            record = records.get(row["case"], {})
+            lists = {key: record.get(key, [text for text in row[key].split("; ") if text])
+                     for key in ("quality_reasons", "warnings")}  # fmt: skip
             cases.append({
                 "case": row["case"], "input": row["input"], "status": row["status"], "verdict": row["verdict"],
-                "quality_reasons": [text for text in row["quality_reasons"].split("; ") if text],
-                "warnings": [text for text in row["warnings"].split("; ") if text], "reason": row["reason"],
-                "organs": organs,
+                **lists, "reason": row["reason"], "organs": organs,
             })  # fmt: skip
 
         def rank(case: dict) -> tuple[int, str]:
@@ -87,11 +89,16 @@ class Review:
         return sorted(cases, key=rank)
 
     def case(self, case_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The case's summary row and its record; 404 for a case the table does not list."""
+        """The case's summary row and its record; 404 for a case the table does not list (so the
+        id names a record file only once the table has vouched for it)."""
         rows = {case["case"]: case for case in self.cases()}
         if case_id not in rows:
             raise HTTPException(404, f"no case {case_id!r} in {self.output_dir / TABLE}")
-        return rows[case_id], self.records().get(case_id, {})
+        try:
+            record = json.loads(record_path(self.output_dir, case_id).read_text())
+        except (OSError, ValueError):
+            record = {}
+        return rows[case_id], record
 
     def mask_path(self, case_id: str) -> Path:
         _, record = self.case(case_id)

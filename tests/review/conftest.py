@@ -34,7 +34,7 @@ def record(case: str, input_dir: Path, status: str, verdict: str) -> dict:
     return {
         "case": case, "input": f"{case}_0000.nii.gz", "input_dir": str(input_dir), "mask": f"{case}.nii.gz",
         "status": status, "seconds": 1.0, "verdict": verdict,
-        "quality_reasons": [f"{verdict} because"] if verdict else [],
+        "quality_reasons": [f"{verdict} because", "a reason; with a semicolon"] if verdict else [],
         "warnings": [], "reason": "" if status == "written" else "it broke",
         "organs": {"liver": {"volume_ml": 1500.0, "mean_hu": 60.0}} if status == "written" else {},
     }  # fmt: skip

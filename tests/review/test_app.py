@@ -31,7 +31,8 @@ def test_the_cases_come_fail_and_review_first_and_their_files_are_served(folders
         assert [case["case"] for case in listing["cases"]] == REVIEW_ORDER
         assert listing["input_dir"] == str(inputs.resolve())  # from the records
         first = listing["cases"][0]
-        assert first["verdict"] == "fail" and first["quality_reasons"] == ["fail because"]
+        assert first["verdict"] == "fail"
+        assert first["quality_reasons"] == ["fail because", "a reason; with a semicolon"]  # the record's list
         assert first["organs"] == {"liver": 1500.0}
         mask = httpx.get(f"{url}/api/cases/c_fail/mask")
         assert mask.status_code == 200 and mask.content == (real_data / "abdomen_ct_3mm_labels.nii.gz").read_bytes()
