@@ -100,12 +100,18 @@ Figures are printed and written to ``WORK/report.txt`` / ``WORK/report.json``; n
 a test. The results file is the record of what finished: a new work folder regenerates the
 (deterministic) phantoms and stores, skips every finished run, and retrains a finished
 ``supervised_pair_s1`` only when an arm still to run starts from its checkpoint, printing how
-the retrained pair's test DSC compares with the recorded one.
+the retrained pair's test DSC compares with the recorded one. A retrained pair that scores
+differently on any test case (another machine's floating-point order over 2,100 steps) is another
+start: the runs from it carry its fingerprint (``start``, 8 hex digits of its per-case DSC), the
+control ``pair_continue`` is run from it too (queued first), and a run is compared only with a
+control from the same start (:func:`paired`); a run whose control from its start never finished
+counts as not run.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -479,17 +485,31 @@ def validation_curve(run_dir: Path) -> list[tuple[int, float]]:
     return points
 
 
-def run_jobs(jobs: list[dict[str, Any]], parallel: int, paths: Paths, results: list[dict], settings_key: str) -> None:
+def run_jobs(
+    jobs: list[dict[str, Any]], parallel: int, paths: Paths, results: list[dict], settings_key: str,
+    templates: list[dict[str, Any]] = (),
+) -> None:  # fmt: skip
     """Run ``jobs`` ``parallel`` at a time in list order, each once every path in its ``after``
-    exists; every finished one is appended to ``paths.results`` at once. A failed job is reported
-    and the others go on."""
+    exists; every finished one is appended to ``paths.results`` at once. A job that starts from a
+    start other than the recorded one (:func:`start_tag`) is tagged with it, and its control is
+    queued first from that start (from ``templates``, every phase-B job) if it has none. A failed job
+    is reported and the others go on."""
     pending, running = list(jobs), {}
     with ProcessPoolExecutor(parallel, mp_context=get_context("spawn")) as pool:
         while pending or running:
-            for item in [j for j in pending if all(finished(p) for p in j["after"])]:
-                if len(running) >= parallel:
+            while len(running) < parallel:
+                item = next((j for j in pending if all(finished(p) for p in j["after"])), None)
+                if item is None:
                     break
                 pending.remove(item)
+                if item["after"] and item["phase"] == "B" and "start" not in item:
+                    item["start"] = start_tag(results, item["seed"], start_fingerprint(item))
+                    if needs_control(item, item["start"], results, [*pending, *running.values()]):
+                        control = next(j for j in templates if (j["seed"], j["arm"]) == (item["seed"], CONTROL))
+                        pending[:0] = [{**control, "start": item["start"]}, item]  # the control first
+                        print(f"ssl_verdict: seed {item['seed']} starts from {item['start']}, not the recorded "
+                              f"start: {CONTROL} runs from it too", flush=True)  # fmt: skip
+                        continue
                 running[pool.submit(run_job, item)] = item
             if not running:
                 names = ", ".join(f"seed {j['seed']} {j['arm']}" for j in pending)
@@ -506,10 +526,16 @@ def run_jobs(jobs: list[dict[str, Any]], parallel: int, paths: Paths, results: l
                     continue
                 if item.get("rerun"):  # a start checkpoint made again: its recorded figures stay
                     recorded = next(r for r in results if r["phase"] == "B" and r["seed"] == item["seed"]
-                                    and r["arm"] == item["arm"])  # fmt: skip
+                                    and r["arm"] == item["arm"] and not r.get("start"))  # fmt: skip
+                    print_ = fingerprint(line["checkpoints"]["last"])
+                    (Path(item["run_dir"]) / START_FILE).write_text(json.dumps({"fingerprint": print_}) + "\n")
                     print(f"ssl_verdict: seed {item['seed']} {item['arm']} retrained: test DSC of last.pt "
                           f"{mean_dsc(line):.4f}, recorded {mean_dsc(recorded):.4f}", flush=True)  # fmt: skip
-                    continue
+                    line["start"] = start_tag(results, item["seed"], print_)
+                    if line["start"] is None or any(unit(r) == unit(line) and r["arm"] == item["arm"] for r in results):
+                        continue  # the recorded start itself, or this other one already kept
+                if item.get("start"):
+                    line["start"] = item["start"]
                 line["settings_key"] = settings_key
                 paths.results.parent.mkdir(parents=True, exist_ok=True)
                 with paths.results.open("a") as stream:
@@ -527,21 +553,69 @@ def finished(checkpoint: str | Path) -> bool:
     return bool(load_checkpoint(checkpoint).get("training_state", {}).get("finished"))
 
 
+def is_done(item: dict[str, Any], results: list[dict]) -> bool:
+    """Whether a job has a result that can be compared: from the recorded start (no ``start``), or
+    from another start from which its control was run too (else it is run again, from this folder's start)."""
+    lines = [r for r in results if (r["phase"], r["seed"], r["arm"]) == (item["phase"], item["seed"], item["arm"])]
+    control = CONTROLS.get(item["arm"]) if item["arm"] in ARM_OVERRIDES else None
+    controls = {unit(r) for r in results if r["phase"] == "B" and r["arm"] == control}
+    return any(not r.get("start") or control is None or unit(r) in controls for r in lines)
+
+
 def to_run(jobs: list[dict[str, Any]], results: list[dict]) -> list[dict[str, Any]]:
-    """The jobs without a result, in order, each preceded by the finished runs whose ``last.pt`` it
-    starts from and this work folder lacks (marked ``rerun``: remade, their recorded figures kept),
-    so that a start checkpoint is remade just before the first run that needs it."""
-    done = {(r["phase"], r["seed"], r["arm"]) for r in results}
-    missing = [j for j in jobs if (j["phase"], j["seed"], j["arm"]) in done]
+    """The jobs without a result (:func:`is_done`), in order, each preceded by the finished runs whose
+    ``last.pt`` it starts from and this work folder lacks (marked ``rerun``: remade, their recorded
+    figures kept), so that a start checkpoint is remade just before the first run that needs it."""
+    missing = [j for j in jobs if is_done(j, results)]
     remade = {str(Path(j["run_dir"]) / "last.pt"): {**j, "rerun": True} for j in missing}
     remade = {path: j for path, j in remade.items() if not finished(path)}
     order = []
     for item in jobs:
-        if (item["phase"], item["seed"], item["arm"]) in done:
+        if is_done(item, results):
             continue
         order += [remade.pop(path) for path in item["after"] if path in remade]
         order.append(item)
     return order
+
+
+# -- one start for a run and its control -----------------------------------------------------------
+START_FILE = "start.json"
+"""Beside a ``supervised_pair_s1`` run's ``last.pt``: the fingerprint of what it scores."""
+
+
+def fingerprint(scores: dict[str, Any]) -> str:
+    """8 hex digits of a checkpoint's per-case test DSC (``checkpoints.last`` of a result line)."""
+    return hashlib.sha256(json.dumps(scores["cases"], sort_keys=True).encode()).hexdigest()[:8]
+
+
+def start_tag(results: list[dict], seed: int, print_: str) -> str | None:
+    """None when a start with fingerprint ``print_`` is the recorded ``supervised_pair_s1`` of
+    ``seed`` (the same weights: it scores the same on every case), else the fingerprint: runs from
+    it are paired only with a control run from it too (a remade start differs when another machine's
+    floating-point order changes 2,100 steps of training)."""
+    recorded = [r for r in results if r["phase"] == "B" and r["seed"] == seed and r["arm"] == "supervised_pair_s1"]
+    original = next((r for r in recorded if not r.get("start")), None)
+    return None if original is not None and fingerprint(original["checkpoints"]["last"]) == print_ else print_
+
+
+def start_fingerprint(item: dict[str, Any]) -> str:
+    """The fingerprint of the start a job begins from: read beside it, or scored now and kept there."""
+    start = Path(item["after"][0]).parent
+    kept = start / START_FILE
+    if kept.exists():
+        return json.loads(kept.read_text())["fingerprint"]
+    print_ = fingerprint(compact(score_checkpoint(start / "last.pt", Path(item["store"]), Path(item["data_root"]))))
+    kept.write_text(json.dumps({"fingerprint": print_}) + "\n")
+    return print_
+
+
+def needs_control(item: dict[str, Any], tag: str | None, results: list[dict], queued: list[dict]) -> bool:
+    """Whether an arm about to start from start ``tag`` lacks its control from that start, run or queued."""
+    if tag is None or item["arm"] == CONTROL or CONTROLS.get(item["arm"]) != CONTROL:
+        return False
+    have = {unit(r) for r in results if r["phase"] == "B" and r["arm"] == CONTROL}
+    have |= {unit(j) for j in queued if j["arm"] == CONTROL and j.get("start")}
+    return unit({"seed": item["seed"], "start": tag}) not in have
 
 
 def mean_dsc(line: dict) -> float:
@@ -551,7 +625,7 @@ def mean_dsc(line: dict) -> float:
 def read_results(path: Path, settings_key: str) -> list[dict]:
     lines = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
     lines = [line for line in lines if line.get("settings_key", settings_key) == settings_key]
-    return list({(r["phase"], r["seed"], r["arm"]): r for r in reversed(lines)}.values())  # the first of each
+    return list({(r["phase"], r["arm"], unit(r)): r for r in reversed(lines)}.values())  # the first of each
 
 
 # -- pseudo-labels ---------------------------------------------------------------------------------
@@ -582,14 +656,28 @@ def pseudo_label_scores(job: dict[str, Any]) -> dict[str, Any]:
 
 
 # -- report ----------------------------------------------------------------------------------------
-def dsc_of(results: list[dict], phase: str, arm: str, checkpoint: str, ids: list[str], seeds) -> np.ndarray:
-    """``(seeds, cases, 13)`` DSC of one arm."""
-    rows = {r["seed"]: r for r in results if r["phase"] == phase and r["arm"] == arm}
-    return np.array([[rows[s]["checkpoints"][checkpoint]["cases"][c]["dsc"] for c in ids] for s in seeds])
+def unit(line: dict) -> str:
+    """What a result is paired by: its seed, and for a run started from a remade ``supervised_pair_s1``
+    that came out different (another machine's arithmetic), that start's fingerprint: ``"0"``, ``"0/3fa2c1d0"``."""
+    return f"{line['seed']}/{line['start']}" if line.get("start") else str(line["seed"])
 
 
-def seeds_of(results: list[dict], phase: str, arm: str) -> list[int]:
-    return sorted(r["seed"] for r in results if r["phase"] == phase and r["arm"] == arm)
+def dsc_of(results: list[dict], phase: str, arm: str, checkpoint: str, ids: list[str], units) -> np.ndarray:
+    """``(units, cases, 13)`` DSC of one arm."""
+    rows = {unit(r): r for r in results if r["phase"] == phase and r["arm"] == arm}
+    return np.array([[rows[u]["checkpoints"][checkpoint]["cases"][c]["dsc"] for c in ids] for u in units])
+
+
+def seeds_of(results: list[dict], phase: str, arm: str) -> list[str]:
+    """The units (:func:`unit`) of one arm's results, by seed."""
+    lines = sorted((r for r in results if r["phase"] == phase and r["arm"] == arm), key=lambda r: (r["seed"], unit(r)))
+    return [unit(r) for r in lines]
+
+
+def paired(results: list[dict], arm: str, control: str) -> list[str]:
+    """The units both arms have: the same seed *and* the same start, never a run against a control
+    that started from another checkpoint."""
+    return [u for u in seeds_of(results, "B", arm) if u in set(seeds_of(results, "B", control))]
 
 
 def phase_a_summary(results: list[dict], subsets: dict[str, list[str]], settings: Settings) -> dict[str, Any] | None:
@@ -599,8 +687,8 @@ def phase_a_summary(results: list[dict], subsets: dict[str, list[str]], settings
         return None
     s1, final = plateau([tuple(p) for p in rows["supervised_pair"]["curve"]])
     shifted = subsets["shifted"]
-    pair = dsc_of(results, "A", "supervised_pair", "last", shifted, [0]).mean()
-    upper = dsc_of(results, "A", "upper_bound", "last", shifted, [0]).mean()
+    pair = dsc_of(results, "A", "supervised_pair", "last", shifted, ["0"]).mean()
+    upper = dsc_of(results, "A", "upper_bound", "last", shifted, ["0"]).mean()
     headroom = float(upper - pair)
     plateaued = s1 <= settings.plateau_limit
     return {
@@ -628,7 +716,7 @@ def report(
     lines.append("\nPhase A (seed 0, constant rate): validation mean DSC of the pair's ensemble by step")
     for row in sorted((r for r in results if r["phase"] == "A"), key=lambda r: r["arm"]):
         curve = ", ".join(f"{step}: {dice:.4f}" for step, dice in row["curve"])
-        means = [dsc_of(results, "A", row["arm"], "last", ids, [0]).mean() for ids in subsets.values()]
+        means = [dsc_of(results, "A", row["arm"], "last", ids, ["0"]).mean() for ids in subsets.values()]
         lines.append(f"  {row['arm']:<16} {curve}")
         lines.append(f"  {'':<16} last.pt test in/shifted/all {'/'.join(f'{m:.4f}' for m in means)}; "
                      f"{row['train_s']:.0f} s")  # fmt: skip
@@ -653,7 +741,7 @@ def report(
         for seed in seeds_of(results, "B", arm):
             per = [dsc_of(results, "B", arm, "last", ids, [seed]).mean() for ids in subsets.values()]
             adrenals = dsc_of(results, "B", arm, "last", subsets["shifted"], [seed])[..., adrenal].mean()
-            wall = next(r["train_s"] for r in results if r["phase"] == "B" and r["arm"] == arm and r["seed"] == seed)
+            wall = next(r["train_s"] for r in results if r["phase"] == "B" and r["arm"] == arm and unit(r) == seed)
             cells.append(f"s{seed}: " + "/".join(f"{v:.4f}" for v in per) + f" adr {adrenals:.3f} ({wall:.0f} s)")
         lines.append(f"  {arm:<22}" + "  ".join(cells))
 
@@ -672,7 +760,7 @@ def report(
     for checkpoint in ("last", "best"):
         lines.append(f"\n{checkpoint}.pt minus control, per case mean over common seeds; mean [bootstrap 95 %]")
         for arm, control in CONTROLS.items():
-            common = sorted(set(seeds_of(results, "B", arm)) & set(seeds_of(results, "B", control)))
+            common = paired(results, arm, control)
             if not common:
                 continue
             cells = []
@@ -686,9 +774,9 @@ def report(
                 figures["differences"][f"{arm}-{control}/{checkpoint}/{subset}"] = {
                     "mean": float(per_case.mean()), "ci95": [low, high], "seeds": common,
                 }  # fmt: skip
-            lines.append(f"  {arm} - {control}: " + "; ".join(cells) + f" (seeds {common})")
+            lines.append(f"  {arm} - {control}: " + "; ".join(cells) + f" (seeds {', '.join(common)})")
 
-    common = sorted(set(seeds_of(results, "B", PRIMARY)) & set(seeds_of(results, "B", CONTROL)))
+    common = paired(results, PRIMARY, CONTROL)
     if common:
         diff = dsc_of(results, "B", PRIMARY, "last", shifted, common) - dsc_of(
             results, "B", CONTROL, "last", shifted, common
@@ -698,33 +786,33 @@ def report(
         large = voxels >= ORGAN_MIN_VOXELS
         worst = float(per_organ[large].min()) if large.any() else 0.0
         gain = figures["differences"][f"{PRIMARY}-{CONTROL}/last/shifted"]
-        lines.append(f"\n{PRIMARY} - {CONTROL} per organ, shifted, last.pt (seeds {common}): "
+        lines.append(f"\n{PRIMARY} - {CONTROL} per organ, shifted, last.pt (seeds {', '.join(common)}): "
                      + ", ".join(f"{n} {v:+.4f}" for n, v in zip(names, per_organ)))  # fmt: skip
         lines.append("  per seed: " + ", ".join(f"s{s} {v:+.4f}" for s, v in zip(common, per_seed)))
         lines.append(f"  worst organ of >= {ORGAN_MIN_VOXELS} voxels: {worst:+.4f}")
         figures["primary_per_organ"] = dict(zip(names, per_organ.tolist()))
-        figures["primary_per_seed"] = dict(zip(map(str, common), per_seed.tolist()))
+        figures["primary_per_seed"] = dict(zip(common, per_seed.tolist()))
         if summary is not None:
-            complete = set(common) >= set(settings.seeds)
+            complete = set(common) >= {str(seed) for seed in settings.seeds}
             sentence = verdict(gain["mean"], tuple(gain["ci95"]), summary["headroom_shifted"], worst, summary["valid"])
             if not complete:
                 sentence = f"not yet decided ({len(common)} of {len(settings.seeds)} seeds); so far: {sentence}"
             lines.append(f"\nVERDICT: {sentence}")
             figures["verdict"] = sentence
 
-    scored = sorted((r for r in results if r["phase"] == "B" and r.get("pseudo")), key=lambda r: r["seed"])
+    scored = sorted((r for r in results if r["phase"] == "B" and r.get("pseudo")), key=lambda r: (r["seed"], unit(r)))
     if scored:
         lines.append("\nPseudo-label DSC on the unlabeled pool (ensemble, mean over cases): mean; per organ")
         for row in scored:
             for name, cases in row["pseudo"].items():
                 organs = np.array(list(cases.values())).mean(0)
-                lines.append(f"  s{row['seed']} {name:<14} {organs.mean():.4f}; "
+                lines.append(f"  s{unit(row)} {name:<14} {organs.mean():.4f}; "
                              + ", ".join(f"{n[:8]} {v:.3f}" for n, v in zip(names, organs)))  # fmt: skip
             if "uif_kept" in row:
                 half = row["pseudo"]["cps_uif@half"]
                 kept = [np.mean(v) for c, v in half.items() if c in row["uif_kept"]]
                 dropped = [np.mean(v) for c, v in half.items() if c not in row["uif_kept"]]
-                lines.append(f"  s{row['seed']} UIF: pseudo-label DSC of kept cases {np.mean(kept):.4f} "
+                lines.append(f"  s{unit(row)} UIF: pseudo-label DSC of kept cases {np.mean(kept):.4f} "
                              f"({len(kept)}), dropped {np.mean(dropped):.4f} ({len(dropped)})")  # fmt: skip
     return "\n".join(lines), figures
 
@@ -771,7 +859,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ssl_verdict: phase A: S1 {summary['s1']}, S2 {summary['s2']}, headroom "
                   f"{summary['headroom_shifted']:+.4f}, valid {summary['valid']}", flush=True)  # fmt: skip
             jobs = phase_b_jobs(paths, settings, run_root, summary["s1"])
-            run_jobs(to_run(jobs, results), settings.parallel, paths, results, settings_key)
+            run_jobs(to_run(jobs, results), settings.parallel, paths, results, settings_key, jobs)
     text, figures = report(results, subsets, voxels, settings)
     print("\n" + text)
     (work / "report.txt").write_text(text + "\n")

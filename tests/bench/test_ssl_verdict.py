@@ -1,10 +1,25 @@
-"""The pre-registered rules of bench.ssl_verdict on hand-made figures."""
+"""The pre-registered rules of bench.ssl_verdict, and how it pairs runs with their controls, on hand-made figures."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from bench.ssl_verdict import finished, plateau, to_run, verdict
+from bench.ssl_verdict import (
+    dsc_of,
+    fingerprint,
+    finished,
+    is_done,
+    needs_control,
+    paired,
+    plateau,
+    read_results,
+    start_tag,
+    to_run,
+    unit,
+    verdict,
+)
 from segcore.networks.checkpoint import CHECKPOINT_FORMAT_VERSION, save_checkpoint
 
 
@@ -96,3 +111,53 @@ def test_a_start_run_stopped_half_way_is_run_again_before_the_runs_it_starts(tmp
     arm = _job(0, "cacps", (_last(tmp_path / "start", False),))
     order = to_run([start, arm], [{"phase": "B", "seed": 0, "arm": "supervised_pair_s1"}])
     assert [(j["arm"], bool(j.get("rerun"))) for j in order] == [("supervised_pair_s1", True), ("cacps", False)]
+
+
+def _line(seed: int, arm: str, start: str | None = None, dsc: float = 0.5) -> dict:
+    line = {"phase": "B", "seed": seed, "arm": arm, "checkpoints": {"last": {"cases": {"c0": {"dsc": [dsc] * 13}}}}}
+    return {**line, "start": start} if start else line
+
+
+def test_a_run_is_compared_only_with_a_control_from_the_same_start():
+    results = [_line(0, "pair_continue"), _line(1, "pair_continue"), _line(0, "cps", "ab12cd34"), _line(1, "cps")]
+    assert paired(results, "cps", "pair_continue") == ["1"]  # seed 0's cps began from another start
+    results.append(_line(0, "pair_continue", "ab12cd34"))
+    assert paired(results, "cps", "pair_continue") == ["0/ab12cd34", "1"]
+    assert dsc_of(results, "B", "pair_continue", "last", ["c0"], ["0/ab12cd34"]).shape == (1, 1, 13)
+
+
+def test_an_arm_from_another_start_is_done_only_once_its_control_ran_from_it_too():
+    item = _job(0, "cps", ("/nowhere/seed0/supervised_pair_s1/last.pt",))
+    assert is_done(item, [_line(0, "cps")])  # from the recorded start
+    orphan = [_line(0, "pair_continue"), _line(0, "cps", "ab12cd34")]
+    assert not is_done(item, orphan)  # its control came from the recorded start: run it again
+    assert is_done(item, [*orphan, _line(0, "pair_continue", "ab12cd34")])
+    assert is_done(_job(0, "supervised_pair_long"), [_line(0, "supervised_pair_long", "zz")])  # no start to share
+
+
+def test_a_remade_start_is_the_recorded_one_only_if_it_scores_the_same_on_every_case():
+    results = [_line(0, "supervised_pair_s1", dsc=0.6608)]
+    same = fingerprint(_line(0, "supervised_pair_s1", dsc=0.6608)["checkpoints"]["last"])
+    other = fingerprint(_line(0, "supervised_pair_s1", dsc=0.6609)["checkpoints"]["last"])
+    assert start_tag(results, 0, same) is None
+    assert start_tag(results, 0, other) == other and len(other) == 8
+    assert start_tag(results, 1, same) == same  # nothing recorded for seed 1
+
+
+def test_an_arm_from_another_start_queues_its_control_once():
+    cps, uif = _job(0, "cps"), _job(0, "cps_uif")
+    assert not needs_control(cps, None, [], [])  # the recorded start: the recorded control serves
+    assert needs_control(cps, "ab12cd34", [_line(0, "pair_continue")], [])
+    assert not needs_control(uif, "ab12cd34", [], [{**_job(0, "pair_continue"), "start": "ab12cd34"}])
+    assert not needs_control(cps, "ab12cd34", [_line(0, "pair_continue", "ab12cd34")], [])
+    assert not needs_control(_job(0, "pair_continue"), "ab12cd34", [], [])
+
+
+def test_results_from_two_starts_of_one_seed_are_both_kept(tmp_path):
+    path = tmp_path / "results.jsonl"
+    lines = [_line(0, "cps"), _line(0, "cps", "ab12cd34"), _line(0, "cps", dsc=0.9)]  # the third repeats the first
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    kept = read_results(path, "key")
+    assert [(unit(r), r["checkpoints"]["last"]["cases"]["c0"]["dsc"][0]) for r in kept] == [
+        ("0", 0.5), ("0/ab12cd34", 0.5),
+    ]  # fmt: skip
