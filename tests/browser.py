@@ -46,3 +46,9 @@ def pixels(png: bytes) -> np.ndarray:
 def colour_count(image: np.ndarray, rgb, tolerance: int = 10) -> int:
     """How many pixels are within ``tolerance`` of ``rgb`` in every channel."""
     return int((np.abs(image.astype(int) - np.asarray(rgb)).max(axis=-1) <= tolerance).sum())
+
+
+def full_overlay(page) -> None:
+    """The viewer's overlay opacity at 1, so organ pixels carry their exact colours."""
+    page.fill(".viewer-opacity", "1")
+    page.dispatch_event(".viewer-opacity", "input")

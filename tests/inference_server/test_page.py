@@ -15,7 +15,7 @@ import pytest
 from inference_server.local import LocalServer
 from segcore.labels import ORGAN_COLORS
 from segcore.testing import write_tiny_weights
-from tests.browser import browser_page, colour_count, needs_chromium, pixels
+from tests.browser import browser_page, colour_count, full_overlay, needs_chromium, pixels
 
 pytestmark = needs_chromium
 NOTICE = "trained on phantoms: not for real scans"
@@ -71,18 +71,22 @@ def test_a_zip_of_a_2d_slice_is_refused_in_words(server, page, real_data, tmp_pa
     assert page.is_hidden("#result")
 
 
-def test_the_viewer_scrolls_and_a_hidden_organ_leaves_the_canvas(server, page, real_data, tmp_path):
-    upload = tmp_path / "scan"  # a name that says nothing: the service and the viewer go by the bytes
-    upload.write_bytes((real_data / "abdomen_ct_3mm.nii.gz").read_bytes())
+def shown_in_viewer(page, server: str, upload: Path, timeout_ms: int) -> None:
+    """Upload a file from a fresh page and wait until the viewer shows it, with no error on the console."""
     page.goto(server)
     page.errors.clear()
     page.set_input_files("#file", str(upload))
     page.click("#send")
-    page.wait_for_selector("canvas[data-ready='1']", timeout=120_000)
+    page.wait_for_selector("canvas[data-ready='1']", timeout=timeout_ms)
     assert page.errors == []
+
+
+def test_the_viewer_scrolls_and_a_hidden_organ_leaves_the_canvas(server, page, real_data, tmp_path):
+    upload = tmp_path / "scan"  # a name that says nothing: the service and the viewer go by the bytes
+    upload.write_bytes((real_data / "abdomen_ct_3mm.nii.gz").read_bytes())
+    shown_in_viewer(page, server, upload, 120_000)
     canvas = page.locator("canvas")
-    page.fill(".viewer-opacity", "1")
-    page.dispatch_event(".viewer-opacity", "input")
+    full_overlay(page)
     start = int(canvas.get_attribute("data-slice"))
     before = pixels(canvas.screenshot())
     canvas.click()
@@ -114,10 +118,5 @@ def test_a_dicom_series_is_shown_from_the_copy_in_the_answer(server, page, real_
     with zipfile.ZipFile(archive, "w") as bundle:
         for path in sorted((real_data / "abdomen_ct_dicom").iterdir()):
             bundle.write(path, path.name)
-    page.goto(server)
-    page.errors.clear()
-    page.set_input_files("#file", str(archive))
-    page.click("#send")
-    page.wait_for_selector("canvas[data-ready='1']", timeout=180_000)
-    assert page.errors == []
+    shown_in_viewer(page, server, archive, 180_000)
     assert page.text_content(".viewer-slice").endswith("/ 20")  # the series' 20 slices, axial

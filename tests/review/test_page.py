@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 from segcore.labels import ORGAN_COLORS, ORGAN_IDS
-from tests.browser import browser_page, colour_count, needs_chromium, pixels
+from tests.browser import browser_page, colour_count, full_overlay, needs_chromium, pixels
 from tests.review.conftest import REVIEW_ORDER, review_station
 
 pytestmark = needs_chromium
@@ -24,8 +24,7 @@ def test_the_list_in_verdict_order_and_a_case_in_the_viewer(folders, tmp_path):
         page.wait_for_selector("canvas[data-ready='1']", timeout=60_000)
         assert page.errors == []
         canvas = page.locator("canvas")
-        page.fill(".viewer-opacity", "1")
-        page.dispatch_event(".viewer-opacity", "input")
+        full_overlay(page)
         # The reference labels are the mask: the middle axial slice (16 of 30) holds the liver.
         assert canvas.get_attribute("data-slice") == "16"
         shown = colour_count(pixels(canvas.screenshot()), ORGAN_COLORS[LIVER], tolerance=6)
