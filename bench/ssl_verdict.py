@@ -94,7 +94,9 @@ Design (fixed before any method run was compared; changing it means a new benchm
   ``pair_continue``, ``cacps`` for every seed; (2) ``cps``, ``cps_uif``; (3) ``dense_pretrain``,
   ``supervised_pair_long``; (4) ``upper_bound``; then the pseudo-label scoring. Two nets on one
   thread take ~0.8 s a step (CPS ~1.7 s, CACPS ~2 s), so with S1 = 1,500 the whole run is
-  ~5 h of this 2-core machine, tiers 1 and 2 with phase A ~3 h.
+  ~5 h of this 2-core machine, tiers 1 and 2 with phase A ~3 h. ``--arms`` runs only some arms
+  (seed by seed): the arms trained from scratch need no start checkpoint, so a session too short
+  to remake the starts can still finish them.
 
 Figures are printed and written to ``WORK/report.txt`` / ``WORK/report.json``; none is judged by
 a test. The results file is the record of what finished: a new work folder regenerates the
@@ -578,6 +580,19 @@ def to_run(jobs: list[dict[str, Any]], results: list[dict]) -> list[dict[str, An
     return order
 
 
+def only_arms(order: list[dict[str, Any]], arms: list[str]) -> list[dict[str, Any]]:
+    """The jobs of ``order`` (:func:`to_run`'s) of the named arms, with the start runs they need,
+    by seed (stable: a start stays before its runs), so that the arms of one seed finish together
+    and a session that stops early leaves whole seeds; the other arms wait for a later run."""
+    unknown = sorted(set(arms) - set(REPORT_ORDER))
+    if unknown:
+        raise SystemExit(f"bench.ssl_verdict: unknown arm(s) {', '.join(unknown)}; arms are {', '.join(REPORT_ORDER)}")
+    kept = [j for j in order if j["arm"] in arms]
+    needed = {path for j in kept for path in j["after"]}
+    kept = [j for j in order if j in kept or (j.get("rerun") and str(Path(j["run_dir"]) / "last.pt") in needed)]
+    return sorted(kept, key=lambda j: j["seed"])
+
+
 # -- one start for a run and its control -----------------------------------------------------------
 START_FILE = "start.json"
 """Beside a ``supervised_pair_s1`` run's ``last.pt``: the fingerprint of what it scores."""
@@ -825,6 +840,11 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
     parser.add_argument("--report", action="store_true", help="only the report of what has finished")
     parser.add_argument("--phase-a-only", action="store_true", help="stop after phase A")
     parser.add_argument(
+        "--arms",
+        type=lambda text: text.split(","),
+        help="phase B: only these arms (comma-separated), seed by seed; e.g. the ones that need no start checkpoint",
+    )
+    parser.add_argument(
         "--results",
         type=Path,
         help=f"results file (default: {RESULTS.relative_to(REPO_ROOT)}; --quick: WORK/results.jsonl)",
@@ -859,7 +879,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ssl_verdict: phase A: S1 {summary['s1']}, S2 {summary['s2']}, headroom "
                   f"{summary['headroom_shifted']:+.4f}, valid {summary['valid']}", flush=True)  # fmt: skip
             jobs = phase_b_jobs(paths, settings, run_root, summary["s1"])
-            run_jobs(to_run(jobs, results), settings.parallel, paths, results, settings_key, jobs)
+            order = to_run(jobs, results)
+            run_jobs(only_arms(order, args.arms) if args.arms else order, settings.parallel, paths, results,
+                     settings_key, jobs)  # fmt: skip
     text, figures = report(results, subsets, voxels, settings)
     print("\n" + text)
     (work / "report.txt").write_text(text + "\n")

@@ -12,6 +12,7 @@ from bench.ssl_verdict import (
     finished,
     is_done,
     needs_control,
+    only_arms,
     paired,
     plateau,
     read_results,
@@ -161,3 +162,20 @@ def test_results_from_two_starts_of_one_seed_are_both_kept(tmp_path):
     assert [(unit(r), r["checkpoints"]["last"]["cases"]["c0"]["dsc"][0]) for r in kept] == [
         ("0", 0.5), ("0/ab12cd34", 0.5),
     ]  # fmt: skip
+
+
+def test_arms_chosen_by_name_run_seed_by_seed_with_only_the_starts_they_need():
+    start = "/nowhere/seed{}/supervised_pair_s1/last.pt".format
+    order = [
+        {**_job(1, "supervised_pair_s1"), "rerun": True}, _job(1, "cps_uif", (start(1),)),
+        {**_job(2, "supervised_pair_s1"), "rerun": True}, _job(2, "cps", (start(2),)),
+        _job(0, "dense_pretrain"), _job(1, "dense_pretrain"),
+        _job(0, "supervised_pair_long"), _job(1, "supervised_pair_long"),
+    ]  # fmt: skip
+    picked = [(j["seed"], j["arm"]) for j in only_arms(order, ["dense_pretrain", "supervised_pair_long", "cps_uif"])]
+    assert picked == [
+        (0, "dense_pretrain"), (0, "supervised_pair_long"),
+        (1, "supervised_pair_s1"), (1, "cps_uif"), (1, "dense_pretrain"), (1, "supervised_pair_long"),
+    ]  # fmt: skip
+    with pytest.raises(SystemExit, match="dense_pretrian"):
+        only_arms(order, ["dense_pretrian"])
