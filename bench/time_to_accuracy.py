@@ -10,8 +10,8 @@ are appended as they come)::
     .venv/bin/python -m bench.time_to_accuracy --work runs/tta --setting default_fine --recipes old full_res
 
 ``--setting default_coarse`` / ``default_fine`` run one stage of the default model's recipe
-instead (``model_weights/recipe/``: its 200 randomised, varied medium phantoms, its store, nets,
-optimiser and augmentation; fold 0 of 5, 40 phantoms, validates; no test scoring here: the
+instead (``model_weights/recipe/``: its 200 randomised, varied, detailed medium phantoms, its
+store, nets, optimiser and augmentation; fold 0 of 5, 40 phantoms, validates; no test scoring here: the
 recipe's ``train.sh`` scores the held-out phantoms). Their step times are in
 ``DEFAULT_SECONDS_PER_STEP`` (the fine stage's measured, the coarse stage's estimated).
 Everything below describes the ``ssl`` setting.
@@ -302,7 +302,7 @@ def ssl_data(work: Path, settings: Settings) -> tuple[Path, Path | None, dict[st
 
 def default_model_data(work: Path, quick: bool) -> Path:
     """The default model's store as ``model_weights/recipe/train.sh`` makes it (200 randomised,
-    varied medium phantoms of seed 2022; fold 0 of 5 validates)."""
+    varied medium phantoms with the detailed anatomy, seed 2022; fold 0 of 5 validates)."""
     from data_prepare.prepare import PrepareConfig, run
     from segcore.config import load_config
     from segcore.phantom import write_dataset
@@ -310,7 +310,8 @@ def default_model_data(work: Path, quick: bool) -> Path:
     data_root, store = work / "default_data", work / "default_store.lmdb"
     if not (data_root / "phantom_cases.json").exists():
         labeled = 10 if quick else 200
-        write_dataset(data_root, labeled, 0, 0, "medium", 2022, workers=2, randomise=True, vary=True, progress=False)
+        options = {"randomise": True, "vary": True, "detailed": True, "progress": False}
+        write_dataset(data_root, labeled, 0, 0, "medium", 2022, workers=2, **options)
         (data_root / "phantom_cases.json").touch()
     values = load_config(REPO_ROOT / "model_weights/recipe/prepare.yaml")
     values.update(data_root=str(data_root), out=str(store))

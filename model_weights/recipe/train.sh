@@ -13,16 +13,31 @@ RECIPE="$ROOT/model_weights/recipe"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
 # Training cases: random tissue values, noise, bias fields and slice thickness (--randomise-domains),
-# organs moved, resized, deformed and sometimes removed, slabs and narrow fields (--vary-anatomy).
-# The 10 held-out cases (val_images) stay realistic.
+# organs moved, resized, deformed and sometimes removed, slabs and narrow fields (--vary-anatomy),
+# the back of the abdomen drawn from anatomical relations, arms, pelvis and bowel content
+# (--detailed-anatomy). The 10 held-out cases (val_images) stay realistic, with the default anatomy.
 [ -f "$WORK/data/phantom_cases.json" ] || "$PYTHON" -m segcore.phantom --out "$WORK/data" --labeled 200 \
-    --unlabeled 0 --val 10 --size medium --seed 2022 --randomise-domains --vary-anatomy --workers 2 --no-progress
+    --unlabeled 0 --val 10 --size medium --seed 2022 --randomise-domains --vary-anatomy --detailed-anatomy \
+    --workers 2 --no-progress
 sh "$ROOT/data_prepare/run.sh" --config "$RECIPE/prepare.yaml" --data-root "$WORK/data" --out "$WORK/store.lmdb"
+# The two stages side by side, one thread each (the fine stage's crops come from the labels, not
+# from the coarse net): on a 2-core CPU, one thread per process is the most work per core.
+pids=""
 for stage in coarse fine; do
     resume=""
     [ -d "$WORK/$stage" ] && resume="--resume"
-    sh "$ROOT/${stage}_seg/run.sh" --config "$RECIPE/$stage.yaml" $resume store="$WORK/store.lmdb" output_dir="$WORK/$stage"
+    OMP_NUM_THREADS=${STAGE_THREADS:-1} sh "$ROOT/${stage}_seg/run.sh" --config "$RECIPE/$stage.yaml" $resume \
+        store="$WORK/store.lmdb" output_dir="$WORK/$stage" > "$WORK/$stage.log" 2>&1 &
+    pids="$pids $!"
 done
+failed=0
+for pid in $pids; do
+    wait "$pid" || failed=1
+done
+if [ "$failed" -ne 0 ]; then
+    echo "train.sh: a stage failed; see $WORK/coarse.log and $WORK/fine.log (run again to resume)" >&2
+    exit 1
+fi
 # best.pt: weights and description, no optimizer state; the copies say what they must not be used for.
 "$PYTHON" - "$WORK" "$ROOT/model_weights" <<'PY'
 import sys
