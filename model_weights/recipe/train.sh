@@ -1,8 +1,8 @@
 #!/bin/sh
-# Re-make the default model (model_weights/coarse.pt, fine.pt) from scratch on a CPU:
+# Make the default model (a candidate for model_weights/coarse.pt, fine.pt) from scratch on a CPU:
 #   sh model_weights/recipe/train.sh [WORK_DIR]          (default WORK_DIR: runs/default_model)
-# Phantoms -> store -> coarse stage -> fine stage -> copy the best checkpoints -> evaluate on
-# the held-out phantoms with predict.sh and segcore.evaluate. See model_weights/MODEL_CARD.md.
+# Phantoms -> store -> coarse and fine stages -> the best checkpoints to WORK_DIR/weights -> evaluate
+# on the held-out phantoms with predict.sh and segcore.evaluate. See model_weights/MODEL_CARD.md.
 # Resumable: run it again with the same WORK_DIR after an interruption; the phantoms and the
 # store are kept, a stage whose folder exists continues from its last.pt (a finished one is skipped).
 set -eu
@@ -39,7 +39,10 @@ if [ "$failed" -ne 0 ]; then
     exit 1
 fi
 # best.pt: weights and description, no optimizer state; the copies say what they must not be used for.
-"$PYTHON" - "$WORK" "$ROOT/model_weights" <<'PY'
+# They go to WORK/weights: the shipped ones are replaced by hand, once the shipping rule
+# (MODEL_CARD.md) has held: cp WORK/weights/coarse.pt WORK/weights/fine.pt model_weights/
+mkdir -p "$WORK/weights"
+"$PYTHON" - "$WORK" "$WORK/weights" <<'PY'
 import sys
 from segcore.networks.checkpoint import copy_with_notice
 NOTICE = ("the default model was trained on synthetic phantoms (segcore.phantom), not on patients: "
@@ -47,5 +50,5 @@ NOTICE = ("the default model was trained on synthetic phantoms (segcore.phantom)
 for stage in ("coarse", "fine"):
     copy_with_notice(f"{sys.argv[1]}/{stage}/best.pt", f"{sys.argv[2]}/{stage}.pt", NOTICE)
 PY
-sh "$ROOT/predict.sh" -i "$WORK/data/val_images" -o "$WORK/predictions" --weights "$ROOT/model_weights" --overwrite
+sh "$ROOT/predict.sh" -i "$WORK/data/val_images" -o "$WORK/predictions" --weights "$WORK/weights" --overwrite
 "$PYTHON" -m segcore.evaluate --pred "$WORK/predictions" --gt "$WORK/data/val_mask" --csv "$WORK/heldout_phantoms.csv"

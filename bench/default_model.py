@@ -1,0 +1,138 @@
+"""A candidate default model against the shipped one, by the shipping rule of ``model_weights/MODEL_CARD.md``.
+
+Run from the repository root once ``sh model_weights/recipe/train.sh WORK`` has finished::
+
+    .venv/bin/python -m bench.default_model --candidate WORK/weights --medium WORK/data --work runs/ship
+
+Held-out phantoms only: the real scans decide nothing (measure them afterwards, whatever this
+says, with ``bench.real_ct``). Two sets, every case predicted by both models with
+``sh predict.sh`` (the user's path: clean-up, restore onto the input's grid), the shipped model
+first, then the candidate, in the same run, and scored by :func:`segcore.evaluate.evaluate_folders`
+(FLARE22: DSC per organ, a case's mean over the 13 organs, an organ absent from both maps 1):
+
+* **medium**: the realistic held-out phantoms ``train.sh`` writes and scores
+  (``WORK/data/val_images``, ``val_mask``: 10 medium phantoms of seed 2022 no training step saw);
+* **varied**: 10 medium phantoms drawn like the training cases (``python -m segcore.phantom
+  --labeled 10 --val 0 --size medium --seed 2024 --randomise-domains --vary-anatomy
+  --detailed-anatomy``, its ``train_images`` / ``train_mask``), written under ``--work``; the
+  candidate also with ``--body-region``.
+
+Rule (:func:`ships`): candidate ≥ shipped − 0.01 on *medium* and candidate > shipped on *varied*
+(mean DSC over cases). Also printed: per organ, candidate − shipped per case with a bootstrap 95 %
+interval, and the seconds ``predict.sh`` took per set. Every run appends its figures to
+``bench/results/default_model.jsonl``. Nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RESULTS = REPO_ROOT / "bench" / "results" / "default_model.jsonl"
+MEDIUM_MARGIN = 0.01
+"""How far below the shipped model the candidate may be on the realistic medium set."""
+VARIED = ["--labeled", "10", "--unlabeled", "0", "--val", "0", "--size", "medium", "--seed", "2024",
+          "--randomise-domains", "--vary-anatomy", "--detailed-anatomy"]  # fmt: skip
+"""The varied set's ``segcore.phantom`` options (the model card's)."""
+
+
+def ships(medium: dict[str, float], varied: dict[str, float]) -> tuple[bool, str]:
+    """The shipping rule on mean DSC ``{"shipped": ..., "candidate": ...}`` of the two sets: whether
+    it holds, and a sentence saying why."""
+    floor = medium["shipped"] - MEDIUM_MARGIN
+    medium_ok = medium["candidate"] >= floor
+    varied_ok = varied["candidate"] > varied["shipped"]
+    why = (
+        f"medium {medium['candidate']:.4f} {'>=' if medium_ok else '<'} {floor:.4f} (shipped "
+        f"{medium['shipped']:.4f} - {MEDIUM_MARGIN}); varied {varied['candidate']:.4f} "
+        f"{'>' if varied_ok else '<='} shipped {varied['shipped']:.4f}"
+    )
+    return medium_ok and varied_ok, why
+
+
+def predict(images: Path, out: Path, weights: Path, body_region: bool = False) -> float:
+    """``sh predict.sh`` over a folder; its wall seconds."""
+    command = ["sh", "predict.sh", "-i", str(images), "-o", str(out), "--weights", str(weights), "--overwrite",
+               "--no-progress", *(["--body-region"] if body_region else [])]  # fmt: skip
+    started = time.perf_counter()
+    subprocess.run(command, cwd=REPO_ROOT, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def case_dsc(predictions: Path, truth: Path) -> dict[str, list[float]]:
+    """``{case: [DSC of organs 1..13]}``."""
+    from segcore.evaluate import evaluate_folders
+
+    evaluation = evaluate_folders(predictions, truth, progress=False)
+    return {case.case: [round(case.organs[organ].dsc, 4) for organ in sorted(case.organs)] for case in evaluation.cases}
+
+
+def varied_set(work: Path) -> Path:
+    """The varied set's folder (written once)."""
+    folder = work / "varied"
+    if not (folder / "train_mask").is_dir():
+        command = [sys.executable, "-m", "segcore.phantom", "--out", str(folder), *VARIED, "--no-progress"]
+        subprocess.run(command, cwd=REPO_ROOT, check=True, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    return folder
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bench.ssl_gain import bootstrap_interval
+    from segcore.labels import ORGANS
+
+    parser = argparse.ArgumentParser(prog="bench.default_model", description=__doc__.split("\n")[0])
+    parser.add_argument("--candidate", type=Path, required=True, help="folder with the candidate coarse.pt, fine.pt")
+    parser.add_argument("--shipped", type=Path, default=REPO_ROOT / "model_weights")
+    parser.add_argument("--medium", type=Path, required=True, help="train.sh's data folder (val_images, val_mask)")
+    parser.add_argument("--work", type=Path, default=REPO_ROOT / "runs" / "default_model_check")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    work = args.work.resolve()
+    varied = varied_set(work)
+    sets = {"medium": (args.medium / "val_images", args.medium / "val_mask"),
+            "varied": (varied / "train_images", varied / "train_mask")}  # fmt: skip
+    runs = [("medium", "shipped", args.shipped, False), ("medium", "candidate", args.candidate, False),
+            ("varied", "shipped", args.shipped, False), ("varied", "candidate", args.candidate, False),
+            ("varied", "candidate+body_region", args.candidate, True)]  # fmt: skip
+    figures: dict[str, dict] = {}
+    for name, model, weights, body_region in runs:
+        images, truth = sets[name]
+        out = work / "predictions" / name / model
+        seconds = predict(images, out, weights, body_region)
+        figures.setdefault(name, {})[model] = {"seconds": round(seconds, 1), "cases": case_dsc(out, truth)}
+        print(f"default_model: {name} {model}: {seconds:.1f} s", flush=True)
+
+    means = {name: {model: float(np.mean([np.mean(v) for v in f["cases"].values()])) for model, f in by.items()}
+             for name, by in figures.items()}  # fmt: skip
+    verdict, why = ships(means["medium"], means["varied"])
+    rng = np.random.default_rng(0)
+    lines = []
+    for name, by in figures.items():
+        shipped = np.array(list(by["shipped"]["cases"].values()))
+        for model in [m for m in by if m != "shipped"]:
+            candidate = np.array([by[model]["cases"][case] for case in by["shipped"]["cases"]])
+            low, high = bootstrap_interval((candidate - shipped).mean(1), rng)
+            lines.append(f"{name}: {model} {means[name][model]:.4f} vs shipped {means[name]['shipped']:.4f}: "
+                         f"{means[name][model] - means[name]['shipped']:+.4f} [{low:+.4f}, {high:+.4f}]")  # fmt: skip
+            per_organ = (candidate - shipped).mean(0)
+            lines.append("  per organ: " + ", ".join(f"{ORGANS[i + 1]} {d:+.4f}" for i, d in enumerate(per_organ)))
+    lines.append(f"SHIPS: {'yes' if verdict else 'no'}: {why}")
+    print("\n".join(lines))
+    record = {"candidate": str(args.candidate), "shipped": str(args.shipped), "means": means, "ships": verdict,
+              "why": why, "load": list(os.getloadavg()), "figures": figures}  # fmt: skip
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    with args.results.open("a") as stream:
+        stream.write(json.dumps(record) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
