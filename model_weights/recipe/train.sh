@@ -5,6 +5,7 @@
 # on the held-out phantoms with predict.sh and segcore.evaluate. See model_weights/MODEL_CARD.md.
 # Resumable: run it again with the same WORK_DIR after an interruption; the phantoms and the
 # store are kept, a stage whose folder exists continues from its last.pt (a finished one is skipped).
+# The two stages run side by side with STAGE_THREADS threads each (default 1); logs in WORK_DIR/STAGE.log.
 set -eu
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 PYTHON=${PYTHON:-$( [ -x "$ROOT/.venv/bin/python" ] && echo "$ROOT/.venv/bin/python" || echo python3 )}
@@ -23,6 +24,7 @@ sh "$ROOT/data_prepare/run.sh" --config "$RECIPE/prepare.yaml" --data-root "$WOR
 # The two stages side by side, one thread each (the fine stage's crops come from the labels, not
 # from the coarse net): on a 2-core CPU, one thread per process is the most work per core.
 pids=""
+trap 'kill $pids 2>/dev/null; exit 130' INT TERM  # background stages ignore Ctrl-C: stop them too
 for stage in coarse fine; do
     resume=""
     [ -d "$WORK/$stage" ] && resume="--resume"
@@ -30,14 +32,22 @@ for stage in coarse fine; do
         store="$WORK/store.lmdb" output_dir="$WORK/$stage" > "$WORK/$stage.log" 2>&1 &
     pids="$pids $!"
 done
-failed=0
-for pid in $pids; do
-    wait "$pid" || failed=1
+# A stage that fails stops the other (both resume where they stopped when train.sh runs again).
+while [ -n "$pids" ]; do
+    running=""
+    for pid in $pids; do
+        if kill -0 "$pid" 2>/dev/null; then
+            running="$running $pid"
+        elif ! wait "$pid"; then
+            kill $pids 2>/dev/null || true
+            echo "train.sh: a stage failed; see $WORK/coarse.log and $WORK/fine.log (run again to resume)" >&2
+            exit 1
+        fi
+    done
+    pids=$running
+    [ -z "$pids" ] || sleep 10
 done
-if [ "$failed" -ne 0 ]; then
-    echo "train.sh: a stage failed; see $WORK/coarse.log and $WORK/fine.log (run again to resume)" >&2
-    exit 1
-fi
+trap - INT TERM
 # best.pt: weights and description, no optimizer state; the copies say what they must not be used for.
 # They go to WORK/weights: the shipped ones are replaced by hand, once the shipping rule
 # (MODEL_CARD.md) has held: cp WORK/weights/coarse.pt WORK/weights/fine.pt model_weights/
