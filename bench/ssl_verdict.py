@@ -582,15 +582,22 @@ def to_run(jobs: list[dict[str, Any]], results: list[dict]) -> list[dict[str, An
 
 def only_arms(order: list[dict[str, Any]], arms: list[str]) -> list[dict[str, Any]]:
     """The jobs of ``order`` (:func:`to_run`'s) of the named arms, with the start runs they need,
-    by seed (stable: a start stays before its runs), so that the arms of one seed finish together
-    and a session that stops early leaves whole seeds; the other arms wait for a later run."""
-    unknown = sorted(set(arms) - set(REPORT_ORDER))
-    if unknown:
-        raise SystemExit(f"bench.ssl_verdict: unknown arm(s) {', '.join(unknown)}; arms are {', '.join(REPORT_ORDER)}")
+    by seed (stable: a start stays before its runs), so that the arms of one seed run close
+    together; the other arms wait for a later run (a control from a remade start is still queued
+    by :func:`run_jobs`)."""
     kept = [j for j in order if j["arm"] in arms]
     needed = {path for j in kept for path in j["after"]}
-    kept = [j for j in order if j in kept or (j.get("rerun") and str(Path(j["run_dir"]) / "last.pt") in needed)]
+    kept = [j for j in order if j in kept or str(Path(j["run_dir"]) / "last.pt") in needed]
     return sorted(kept, key=lambda j: j["seed"])
+
+
+def arm_names(text: str) -> list[str]:
+    """``--arms``: comma-separated names of phase-B arms."""
+    arms = [arm.strip() for arm in text.split(",") if arm.strip()]
+    unknown = sorted(set(arms) - set(REPORT_ORDER))
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown arm(s) {', '.join(unknown)}; arms are {', '.join(REPORT_ORDER)}")
+    return arms
 
 
 # -- one start for a run and its control -----------------------------------------------------------
@@ -841,8 +848,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
     parser.add_argument("--phase-a-only", action="store_true", help="stop after phase A")
     parser.add_argument(
         "--arms",
-        type=lambda text: text.split(","),
-        help="phase B: only these arms (comma-separated), seed by seed; e.g. the ones that need no start checkpoint",
+        type=arm_names,
+        help="phase B: only these arms (comma-separated), seed by seed, with the start runs they need and, "
+        "from a remade start, its control; e.g. the arms that need no start checkpoint",
     )
     parser.add_argument(
         "--results",

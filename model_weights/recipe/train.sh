@@ -4,7 +4,7 @@
 # Phantoms -> store -> coarse and fine stages -> the best checkpoints to WORK_DIR/weights -> evaluate
 # on the held-out phantoms with predict.sh and segcore.evaluate. See model_weights/MODEL_CARD.md.
 # Resumable: run it again with the same WORK_DIR after an interruption; the phantoms and the
-# store are kept, a stage whose folder exists continues from its last.pt (a finished one is skipped).
+# store are kept, a stage with a last.pt continues from it (a finished one is skipped).
 # The two stages run side by side with STAGE_THREADS threads each (default 1); logs in WORK_DIR/STAGE.log.
 set -eu
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -24,13 +24,20 @@ sh "$ROOT/data_prepare/run.sh" --config "$RECIPE/prepare.yaml" --data-root "$WOR
 # The two stages side by side, one thread each (the fine stage's crops come from the labels, not
 # from the coarse net): on a 2-core CPU, one thread per process is the most work per core.
 pids=""
-trap 'kill $pids 2>/dev/null; exit 130' INT TERM  # background stages ignore Ctrl-C: stop them too
+stages=""
+stop() {  # stop the stages and wait until they have (torchrun takes a few seconds to end its workers)
+    kill $pids 2>/dev/null || true
+    for pid in $pids; do wait "$pid" 2>/dev/null || true; done
+}
+trap 'stop; exit 130' INT TERM HUP  # the stages run in the background, where Ctrl-C does not reach them
 for stage in coarse fine; do
     resume=""
-    [ -d "$WORK/$stage" ] && resume="--resume"
+    [ -f "$WORK/$stage/last.pt" ] && resume="--resume"
+    echo "== train.sh $(date -u +%Y-%m-%dT%H:%M:%SZ) ${resume:-fresh start}" >> "$WORK/$stage.log"
     OMP_NUM_THREADS=${STAGE_THREADS:-1} sh "$ROOT/${stage}_seg/run.sh" --config "$RECIPE/$stage.yaml" $resume \
-        store="$WORK/store.lmdb" output_dir="$WORK/$stage" > "$WORK/$stage.log" 2>&1 &
+        store="$WORK/store.lmdb" output_dir="$WORK/$stage" >> "$WORK/$stage.log" 2>&1 &
     pids="$pids $!"
+    stages="$stages $!:$stage"
 done
 # A stage that fails stops the other (both resume where they stopped when train.sh runs again).
 while [ -n "$pids" ]; do
@@ -39,15 +46,19 @@ while [ -n "$pids" ]; do
         if kill -0 "$pid" 2>/dev/null; then
             running="$running $pid"
         elif ! wait "$pid"; then
-            kill $pids 2>/dev/null || true
-            echo "train.sh: a stage failed; see $WORK/coarse.log and $WORK/fine.log (run again to resume)" >&2
+            failed=$(for entry in $stages; do case $entry in "$pid":*) echo "${entry#*:}" ;; esac; done)
+            stop
+            echo "train.sh: the $failed stage failed: see $WORK/$failed.log (run train.sh again to resume)" >&2
             exit 1
         fi
     done
     pids=$running
-    [ -z "$pids" ] || sleep 10
+    if [ -n "$pids" ]; then
+        sleep 10 &
+        wait $! || true  # a signal to train.sh ends the wait at once
+    fi
 done
-trap - INT TERM
+trap - INT TERM HUP
 # best.pt: weights and description, no optimizer state; the copies say what they must not be used for.
 # They go to WORK/weights: the shipped ones are replaced by hand, once the shipping rule
 # (MODEL_CARD.md) has held: cp WORK/weights/coarse.pt WORK/weights/fine.pt model_weights/

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import pytest
 
 from bench.ssl_verdict import (
+    arm_names,
     dsc_of,
     fingerprint,
     finished,
@@ -177,5 +179,11 @@ def test_arms_chosen_by_name_run_seed_by_seed_with_only_the_starts_they_need():
         (0, "dense_pretrain"), (0, "supervised_pair_long"),
         (1, "supervised_pair_s1"), (1, "cps_uif"), (1, "dense_pretrain"), (1, "supervised_pair_long"),
     ]  # fmt: skip
-    with pytest.raises(SystemExit, match="dense_pretrian"):
-        only_arms(order, ["dense_pretrian"])
+    never_run = [_job(0, "supervised_pair_s1"), _job(0, "cps", (start(0),)), _job(0, "upper_bound")]
+    assert [j["arm"] for j in only_arms(never_run, ["cps"])] == ["supervised_pair_s1", "cps"]
+
+
+def test_an_unknown_arm_name_is_refused_before_anything_runs():
+    assert arm_names("cps, cacps") == ["cps", "cacps"]
+    with pytest.raises(argparse.ArgumentTypeError, match="dense_pretrian"):
+        arm_names("dense_pretrian")
