@@ -39,9 +39,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS = REPO_ROOT / "bench" / "results" / "default_model.jsonl"
 MEDIUM_MARGIN = 0.01
 """How far below the shipped model the candidate may be on the realistic medium set."""
-VARIED = ["--labeled", "10", "--unlabeled", "0", "--val", "0", "--size", "medium", "--seed", "2024",
-          "--randomise-domains", "--vary-anatomy", "--detailed-anatomy"]  # fmt: skip
-"""The varied set's ``segcore.phantom`` options (the model card's)."""
+VARIED = {"labeled": 10, "unlabeled": 0, "val": 0, "size": "medium", "seed": 2024, "randomise": True, "vary": True,
+          "detailed": True}  # fmt: skip
+"""The varied set (the model card's ``python -m segcore.phantom`` options, as :func:`write_dataset` arguments)."""
 
 
 def ships(medium: dict[str, float], varied: dict[str, float]) -> tuple[bool, str]:
@@ -79,11 +79,13 @@ def case_dsc(predictions: Path, truth: Path) -> dict[str, list[float]]:
 
 
 def varied_set(work: Path) -> Path:
-    """The varied set's folder (written once)."""
+    """The varied set's folder (written once; its manifest is written last, so a set cut short is written again)."""
+    from segcore.phantom import write_dataset
+    from segcore.phantom.dataset import MANIFEST
+
     folder = work / "varied"
-    if not (folder / "phantom_cases.json").exists():  # written last: a set cut short is written again
-        command = [sys.executable, "-m", "segcore.phantom", "--out", str(folder), *VARIED, "--no-progress"]
-        subprocess.run(command, cwd=REPO_ROOT, check=True, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    if not (folder / MANIFEST).exists():
+        write_dataset(folder, workers=2, progress=False, **VARIED)
     return folder
 
 
