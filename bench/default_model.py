@@ -20,7 +20,7 @@ first, then the candidate, in the same run, and scored by :func:`segcore.evaluat
 Rule (:func:`ships`): candidate ≥ shipped − 0.01 on *medium* and candidate > shipped on *varied*
 (mean DSC over cases). Also printed: per organ, candidate − shipped per case with a bootstrap 95 %
 interval, and the seconds ``predict.sh`` took per set. Every run appends its figures to
-``bench/results/default_model.jsonl``. Nothing is asserted.
+``bench/results/default_model.jsonl``; ``--report`` prints the last one again. Nothing is asserted.
 """
 
 from __future__ import annotations
@@ -89,17 +89,49 @@ def varied_set(work: Path) -> Path:
     return folder
 
 
-def main(argv: list[str] | None = None) -> int:
+def comparison(record: dict) -> str:
+    """The printed comparison of a results-file record: per set, the candidate's mean DSC against
+    the shipped model's (the rule's unrounded means) with a bootstrap 95 % interval of the per-case
+    difference (the recorded 4-decimal figures), per organ, the seconds each model's ``predict.sh``
+    took, and the verdict."""
     from bench.ssl_gain import bootstrap_interval
     from segcore.labels import ORGANS
 
+    rng = np.random.default_rng(0)
+    lines = []
+    for name, by in record["figures"].items():
+        cases = list(by["shipped"]["cases"])
+        shipped = np.array([by["shipped"]["cases"][case] for case in cases])
+        means = record["means"][name]
+        for model in [m for m in by if m != "shipped"]:
+            candidate = np.array([by[model]["cases"][case] for case in cases])
+            low, high = bootstrap_interval((candidate - shipped).mean(1), rng)
+            lines.append(f"{name}: {model} {means[model]:.4f} vs shipped {means['shipped']:.4f}: "
+                         f"{means[model] - means['shipped']:+.4f} [{low:+.4f}, {high:+.4f}]; predict.sh "
+                         f"{by[model]['seconds']} s vs {by['shipped']['seconds']} s")  # fmt: skip
+            per_organ = (candidate - shipped).mean(0)
+            lines.append("  per organ: " + ", ".join(f"{ORGANS[i + 1]} {d:+.4f}" for i, d in enumerate(per_organ)))
+    lines.append(f"SHIPS: {'yes' if record['ships'] else 'no'}: {record['why']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.default_model", description=__doc__.split("\n")[0])
-    parser.add_argument("--candidate", type=Path, required=True, help="folder with the candidate coarse.pt, fine.pt")
+    parser.add_argument("--candidate", type=Path, help="folder with the candidate coarse.pt, fine.pt")
     parser.add_argument("--shipped", type=Path, default=REPO_ROOT / "model_weights")
-    parser.add_argument("--medium", type=Path, required=True, help="train.sh's data folder (val_images, val_mask)")
+    parser.add_argument("--medium", type=Path, help="train.sh's data folder (val_images, val_mask)")
     parser.add_argument("--work", type=Path, default=REPO_ROOT / "runs" / "default_model_check")
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--report", action="store_true", help="only print the last record of the results file")
     args = parser.parse_args(argv)
+    if args.report:
+        lines = args.results.read_text().splitlines() if args.results.exists() else []
+        if not lines:
+            parser.error(f"{args.results}: no record to report")
+        print(comparison(json.loads(lines[-1])))
+        return 0
+    if args.candidate is None or args.medium is None:
+        parser.error("--candidate and --medium are required (or --report)")
     work = args.work.resolve()
     args.candidate, args.shipped, args.medium = args.candidate.resolve(), args.shipped.resolve(), args.medium.resolve()
     args.results = args.results.resolve()
@@ -120,24 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     means = {name: {model: float(np.mean([np.mean(v) for v in f["cases"].values()])) for model, f in by.items()}
              for name, by in figures.items()}  # fmt: skip
     verdict, why = ships(means["medium"], means["varied"])
-    rng = np.random.default_rng(0)
-    lines = []
-    for name, by in figures.items():
-        shipped = np.array(list(by["shipped"]["cases"].values()))
-        for model in [m for m in by if m != "shipped"]:
-            candidate = np.array([by[model]["cases"][case] for case in by["shipped"]["cases"]])
-            low, high = bootstrap_interval((candidate - shipped).mean(1), rng)
-            lines.append(f"{name}: {model} {means[name][model]:.4f} vs shipped {means[name]['shipped']:.4f}: "
-                         f"{means[name][model] - means[name]['shipped']:+.4f} [{low:+.4f}, {high:+.4f}]")  # fmt: skip
-            per_organ = (candidate - shipped).mean(0)
-            lines.append("  per organ: " + ", ".join(f"{ORGANS[i + 1]} {d:+.4f}" for i, d in enumerate(per_organ)))
-    lines.append(f"SHIPS: {'yes' if verdict else 'no'}: {why}")
-    print("\n".join(lines))
     for by in figures.values():  # 4 decimals in the record
         for run in by.values():
             run["cases"] = {case: [round(v, 4) for v in values] for case, values in run["cases"].items()}
     record = {"candidate": str(args.candidate), "shipped": str(args.shipped), "means": means, "ships": verdict,
               "why": why, "load": list(os.getloadavg()), "figures": figures}  # fmt: skip
+    print(comparison(record))
     args.results.parent.mkdir(parents=True, exist_ok=True)
     with args.results.open("a") as stream:
         stream.write(json.dumps(record) + "\n")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.default_model import ships
+from bench.default_model import comparison, ships
 
 
 @pytest.mark.parametrize(
@@ -21,3 +21,21 @@ def test_the_candidate_ships_only_if_level_on_medium_and_better_on_varied(medium
     verdict, why = ships(dict(zip(("shipped", "candidate"), medium)), dict(zip(("shipped", "candidate"), varied)))
     assert verdict is expected
     assert f"{medium[1]:.4f}" in why and f"{varied[1]:.4f}" in why
+
+
+def test_the_report_prints_the_recorded_difference_per_set_and_organ():
+    """``--report``'s lines from a hand-made record: every case 0.1 better on every organ but the liver (0.2)."""
+    shipped = {f"case{i}": [0.5] * 13 for i in range(4)}
+    candidate = {case: [0.7] + [0.6] * 12 for case in shipped}
+    record = {
+        "means": {"medium": {"shipped": 0.5, "candidate": 0.6077}},
+        "ships": False,
+        "why": "hand-made",
+        "figures": {"medium": {"shipped": {"seconds": 8.0, "cases": shipped},
+                               "candidate": {"seconds": 9.5, "cases": candidate}}},
+    }  # fmt: skip
+    lines = comparison(record).splitlines()
+    expected = "medium: candidate 0.6077 vs shipped 0.5000: +0.1077 [+0.1077, +0.1077]; predict.sh 9.5 s vs 8.0 s"
+    assert lines[0] == expected  # 1.4 / 13 = 0.1077 on every case, so the interval is that point
+    assert lines[1].startswith("  per organ: liver +0.2000, right_kidney +0.1000")
+    assert lines[-1] == "SHIPS: no: hand-made"
