@@ -853,12 +853,20 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
         "from a remade start, its control; e.g. the arms that need no start checkpoint",
     )
     parser.add_argument(
+        "--parallel",
+        type=int,
+        help="runs at a time (default: the settings' 2); not part of the design, so not of the results' key: "
+        "a second process beside a running one, on a core it leaves idle",
+    )
+    parser.add_argument(
         "--results",
         type=Path,
         help=f"results file (default: {RESULTS.relative_to(REPO_ROOT)}; --quick: WORK/results.jsonl)",
     )
     args = parser.parse_args(argv)
     settings = Settings(**QUICK) if args.quick else Settings()
+    if args.parallel is not None and args.parallel < 1:
+        parser.error(f"--parallel must be at least 1 (got {args.parallel})")
     return args, settings
 
 
@@ -878,18 +886,17 @@ def main(argv: list[str] | None = None) -> int:
     results = read_results(paths.results, settings_key)
     run_root = work / "runs"
 
+    parallel = args.parallel or settings.parallel
     if not args.report:
-        run_jobs(
-            to_run(phase_a_jobs(paths, settings, run_root), results), settings.parallel, paths, results, settings_key
-        )
+        run_jobs(to_run(phase_a_jobs(paths, settings, run_root), results), parallel, paths, results, settings_key)
         summary = phase_a_summary(results, subsets, settings)
         if summary and not args.phase_a_only:
             print(f"ssl_verdict: phase A: S1 {summary['s1']}, S2 {summary['s2']}, headroom "
                   f"{summary['headroom_shifted']:+.4f}, valid {summary['valid']}", flush=True)  # fmt: skip
             jobs = phase_b_jobs(paths, settings, run_root, summary["s1"])
             order = to_run(jobs, results)
-            run_jobs(only_arms(order, args.arms) if args.arms else order, settings.parallel, paths, results,
-                     settings_key, jobs)  # fmt: skip
+            run_jobs(only_arms(order, args.arms) if args.arms else order, parallel, paths, results, settings_key,
+                     jobs)  # fmt: skip
     text, figures = report(results, subsets, voxels, settings)
     print("\n" + text)
     (work / "report.txt").write_text(text + "\n")

@@ -16,6 +16,7 @@ from bench.ssl_verdict import (
     needs_control,
     only_arms,
     paired,
+    parse_args,
     plateau,
     read_results,
     start_tag,
@@ -187,3 +188,11 @@ def test_an_unknown_arm_name_is_refused_before_anything_runs():
     assert arm_names("cps, cacps") == ["cps", "cacps"]
     with pytest.raises(argparse.ArgumentTypeError, match="dense_pretrian"):
         arm_names("dense_pretrian")
+
+
+def test_parallel_changes_how_many_run_at_once_not_the_design_the_results_are_keyed_by():
+    args, settings = parse_args(["--parallel", "1"])
+    assert args.parallel == 1 and settings.parallel == 2  # the results' key is built from the settings
+    assert parse_args([])[0].parallel is None
+    with pytest.raises(SystemExit):
+        parse_args(["--parallel", "0"])
