@@ -218,11 +218,14 @@ def test_fresh_run_refuses_to_overwrite_and_resume_needs_a_run(tiny_store, tmp_p
 
 
 def test_tiny_network_overfits_one_phantom(tiny_store):
-    """Loss, labels and orientation fit together: one case is learned to Dice > 0.9."""
+    """Loss, labels and orientation fit together: one case is learned to Dice > 0.9.
+
+    The coarse volume (32^3, every organ present, the adrenals in 4 and 6 voxels): 3.4x fewer voxels
+    than the fine crop for about the same number of steps (275 against 250 at 48^3 on one CPU)."""
     store = CaseStore(tiny_store)
     arrays = store.arrays(store.ids("labeled")[0])
-    image = normalize_hu(torch.from_numpy(np.array(arrays["fine_image"])).float()[None, None], (-325, 325))
-    labels = torch.from_numpy(np.array(arrays["fine_label"])).long()[None]
+    image = normalize_hu(torch.from_numpy(np.array(arrays["coarse_image"])).float()[None, None], (-325, 325))
+    labels = torch.from_numpy(np.array(arrays["coarse_label"])).long()[None]
     present = torch.unique(labels)[1:] - 1
     assert len(present) == 13
 
