@@ -4,6 +4,7 @@ Example::
 
     python -m segcore.phantom --out dataset --labeled 8 --unlabeled 16 --val 4 --size small --seed 0
     python -m segcore.phantom --out shifted --labeled 0 --unlabeled 0 --val 10 --phase arterial --noise-sigma 35
+    python -m segcore.phantom --out mixed --labeled 20 --unlabeled 0 --val 0 --detailed-anatomy 0.5
 """
 
 from __future__ import annotations
@@ -18,6 +19,17 @@ import numpy as np
 from segcore.phantom.dataset import write_dataset
 from segcore.phantom.scanner import SIZES
 from segcore.phantom.tissues import PHASES, PhantomDomain
+
+
+def _share(text: str) -> float:
+    """``--detailed-anatomy SHARE``: a number in [0, 1]."""
+    try:
+        share = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= share <= 1.0:
+        raise argparse.ArgumentTypeError(f"a share lies in [0, 1] (got {text})")
+    return share
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -48,10 +60,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "removed; slabs and narrow fields); validation cases stay realistic",
     )  # fmt: skip
     parser.add_argument(
-        "--detailed-anatomy", action="store_true",
+        "--detailed-anatomy", nargs="?", type=_share, const=1.0, default=0.0, metavar="SHARE",
         help="training cases get the detailed anatomy (habitus, aorta and IVC on the spine, crura, adrenals "
-        "against their neighbours, iliac vessels, calcified aortas, collapsed loops, mottled faeces); "
-        "validation cases stay realistic",
+        "against their neighbours, iliac vessels, calcified aortas, collapsed loops, mottled faeces): all of "
+        "them, or SHARE of them (0-1, each case drawn on its own); validation cases stay realistic",
     )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
@@ -88,9 +100,11 @@ def main(argv: list[str] | None = None) -> int:
           f"({', '.join(f'{splits[name]} {name}' for name in ('labeled', 'unlabeled', 'val'))})")  # fmt: skip
     if records:
         cut = sum(not record["full_field"] for record in records)
+        detailed = sum("detailed" in record for record in records)
         print(
             f"  size {args.size}: x {shapes[:, 0].min()}-{shapes[:, 0].max()}, y {shapes[:, 1].min()}-"
-            f"{shapes[:, 1].max()}, z {shapes[:, 2].min()}-{shapes[:, 2].max()} voxels; {cut} with a cut field of view"
+            f"{shapes[:, 1].max()}, z {shapes[:, 2].min()}-{shapes[:, 2].max()} voxels; {cut} with a cut field of "
+            f"view; {detailed} with the detailed anatomy"
         )
         print("  phases: " + ", ".join(f"{phase} {count}" for phase, count in sorted(phases.items())))
         print(f"  mean time per case: generate {np.mean([r['generate_s'] for r in records]):.2f} s, "

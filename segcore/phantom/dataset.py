@@ -55,8 +55,9 @@ SPLITS: dict[str, Split] = {
     "unlabeled": Split(1, "trainu_images", None, "Case_{:05d}", 0.8),
     "val": Split(2, "val_images", "val_mask", "FLARE22_Ts_{:04d}", 0.85),
 }
-_FIELD_STREAM = 1000
-"""Spawn-key suffix of the stream that decides whether a case is full-field (apart from the case's own streams)."""
+_FIELD_STREAM, _DETAIL_STREAM = 1000, 1001
+"""Spawn-key suffixes of the streams that decide whether a case is full-field and whether it has the
+detailed anatomy (apart from the case's own streams, so that neither decision changes what a case draws)."""
 
 
 def case_id(split: str, index: int) -> str:
@@ -69,21 +70,26 @@ def case_seed(seed: int, split: str, index: int) -> np.random.SeedSequence:
     return np.random.SeedSequence(int(seed), spawn_key=(SPLITS[split].key, int(index)))
 
 
-def _is_full_field(seed: int, split: str, index: int) -> bool:
-    share = SPLITS[split].full_field_share
-    if share >= 1.0:
-        return True
-    key = (SPLITS[split].key, int(index), _FIELD_STREAM)
+def _drawn(seed: int, split: str, index: int, stream: int, share: float) -> bool:
+    """Whether case ``index`` of ``split`` is among ``share`` of the cases, drawn from its own ``stream``."""
+    if share >= 1.0 or share <= 0.0:
+        return share >= 1.0
+    key = (SPLITS[split].key, int(index), stream)
     return bool(np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=key)).random() < share)
+
+
+def is_detailed(seed: int, split: str, index: int, share: float) -> bool:
+    """Whether case ``index`` of a training split gets the detailed anatomy when ``share`` of them do."""
+    return _drawn(seed, split, index, _DETAIL_STREAM, share)
 
 
 def _make_case(task: tuple) -> dict:
     out, split, index, seed, size, domain, threads, mask_dir, randomise, vary, detailed = task
     started = time.perf_counter()
-    full_field = _is_full_field(seed, split, index)
+    full_field = _drawn(seed, split, index, _FIELD_STREAM, SPLITS[split].full_field_share)
     phantom = generate_case(
         case_seed(seed, split, index), size, domain, full_field=full_field, threads=threads, randomise=randomise,
-        vary=vary, detailed=detailed,
+        vary=vary, detailed=is_detailed(seed, split, index, detailed),
     )  # fmt: skip
     generated = time.perf_counter()
     spec, name = SPLITS[split], case_id(split, index)
@@ -136,7 +142,7 @@ def write_dataset(
     unlabeled_masks: bool = False,
     randomise: bool = False,
     vary: bool = False,
-    detailed: bool = False,
+    detailed: float = 0.0,
     progress: bool = True,
 ) -> list[dict]:
     """Generate phantoms and write them in the FLARE22 layout.
@@ -157,8 +163,11 @@ def write_dataset(
         vary: training cases get anatomy and field-of-view variation (``generate_case(vary=True)``:
             organs moved, resized, deformed and sometimes removed; slabs and narrow fields);
             validation cases stay realistic.
-        detailed: training cases get the detailed anatomy (``generate_case(detailed=True)``:
-            habitus, great vessels, crura, adrenals, bowel); validation cases stay realistic.
+        detailed: share of the training cases that get the detailed anatomy
+            (``generate_case(detailed=True)``: habitus, great vessels, crura, adrenals, bowel); ``True``
+            or 1: all of them; between 0 and 1, each case is drawn from a stream of its own
+            (:func:`is_detailed`), so a case is the same whether the share takes it or it is made
+            alone with ``detailed=True``. Validation cases stay realistic.
         progress: show a progress bar.
 
     Returns:
@@ -169,6 +178,8 @@ def write_dataset(
     for count, name in ((labeled, "labeled"), (unlabeled, "unlabeled"), (val, "val")):
         if count < 0:
             raise ValueError(f"{name}: number of cases must not be negative (got {count})")
+    if not 0.0 <= float(detailed) <= 1.0:
+        raise ValueError(f"detailed: share of cases must lie in [0, 1] (got {detailed})")
     # Worker processes already fill the CPUs: one thread each.
     threads = 1 if workers > 1 else None
     mask_dirs = {name: spec.mask_dir for name, spec in SPLITS.items()}
@@ -176,7 +187,8 @@ def write_dataset(
         mask_dirs["unlabeled"] = UNLABELED_MASK_DIR
     tasks = [
         (str(out), split, index, seed, size, (val_domain or domain) if split == "val" else domain, threads,
-         mask_dirs[split], randomise and split != "val", vary and split != "val", detailed and split != "val")
+         mask_dirs[split], randomise and split != "val", vary and split != "val",
+         0.0 if split == "val" else float(detailed))
         for split, count in (("labeled", labeled), ("unlabeled", unlabeled), ("val", val))
         for index in range(count)
     ]  # fmt: skip

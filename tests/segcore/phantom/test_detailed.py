@@ -10,12 +10,15 @@ import pytest
 from scipy import ndimage
 
 from segcore.labels import ORGAN_IDS
-from segcore.phantom import generate_case
+from segcore.phantom import case_id, case_seed, generate_case, write_dataset
+from segcore.phantom.__main__ import main as phantom_cli
 from segcore.phantom.anatomy import build_anatomy
+from segcore.phantom.dataset import is_detailed
 from segcore.phantom.detailed import COLLAPSED_SHARE, bladder, bowel_detail
 from segcore.phantom.patient import SPINE_SETBACK_MM, detailed_habitus, sample_patient, spine_setback
 from segcore.phantom.shapes import Grid
 from segcore.phantom.tissues import Tissue
+from segcore.volumes import read_volume
 
 SEEDS = range(24)
 STEP_MM = 1.5
@@ -221,3 +224,30 @@ def test_without_the_option_cases_are_voxel_identical_to_before(seed, vary, rand
     case = generate_case(seed, "small", vary=vary, randomise=randomise, threads=1)
     digest = hashlib.sha256(case.image.tobytes() + case.label.tobytes()).hexdigest()
     assert digest == DEFAULT_PATH[(seed, vary, randomise)]
+
+
+def test_a_share_of_detailed_cases_is_drawn_case_by_case_and_each_is_that_case_made_alone(tmp_path):
+    drawn = [is_detailed(7, "labeled", index, 0.5) for index in range(400)]
+    assert 0.42 < np.mean(drawn) < 0.58, np.mean(drawn)
+    assert drawn != [is_detailed(8, "labeled", index, 0.5) for index in range(400)], "the draw must follow the seed"
+    assert not any(is_detailed(7, "labeled", index, 0.0) for index in range(50))
+    assert all(is_detailed(7, "labeled", index, 1.0) for index in range(50))
+
+    records = write_dataset(tmp_path, labeled=6, unlabeled=0, val=1, seed=7, detailed=0.5, progress=False)
+    marked = ["detailed" in record for record in records if record["split"] == "labeled"]
+    assert marked == drawn[:6] and 0 < sum(marked) < 6, marked
+    assert "detailed" not in next(record for record in records if record["split"] == "val")
+    for index, detailed in enumerate(marked):
+        alone = generate_case(case_seed(7, "labeled", index), "small", detailed=detailed, threads=1)
+        image, _ = read_volume(tmp_path / "train_images" / f"{case_id('labeled', index)}_0000.nii.gz")
+        assert np.array_equal(image, alone.image), f"case {index} (detailed: {detailed})"
+
+
+@pytest.mark.parametrize("share", [-0.1, 1.5])
+def test_a_share_outside_zero_to_one_is_refused(tmp_path, share, capsys):
+    with pytest.raises(ValueError, match=r"share of cases must lie in \[0, 1\]"):
+        write_dataset(tmp_path, labeled=1, unlabeled=0, val=0, detailed=share, progress=False)
+    with pytest.raises(SystemExit):
+        phantom_cli(["--out", str(tmp_path), "--labeled", "1", "--detailed-anatomy", str(share)])
+    assert "a share lies in [0, 1]" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir()), "nothing is written before the share is checked"
