@@ -86,6 +86,10 @@ def preflight(config: StageConfig, rounds: list[StageConfig], resume: bool) -> s
     for name, path in (("semi.init_from", config.semi.init_from), ("semi.uif_domains", config.semi.uif_domains)):
         if config.semi.enabled and path and not Path(path).is_file():
             return f"{name}: {path} does not exist"
+    for name in ("init_encoder", "init_weights"):
+        path = getattr(config.train, name)
+        if path and not Path(path).is_file():
+            return f"train.{name}: {path} does not exist"
     try:
         store = CaseStore(config.store)
         train_ids, _ = store.fold(config.fold)

@@ -79,7 +79,9 @@ class TrainConfig:
     """``train``: length, validation, seed, precision (``auto | fp16 | bf16 | off``), layout, compile;
     ``keep_steps``: also keep a copy of ``last.pt`` as ``step<N>.pt`` at the first save at or past
     each step N; ``init_encoder``: an ``encoder.pt`` of dense pre-training
-    (:mod:`segcore.training.pretrain`) every net's stem and encoder start from (decoders fresh)."""
+    (:mod:`segcore.training.pretrain`) every net's stem and encoder start from (decoders fresh);
+    ``init_weights``: a trained checkpoint of this stage every net starts from, layers it lacks
+    fresh (:mod:`segcore.training.warm_start`)."""
 
     __pydantic_config__ = STRICT
     epochs: int = 300
@@ -91,6 +93,11 @@ class TrainConfig:
     compile: bool = False
     keep_steps: tuple[int, ...] = ()
     init_encoder: str | None = None
+    init_weights: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.init_encoder and self.init_weights:
+            raise ValueError("train.init_encoder and train.init_weights: give one start, not both")
 
 
 @dataclass(frozen=True)

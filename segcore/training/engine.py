@@ -53,6 +53,7 @@ from segcore.training.cps import CPSStep
 from segcore.training.data import StoreDataset, make_loader
 from segcore.training.losses import deep_supervision_loss, dice_ce_loss, hard_dice_per_class
 from segcore.training.optim import autocast_settings, lr_schedule, make_optimizer, use_channels_last
+from segcore.training.warm_start import warm_start
 from segcore.volumes.intensity import normalize_hu
 
 
@@ -162,6 +163,11 @@ class Trainer:
 
             for member in self.members:
                 load_encoder(member.module, Path(train_cfg.init_encoder))
+        if train_cfg.init_weights:
+            fresh = warm_start([member.module for member in self.members], train_cfg.init_weights, self.stage.name)
+            if context.is_main:
+                print(f"{self.stage.name}_seg: nets start from {train_cfg.init_weights}; fresh: "
+                      f"{', '.join(sorted({name.split('.')[0] for name in fresh})) or 'none'}", flush=True)  # fmt: skip
         self.step, self.best_dice, self.history, self.finished = 0, -math.inf, [], False
         self.train_seconds = 0.0
         """Wall time spent in training steps (data, augmentation, passes, updates) so far, resumes
