@@ -1,5 +1,5 @@
 #!/bin/sh
-# Make the default model (a candidate for model_weights/coarse.pt, fine.pt) from scratch on a CPU:
+# Make the default model (a candidate for model_weights/coarse.pt, fine.pt) on a CPU, starting from the shipped weights:
 #   sh model_weights/recipe/train.sh [WORK_DIR]          (default WORK_DIR: runs/default_model)
 # Phantoms -> store -> coarse and fine stages -> the best checkpoints to WORK_DIR/weights -> evaluate
 # on the held-out phantoms with predict.sh and segcore.evaluate. See model_weights/MODEL_CARD.md.
@@ -15,11 +15,18 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
 # Training cases: random tissue values, noise, bias fields and slice thickness (--randomise-domains),
 # organs moved, resized, deformed and sometimes removed, slabs and narrow fields (--vary-anatomy),
-# the back of the abdomen drawn from anatomical relations, arms, pelvis and bowel content
-# (--detailed-anatomy). The 10 held-out cases (val_images) stay realistic, with the default anatomy.
+# and, in half of them, the back of the abdomen drawn from anatomical relations, arms, pelvis and
+# bowel content (--detailed-anatomy 0.5). The 10 held-out cases (val_images) stay realistic, with
+# the default anatomy.
 [ -f "$WORK/data/phantom_cases.json" ] || "$PYTHON" -m segcore.phantom --out "$WORK/data" --labeled 200 \
-    --unlabeled 0 --val 10 --size medium --seed 2022 --randomise-domains --vary-anatomy --detailed-anatomy \
+    --unlabeled 0 --val 10 --size medium --seed 2022 --randomise-domains --vary-anatomy --detailed-anatomy 0.5 \
     --workers 2 --no-progress
+# The nets start from the shipped weights (train.init_weights), copied once so that the run keeps
+# its start even if model_weights/ changes while it trains or before it resumes.
+mkdir -p "$WORK/start"
+for stage in coarse fine; do
+    [ -f "$WORK/start/$stage.pt" ] || cp "$ROOT/model_weights/$stage.pt" "$WORK/start/$stage.pt"
+done
 sh "$ROOT/data_prepare/run.sh" --config "$RECIPE/prepare.yaml" --data-root "$WORK/data" --out "$WORK/store.lmdb"
 # The two stages side by side, one thread each (the fine stage's crops come from the labels, not
 # from the coarse net): on a 2-core CPU, one thread per process is the most work per core.
@@ -35,7 +42,8 @@ for stage in coarse fine; do
     [ -f "$WORK/$stage/last.pt" ] && resume="--resume"
     echo "== train.sh $(date -u +%Y-%m-%dT%H:%M:%SZ) ${resume:-fresh start}" >> "$WORK/$stage.log"
     OMP_NUM_THREADS=${STAGE_THREADS:-1} sh "$ROOT/${stage}_seg/run.sh" --config "$RECIPE/$stage.yaml" $resume \
-        store="$WORK/store.lmdb" output_dir="$WORK/$stage" >> "$WORK/$stage.log" 2>&1 &
+        store="$WORK/store.lmdb" output_dir="$WORK/$stage" train.init_weights="$WORK/start/$stage.pt" \
+        >> "$WORK/$stage.log" 2>&1 &
     pids="$pids $!"
     stages="$stages $!:$stage"
 done
