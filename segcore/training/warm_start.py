@@ -84,23 +84,30 @@ def warm_start(nets: list[nn.Module], path: str | Path, stage: str) -> list[str]
         )
     if len(nets) == 1:  # the net inference uses
         entries = [entries[payload.get("inference", {}).get("ensemble", [0])[0]]]
+    states = [_state_for(net, entry, path) for net, entry in zip(nets, entries)]  # every net checked first
     fresh = set()
-    for net, entry in zip(nets, entries):
-        spec = network_spec(net)
-        theirs = {**LEGACY_INIT_ARGS, **entry["init_args"]}
-        differ = [f"arch {entry['arch']} vs {spec['arch']}"] if entry["arch"] != spec["arch"] else []
-        differ += [
-            f"{key} {theirs.get(key)} vs {value}"
-            for key, value in spec["init_args"].items()
-            if key not in OUTPUT_ARGS and theirs.get(key) != value
-        ]
-        if differ:
-            raise ValueError(f"{path}: its network does not fit this one ({'; '.join(differ)})")
+    for net, state in zip(nets, states):
         own = net.state_dict()
-        state = _moved(entry["state_dict"], head_levels(build_network(entry["arch"], **theirs)), head_levels(net))
-        foreign = [name for name, tensor in state.items() if name not in own or own[name].shape != tensor.shape]
-        if foreign:
-            raise ValueError(f"{path}: holds layers this network lacks or has in another shape ({', '.join(foreign)})")
         net.load_state_dict({**own, **state})
         fresh |= set(own) - set(state)
     return sorted(fresh)
+
+
+def _state_for(net: nn.Module, entry: dict, path: str | Path) -> dict:
+    """The weights of the checkpoint's net ``entry`` under ``net``'s names, or a ValueError naming ``path``."""
+    spec = network_spec(net)
+    theirs = {**LEGACY_INIT_ARGS, **entry["init_args"]}
+    differ = [f"arch {entry['arch']} vs {spec['arch']}"] if entry["arch"] != spec["arch"] else []
+    differ += [
+        f"{key} {theirs.get(key)} vs {value}"
+        for key, value in spec["init_args"].items()
+        if key not in OUTPUT_ARGS and theirs.get(key) != value
+    ]
+    if differ:
+        raise ValueError(f"{path}: its network does not fit this one ({'; '.join(differ)})")
+    own = net.state_dict()
+    state = _moved(entry["state_dict"], head_levels(build_network(entry["arch"], **theirs)), head_levels(net))
+    foreign = [name for name, tensor in state.items() if name not in own or own[name].shape != tensor.shape]
+    if foreign:
+        raise ValueError(f"{path}: holds layers this network lacks or has in another shape ({', '.join(foreign)})")
+    return state

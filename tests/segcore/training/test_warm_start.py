@@ -106,3 +106,13 @@ def test_two_starts_or_a_missing_model_stop_the_run_before_it_trains(tiny_store,
     assert main(COARSE, ROOT, [*argv, f"output_dir={tmp_path / 'b'}", *both]) == 2
     assert "give one start, not both" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_pair_whose_second_net_does_not_fit_leaves_the_first_as_it_was(tmp_path):
+    path = _checkpoint(tmp_path / "pair.pt", nets=2)
+    first, second = _nets()[0], build_network("residual_unet3d", **{**NET, "base_channels": 8})
+    before = {name: value.clone() for name, value in first.state_dict().items()}
+    with pytest.raises(ValueError, match="base_channels 4 vs 8"):
+        warm_start([first, second], path, "coarse")
+    for name, value in first.state_dict().items():
+        assert torch.equal(value, before[name]), name
