@@ -4,11 +4,15 @@ Run from the repository root once ``sh model_weights/recipe/train.sh WORK`` has 
 
     .venv/bin/python -m bench.default_model --candidate WORK/weights --medium WORK/data --work runs/ship
 
-Held-out phantoms only: the real scans decide nothing (measure them afterwards, whatever this
-says, with ``bench.real_ct``). Two sets, every case predicted by both models with
-``sh predict.sh`` (the user's path: clean-up, restore onto the input's grid), the shipped model
-first, then the candidate, in the same run, and scored by :func:`segcore.evaluate.evaluate_folders`
-(FLARE22: DSC per organ, a case's mean over the 13 organs, an organ absent from both maps 1):
+Held-out phantoms only: the real scans decide nothing. Once the decision is written to the
+results file, both models are measured on the real scans whatever it says (:mod:`bench.real_ct`;
+appended to ``bench/results/real_ct.jsonl``, so that the figures outlive the work folder;
+``--no-real-ct`` skips it, and it is skipped where the real scans are not on disk).
+
+Two sets, every case predicted by both models with ``sh predict.sh`` (the user's path: clean-up,
+restore onto the input's grid), the shipped model first, then the candidate, in the same run, and
+scored by :func:`segcore.evaluate.evaluate_folders` (FLARE22: DSC per organ, a case's mean over
+the 13 organs, an organ absent from both maps 1):
 
 * **medium**: the realistic held-out phantoms ``train.sh`` writes and scores
   (``WORK/data/val_images``, ``val_mask``: 10 medium phantoms of seed 2022 no training step saw);
@@ -35,8 +39,11 @@ from pathlib import Path
 
 import numpy as np
 
+from bench import real_ct
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS = REPO_ROOT / "bench" / "results" / "default_model.jsonl"
+REAL_RESULTS = REPO_ROOT / "bench" / "results" / "real_ct.jsonl"
 MEDIUM_MARGIN = 0.01
 """How far below the shipped model the candidate may be on the realistic medium set."""
 VARIED = {"labeled": 10, "unlabeled": 0, "val": 0, "size": "medium", "seed": 2024, "randomise": True, "vary": True,
@@ -123,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=REPO_ROOT / "runs" / "default_model_check")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--report", action="store_true", help="only print the last record of the results file")
+    parser.add_argument("--no-real-ct", action="store_true", help="do not measure the real scans after the decision")
+    parser.add_argument("--real-results", type=Path, default=REAL_RESULTS, help="where the real scans' figures go")
     args = parser.parse_args(argv)
     if args.report:
         lines = args.results.read_text().splitlines() if args.results.exists() else []
@@ -161,6 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     args.results.parent.mkdir(parents=True, exist_ok=True)
     with args.results.open("a") as stream:
         stream.write(json.dumps(record) + "\n")
+    if not args.no_real_ct and real_ct.REAL.exists():
+        print("default_model: decision recorded; the real scans now (measured, they decide nothing)", flush=True)
+        for model, weights in (("shipped", args.shipped), ("candidate", args.candidate)):
+            measured = {**real_ct.measure(weights, phantoms=0), "model": model, "ships": verdict}
+            real_ct.append(measured, args.real_results.resolve())
+            print(real_ct.table(measured), flush=True)
     return 0
 
 

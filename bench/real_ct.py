@@ -4,6 +4,7 @@ Run from the repository root::
 
     .venv/bin/python -m bench.real_ct                       # the default model, 10 held-out phantoms
     .venv/bin/python -m bench.real_ct --weights runs/my_model --phantoms 4
+    .venv/bin/python -m bench.real_ct --weights WORK/weights --results bench/results/real_ct.jsonl   # and keep them
 
 Real scans (``../shared/data/real``, measurement only: never train on them or choose anything
 with them): the 3 mm abdominal CT with its labels, and the 20-slice DICOM series with its
@@ -19,6 +20,8 @@ remapped to FLARE22 ids, not manual annotation (their README). Nothing is assert
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 import tempfile
 from pathlib import Path
 
@@ -82,17 +85,14 @@ def phantom_scores(predictor, count: int) -> dict | None:
     return {organ: float(np.mean(values)) for organ, values in per_organ.items()}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--weights", type=Path, default=REPO_ROOT / "model_weights")
-    parser.add_argument("--phantoms", type=int, default=10, help="held-out small phantoms to score (0: none)")
-    args = parser.parse_args()
-
+def measure(weights: Path, phantoms: int = 0) -> dict:
+    """A results-file record of the weights on the two real scans (and ``phantoms`` held-out
+    phantoms): per organ DSC (organs the truth holds; 4 decimals), the means, the quality verdict."""
     from segcore.inference.predictor import Predictor
     from segcore.labels import ORGANS
     from segcore.volumes import read_label_map
 
-    predictor = Predictor.from_weights(args.weights, "cpu")
+    predictor = Predictor.from_weights(weights, "cpu")
     ct, _ = read_label_map(REAL / "abdomen_ct_3mm_labels.nii.gz")
     results = {
         "real 3 mm CT": score(predictor, REAL / "abdomen_ct_3mm.nii.gz", ct),
@@ -100,24 +100,64 @@ def main() -> None:
             predictor, REAL / "abdomen_ct_dicom", labels_on_grid(REAL / "abdomen_ct_dicom_labels.nii.gz",
                                                                  REAL / "abdomen_ct_dicom")),
     }  # fmt: skip
-    phantoms = phantom_scores(predictor, args.phantoms)
-    names = list(results)
-    header = f"{'organ':<22}" + "".join(f"{name + ' DSC':>24}" for name in names)
-    header += f"{f'phantoms ({args.phantoms}) DSC':>24}" if phantoms else ""
-    print(f"weights {args.weights} ({predictor.info()['precision']})\n{header}")
-    for organ, organ_name in ORGANS.items():
-        row = f"{organ_name:<22}"
-        for name in names:
-            result = results[name]
-            cell = f"{result['organs'][organ].dsc:.4f}" if organ in result["present"] else "absent"
-            row += f"{cell:>24}"
-        row += f"{phantoms[organ]:>24.4f}" if phantoms else ""
-        print(row)
-    print(f"{'mean (organs present)':<22}" + "".join(f"{results[n]['mean_present']:>24.4f}" for n in names)
-          + (f"{np.mean(list(phantoms.values())):>24.4f}" if phantoms else ""))  # fmt: skip
-    print(f"{'mean (13 organs)':<22}" + "".join(f"{results[n]['mean_13']:>24.4f}" for n in names))
-    print(f"{'quality verdict':<22}" + "".join(f"{results[n]['verdict']:>24}" for n in names))
+    scans = {
+        name: {
+            "dsc": {ORGANS[organ]: round(result["organs"][organ].dsc, 4) for organ in result["present"]},
+            "mean_present": round(result["mean_present"], 4),
+            "mean_13": round(result["mean_13"], 4),
+            "verdict": result["verdict"],
+        }
+        for name, result in results.items()
+    }
+    found = phantom_scores(predictor, phantoms)
+    return {
+        "weights": str(weights),
+        "precision": predictor.info()["precision"],
+        "scans": scans,
+        "phantoms": found and {"count": phantoms, "dsc": {ORGANS[o]: round(v, 4) for o, v in found.items()}},
+    }
+
+
+def table(record: dict) -> str:
+    """The printed table of a :func:`measure` record: organs by rows, scans (and phantoms) by columns."""
+    from segcore.labels import ORGANS
+
+    scans, phantoms = record["scans"], record["phantoms"]
+    columns = [(f"{name} DSC", scan["dsc"]) for name, scan in scans.items()]
+    if phantoms:
+        columns.append((f"phantoms ({phantoms['count']}) DSC", phantoms["dsc"]))
+    lines = [f"weights {record['weights']} ({record['precision']})",
+             f"{'organ':<22}" + "".join(f"{title:>24}" for title, _ in columns)]  # fmt: skip
+    for organ in ORGANS.values():
+        cells = [f"{dsc[organ]:.4f}" if organ in dsc else "absent" for _, dsc in columns]
+        lines.append(f"{organ:<22}" + "".join(f"{cell:>24}" for cell in cells))
+    means = [scan["mean_present"] for scan in scans.values()]
+    means += [float(np.mean(list(phantoms["dsc"].values())))] if phantoms else []
+    lines.append(f"{'mean (organs present)':<22}" + "".join(f"{mean:>24.4f}" for mean in means))
+    lines.append(f"{'mean (13 organs)':<22}" + "".join(f"{scan['mean_13']:>24.4f}" for scan in scans.values()))
+    lines.append(f"{'quality verdict':<22}" + "".join(f"{scan['verdict']:>24}" for scan in scans.values()))
+    return "\n".join(lines)
+
+
+def append(record: dict, results: Path) -> None:
+    """Append ``record`` (one JSON line) to ``results``."""
+    results.parent.mkdir(parents=True, exist_ok=True)
+    with results.open("a") as stream:
+        stream.write(json.dumps(record) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench.real_ct", description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", type=Path, default=REPO_ROOT / "model_weights")
+    parser.add_argument("--phantoms", type=int, default=10, help="held-out small phantoms to score (0: none)")
+    parser.add_argument("--results", type=Path, help="also append the figures to this JSON-lines file")
+    args = parser.parse_args(argv)
+    record = measure(args.weights.resolve(), args.phantoms)
+    print(table(record))
+    if args.results is not None:
+        append(record, args.results)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
