@@ -139,6 +139,8 @@ class StageConfig:
             )
         if self.augment.fourier_sources == "all" and not self.semi.enabled:
             raise ValueError("augment.fourier_sources=all needs semi.enabled (the unlabeled batches are the sources)")
+        if self.semi.enabled and self.semi.init_from and (self.train.init_weights or self.train.init_encoder):
+            raise ValueError("semi.init_from with train.init_weights or train.init_encoder: give one start, not both")
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any], source: str = "config") -> StageConfig:

@@ -105,7 +105,10 @@ def test_two_starts_or_a_missing_model_stop_the_run_before_it_trains(tiny_store,
     both = [f"train.init_weights={missing}", f"train.init_encoder={missing}"]
     assert main(COARSE, ROOT, [*argv, f"output_dir={tmp_path / 'b'}", *both]) == 2
     assert "give one start, not both" in capsys.readouterr().err
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    pair = ["semi.enabled=true", f"semi.init_from={missing}", f"train.init_weights={missing}"]
+    assert main(COARSE, ROOT, [*argv, f"output_dir={tmp_path / 'c'}", *pair]) == 2
+    assert "semi.init_from with train.init_weights or train.init_encoder: give one start" in capsys.readouterr().err
+    assert not any((tmp_path / name).exists() for name in ("a", "b", "c"))
 
 
 def test_a_pair_whose_second_net_does_not_fit_leaves_the_first_as_it_was(tmp_path):
