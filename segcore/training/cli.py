@@ -25,12 +25,14 @@ from pathlib import Path
 import yaml
 
 from segcore.config import config_hash
+from segcore.networks import build_network
 from segcore.runtime import distributed
 from segcore.runtime.files import replace_atomically
 from segcore.store import CaseStore
 from segcore.training.config import StageConfig, load_stage_config
 from segcore.training.engine import Stage, Trainer
 from segcore.training.uif import load_domains, run_uif
+from segcore.training.warm_start import warm_start
 
 
 def round_configs(config: StageConfig, stage: Stage) -> list[StageConfig]:
@@ -75,9 +77,10 @@ def train_round(
     return trainer.best_dice
 
 
-def preflight(config: StageConfig, rounds: list[StageConfig], resume: bool) -> str | None:
+def preflight(config: StageConfig, rounds: list[StageConfig], resume: bool, stage: str) -> str | None:
     """What can be checked before any process starts: the store and its fold, the files the
-    config names, and ``--resume`` against the run folder. Returns the problem, or None."""
+    config names (a ``train.init_weights`` model must fit the stage's nets), and ``--resume``
+    against the run folder. Returns the problem, or None."""
     first = Path(rounds[0].output_dir) / "last.pt"
     if first.exists() and not resume:
         return f"{first} already exists: pass --resume to continue that run, or choose another output_dir"
@@ -90,6 +93,13 @@ def preflight(config: StageConfig, rounds: list[StageConfig], resume: bool) -> s
         path = getattr(config.train, name)
         if path and not Path(path).is_file():
             return f"train.{name}: {path} does not exist"
+    if config.train.init_weights:
+        count = config.semi.networks if config.semi.enabled else 1
+        nets = [build_network(config.network.arch, **config.network.init_args) for _ in range(count)]
+        try:
+            warm_start(nets, config.train.init_weights, stage)
+        except ValueError as error:
+            return f"train.init_weights: {error}"
     try:
         store = CaseStore(config.store)
         train_ids, _ = store.fold(config.fold)
@@ -120,7 +130,7 @@ def main(stage: Stage, default_config: Path, argv: list[str] | None = None) -> i
     except (OSError, ValueError, TypeError) as error:
         print(f"{stage.name}_seg: bad config: {error}", file=sys.stderr)
         return 2
-    problem = preflight(config, rounds, args.resume)
+    problem = preflight(config, rounds, args.resume, stage.name)
     if problem:
         print(f"{stage.name}_seg: {problem}", file=sys.stderr)
         return 2

@@ -97,7 +97,7 @@ def test_a_pair_starts_from_a_pair_net_by_net_and_a_full_resolution_model_can_st
     assert torch.equal(half.state_dict()["head.weight"], state["auxiliary_heads.0.weight"])
 
 
-def test_two_starts_or_a_missing_model_stop_the_run_before_it_trains(tiny_store, tmp_path, capsys):
+def test_two_starts_a_missing_or_unfitting_model_stop_the_run_before_it_trains(tiny_store, tmp_path, capsys):
     argv = ["--config", str(ROOT / "coarse_seg" / "config.tiny.yaml"), f"store={tiny_store}"]
     missing = tmp_path / "missing.pt"
     assert main(COARSE, ROOT, [*argv, f"output_dir={tmp_path / 'a'}", f"train.init_weights={missing}"]) == 2
@@ -108,7 +108,10 @@ def test_two_starts_or_a_missing_model_stop_the_run_before_it_trains(tiny_store,
     pair = ["semi.enabled=true", f"semi.init_from={missing}", f"train.init_weights={missing}"]
     assert main(COARSE, ROOT, [*argv, f"output_dir={tmp_path / 'c'}", *pair]) == 2
     assert "semi.init_from with train.init_weights or train.init_encoder: give one start" in capsys.readouterr().err
-    assert not any((tmp_path / name).exists() for name in ("a", "b", "c"))
+    wrong = ROOT / "model_weights" / "fine.pt"
+    assert main(COARSE, ROOT, [*argv, f"output_dir={tmp_path / 'd'}", f"train.init_weights={wrong}"]) == 2
+    assert f"train.init_weights: {wrong}: a fine checkpoint, this is the coarse stage" in capsys.readouterr().err
+    assert not any((tmp_path / name).exists() for name in ("a", "b", "c", "d"))
 
 
 def test_a_pair_whose_second_net_does_not_fit_leaves_the_first_as_it_was(tmp_path):
