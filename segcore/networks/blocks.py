@@ -3,6 +3,10 @@
 Every block works on 3-D feature maps ``(N, C, D, H, W)`` = ``(N, C, z, y, x)``. Convolutions
 carry no bias because an affine instance norm follows each one; instance norm (not batch norm)
 because training batches are 1–4 volumes and inference runs one volume at a time.
+
+The nets build their convolutions and norms from :class:`Conv3d` and :class:`InstanceNorm`: the
+same functions and parameters as ``nn.Conv3d`` and ``nn.InstanceNorm3d(affine=True)`` (a
+checkpoint of either loads into the other), on the CPU's fast kernels (``python -m bench.layer_kernels``).
 """
 
 from __future__ import annotations
@@ -39,13 +43,63 @@ def valid_input_size(size: tuple[int, ...], multiple: int) -> tuple[int, ...]:
     return tuple(-(-int(s) // multiple) * multiple for s in size)
 
 
+ONEDNN = torch.backends.mkldnn.is_available()
+"""Whether this PyTorch build has oneDNN (every official CPU and CUDA build does)."""
+
+
+class Conv3d(nn.Conv3d):
+    """``nn.Conv3d`` that runs every spatial kernel on oneDNN on the CPU.
+
+    PyTorch chooses between oneDNN and its generic im2col kernel by a size rule written for 2-D
+    images (``ConvParams::use_mkldnn`` in ``aten/src/ATen/native/Convolution.cpp``: a float batch
+    of one goes to im2col unless N·C·H·W > 20,480), which for a 3-D input reads N·C·D·H and ignores
+    the last axis. A volume with few channels, the stems' one-channel CT at 80³ or the deeper
+    levels' 16–32 channels at 10–20³, then takes im2col, measured 2.3–7× slower than oneDNN on the
+    same shapes (forward, one thread) (``bench.layer_kernels``). This class calls oneDNN directly in those cases
+    (float32 on the CPU, autocast off: under autocast and in bf16 PyTorch's own choice stands,
+    which is oneDNN there); 1×1×1 kernels keep PyTorch's choice, which is the faster one for them.
+    Outputs and gradients equal ``nn.Conv3d`` 's up to float rounding; parameters are the same.
+    """
+
+    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if (
+            x.device.type == "cpu"
+            and x.dtype == torch.float32
+            and self.kernel_size != (1, 1, 1)
+            and self.padding_mode == "zeros"
+            and not isinstance(self.padding, str)
+            and ONEDNN
+            and torch.backends.mkldnn.enabled
+            and not torch.is_autocast_enabled("cpu")
+        ):
+            return torch.ops.aten.mkldnn_convolution(
+                x, weight, bias, self.padding, self.stride, self.dilation, self.groups
+            )
+        return super()._conv_forward(x, weight, bias)
+
+
+class InstanceNorm(nn.GroupNorm):
+    """Affine instance norm: ``nn.InstanceNorm3d(channels, affine=True)`` computed as a group norm
+    of one channel per group.
+
+    The same function (each channel of each volume normalised over its voxels, eps 1e-5, then
+    scaled and shifted per channel) and the same parameters (``weight``, ``bias``: checkpoints
+    written with ``nn.InstanceNorm3d`` load unchanged), but PyTorch's group norm has its own CPU
+    kernel where its instance norm runs batch norm on a reshaped copy: 3.5–6× faster forward, 2–3×
+    forward and backward (``bench.layer_kernels``).
+    """
+
+    def __init__(self, channels: int):
+        super().__init__(channels, channels, eps=1e-5, affine=True)
+
+
 class ConvNormAct(nn.Sequential):
-    """Conv3d → affine InstanceNorm3d → LeakyReLU (the activation is optional)."""
+    """Conv3d → affine instance norm → LeakyReLU (the activation is optional)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel: Kernel = 3, stride: int = 1, act: bool = True):
         layers: list[nn.Module] = [
-            nn.Conv3d(in_channels, out_channels, kernel, stride=stride, padding=_same_padding(kernel), bias=False),
-            nn.InstanceNorm3d(out_channels, affine=True),
+            Conv3d(in_channels, out_channels, kernel, stride=stride, padding=_same_padding(kernel), bias=False),
+            InstanceNorm(out_channels),
         ]
         if act:
             layers.append(nn.LeakyReLU(LEAKY_SLOPE, inplace=True))
@@ -156,7 +210,7 @@ class FullResolutionStage(nn.Module):
         super().__init__()
         self.upsample = nn.Sequential(
             nn.ConvTranspose3d(decoder_channels, channels, 2, stride=2, bias=False),
-            nn.InstanceNorm3d(channels, affine=True),
+            InstanceNorm(channels),
         )
         self.image = ConvNormAct(in_channels, channels)
         self.mix = nn.Sequential(
@@ -334,7 +388,7 @@ class SegmentationNetwork(nn.Module):
                 nn.init.kaiming_normal_(module.weight, a=LEAKY_SLOPE, nonlinearity="leaky_relu")
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.InstanceNorm3d) and module.affine:
+            elif isinstance(module, nn.GroupNorm) and module.affine:
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
 

@@ -9,6 +9,7 @@ from segcore.networks.blocks import (
     AnisotropicResidualBlock,
     AnisotropicStripPooling,
     ConvNormAct,
+    InstanceNorm,
     SegmentationNetwork,
 )
 
@@ -55,7 +56,7 @@ class EfficientContextNet(SegmentationNetwork):
         self.upsamplers = nn.ModuleList(
             nn.Sequential(
                 nn.ConvTranspose3d(channels[level + 1], channels[level], 2, stride=2, bias=False),
-                nn.InstanceNorm3d(channels[level], affine=True),
+                InstanceNorm(channels[level]),
             )
             for level in range(len(channels) - 1)
         )
