@@ -83,29 +83,26 @@ def training_step(net: nn.Module, x: torch.Tensor):
     return step
 
 
+def layer_row(name: str, ours: nn.Module, shape: tuple[int, ...], repeats: int) -> None:
+    """One layer, stock vs ours: inference, then forward + backward, at batch ``shape[0]``."""
+    theirs = stock(nn.Sequential(ours))[0]
+    x = torch.randn(shape)
+    with torch.inference_mode():
+        a, b = median_ms(lambda: theirs(x), repeats), median_ms(lambda: ours(x), repeats)
+    xg = x.clone().requires_grad_()
+    c = median_ms(lambda: theirs(xg).sum().backward(), repeats)
+    d = median_ms(lambda: ours(xg).sum().backward(), repeats)
+    print(f"{name:<42} {a:9.2f} {b:9.2f} {a / b:6.2f} | {c:13.2f} {d:6.2f} {c / d:6.2f}")
+
+
 def layer_table(repeats: int) -> None:
     print("layer                                       stock ms   ours ms  ratio | fwd+bwd stock   ours  ratio")
     for shape, out_channels, kernel, stride in LAYERS:
-        ours = Conv3d(shape[1], out_channels, kernel, stride=stride, padding=tuple(k // 2 for k in _triple(kernel)))
-        theirs = stock(nn.Sequential(ours))[0]
-        x = torch.randn(shape)
-        with torch.inference_mode():
-            a, b = median_ms(lambda: theirs(x), repeats), median_ms(lambda: ours(x), repeats)
-        xg = x.clone().requires_grad_()
-        c = median_ms(lambda: theirs(xg).sum().backward(), repeats)
-        d = median_ms(lambda: ours(xg).sum().backward(), repeats)
-        name = f"conv {tuple(shape[1:])} -> {out_channels}, k {kernel}"
-        print(f"{name:<42} {a:9.2f} {b:9.2f} {a / b:6.2f} | {c:13.2f} {d:6.2f} {c / d:6.2f}")
+        padding = tuple(k // 2 for k in _triple(kernel))
+        conv = Conv3d(shape[1], out_channels, kernel, stride=stride, padding=padding)
+        layer_row(f"conv {tuple(shape[1:])} -> {out_channels}, k {kernel}", conv, shape, repeats)
     for shape in NORMS:
-        ours = InstanceNorm(shape[1])
-        theirs = stock(nn.Sequential(ours))[0]
-        x = torch.randn(shape)
-        with torch.inference_mode():
-            a, b = median_ms(lambda: theirs(x), repeats), median_ms(lambda: ours(x), repeats)
-        xg = x.clone().requires_grad_()
-        c = median_ms(lambda: theirs(xg).sum().backward(), repeats)
-        d = median_ms(lambda: ours(xg).sum().backward(), repeats)
-        print(f"{'norm ' + str(shape):<42} {a:9.2f} {b:9.2f} {a / b:6.2f} | {c:13.2f} {d:6.2f} {c / d:6.2f}")
+        layer_row(f"norm {shape}", InstanceNorm(shape[1]), shape, repeats)
 
 
 def _triple(kernel) -> tuple[int, int, int]:

@@ -54,10 +54,10 @@ class Conv3d(nn.Conv3d):
     images (``ConvParams::use_mkldnn`` in ``aten/src/ATen/native/Convolution.cpp``: a float batch
     of one goes to im2col unless N·C·H·W > 20,480), which for a 3-D input reads N·C·D·H and ignores
     the last axis. A volume with few channels, the stems' one-channel CT at 80³ or the deeper
-    levels' 16–32 channels at 10–20³, then takes im2col, measured 2.3–7× slower than oneDNN on the
-    same shapes (forward, one thread) (``bench.layer_kernels``). This class calls oneDNN directly in those cases
-    (float32 on the CPU, autocast off: under autocast and in bf16 PyTorch's own choice stands,
-    which is oneDNN there); 1×1×1 kernels keep PyTorch's choice, which is the faster one for them.
+    levels' 16–32 channels at 10–20³, then takes im2col: 2.3–7× slower than oneDNN on the same
+    shapes (forward, one thread; ``bench.layer_kernels``). This class calls oneDNN directly for
+    float32 on the CPU; PyTorch's own choice stands under autocast and in bf16 (oneDNN there), under
+    ``torch.compile`` (the compiler's) and for 1×1×1 kernels (where it is the faster one).
     Outputs and gradients equal ``nn.Conv3d`` 's up to float rounding; parameters are the same.
     """
 
@@ -71,6 +71,7 @@ class Conv3d(nn.Conv3d):
             and ONEDNN
             and torch.backends.mkldnn.enabled
             and not torch.is_autocast_enabled("cpu")
+            and not torch.compiler.is_compiling()
         ):
             return torch.ops.aten.mkldnn_convolution(
                 x, weight, bias, self.padding, self.stride, self.dilation, self.groups
