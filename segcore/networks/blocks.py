@@ -54,7 +54,7 @@ class Conv3d(nn.Conv3d):
     images (``ConvParams::use_mkldnn`` in ``aten/src/ATen/native/Convolution.cpp``: a float batch
     of one goes to im2col unless N·C·H·W > 20,480), which for a 3-D input reads N·C·D·H and ignores
     the last axis. A volume with few channels, the stems' one-channel CT at 80³ or the deeper
-    levels' 16–32 channels at 10–20³, then takes im2col: 2.3–7× slower than oneDNN on the same
+    levels' 16–32 channels at 10–20³, then takes im2col: 2.6–10.8× slower than oneDNN on the same
     shapes (forward, one thread; ``bench.layer_kernels``). This class calls oneDNN directly for
     float32 on the CPU; PyTorch's own choice stands under autocast and in bf16 (oneDNN there), under
     ``torch.compile`` (the compiler's) and for 1×1×1 kernels (where it is the faster one).
@@ -86,7 +86,7 @@ class InstanceNorm(nn.GroupNorm):
     The same function (each channel of each volume normalised over its voxels, eps 1e-5, then
     scaled and shifted per channel) and the same parameters (``weight``, ``bias``: checkpoints
     written with ``nn.InstanceNorm3d`` load unchanged), but PyTorch's group norm has its own CPU
-    kernel where its instance norm runs batch norm on a reshaped copy: 3.5–6× faster forward, 2–3×
+    kernel where its instance norm runs batch norm on a reshaped copy: 4.0–6.5× faster forward, 2.0–3.5×
     forward and backward (``bench.layer_kernels``).
     """
 
