@@ -36,12 +36,12 @@ from torch import nn
 
 from bench.timing import call_seconds
 from segcore.networks import build_network
-from segcore.networks.blocks import Conv3d, InstanceNorm
+from segcore.networks.blocks import Conv3d, ConvNormAct, InstanceNorm
 from segcore.networks.checkpoint import build_networks, load_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LAYERS = [  # (input shape, out channels, kernel, stride): the default model's convolutions
-    ((1, 1, 80, 80, 80), 8, 3, 1),  # fine: full-resolution image branch (and its stride-2 stem)
+    ((1, 1, 80, 80, 80), 8, 3, 1),  # fine: full-resolution image branch
     ((1, 8, 80, 80, 80), 8, (3, 1, 1), 1),  # fine: full-resolution mixing
     ((1, 16, 80, 80, 80), 8, (1, 3, 3), 1),  # fine: full-resolution mixing of image and decoder
     ((1, 8, 40, 40, 40), 8, (1, 3, 3), 1),  # fine: level 0
@@ -98,15 +98,10 @@ def layer_row(name: str, ours: nn.Module, shape: tuple[int, ...], repeats: int) 
 def layer_table(repeats: int) -> None:
     print("layer                                       stock ms   ours ms  ratio | fwd+bwd stock   ours  ratio")
     for shape, out_channels, kernel, stride in LAYERS:
-        padding = tuple(k // 2 for k in _triple(kernel))
-        conv = Conv3d(shape[1], out_channels, kernel, stride=stride, padding=padding)
+        conv = ConvNormAct(shape[1], out_channels, kernel, stride=stride)[0]  # the nets' own convolution
         layer_row(f"conv {tuple(shape[1:])} -> {out_channels}, k {kernel}", conv, shape, repeats)
     for shape in NORMS:
         layer_row(f"norm {shape}", InstanceNorm(shape[1]), shape, repeats)
-
-
-def _triple(kernel) -> tuple[int, int, int]:
-    return (kernel,) * 3 if isinstance(kernel, int) else tuple(kernel)
 
 
 def net_row(label: str, net: nn.Module, size: list[int], repeats: int, train: bool) -> None:
@@ -120,7 +115,8 @@ def net_row(label: str, net: nn.Module, size: list[int], repeats: int, train: bo
             f"{(expected - actual).abs().max().item():.1e}, argmax agrees {100 * agree:.4f} %")  # fmt: skip
     if train:
         xb = torch.randn(2, 1, *size)
-        net.train(), theirs.train()
+        net.train()
+        theirs.train()
         c = median_ms(training_step(theirs, xb), repeats)
         d = median_ms(training_step(net, xb), repeats)
         net.eval()
