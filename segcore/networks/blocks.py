@@ -238,9 +238,17 @@ class SegmentationNetwork(nn.Module):
       ×2 (:meth:`upsample_logits`). Checkpoints written before ``output_stride`` existed are of
       this kind (:func:`segcore.networks.checkpoint.build_networks` says so for them).
 
+    With ``residual_output`` (``output_stride`` 1 only) the full-resolution answer is a correction
+    of a half-resolution one: the logits are the ``half_resolution_head`` 's (on decoder level 0,
+    where a half-resolution net's ``head`` reads) upsampled ×2, plus the ``head`` on the
+    full-resolution stage, whose weights and bias start at zero. A half-resolution model given to
+    such a net (:func:`segcore.training.warm_start.warm_start`) then answers exactly as before at
+    step 0, and training only adds what the full resolution can see: no organ starts from nothing.
+
     With ``deep_supervision`` the net also has a 1×1×1 head on each lower decoder level
-    (``auxiliary_heads``), trained by :func:`segcore.training.losses.deep_supervision_loss`
-    through ``forward(x, auxiliary=True)``; inference ignores them.
+    (``auxiliary_heads``; with ``residual_output`` level 0's is the ``half_resolution_head``),
+    trained by :func:`segcore.training.losses.deep_supervision_loss` through
+    ``forward(x, auxiliary=True)``; inference ignores them.
     """
 
     init_args: dict[str, Any]
@@ -260,12 +268,17 @@ class SegmentationNetwork(nn.Module):
         output_stride: int = 1,
         full_resolution_channels: int = 8,
         deep_supervision: bool = False,
+        residual_output: bool = False,
     ):
         """Record the arguments (subclasses document them), build the stride-2 ``stem``, the
         subclass's levels (:meth:`build_levels`), the output and initialise the weights."""
         super().__init__()
         if output_stride not in (1, 2):
             raise ValueError(f"output_stride must be 1 (full resolution) or 2 (half resolution), got {output_stride}")
+        if residual_output and output_stride != 1:
+            raise ValueError(
+                "residual_output corrects a half-resolution answer at full resolution: it needs output_stride 1"
+            )
         self.init_args = {
             "in_channels": in_channels, "num_classes": num_classes, "base_channels": base_channels,
             "depth": depth, "max_channels": max_channels, "blocks_per_level": blocks_per_level,
@@ -273,6 +286,8 @@ class SegmentationNetwork(nn.Module):
         }  # fmt: skip
         if output_stride == 1:
             self.init_args["full_resolution_channels"] = full_resolution_channels
+        if residual_output:  # recorded only when set: the nets written before it load unchanged
+            self.init_args["residual_output"] = True
         self.input_multiple = 2**depth
         channels = level_channels(base_channels, depth, max_channels)
         self.stem = ConvNormAct(in_channels, channels[0], stride=2)
@@ -290,11 +305,22 @@ class SegmentationNetwork(nn.Module):
         return self.init_args["output_stride"]
 
     @property
+    def residual_output(self) -> bool:
+        """Whether the logits are a half-resolution answer plus a full-resolution correction."""
+        return self.init_args.get("residual_output", False)
+
+    @property
     def auxiliary_levels(self) -> list[int]:
-        """Decoder levels (0: half resolution) with an auxiliary head, highest resolution first."""
+        """Decoder levels (0: half resolution) with an auxiliary output, highest resolution first."""
         if not self.init_args["deep_supervision"]:
             return []
         return list(range(self.output_stride - 1, len(self.decoder)))
+
+    @property
+    def auxiliary_head_levels(self) -> list[int]:
+        """The decoder level each of ``auxiliary_heads`` reads (level 0's output is the
+        ``half_resolution_head`` 's with ``residual_output``)."""
+        return [level for level in self.auxiliary_levels if not (self.residual_output and level == 0)]
 
     def _build_output(self, channels: list[int]) -> None:
         """The head (and full-resolution stage, auxiliary heads) after the decoder levels."""
@@ -306,11 +332,13 @@ class SegmentationNetwork(nn.Module):
                 args["in_channels"], channels[0], width, self.full_resolution_kernels
             )
             self.head = nn.Conv3d(width, num_classes, 1)
+            if self.residual_output:
+                self.half_resolution_head = nn.Conv3d(channels[0], num_classes, 1)
         else:
             self.head = nn.Conv3d(channels[0], num_classes, 1)
         if args["deep_supervision"]:
             self.auxiliary_heads = nn.ModuleList(
-                nn.Conv3d(channels[level], num_classes, 1) for level in self.auxiliary_levels
+                nn.Conv3d(channels[level], num_classes, 1) for level in self.auxiliary_head_levels
             )
 
     @staticmethod
@@ -325,7 +353,8 @@ class SegmentationNetwork(nn.Module):
 
         The skeleton both nets share: ``stem``, the ``encoder`` levels (their outputs are the
         skips), then from the deepest level up ``decoder[l](merge(upsamplers[l](features), skip[l]))``,
-        then the full-resolution stage (``output_stride`` 1) and the 1×1×1 ``head``.
+        then the full-resolution stage (``output_stride`` 1) and the 1×1×1 ``head`` (with
+        ``residual_output`` added to the ``half_resolution_head`` 's upsampled logits).
 
         Args:
             half_resolution: (``output_stride`` 2 only) the logits before the final trilinear ×2
@@ -340,19 +369,22 @@ class SegmentationNetwork(nn.Module):
             raise ValueError(f"{type(self).__name__}: auxiliary outputs need deep_supervision")
         skips = self.encode(x)
         features = skips[-1]
-        levels = set(self.auxiliary_levels) if auxiliary else set()
-        decoded = {}
+        heads = dict(zip(self.auxiliary_head_levels, self.auxiliary_heads)) if auxiliary else {}
+        outputs = {}  # decoder level -> its auxiliary logits
         for level in reversed(range(len(self.decoder))):
             features = self.decoder[level](self.merge(self.upsamplers[level](features), skips[level]))
-            if level in levels:
-                decoded[level] = features
-        if self.output_stride == 1:
-            logits = self.head(self.full_resolution(features, x))
-        else:
+            if level in heads:
+                outputs[level] = heads[level](features)
+        if self.output_stride == 2:
             logits = self.upsample_logits(self.head(features), half_resolution)
+        elif self.residual_output:
+            outputs[0] = self.half_resolution_head(features)
+            logits = self.upsample_logits(outputs[0]) + self.head(self.full_resolution(features, x))
+        else:
+            logits = self.head(self.full_resolution(features, x))
         if not auxiliary:
             return logits
-        return [logits] + [head(decoded[level]) for level, head in zip(self.auxiliary_levels, self.auxiliary_heads)]
+        return [logits] + [outputs[level] for level in self.auxiliary_levels]
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The ``stem`` and every ``encoder`` level: each level's features (the skips), highest
@@ -379,7 +411,8 @@ class SegmentationNetwork(nn.Module):
             )
 
     def init_weights(self) -> None:
-        """Kaiming-normal convolutions, unit/zero norms, zero biases.
+        """Kaiming-normal convolutions, unit/zero norms, zero biases; with ``residual_output`` a
+        zero ``head`` (the full-resolution correction starts at nothing).
 
         Draws from torch's global RNG, so nets made under different seeds differ (cross pseudo
         supervision trains two differently initialised nets).
@@ -392,6 +425,9 @@ class SegmentationNetwork(nn.Module):
             elif isinstance(module, nn.GroupNorm) and module.affine:
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
+        if self.residual_output:
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
 
     @staticmethod
     def upsample_logits(logits: torch.Tensor, half_resolution: bool = False) -> torch.Tensor:

@@ -31,6 +31,8 @@ class ResidualUNet3D(SegmentationNetwork):
             2: at half of it, upsampled ×2 (:class:`SegmentationNetwork`).
         full_resolution_channels: channels of the full-resolution stage (``output_stride`` 1).
         deep_supervision: auxiliary heads on the lower decoder levels, for training.
+        residual_output: (``output_stride`` 1) the logits are a half-resolution head's, upsampled,
+            plus a full-resolution correction that starts at zero (:class:`SegmentationNetwork`).
 
     Shapes:
         ``(N, in_channels, D, H, W)`` → logits ``(N, num_classes, D, H, W)``, with D, H, W

@@ -12,6 +12,9 @@ reads the same decoder level (:func:`head_levels`): a half-resolution model's he
 decoder level 0, becomes a deeply supervised full-resolution net's level-0 auxiliary head, and the
 new main head, which reads the full-resolution stage, starts fresh with that stage; output layers
 the net has no place for (a full-resolution stage given to a half-resolution net) are left out.
+A net with ``residual_output`` (``network.init_args.residual_output=true``) gives the
+half-resolution head its own place, the ``half_resolution_head``, under a full-resolution
+correction that starts at zero: it answers exactly as the model it started from until it trains.
 Anything else must match: the stage, the architecture, the other constructor arguments (widths,
 depth, classes), and every other layer of the checkpoint must exist in the net with its shape.
 
@@ -28,7 +31,7 @@ from torch import nn
 from segcore.networks import build_network, network_spec
 from segcore.networks.checkpoint import LEGACY_INIT_ARGS, load_checkpoint
 
-OUTPUT_ARGS = ("output_stride", "full_resolution_channels", "deep_supervision")
+OUTPUT_ARGS = ("output_stride", "full_resolution_channels", "deep_supervision", "residual_output")
 """Constructor arguments that only change the layers at the output: they may differ from the checkpoint's."""
 FULL_RESOLUTION = -1
 """The level of the full-resolution stage in :func:`head_levels`."""
@@ -38,7 +41,9 @@ def head_levels(net: nn.Module) -> dict[str, int]:
     """Each head's name prefix -> the decoder level it reads (0: half resolution; -1: the
     full-resolution stage)."""
     heads = {"head.": FULL_RESOLUTION if net.output_stride == 1 else 0}
-    return heads | {f"auxiliary_heads.{index}.": level for index, level in enumerate(net.auxiliary_levels)}
+    if net.residual_output:
+        heads["half_resolution_head."] = 0
+    return heads | {f"auxiliary_heads.{index}.": level for index, level in enumerate(net.auxiliary_head_levels)}
 
 
 def _moved(state: dict, source: dict[str, int], target: dict[str, int]) -> dict:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
 
 from coarse_seg.train import STAGE as COARSE
+from segcore.inference.predictor import Predictor
+from segcore.inference.stage import Stopwatch
 from segcore.networks import build_network
-from segcore.networks.checkpoint import save_checkpoint
+from segcore.networks.checkpoint import LEGACY_INIT_ARGS, load_checkpoint, network_entry, save_checkpoint
+from segcore.phantom import write_dataset
 from segcore.training.cli import main
 from segcore.training.warm_start import warm_start
 from tests.segcore.training.test_training import ROOT, train
@@ -122,3 +127,79 @@ def test_a_pair_whose_second_net_does_not_fit_leaves_the_first_as_it_was(tmp_pat
         warm_start([first, second], path, "coarse")
     for name, value in first.state_dict().items():
         assert torch.equal(value, before[name]), name
+
+
+RESIDUAL = ["network.init_args.residual_output=true"]
+
+
+def test_a_residual_run_started_from_a_half_resolution_model_answers_as_it_did_at_step_zero(
+    tiny_store, tmp_path, capsys
+):
+    half = train(tiny_store, tmp_path / "half", *HALF, "train.epochs=1")
+    capsys.readouterr()
+    started = train(
+        tiny_store, tmp_path / "started", *RESIDUAL, "train.epochs=1", "optimizer.lr=0.0",
+        f"train.init_weights={tmp_path / 'half' / 'best.pt'}",
+    )  # fmt: skip
+    fresh = capsys.readouterr().out.split("fresh: ")[1].splitlines()[0]
+    assert fresh == "auxiliary_heads, full_resolution, head"  # level 1's head; level 0's is the shipped one
+    source, entry = half["networks"][0], started["networks"][0]
+    assert entry["init_args"]["residual_output"] is True
+    assert torch.equal(entry["state_dict"]["half_resolution_head.weight"], source["state_dict"]["head.weight"])
+    assert not entry["state_dict"]["head.weight"].any() and not entry["state_dict"]["head.bias"].any()
+    old = build_network(source["arch"], **source["init_args"]).eval()
+    old.load_state_dict(source["state_dict"])
+    new = build_network(entry["arch"], **entry["init_args"]).eval()
+    new.load_state_dict(entry["state_dict"])
+    image = torch.randn(2, 1, 32, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected, (logits, level0, *_) = old(image), new(image, auxiliary=True)
+        torch.testing.assert_close(logits, expected, rtol=0, atol=1e-5)
+        torch.testing.assert_close(level0, old(image, half_resolution=True), rtol=0, atol=1e-6)
+
+
+def test_a_residual_net_trains_its_correction_from_zero():
+    torch.manual_seed(0)
+    net = build_network("residual_unet3d", **NET, output_stride=1, deep_supervision=True, residual_output=True)
+    assert not net.head.weight.any() and not net.head.bias.any()
+    outputs = net(torch.randn(1, 1, 16, 16, 16), auxiliary=True)
+    assert [tuple(o.shape[2:]) for o in outputs] == [(16, 16, 16), (8, 8, 8), (4, 4, 4)]  # main, level 0, level 1
+    sum(output.square().mean() for output in outputs).backward()
+    assert net.head.weight.grad.abs().sum() > 0, "the zero correction must get a gradient, or it never leaves zero"
+    with pytest.raises(ValueError, match="residual_output .* needs output_stride 1"):
+        build_network("residual_unet3d", **NET, output_stride=2, residual_output=True)
+
+
+SHIPPED = ROOT / "model_weights"
+
+
+def _shipped_and_residual(stage: str) -> tuple[dict, dict]:
+    """The shipped ``stage`` checkpoint, and the same model in a full-resolution net with a zero
+    correction (``residual_output``), started from it as ``train.init_weights`` starts a run."""
+    shipped = load_checkpoint(SHIPPED / f"{stage}.pt")
+    entry = shipped["networks"][0]
+    residual = {"output_stride": 1, "full_resolution_channels": 8, "deep_supervision": True, "residual_output": True}
+    net = build_network(entry["arch"], **{**LEGACY_INIT_ARGS, **entry["init_args"], **residual})
+    assert "half_resolution_head.weight" not in warm_start([net], SHIPPED / f"{stage}.pt", stage)
+    return shipped, {**shipped, "networks": [network_entry(net, shipped["inference"]["input_size"])]}
+
+
+def test_the_shipped_model_in_a_residual_full_resolution_net_labels_a_phantom_as_it_does(tmp_path):
+    """A candidate started from the shipped weights loses nothing at step 0: on a phantom its labels
+    are the shipped model's voxel for voxel and each stage's probabilities agree to 1e-5."""
+    write_dataset(tmp_path, labeled=0, unlabeled=0, val=1, size="small", seed=4242, progress=False)
+    (image_path,) = (tmp_path / "val_images").glob("*_0000.nii.gz")
+    (coarse, coarse_residual), (fine, fine_residual) = _shipped_and_residual("coarse"), _shipped_and_residual("fine")
+    shipped = Predictor(coarse, fine, "cpu", "fp32", verify=True)
+    candidate = Predictor(coarse_residual, fine_residual, "cpu", "fp32", verify=True)
+    assert all(net.output_stride == 1 for net in candidate.locator.model.nets + candidate.fine.nets)
+    expected, got = shipped.predict_file(image_path)[0], candidate.predict_file(image_path)[0]
+    assert len(np.unique(expected.labels)) == 14, "the phantom must hold every organ"
+    np.testing.assert_array_equal(got.labels, expected.labels)
+    volume = torch.from_numpy(sitk.GetArrayFromImage(sitk.ReadImage(str(image_path))).astype(np.float32))
+    watch = Stopwatch(torch.device("cpu"))
+    for old, new in ((shipped.locator.model, candidate.locator.model), (shipped.fine, candidate.fine)):
+        with torch.inference_mode():
+            torch.testing.assert_close(
+                new.probabilities(volume, watch), old.probabilities(volume, watch), rtol=0, atol=1e-5
+            )
