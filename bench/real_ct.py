@@ -5,6 +5,7 @@ Run from the repository root::
     .venv/bin/python -m bench.real_ct                       # the default model, 10 held-out phantoms
     .venv/bin/python -m bench.real_ct --weights runs/my_model --phantoms 4
     .venv/bin/python -m bench.real_ct --weights WORK/weights --results bench/results/real_ct.jsonl   # and keep them
+    .venv/bin/python -m bench.real_ct --confusion --phantoms 0  # and what each organ's voxels were given
 
 Real scans (``../shared/data/real``, measurement only: never train on them or choose anything
 with them): the 3 mm abdominal CT with its labels, and the 20-slice DICOM series with its
@@ -15,6 +16,10 @@ the FLARE22 script (:func:`segcore.evaluate.metrics.score_case`, no NSD rule): p
 mean over the organs the ground truth holds, and the mean over all 13 (an organ absent from both
 masks counts 1, from one of them 0). The labels of the real files are another tool's output
 remapped to FLARE22 ids, not manual annotation (their README). Nothing is asserted.
+
+Each scan's record also keeps its confusion (:func:`confusion`): for every organ of the real
+labels, the three labels the model gave most of its voxels, with their shares; ``--confusion``
+prints them under the table.
 """
 
 from __future__ import annotations
@@ -48,8 +53,38 @@ def labels_on_grid(path: Path, reference: Path) -> np.ndarray:
     return sitk.GetArrayFromImage(resampled).astype(np.uint8)
 
 
+def confusion(truth: np.ndarray, prediction: np.ndarray, top: int = 3) -> dict[int, list[tuple[int, float]]]:
+    """What the prediction gave each organ of the truth.
+
+    Args:
+        truth: reference label ids, any shape (0 is background).
+        prediction: predicted label ids on the same grid (same shape).
+        top: how many labels to keep per organ.
+
+    Returns:
+        Per organ id of ``truth`` (ascending; background and organs absent from ``truth`` left out),
+        up to ``top`` ``(predicted label id, share of the organ's voxels)`` pairs, most voxels first
+        (equal counts: lower id first); a label given none of its voxels is not listed.
+    """
+    if truth.shape != prediction.shape:
+        raise ValueError(f"confusion: reference labels {truth.shape} and prediction {prediction.shape} differ in shape")
+    inside = truth > 0
+    organs, given = truth[inside].astype(np.int64), prediction[inside].astype(np.int64)
+    if organs.size == 0:
+        return {}
+    classes = int(max(organs.max(), given.max())) + 1
+    counts = np.bincount(organs * classes + given, minlength=classes * classes).reshape(classes, classes)
+    found: dict[int, list[tuple[int, float]]] = {}
+    for organ in np.flatnonzero(counts.sum(axis=1)):
+        ranked = sorted(np.flatnonzero(counts[organ]), key=lambda label: (-counts[organ, label], label))[:top]
+        total = counts[organ].sum()
+        found[int(organ)] = [(int(label), float(counts[organ, label] / total)) for label in ranked]
+    return found
+
+
 def score(predictor, image_path: Path, truth: np.ndarray) -> dict:
-    """Per organ DSC/NSD of the prediction on ``image_path`` against ``truth`` (on its grid)."""
+    """Per organ DSC/NSD of the prediction on ``image_path`` against ``truth`` (on its grid), and
+    its :func:`confusion`."""
     from segcore.evaluate.metrics import score_case
 
     prediction, _, geometry = predictor.predict_file(image_path)
@@ -61,6 +96,7 @@ def score(predictor, image_path: Path, truth: np.ndarray) -> dict:
         "mean_present": float(np.mean([scores[o].dsc for o in present])),
         "mean_13": float(np.mean([s.dsc for s in scores.values()])),
         "verdict": prediction.quality.verdict,
+        "confusion": confusion(truth, prediction.labels),
     }
 
 
@@ -87,9 +123,10 @@ def phantom_scores(predictor, count: int) -> dict | None:
 
 def measure(weights: Path, phantoms: int = 0) -> dict:
     """A results-file record of the weights on the two real scans (and ``phantoms`` held-out
-    phantoms): per organ DSC (organs the truth holds; 4 decimals), the means, the quality verdict."""
+    phantoms): per organ DSC (organs the truth holds; 4 decimals), the means, the quality verdict,
+    and per organ the three labels given most of its voxels as ``[name, share]`` (4 decimals)."""
     from segcore.inference.predictor import Predictor
-    from segcore.labels import ORGANS
+    from segcore.labels import LABEL_NAMES, ORGANS
     from segcore.volumes import read_label_map
 
     predictor = Predictor.from_weights(weights, "cpu")
@@ -106,6 +143,10 @@ def measure(weights: Path, phantoms: int = 0) -> dict:
             "mean_present": round(result["mean_present"], 4),
             "mean_13": round(result["mean_13"], 4),
             "verdict": result["verdict"],
+            "confusion": {
+                ORGANS[organ]: [[LABEL_NAMES[label], round(share, 4)] for label, share in given]
+                for organ, given in result["confusion"].items()
+            },
         }
         for name, result in results.items()
     }
@@ -139,6 +180,17 @@ def table(record: dict) -> str:
     return "\n".join(lines)
 
 
+def confusion_table(record: dict) -> str:
+    """The printed confusion of a :func:`measure` record: per scan, one line per organ of its labels
+    naming the labels the model gave most of that organ's voxels, with their shares in percent."""
+    lines = []
+    for name, scan in record["scans"].items():
+        lines.append(f"{name}: the labels given each organ's voxels, most first")
+        for organ, given in scan["confusion"].items():
+            lines.append(f"  {organ}: " + ", ".join(f"{label} {share * 100:.1f} %" for label, share in given))
+    return "\n".join(lines)
+
+
 def append(record: dict, results: Path) -> None:
     """Append ``record`` (one JSON line) to ``results``."""
     results.parent.mkdir(parents=True, exist_ok=True)
@@ -151,9 +203,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", type=Path, default=REPO_ROOT / "model_weights")
     parser.add_argument("--phantoms", type=int, default=10, help="held-out small phantoms to score (0: none)")
     parser.add_argument("--results", type=Path, help="also append the figures to this JSON-lines file")
+    parser.add_argument(
+        "--confusion", action="store_true", help="also print the labels given most of each organ's voxels per real scan"
+    )
     args = parser.parse_args(argv)
     record = measure(args.weights.resolve(), args.phantoms)
     print(table(record))
+    if args.confusion:
+        print(confusion_table(record))
     if args.results is not None:
         append(record, args.results)
     return 0
