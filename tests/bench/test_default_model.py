@@ -23,6 +23,17 @@ def test_the_candidate_ships_only_if_level_on_medium_and_better_on_varied(medium
     assert f"{medium[1]:.4f}" in why and f"{varied[1]:.4f}" in why
 
 
+def test_no_medium_organ_may_fall_more_than_0_05_below_the_shipped_model():
+    """The third candidate's rule: a medium mean within 0.01 does not ship a model that loses an organ."""
+    medium, varied = {"shipped": 0.8503, "candidate": 0.8503}, {"shipped": 0.59, "candidate": 0.60}
+    shipped = [0.9] * 13
+    level = ships(medium, varied, {"shipped": shipped, "candidate": [0.9] * 12 + [0.85]})
+    assert level[0] is True  # exactly 0.05 below is allowed
+    verdict, why = ships(medium, varied, {"shipped": shipped, "candidate": [0.9] * 6 + [0.8499] + [0.9] * 6})
+    assert verdict is False and "right_adrenal_gland 0.8499 < 0.8500" in why
+    assert ships(medium, varied)[0] is True  # without per-organ figures the rule is the second candidate's
+
+
 def test_the_report_prints_the_recorded_difference_per_set_and_organ():
     """``--report``'s lines from a hand-made record: every case 0.1 better on every organ but the liver (0.2)."""
     shipped = {f"case{i}": [0.5] * 13 for i in range(4)}
