@@ -5,6 +5,7 @@ Example::
     python -m segcore.phantom --out dataset --labeled 8 --unlabeled 16 --val 4 --size small --seed 0
     python -m segcore.phantom --out shifted --labeled 0 --unlabeled 0 --val 10 --phase arterial --noise-sigma 35
     python -m segcore.phantom --out mixed --labeled 20 --unlabeled 0 --val 0 --detailed-anatomy 0.5
+    python -m segcore.phantom --out clinic --labeled 20 --unlabeled 0 --val 0 --clinical-anatomy 0.5
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from segcore.phantom.tissues import PHASES, PhantomDomain
 
 
 def _share(text: str) -> float:
-    """``--detailed-anatomy SHARE``: a number in [0, 1]."""
+    """``--detailed-anatomy SHARE``, ``--clinical-anatomy SHARE``: a number in [0, 1]."""
     try:
         share = float(text)
     except ValueError:
@@ -65,6 +66,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "against their neighbours, iliac vessels, calcified aortas, collapsed loops, mottled faeces): all of "
         "them, or SHARE of them (0-1, each case drawn on its own); validation cases stay realistic",
     )  # fmt: skip
+    parser.add_argument(
+        "--clinical-anatomy", nargs="?", type=_share, const=1.0, default=0.0, metavar="SHARE",
+        help="training cases get what patients have and the average anatomy lacks: liver cysts, metastases and "
+        "haemangiomas, renal and splenic cysts (all labelled as their organ), the gallbladder contracted to "
+        "distended with stones, the stomach collapsed with rugal folds to distended with food, the IVC's blood by "
+        "contrast phase and the caudate lobe around it: all of them, or SHARE of them (0-1, each case drawn on "
+        "its own); validation cases stay realistic",
+    )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
 
@@ -90,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     records = write_dataset(
         args.out, args.labeled, args.unlabeled, args.val, args.size, args.seed,
         workers=args.workers, domain=_forced_domain(args), randomise=args.randomise_domains,
-        vary=args.vary_anatomy, detailed=args.detailed_anatomy, progress=not args.no_progress,
+        vary=args.vary_anatomy, detailed=args.detailed_anatomy, clinical=args.clinical_anatomy,
+        progress=not args.no_progress,
     )  # fmt: skip
     elapsed = time.perf_counter() - started
     splits = Counter(record["split"] for record in records)
@@ -101,10 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     if records:
         cut = sum(not record["full_field"] for record in records)
         detailed = sum("detailed" in record for record in records)
+        clinical = sum("clinical" in record for record in records)
         print(
             f"  size {args.size}: x {shapes[:, 0].min()}-{shapes[:, 0].max()}, y {shapes[:, 1].min()}-"
             f"{shapes[:, 1].max()}, z {shapes[:, 2].min()}-{shapes[:, 2].max()} voxels; {cut} with a cut field of "
-            f"view; {detailed} with the detailed anatomy"
+            f"view; {detailed} with the detailed anatomy, {clinical} with the clinical one"
         )
         print("  phases: " + ", ".join(f"{phase} {count}" for phase, count in sorted(phases.items())))
         print(f"  mean time per case: generate {np.mean([r['generate_s'] for r in records]):.2f} s, "

@@ -55,9 +55,10 @@ SPLITS: dict[str, Split] = {
     "unlabeled": Split(1, "trainu_images", None, "Case_{:05d}", 0.8),
     "val": Split(2, "val_images", "val_mask", "FLARE22_Ts_{:04d}", 0.85),
 }
-_FIELD_STREAM, _DETAIL_STREAM = 1000, 1001
-"""Spawn-key suffixes of the streams that decide whether a case is full-field and whether it has the
-detailed anatomy (apart from the case's own streams, so that neither decision changes what a case draws)."""
+_FIELD_STREAM, _DETAIL_STREAM, _CLINICAL_STREAM = 1000, 1001, 1002
+"""Spawn-key suffixes of the streams that decide whether a case is full-field, whether it has the
+detailed anatomy and whether the clinical one (apart from the case's own streams, so that no decision
+changes what a case draws)."""
 
 
 def case_id(split: str, index: int) -> str:
@@ -83,13 +84,19 @@ def is_detailed(seed: int, split: str, index: int, share: float) -> bool:
     return _drawn(seed, split, index, _DETAIL_STREAM, share)
 
 
+def is_clinical(seed: int, split: str, index: int, share: float) -> bool:
+    """Whether case ``index`` of a training split gets the clinical anatomy when ``share`` of them do."""
+    return _drawn(seed, split, index, _CLINICAL_STREAM, share)
+
+
 def _make_case(task: tuple) -> dict:
-    out, split, index, seed, size, domain, threads, mask_dir, randomise, vary, detailed = task
+    out, split, index, seed, size, domain, threads, mask_dir, randomise, vary, detailed, clinical = task
     started = time.perf_counter()
     full_field = _drawn(seed, split, index, _FIELD_STREAM, SPLITS[split].full_field_share)
     phantom = generate_case(
         case_seed(seed, split, index), size, domain, full_field=full_field, threads=threads, randomise=randomise,
         vary=vary, detailed=is_detailed(seed, split, index, detailed),
+        clinical=is_clinical(seed, split, index, clinical),
     )  # fmt: skip
     generated = time.perf_counter()
     spec, name = SPLITS[split], case_id(split, index)
@@ -143,6 +150,7 @@ def write_dataset(
     randomise: bool = False,
     vary: bool = False,
     detailed: float = 0.0,
+    clinical: float = 0.0,
     progress: bool = True,
 ) -> list[dict]:
     """Generate phantoms and write them in the FLARE22 layout.
@@ -168,6 +176,10 @@ def write_dataset(
             or 1: all of them; between 0 and 1, each case is drawn from a stream of its own
             (:func:`is_detailed`), so a case is the same whether the share takes it or it is made
             alone with ``detailed=True``. Validation cases stay realistic.
+        clinical: share of the training cases that get the clinical anatomy
+            (``generate_case(clinical=True)``: lesions counted as their organ, gallbladder and stomach
+            states, the IVC by contrast phase), drawn case by case like ``detailed``
+            (:func:`is_clinical`, a stream of its own). Validation cases stay realistic.
         progress: show a progress bar.
 
     Returns:
@@ -178,8 +190,9 @@ def write_dataset(
     for count, name in ((labeled, "labeled"), (unlabeled, "unlabeled"), (val, "val")):
         if count < 0:
             raise ValueError(f"{name}: number of cases must not be negative (got {count})")
-    if not 0.0 <= float(detailed) <= 1.0:
-        raise ValueError(f"detailed: share of cases must lie in [0, 1] (got {detailed})")
+    for share, name in ((detailed, "detailed"), (clinical, "clinical")):
+        if not 0.0 <= float(share) <= 1.0:
+            raise ValueError(f"{name}: share of cases must lie in [0, 1] (got {share})")
     # Worker processes already fill the CPUs: one thread each.
     threads = 1 if workers > 1 else None
     mask_dirs = {name: spec.mask_dir for name, spec in SPLITS.items()}
@@ -188,7 +201,7 @@ def write_dataset(
     tasks = [
         (str(out), split, index, seed, size, (val_domain or domain) if split == "val" else domain, threads,
          mask_dirs[split], randomise and split != "val", vary and split != "val",
-         0.0 if split == "val" else float(detailed))
+         0.0 if split == "val" else float(detailed), 0.0 if split == "val" else float(clinical))
         for split, count in (("labeled", labeled), ("unlabeled", unlabeled), ("val", val))
         for index in range(count)
     ]  # fmt: skip

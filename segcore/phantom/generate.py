@@ -10,12 +10,20 @@ import numpy as np
 from segcore.labels import ORGAN_IDS, ORGANS
 from segcore.phantom.anatomy import PASSAGES, Organ, Vessel, build_anatomy, organ_z_range
 from segcore.phantom.body import build_background, sample_arms
+from segcore.phantom.clinical import Findings, draw_clinical, paint_findings
 from segcore.phantom.detailed import pelvis_field
 from segcore.phantom.imaging import render
 from segcore.phantom.patient import detailed_habitus, sample_patient, spine_setback
 from segcore.phantom.scanner import Scan, plan_scan
 from segcore.phantom.shapes import Grid
-from segcore.phantom.tissues import PhantomDomain, Tissue, hu_lookup, sample_domain, sample_randomised_domain
+from segcore.phantom.tissues import (
+    PhantomDomain,
+    Tissue,
+    finding_hu,
+    hu_lookup,
+    sample_domain,
+    sample_randomised_domain,
+)
 from segcore.volumes.geometry import Geometry
 
 SeedLike = int | np.random.SeedSequence | np.random.Generator
@@ -36,6 +44,11 @@ _STREAMS = (
     "detail",
     "bowel_detail",
     "pelvis",
+    "lesions",
+    "gallbladder",
+    "stomach",
+    "ivc",
+    "finding_hu",
 )
 """Appended only: a stream's seed is its index, so adding one leaves every existing case alone."""
 
@@ -74,6 +87,8 @@ class Phantom:
         geometry: the stored grid (size, spacing, origin, direction).
         meta: JSON-friendly description: domain, field of view, organ volumes, patient.
         shapes: with ``keep_shapes``, each organ's own shape on the canonical grid, by organ id.
+        tissue: with ``keep_shapes``, the uint8 tissue map on the canonical grid
+            (:class:`~segcore.phantom.tissues.Tissue`, :class:`~segcore.phantom.tissues.Finding`).
     """
 
     image: np.ndarray
@@ -81,6 +96,7 @@ class Phantom:
     geometry: Geometry
     meta: dict
     shapes: dict[int, OrganMask] | None = field(default=None, repr=False)
+    tissue: np.ndarray | None = field(default=None, repr=False)
 
 
 def seed_sequence(seed: SeedLike) -> np.random.SeedSequence:
@@ -113,6 +129,7 @@ def generate_case(
     randomise: bool = False,
     vary: bool = False,
     detailed: bool = False,
+    clinical: bool = False,
 ) -> Phantom:
     """Generate one synthetic abdominal CT with its 13-organ label map.
 
@@ -142,6 +159,12 @@ def generate_case(
             crura, adrenals against their neighbours, iliac vessels, aortic calcification
             (:mod:`segcore.phantom.detailed`); collapsed bowel loops and mottled faeces. Off, a
             case is voxel for voxel what it was before this option existed.
+        clinical: what patients have and the average anatomy lacks
+            (:mod:`segcore.phantom.clinical`): lesions counted as their organ (liver cysts,
+            metastases and haemangiomas, renal and splenic cysts), the gallbladder contracted to
+            distended with stones, the stomach collapsed with rugae to distended with food, the
+            IVC's blood by contrast phase and the caudate lobe around it. Its own streams: off, a
+            case is voxel for voxel what it was before this option existed.
 
     Returns:
         The :class:`Phantom`.
@@ -153,7 +176,9 @@ def generate_case(
     def rng(name: str) -> np.random.Generator:
         return np.random.default_rng(streams[name])
 
-    patient, organs, vessels, scan, arms = _draw_anatomy(streams, size, full_field, geometry, vary, detailed)
+    patient, organs, vessels, scan, arms, findings = _draw_anatomy(
+        streams, size, full_field, geometry, vary, detailed, clinical
+    )
     drawn_domain = (sample_randomised_domain if randomise else sample_domain)(rng("domain"))
     domain = drawn_domain if domain is None else domain
 
@@ -162,18 +187,28 @@ def generate_case(
     tissue = build_background(grid, patient, rng("bowel"), threads, arms, bowel_detail)
     shapes: dict[int, OrganMask] | None = {} if keep_shapes else None
     label, voxel_counts = _paint_labels(grid, organs, vessels, tissue, shapes)
+    hu_table = hu_lookup(domain, rng("hu"))
+    if findings is not None:
+        for organ, gained in paint_findings(grid, findings, tissue, label).items():
+            voxel_counts[organ]["painted"] += gained
+        finding_hu(hu_table, domain, rng("finding_hu"))
     spacing_zyx = tuple(reversed(grid.spacing_xyz))
-    image = render(tissue, hu_lookup(domain, rng("hu")), domain, spacing_zyx, streams["noise"], threads)
+    image = render(tissue, hu_table, domain, spacing_zyx, streams["noise"], threads)
 
     stored_image = np.ascontiguousarray(scan.reorientation.undo(image))
     stored_label = np.ascontiguousarray(scan.reorientation.undo(label))
     meta = _meta(root, size, domain, scan, patient, grid, voxel_counts)
     meta.update(_variation_meta(organs, scan, arms, patient, vary, detailed))
-    return Phantom(stored_image, stored_label, scan.geometry, meta, shapes)
+    if findings is not None:
+        meta["clinical"] = findings.meta
+    return Phantom(stored_image, stored_label, scan.geometry, meta, shapes, tissue if keep_shapes else None)
 
 
-def _draw_anatomy(streams: dict, size: str, full_field: bool, geometry: Geometry | None, vary: bool, detailed: bool):
-    """The patient, its organs and vessels on the planned scan, and the arms of one case."""
+def _draw_anatomy(
+    streams: dict, size: str, full_field: bool, geometry: Geometry | None, vary: bool, detailed: bool, clinical: bool
+):
+    """The patient, its organs and vessels on the planned scan, the arms and the clinical findings
+    (or None) of one case."""
 
     def rng(name: str) -> np.random.Generator:
         return np.random.default_rng(streams[name])
@@ -186,6 +221,8 @@ def _draw_anatomy(streams: dict, size: str, full_field: bool, geometry: Geometry
         return rng(name) if detailed else None
 
     organs, _ = build_anatomy(patient, rng("anatomy"), vary=vary, detail=detail("detail"))
+    if clinical:  # a distended gallbladder may reach lower than the field planned for the average one
+        organs, _ = draw_clinical(patient, organs, rng, lesions=False)
     variation = rng("variation") if vary else None
     arms = sample_arms(rng("arms"), patient) if vary else None
     scan = plan_scan(
@@ -194,10 +231,14 @@ def _draw_anatomy(streams: dict, size: str, full_field: bool, geometry: Geometry
     )  # fmt: skip
     # Same anatomy stream again, now with the grid's thickness floor for thin organs.
     organs, vessels = build_anatomy(patient, rng("anatomy"), scan.min_feature_mm, vary=vary, detail=detail("detail"))
+    findings: Findings | None = None
+    if clinical:
+        organs, findings = draw_clinical(patient, organs, rng, scan.min_feature_mm)
     if variation is not None:
         removed = {name for name, chance in REMOVABLE_ORGANS.items() if variation.random() < chance}
         organs = [organ for organ in organs if organ.name not in removed]
-    return patient, organs, vessels, scan, arms
+        findings = None if findings is None else findings.without(removed)
+    return patient, organs, vessels, scan, arms, findings
 
 
 def _paint_labels(grid: Grid, organs: list[Organ], vessels: list[Vessel], tissue: np.ndarray, shapes: dict | None):

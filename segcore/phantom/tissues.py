@@ -215,6 +215,89 @@ def hu_lookup(domain: PhantomDomain, rng: np.random.Generator) -> np.ndarray:
     return table
 
 
+class Finding(IntEnum):
+    """Tissue codes of what patients have and the average anatomy lacks (``generate_case(clinical=True)``,
+    :mod:`segcore.phantom.clinical`): lesions, bile of varied density, gallstones, food, the IVC's
+    blood as contrast reaches it. Above the organ codes, outside :data:`HU_TABLE`, so that the
+    realistic cases' CT numbers and their draws stay as they were."""
+
+    LIVER_CYST = 64
+    METASTASIS = 65
+    METASTASIS_RIM = 66
+    HYPERVASCULAR_METASTASIS = 67
+    HAEMANGIOMA = 68
+    HAEMANGIOMA_NODULE = 69
+    RENAL_CYST = 70
+    COMPLEX_RENAL_CYST = 71
+    SPLENIC_CYST = 72
+    BILE = 73
+    CALCIFIED_STONE = 74
+    SOFT_STONE = 75
+    FOOD = 76
+    IVC_RENAL_RETURN = 77
+    IVC_INFRARENAL = 78
+
+
+WATER = ((0.0, 20.0),) * 3
+FINDING_HU: dict[int, tuple[tuple[float, float], ...]] = {
+    # Simple cysts (liver, kidney, spleen): water, 0-20 HU, no enhancement (Webb, Fundamentals of
+    # Body CT, liver, kidney and spleen chapters; Bosniak I).
+    Finding.LIVER_CYST: WATER,
+    Finding.RENAL_CYST: WATER,
+    Finding.SPLENIC_CYST: WATER,
+    # Hypovascular metastases (colon, lung, pancreas, stomach): below the liver in every phase, most
+    # of all in the portal venous one, with a thin enhancing rim (Federle, Diagnostic Imaging:
+    # Abdomen, hepatic metastases).
+    Finding.METASTASIS: ((25.0, 45.0), (35.0, 60.0), (45.0, 80.0)),
+    Finding.METASTASIS_RIM: ((35.0, 50.0), (80.0, 130.0), (85.0, 125.0)),
+    # Hypervascular metastases (neuroendocrine, renal cell, melanoma, breast): brighter than the
+    # liver in the arterial phase, washing out to iso- or hypodense in the portal venous one (ibid.).
+    Finding.HYPERVASCULAR_METASTASIS: ((35.0, 50.0), (110.0, 170.0), (80.0, 115.0)),
+    # Cavernous haemangioma: unenhanced like blood; peripheral, discontinuous nodules as bright as
+    # the aorta in the arterial phase, filling in towards the centre later (Federle, hepatic
+    # cavernous haemangioma; Webb, liver).
+    Finding.HAEMANGIOMA: ((30.0, 45.0), (40.0, 60.0), (75.0, 125.0)),
+    Finding.HAEMANGIOMA_NODULE: ((35.0, 45.0), (180.0, 270.0), (130.0, 170.0)),
+    # Hyperdense (proteinaceous or haemorrhagic) renal cyst, Bosniak II: 40-90 HU, no enhancement
+    # (Federle, renal cysts; Webb, kidneys).
+    Finding.COMPLEX_RENAL_CYST: ((40.0, 90.0),) * 3,
+    # Bile, 0-25 HU, denser when concentrated in a contracted gallbladder (Webb, gallbladder).
+    Finding.BILE: ((0.0, 25.0),) * 3,
+    # Gallstones: calcified ones bright; cholesterol and pigment stones from below bile to a little
+    # above soft tissue (Federle, cholelithiasis).
+    Finding.CALCIFIED_STONE: ((250.0, 900.0),) * 3,
+    Finding.SOFT_STONE: ((-40.0, 90.0),) * 3,
+    # Food in the stomach: heterogeneous, between fat-laden and dense meals (Webb, stomach).
+    Finding.FOOD: ((15.0, 70.0),) * 3,
+    # IVC blood: in the arterial phase only the kidneys have returned contrast, so the IVC above
+    # the renal veins is enhanced and the infrarenal IVC is not (blood from the legs arrives last);
+    # in the portal venous phase the infrarenal IVC is still less enhanced (Webb, retroperitoneum;
+    # Federle, IVC flow artefacts).
+    Finding.IVC_RENAL_RETURN: ((35.0, 45.0), (100.0, 160.0), (125.0, 165.0)),
+    Finding.IVC_INFRARENAL: ((35.0, 45.0), (35.0, 60.0), (70.0, 140.0)),
+}
+"""Range of the CT number (HU) of each :class:`Finding` in each phase of :data:`PHASES`; a case
+draws one quantile per finding and reads every phase's range at it."""
+
+
+def finding_hu(table: np.ndarray, domain: PhantomDomain, rng: np.random.Generator) -> None:
+    """Write the CT number (HU) of every :class:`Finding` into a case's :func:`hu_lookup` table.
+
+    Each finding's value is its range for the phase read at one quantile drawn per case, the
+    enhancement scaled by ``domain.enhancement``, plus the offset; in a ``randomised`` domain it is
+    drawn as :func:`hu_lookup` draws the tabulated tissues'.
+    """
+    column = PHASES.index(domain.phase)
+    for code, ranges in sorted(FINDING_HU.items()):
+        if domain.randomised:
+            value = _randomised_value(code, tuple(float(np.mean(bounds)) for bounds in ranges), rng)
+        else:
+            quantile = rng.random()
+            unenhanced, phase = (low + quantile * (high - low) for low, high in (ranges[0], ranges[column]))
+            value = unenhanced + domain.enhancement * (phase - unenhanced)
+        table[code] = value + domain.hu_offset
+
+
 NOISY_HU = 15.0
 """Noise above this makes a domain "noisy" in :func:`domain_group`."""
 
