@@ -51,16 +51,17 @@ from inference_server.settings import Settings
 from inference_server.uploads import ZipLimits, check_archive, extract_series, sniff_kind
 from segcore.inference.predictor import Predictor
 from segcore.labels import LABEL_NAMES, display_table
-from segcore.outputs.case import CaseOutputs, build_case, seg_refusal
-from segcore.outputs.dicom_seg import SegUnavailable
+from segcore.outputs.case import DICOM_OUTPUTS, CaseOutputs, build_case, dicom_refusal
+from segcore.outputs.source_series import DicomOutputUnavailable
 from segcore.volumes import VolumeError, case_id, case_stem, check_file_header, nifti_bytes_for_viewing, read_volume
 from viewer import STATIC as VIEWER_STATIC
 
 NIFTI_MEDIA_TYPE = "application/gzip"
-Output = Literal["nifti", "json", "dicom-seg", "preview", "bundle"]
+Output = Literal["nifti", "json", "dicom-seg", "rtstruct", "preview", "bundle"]
 OUTPUT_HELP = (
-    "nifti: the label map; dicom-seg: a DICOM Segmentation (DICOM inputs); preview: a PNG; json: organ "
-    "volumes, mean HU, quality; bundle: JSON with all of them from one inference (base64 files)"
+    "nifti: the label map; dicom-seg: a DICOM Segmentation, rtstruct: a DICOM RT Structure Set of organ "
+    "contours (both for DICOM inputs); preview: a PNG; json: organ volumes, mean HU, quality; bundle: JSON "
+    "with all of them from one inference (base64 files)"
 )
 ERRORS = {
     400: {"model": Problem, "description": "unreadable or invalid input"},
@@ -223,8 +224,8 @@ async def segment(
     file: Annotated[UploadFile, File(description=".nii / .nii.gz CT, or a .zip holding one DICOM series")],
     output: Annotated[Output, Query(description=OUTPUT_HELP)] = "nifti",
 ) -> Any:
-    """The label map on the input's exact grid (uint8 NIfTI, FLARE22 ids), a DICOM-SEG (DICOM
-    inputs), a preview PNG, the organ volumes, mean HU and boxes as JSON, or all of them as one JSON
+    """The label map on the input's exact grid (uint8 NIfTI, FLARE22 ids), a DICOM-SEG or an
+    RTSTRUCT (DICOM inputs), a preview PNG, the organ volumes, mean HU and boxes as JSON, or all of them as one JSON
     bundle. ``Server-Timing`` and ``X-Inference-Seconds`` carry the timings."""
     started = time.perf_counter()
     name = shown_name(file.filename)
@@ -238,14 +239,15 @@ async def segment(
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
         raise
-    if output == "dicom-seg" and kind != "zip":
+    if output in ("dicom-seg", "rtstruct") and kind != "zip":
         shutil.rmtree(workdir, ignore_errors=True)
-        raise HTTPException(422, f"{name}: a DICOM-SEG needs a DICOM series (a zip) as input; ask for output=nifti")
+        wanted = DICOM_OUTPUTS[OUTPUT_DICOM_KIND[output]]
+        raise HTTPException(422, f"{name}: {wanted} needs a DICOM series (a zip) as input; ask for output=nifti")
 
     def work() -> tuple[Answer | None, dict[str, Any]]:
         source = extract_series(upload, workdir / "series", zip_limits, name) if kind == "zip" else upload
-        if output == "dicom-seg" and (refusal := seg_refusal(source)) is not None:  # before inference
-            raise HTTPException(422, f"{name}: no DICOM-SEG: {refusal}")
+        if output in OUTPUT_DICOM_KIND and (refusal := dicom_refusal(source, OUTPUT_DICOM_KIND[output])) is not None:
+            raise HTTPException(422, f"{name}: {refusal}")  # before inference
         with volume_errors_as_http(name, upload):
             image, geometry = read_volume(source)
         read_seconds = time.perf_counter() - started
@@ -261,8 +263,8 @@ async def segment(
                 checkpoints_sha256=[entry["sha256"] for entry in getattr(model, "sources", {}).values()],
                 statistics=output in ("json", "bundle", "preview"),
             )  # fmt: skip
-        except SegUnavailable as error:
-            raise HTTPException(422, f"{name}: no DICOM-SEG: {error}") from None
+        except DicomOutputUnavailable as error:
+            raise HTTPException(422, f"{name}: no {error.output}: {error}") from None
         viewing = nifti_bytes_for_viewing(image, geometry) if output == "bundle" and kind == "zip" else None
         answer = answer_of(output, made, name, viewing)
         made.record["timings"]["write"] = round(time.perf_counter() - written, 4)
@@ -278,8 +280,10 @@ async def segment(
 
 
 OUTPUT_KINDS = {"json": set(), "nifti": {"mask"}, "preview": {"preview"}, "dicom-seg": {"seg"},
-                "bundle": {"mask", "preview", "seg"}}  # fmt: skip
+                "rtstruct": {"rtstruct"}, "bundle": {"mask", "preview", "seg", "rtstruct"}}  # fmt: skip
 """The files of a case (:data:`segcore.outputs.case.KINDS`) each ``output`` needs; the record is always made."""
+OUTPUT_DICOM_KIND = {"dicom-seg": "seg", "rtstruct": "rtstruct"}
+"""The outputs that are one DICOM output alone (:data:`segcore.outputs.case.DICOM_OUTPUTS`)."""
 
 
 @dataclass(frozen=True)
@@ -304,10 +308,13 @@ def answer_of(output: str, made: CaseOutputs, name: str, ct: bytes | None = None
         return Answer(files["preview"], "image/png", f"{stem}_preview.png")
     if output == "dicom-seg":
         return Answer(files["seg"], "application/dicom", f"{stem}_seg.dcm")
+    if output == "rtstruct":
+        return Answer(files["rtstruct"], "application/dicom", f"{stem}_rtstruct.dcm")
     encoded = {kind: base64.b64encode(value).decode() for kind, value in files.items()}
     bundle = Bundle(
         **made.record, mask_nifti_base64=encoded["mask"], preview_png_base64=encoded["preview"],
-        dicom_seg_base64=encoded.get("seg"), dicom_seg_note=made.seg_note,
+        dicom_seg_base64=encoded.get("seg"), dicom_seg_note=made.notes.get("seg"),
+        rtstruct_base64=encoded.get("rtstruct"), rtstruct_note=made.notes.get("rtstruct"),
         ct_nifti_base64=base64.b64encode(ct).decode() if ct is not None else None,
     )  # fmt: skip
     return Answer(bundle.model_dump_json().encode(), "application/json")

@@ -51,6 +51,8 @@ class Bundle(Segmentation):
     preview_png_base64: str = Field(description="the preview picture, base64")
     dicom_seg_base64: str | None = Field(None, description="the DICOM-SEG for a DICOM input, base64; null for NIfTI")
     dicom_seg_note: str | None = Field(None, description="why there is no DICOM-SEG, if there is none")
+    rtstruct_base64: str | None = Field(None, description="the RTSTRUCT for a DICOM input, base64; null for NIfTI")
+    rtstruct_note: str | None = Field(None, description="why there is no RTSTRUCT, if there is none")
     ct_nifti_base64: str | None = Field(
         None, description="a DICOM input as the service read it, as .nii.gz, base64, for the page's viewer; "
         "null for a NIfTI input (the page holds it already)"

@@ -1,12 +1,17 @@
 """Batch prediction over a folder of CTs, in one process or sharded over torchrun processes.
 
-    sh predict.sh -i INPUT_DIR -o OUTPUT_DIR [--weights DIR] [--device auto|cpu|cuda]
+    sh predict.sh -i INPUT -o OUTPUT_DIR [--weights DIR] [--device auto|cpu|cuda|cuda:N]
                   [--precision auto|fp32|fp16|bf16] [--nproc N] [--stats] [--overwrite] [--strict]
-                  [--output-type nifti|dicom-seg|both] [--preview] [--body-region]
+                  [--output-type nifti|dicom-seg|rtstruct|both[,...]] [--organs NAME,...] [--preview]
+                  [--body-region]
     sh predict.sh                # the embedded sample: see predict.sample
 
-Cases are every ``.nii``/``.nii.gz`` file and every folder (one DICOM series each) directly in
-INPUT_DIR, sorted by name; hidden entries, other files and OUTPUT_DIR itself are passed over.
+INPUT is one NIfTI file, one DICOM series folder, or a folder of them (:mod:`predict.cases`):
+then every ``.nii``/``.nii.gz`` file and every sub-folder (one DICOM series each) is a case,
+sorted by name; what is plainly not a CT (a label map, a 4-D image, an MR series:
+:mod:`predict.screen`), hidden entries, other files and OUTPUT_DIR itself are passed over, one
+line each with the reason. ``--organs liver,spleen`` keeps those organs alone in every output
+(names of :data:`segcore.labels.ORGANS`; an unknown one is a usage error before any work).
 Output names: ``<id>_0000.nii.gz`` -> ``<id>.nii.gz`` (FLARE), anything else keeps its stem,
 plus ``.nii.gz``. Each mask carries exactly its input's size, spacing, origin and direction.
 Existing outputs are kept (the case is skipped) unless ``--overwrite``. A case's outputs are
@@ -14,9 +19,11 @@ made in a hidden staging folder and moved to their names together once every one
 (:mod:`segcore.outputs.case`): a case that fails leaves no file, an interrupted run leaves whole
 files only, and a re-run finishes the rest. ``--stats`` also writes
 ``<id>.json`` (per-organ volume in mL, mean HU, bounding box; the crop box; warnings; timings);
-``--output-type dicom-seg|both`` ``<id>_seg.dcm`` for DICOM inputs (:mod:`segcore.outputs.dicom_seg`; a
-SEG that cannot be made is a warning beside the mask with ``both``, and with ``dicom-seg`` a
-failed case, refused before inference where the headers tell);
+``--output-type`` (a comma-separated list; ``both`` is ``nifti,dicom-seg``) ``dicom-seg`` writes
+``<id>_seg.dcm`` and ``rtstruct`` ``<id>_rtstruct.dcm`` for DICOM inputs
+(:mod:`segcore.outputs.dicom_seg`, :mod:`segcore.outputs.rtstruct`; one that cannot be made is a
+warning beside the mask when ``nifti`` is asked for too, and otherwise a failed case, refused
+before inference where the headers tell);
 ``--preview`` ``<id>_preview.png`` (:mod:`segcore.outputs.preview`). Every case leaves a record, and
 ``summary.csv`` is rebuilt from all records in OUTPUT_DIR (:mod:`segcore.outputs.records`).
 
@@ -43,7 +50,7 @@ share of the cores unless ``OMP_NUM_THREADS`` is set).
 A case that cannot be read or segmented is reported with its file and the reason and the batch
 goes on (a concurrent run waiting for that case then tries it again). Exit status: 0 when every
 case is written or skipped, 1 when any case failed, 2 for a usage error (bad folders, missing or
-bad weights).
+bad weights, an unknown organ, a device this machine lacks).
 
 The module is over 400 lines on purpose: a batch's life (claims, staging, records, ranks, the
 summary) reads top to bottom in one place; the folder rules are in :mod:`predict.cases`.
@@ -53,6 +60,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import shutil
 import sys
 import tempfile
@@ -62,14 +70,16 @@ from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
-from predict.cases import Case, check_output_folder, find_cases, lock_path
+from predict.cases import Case, check_output_folder, find_cases, input_problem, lock_path
 from segcore.inference.predictor import Predictor
 from segcore.inference.stage import PRECISIONS
-from segcore.outputs.case import build_case, publish, seg_refusal
-from segcore.outputs.dicom_seg import SegUnavailable
+from segcore.labels import ORGAN_IDS
+from segcore.outputs.case import DICOM_OUTPUTS, build_case, dicom_refusal, organ_subset, publish
 from segcore.outputs.records import has_record, organ_measures, rebuild_table, write_record
+from segcore.outputs.source_series import DicomOutputUnavailable
 from segcore.runtime import distributed
 from segcore.runtime.allocator import keep_freed_memory
 from segcore.runtime.claims import claim_case
@@ -87,33 +97,37 @@ class Outputs:
     dicom_seg: bool = False
     preview: bool = False
     stats: bool = False
+    rtstruct: bool = False
+    organs: tuple[int, ...] | None = None
+    """FLARE22 ids every output keeps (``--organs``); None: all."""
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Outputs:
-        kind = args.output_type
-        return cls(kind in ("nifti", "both"), kind in ("dicom-seg", "both"), args.preview, args.stats)
+        kinds = args.output_type
+        return cls("nifti" in kinds, "dicom-seg" in kinds, args.preview, args.stats, "rtstruct" in kinds, args.organs)
 
     def kinds(self) -> set[str]:
         """The :data:`segcore.outputs.case.KINDS` this run makes per case."""
-        wanted = {"mask": self.nifti, "seg": self.dicom_seg, "preview": self.preview, "record": self.stats}
+        wanted = {"mask": self.nifti, "seg": self.dicom_seg, "rtstruct": self.rtstruct, "preview": self.preview,
+                  "record": self.stats}  # fmt: skip
         return {kind for kind, asked in wanted.items() if asked}
 
     def destinations(self, case: Case, output_dir: Path) -> dict[str, Path]:
         """Where each kind of output of ``case`` goes."""
-        names = {"mask": case.output_name, "seg": f"{case.case_id}_seg.dcm", "preview": f"{case.case_id}_preview.png",
-                 "record": f"{case.case_id}.json"}  # fmt: skip
-        return {kind: output_dir / names[kind] for kind in self.kinds()}
+        return {kind: output_dir / name for kind, name in self.names(case).items() if kind in self.kinds()}
+
+    @staticmethod
+    def names(case: Case) -> dict[str, str]:
+        """The file name of each kind of output of ``case``."""
+        return {"mask": case.output_name, "seg": f"{case.case_id}_seg.dcm", "rtstruct": f"{case.case_id}_rtstruct.dcm",
+                "preview": f"{case.case_id}_preview.png", "record": f"{case.case_id}.json"}  # fmt: skip
 
     def files(self, case: Case) -> list[str]:
-        """The names of the case's outputs (a DICOM-SEG only for a DICOM input: :mod:`segcore.outputs.dicom_seg`)."""
-        names = [case.output_name] if self.nifti else []
-        if self.dicom_seg and (case.path.is_dir() or not self.nifti):
-            names.append(f"{case.case_id}_seg.dcm")
-        if self.preview:
-            names.append(f"{case.case_id}_preview.png")
-        if self.stats:
-            names.append(f"{case.case_id}.json")
-        return names
+        """The names of the case's outputs (DICOM outputs only for a DICOM input:
+        :mod:`segcore.outputs.source_series`)."""
+        dicom_made = case.path.is_dir() or not self.nifti
+        names = self.names(case)
+        return [names[kind] for kind in sorted(self.kinds()) if kind not in DICOM_OUTPUTS or dicom_made]
 
 
 @dataclass
@@ -132,6 +146,10 @@ class CaseResult:
     quality_reasons: list[str] = field(default_factory=list)
 
 
+class DicomRefused(Exception):
+    """A DICOM output asked for without the mask cannot be made for this input (refused before inference)."""
+
+
 STAGING = ".staging-"
 """A case's outputs are made in ``OUTPUT_DIR/.<id>.staging-XXXX/`` and moved out together."""
 
@@ -143,8 +161,8 @@ def predict_case(
     ``failed`` result with no file and no organ figures.
 
     Every output is made in a hidden staging folder (:mod:`segcore.outputs.case`) and moved to its
-    name once all were made. A DICOM-SEG asked for alone is refused before inference when the
-    input's headers show it cannot be made; asked for beside the mask, it is a warning. With
+    name once all were made. A DICOM output (SEG, RTSTRUCT) asked for without the mask is refused
+    before inference when the input's headers show it cannot be made; beside the mask, it is a warning. With
     ``strict``, a case whose quality verdict is ``fail`` gets no mask and is ``failed``.
     """
     started = time.perf_counter()
@@ -153,23 +171,28 @@ def predict_case(
     organs: dict = {}
     staging = Path(tempfile.mkdtemp(prefix=f".{case.case_id}{STAGING}", dir=output_dir))
     try:
-        if outputs.dicom_seg and not outputs.nifti and (refusal := seg_refusal(case.path)) is not None:
-            raise SegUnavailable(refusal)
+        if not outputs.nifti:
+            refusals = [dicom_refusal(case.path, kind) for kind in DICOM_OUTPUTS if kind in outputs.kinds()]
+            if refusal := next((refusal for refusal in refusals if refusal), None):
+                raise DicomRefused(refusal)
         prediction, image, geometry = predictor.predict_file(case.path)
         quality = prediction.quality
         refused = strict and quality.verdict == "fail"
         kinds = outputs.kinds() - ({"mask", "seg"} if refused else set())
         made = build_case(
             staging, kinds, case=case.case_id, input_name=case.name, source=case.path, prediction=prediction,
-            image=image, geometry=geometry, notice=predictor.notice, withheld=refused,
+            image=image, geometry=geometry, notice=predictor.notice, withheld=refused, organs=outputs.organs,
             checkpoints_sha256=[source["sha256"] for source in predictor.sources.values()],
         )  # fmt: skip
         publish(made.files, outputs.destinations(case, output_dir))
         organs = made.record["organs"]
     except VolumeError as error:
         result = CaseResult(case.name, case.output_name, "failed", time.perf_counter() - started, str(error))
-    except SegUnavailable as error:
-        reason = f"{case.path}: no DICOM-SEG: {error}"
+    except DicomRefused as error:
+        reason = f"{case.path}: {error}"
+        result = CaseResult(case.name, case.output_name, "failed", time.perf_counter() - started, reason)
+    except DicomOutputUnavailable as error:
+        reason = f"{case.path}: no {error.output}: {error}"
         result = CaseResult(case.name, case.output_name, "failed", time.perf_counter() - started, reason)
     except Exception as error:  # one bad case must not stop the batch; the traceback goes to the log
         traceback.print_exc(file=sys.stderr)
@@ -327,15 +350,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         epilog="predict.sh also takes --nproc N (N processes under torchrun, each taking every N-th case) and "
         "torchrun's multi-node options. Without -i/-o: segment the embedded sample CT and score it.",
     )
-    parser.add_argument("-i", "--input", type=Path, help="folder of .nii/.nii.gz files and DICOM series folders")
+    parser.add_argument(
+        "-i", "--input", type=Path,
+        help="a .nii/.nii.gz file, a DICOM series folder, or a folder of them (label maps, 4-D images and "
+        "non-CT series in it are passed over)",
+    )  # fmt: skip
     parser.add_argument("-o", "--output", type=Path, help="folder for the masks (<id>.nii.gz)")
     parser.add_argument("--weights", type=Path, help="folder holding coarse.pt and fine.pt (default: model_weights/)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: %(default)s")
+    parser.add_argument(
+        "--device", type=device_choice, default="auto", help="auto, cpu, cuda or cuda:N (one named GPU); "
+        "default: %(default)s",
+    )  # fmt: skip
     parser.add_argument("--precision", choices=("auto", *PRECISIONS), default="auto", help="default: %(default)s")
     parser.add_argument("--stats", action="store_true", help="also write <id>.json with per-organ statistics")
     parser.add_argument(
-        "--output-type", choices=("nifti", "dicom-seg", "both"), default="nifti",
-        help="<id>.nii.gz, <id>_seg.dcm (DICOM inputs only: a SEG references its source series), or both",
+        "--output-type", type=output_types, default=("nifti",), metavar="TYPE[,TYPE...]",
+        help="any of nifti (<id>.nii.gz), dicom-seg (<id>_seg.dcm), rtstruct (<id>_rtstruct.dcm); both = "
+        "nifti,dicom-seg. DICOM-SEG and RTSTRUCT reference the source series: DICOM inputs only",
+    )  # fmt: skip
+    parser.add_argument(
+        "--organs", type=organ_choice, metavar="NAME[,NAME...]",
+        help=f"write these organs only (default: all): {', '.join(ORGAN_IDS)}",
     )  # fmt: skip
     parser.add_argument("--preview", action="store_true", help="also write <id>_preview.png (three slices, legend)")
     parser.add_argument(
@@ -357,8 +392,68 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     if (args.input is None) != (args.output is None):
-        parser.error("-i INPUT_DIR and -o OUTPUT_DIR go together (give neither to run the embedded sample)")
+        parser.error("-i INPUT and -o OUTPUT_DIR go together (give neither to run the embedded sample)")
     return args
+
+
+OUTPUT_TYPES = ("nifti", "dicom-seg", "rtstruct")
+
+
+def output_types(text: str) -> tuple[str, ...]:
+    """``--output-type``: a comma-separated list of :data:`OUTPUT_TYPES` (``both``: nifti and dicom-seg)."""
+    asked = [name.strip() for name in text.split(",") if name.strip()]
+    expanded = [kind for name in asked for kind in (("nifti", "dicom-seg") if name == "both" else (name,))]
+    unknown = [name for name in expanded if name not in OUTPUT_TYPES]
+    if unknown or not expanded:
+        expected = f"a comma-separated list of {', '.join(OUTPUT_TYPES)} or both"
+        raise argparse.ArgumentTypeError(f"'{text}': expected {expected}")
+    return tuple(dict.fromkeys(expanded))
+
+
+def organ_choice(text: str) -> tuple[int, ...]:
+    """``--organs``: FLARE22 ids from organ names (:func:`segcore.outputs.case.organ_subset`)."""
+    try:
+        return organ_subset(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def device_choice(text: str) -> str:
+    """``--device``: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``; whether this machine has it is checked at start-up."""
+    kind, colon, index = text.partition(":")
+    if text in ("auto", "cpu", "cuda") or (kind == "cuda" and colon and index.isdigit()):
+        return text
+    raise argparse.ArgumentTypeError(f"'{text}': expected auto, cpu, cuda or cuda:N (N a GPU index)")
+
+
+def named_gpu(device: str) -> torch.device:
+    """The GPU ``cuda:N`` names, once this machine is known to have it.
+
+    Raises:
+        RuntimeError: no CUDA here, no GPU ``N``, or processes that each take their own GPU (``--nproc``).
+    """
+    index = int(device.partition(":")[2])
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"device '{device}' asked for, but CUDA is not available on this machine")
+    count = torch.cuda.device_count()
+    if index >= count:
+        has = f"{count} CUDA device(s): cuda:0..cuda:{count - 1}"
+        raise RuntimeError(f"device '{device}' asked for, but this machine has {has}")
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        raise RuntimeError(
+            f"device '{device}' names one GPU, but each of the --nproc processes takes its own: use --device cuda"
+        )
+    return torch.device("cuda", index)
+
+
+def setup_context(device: str) -> distributed.DistributedContext:
+    """This process's place and device: ``auto``/``cpu``/``cuda`` as :func:`segcore.runtime.distributed.setup`
+    resolves them; ``cuda:N`` one named GPU for a one-process run."""
+    if not device.startswith("cuda:"):
+        return distributed.setup(device, timeout_minutes=DISTRIBUTED_TIMEOUT_MINUTES)
+    gpu = named_gpu(device)
+    distributed.configure_device(gpu)
+    return distributed.DistributedContext(rank=0, local_rank=0, world_size=1, device=gpu)
 
 
 def first_error(error: str | None) -> str | None:
@@ -369,8 +464,8 @@ def first_error(error: str | None) -> str | None:
 def run_batch(args: argparse.Namespace, context: distributed.DistributedContext) -> int:
     """Every rank predicts its share; rank 0 prints the summary. Returns the exit status (the same on every rank)."""
     say = print if context.is_main else (lambda *a, **k: None)
-    if not args.input.is_dir():
-        say(f"predict: input folder {args.input} does not exist", file=sys.stderr)
+    if (problem := input_problem(args.input)) is not None:
+        say(f"predict: input {args.input} {problem}", file=sys.stderr)
         return 2
     # Every rank checks the folder and loads the model; all must succeed before any goes on (a
     # rank that stopped alone would leave the others waiting for it at the final gather).
@@ -387,13 +482,13 @@ def run_batch(args: argparse.Namespace, context: distributed.DistributedContext)
     if (error := first_error(error)) is not None:
         say(error, file=sys.stderr)
         return 2
-    cases, problems, ignored = find_cases(args.input, args.output)
+    cases, problems, passed_over = find_cases(args.input, args.output)
     say(
         f"predict: {len(cases) + len(problems)} case(s) in {args.input} -> {args.output} "
         f"({context.world_size} process(es) on {context.device.type})"
     )
-    if ignored:
-        say(f"  passed over (neither NIfTI nor folder): {', '.join(ignored)}")
+    for name, reason in passed_over.items():
+        say(f"  passed over {name}: {reason}")
     if predictor.notice:
         say(f"predict: NOTE on these weights: {predictor.notice}")
     started = time.perf_counter()
@@ -413,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     keep_freed_memory()  # a batch reuses the same sizes case after case: see segcore.runtime.allocator
     try:
-        context = distributed.setup(args.device, timeout_minutes=DISTRIBUTED_TIMEOUT_MINUTES)
+        context = setup_context(args.device)
     except RuntimeError as error:
         print(f"predict: {error}", file=sys.stderr)
         return 2

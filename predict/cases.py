@@ -1,5 +1,11 @@
-"""The cases of an input folder and the output folder's checks: what ``predict.sh`` segments and
-where each case's claim lies."""
+"""The cases of an input and the output folder's checks: what ``predict.sh`` segments and where
+each case's claim lies.
+
+The input is one NIfTI file, one DICOM series folder (a folder holding DICOM files), or a folder
+of them: every ``.nii``/``.nii.gz`` file and every sub-folder is then a case, but for what is
+plainly not a CT (a label map, a 4-D image, an MR series: :mod:`predict.screen`), hidden entries,
+other files and the output folder, which are passed over, each with the reason.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from predict.screen import not_a_ct
 from segcore.volumes import case_id, is_nifti
+
+DICOM_MAGIC_OFFSET = 128
 
 
 @dataclass(frozen=True)
@@ -29,22 +38,55 @@ def output_name(path: Path) -> str:
     return f"{case_id(path)}.nii.gz"
 
 
-def find_cases(input_dir: Path, output_dir: Path | None = None) -> tuple[list[Case], dict[str, str], list[str]]:
-    """The cases of ``input_dir``, sorted by name.
+def is_dicom_file(path: Path) -> bool:
+    """Whether ``path`` is a DICOM file: ``DICM`` after the 128-byte preamble, or a ``.dcm`` name."""
+    if path.suffix.lower() == ".dcm":
+        return True
+    try:
+        with path.open("rb") as stream:
+            stream.seek(DICOM_MAGIC_OFFSET)
+            return stream.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def is_series_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds a DICOM series itself (DICOM files and no NIfTI directly in it)."""
+    files = [path for path in folder.iterdir() if path.is_file() and not path.name.startswith(".")]
+    return not any(is_nifti(path) for path in files) and any(is_dicom_file(path) for path in files)
+
+
+def input_problem(path: Path) -> str | None:
+    """Why ``-i path`` cannot be read as cases (one line), or None."""
+    if not path.exists():
+        return "does not exist"
+    if path.is_file() and not is_nifti(path):
+        if is_dicom_file(path):
+            return "is one DICOM file: give the folder of its series"
+        return "is neither a NIfTI file (.nii, .nii.gz) nor a folder"
+    return None
+
+
+def find_cases(input_path: Path, output_dir: Path | None = None) -> tuple[list[Case], dict[str, str], dict[str, str]]:
+    """The cases of ``input_path`` (see the module docstring), sorted by name.
 
     Returns:
-        ``(cases, problems, ignored)``: the cases; ``{name: reason}`` for inputs that cannot be
-        written (two inputs mapping to one output name); names of entries passed over.
+        ``(cases, problems, passed_over)``: the cases; ``{name: reason}`` for inputs that cannot be
+        written (two inputs mapping to one output name); ``{name: reason}`` for entries passed over.
     """
-    cases, ignored = [], []
+    if input_path.is_file() or is_series_folder(input_path):  # one case, as the user named it
+        return [Case(input_path.name, input_path, output_name(input_path))], {}, {}
+    cases, passed_over = [], {}
     excluded = output_dir.resolve() if output_dir is not None else None
-    for path in sorted(input_dir.iterdir()):
+    for path in sorted(input_path.iterdir()):
         if path.name.startswith(".") or (path.is_dir() and path.resolve() == excluded):
             continue
-        if path.is_dir() or (path.is_file() and is_nifti(path)):
-            cases.append(Case(path.name, path, output_name(path)))
+        if not (path.is_dir() or (path.is_file() and is_nifti(path))):
+            passed_over[path.name] = "neither NIfTI nor a folder"
+        elif (reason := not_a_ct(path)) is not None:
+            passed_over[path.name] = reason
         else:
-            ignored.append(path.name)
+            cases.append(Case(path.name, path, output_name(path)))
     claimed: dict[str, list[Case]] = {}
     for case in cases:
         claimed.setdefault(case.output_name, []).append(case)
@@ -54,7 +96,7 @@ def find_cases(input_dir: Path, output_dir: Path | None = None) -> tuple[list[Ca
             for case in owners:
                 others = ", ".join(other.name for other in owners if other is not case)
                 problems[case.name] = f"{case.path}: output name {name} is also claimed by {others}"
-    return [case for case in cases if case.name not in problems], problems, ignored
+    return [case for case in cases if case.name not in problems], problems, passed_over
 
 
 def check_output_folder(folder: Path) -> str | None:

@@ -3,7 +3,8 @@
 A SEG is made for DICOM inputs only: it names the source images by their UIDs and per-frame
 positions, so that a PACS, OHIF or 3D Slicer overlays it on the scan it came from. For a NIfTI
 input there is no source series to reference (a SEG on invented UIDs would overlay on nothing),
-so :func:`write_dicom_seg` refuses it with :class:`SegUnavailable`.
+so :func:`write_dicom_seg` refuses it with
+:class:`~segcore.outputs.source_series.DicomOutputUnavailable` (:mod:`segcore.outputs.source_series`).
 
 One segment per organ present (segment numbers 1..K in FLARE22 id order), labelled with the
 FLARE22 organ name, coded with SNOMED CT (category Anatomical Structure; property type and,
@@ -18,28 +19,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
 from segcore.labels import LATERALITY_CODES, ORGAN_CODES, ORGAN_COLORS, ORGANS
+from segcore.outputs.source_series import DicomOutputUnavailable, check_source
 from segcore.runtime.files import replace_atomically
-from segcore.volumes import dicom_series_files
 
 ALGORITHM_NAME = "coarse-to-fine abdominal CT organ segmentation"
 ALGORITHM_VERSION = "1.0"
-TYPE_2_COPIED = (
-    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
-    "ReferringPhysicianName", "StudyID", "AccessionNumber",
-)  # fmt: skip
-"""Patient and study attributes a SEG copies from its source: present in any PACS export, but an
-anonymiser may have removed them; they are filled in empty (DICOM type 2) on the copy read here."""
 DESCRIPTION_LENGTH = 64
 """Series Description is a DICOM LO: at most 64 characters."""
-
-
-class SegUnavailable(ValueError):
-    """A DICOM-SEG cannot be made for this input (the message says why)."""
 
 
 def organ_segment(organ: int, number: int, algorithm):
@@ -61,48 +51,6 @@ def organ_segment(organ: int, number: int, algorithm):
         modifier = hd.sr.CodedConcept(LATERALITY_CODES[laterality], "SCT", laterality)
         description.SegmentedPropertyTypeModifierCodeSequence = [modifier]
     return description
-
-
-def check_seg_source(source: str | os.PathLike) -> list:
-    """The source series' headers, once the input passed every check a SEG needs from its headers
-    (:func:`source_datasets`); :class:`SegUnavailable` says why it did not. Milliseconds per slice:
-    callers run it before inference when a SEG is all they were asked for."""
-    source = Path(source)
-    if not source.is_dir():
-        raise SegUnavailable("the input is NIfTI; a DICOM-SEG references a DICOM source series")
-    return source_datasets(source)
-
-
-def source_datasets(series: Path) -> list:
-    """The series' headers (pydicom datasets) in the volume's slice order (pixel data not read),
-    refusing series a SEG could not reference. A missing SOP Instance UID is taken from the file
-    meta, which holds the same."""
-    import pydicom
-
-    datasets = []
-    for number, path in enumerate(dicom_series_files(series), start=1):
-        dataset = pydicom.dcmread(path, stop_before_pixels=True)
-        if int(dataset.get("NumberOfFrames") or 1) > 1:
-            raise SegUnavailable(
-                f"an enhanced (multi-frame) CT of {int(dataset.NumberOfFrames)} frames in one file: a DICOM-SEG "
-                "of a multi-frame source is not supported (use the NIfTI output)"
-            )
-        meta = dataset.file_meta
-        if not dataset.get("SOPInstanceUID") and meta.get("MediaStorageSOPInstanceUID"):
-            dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-        if not dataset.get("SOPClassUID") and meta.get("MediaStorageSOPClassUID"):
-            dataset.SOPClassUID = meta.MediaStorageSOPClassUID
-        for key in TYPE_2_COPIED:  # a SEG copies these; DICOM lets them be empty, not absent
-            if key not in dataset:
-                setattr(dataset, key, "")
-        missing = [key for key in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID") if not dataset.get(key)]
-        if missing:
-            raise SegUnavailable(
-                f"slice {number} of the series has no {', '.join(missing)}: a DICOM-SEG could not reference "
-                "it (export the series from the PACS with its UIDs, or use the NIfTI output)"
-            )
-        datasets.append(dataset)
-    return datasets
 
 
 def series_description(verdict: str | None, notice: str | None) -> str:
@@ -131,7 +79,7 @@ def write_dicom_seg(
         The number of segments written (organs present).
 
     Raises:
-        SegUnavailable: ``series`` is not a DICOM folder (a NIfTI input), lacks the UIDs to
+        DicomOutputUnavailable: ``series`` is not a DICOM folder (a NIfTI input), lacks the UIDs to
             reference, is an enhanced multi-frame CT, or ``labels`` hold no organ.
         ValueError: ``labels`` do not match the series' size.
     """
@@ -139,13 +87,13 @@ def write_dicom_seg(
     from pydicom.sr.codedict import codes
     from pydicom.uid import generate_uid
 
-    sources = check_seg_source(series)
+    sources = check_source(series)
     if labels.shape != (len(sources), int(sources[0].Rows), int(sources[0].Columns)):
         raise ValueError(f"labels {labels.shape} do not match the series' {len(sources)} slices of "
                          f"{sources[0].Rows}x{sources[0].Columns}")  # fmt: skip
     present = [organ for organ in ORGANS if (labels == organ).any()]
     if not present:
-        raise SegUnavailable("the mask is empty; a DICOM-SEG needs at least one segment")
+        raise DicomOutputUnavailable("the mask is empty; a DICOM-SEG needs at least one segment")
     numbering = np.zeros(256, dtype=np.uint8)
     numbering[present] = np.arange(1, len(present) + 1)
     parameters = {f"checkpoint_{i}_sha256": value for i, value in enumerate(checkpoints_sha256)}

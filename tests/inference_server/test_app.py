@@ -226,6 +226,28 @@ def test_a_dicom_seg_for_a_zipped_series_and_a_422_for_a_nifti(real_data, series
     assert refused.status_code == 422 and "needs a DICOM series" in refused.json()["detail"]
 
 
+def test_an_rtstruct_for_a_zipped_series_and_a_422_for_a_nifti(real_data, series_with_uids, tmpdir_watched):
+    import pydicom
+
+    client = client_for(StandInPredictor(notice="trained on phantoms"))
+    response = post(client, "series.zip", zipped_series(series_with_uids), params={"output": "rtstruct"})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/dicom"
+    assert response.headers["content-disposition"].endswith("series_rtstruct.dcm")
+    rtstruct = pydicom.dcmread(io.BytesIO(response.content))
+    assert rtstruct.Modality == "RTSTRUCT" and "phantom-trained" in rtstruct.SeriesDescription
+    assert [roi.ROIName for roi in rtstruct.StructureSetROISequence] == ["liver"]  # HU > 100
+    source = pydicom.dcmread(next(series_with_uids.iterdir()), stop_before_pixels=True)
+    assert rtstruct.ReferencedFrameOfReferenceSequence[0].FrameOfReferenceUID == source.FrameOfReferenceUID
+    refused = post(client, CT_3MM, (real_data / CT_3MM).read_bytes(), params={"output": "rtstruct"})
+    assert refused.status_code == 422 and "RTSTRUCT needs a DICOM series" in refused.json()["detail"]
+    stand_in = StandInPredictor()
+    no_uids = post(client_for(stand_in), "series.zip", zipped_series(real_data / "abdomen_ct_dicom"),
+                   params={"output": "rtstruct"})  # fmt: skip
+    assert no_uids.status_code == 422 and no_uids.json()["detail"].startswith("series.zip: no RTSTRUCT")
+    assert stand_in.calls == 0
+
+
 def test_a_seg_of_a_series_without_uids_is_refused_before_inference(real_data, tmpdir_watched):
     stand_in = StandInPredictor()
     response = post(client_for(stand_in), "series.zip", zipped_series(real_data / "abdomen_ct_dicom"),
@@ -246,6 +268,7 @@ def test_a_bundle_carries_summary_mask_preview_and_seg_from_one_inference(real_d
     assert base64.b64decode(bundle["mask_nifti_base64"])[:2] == b"\x1f\x8b"  # gzip
     assert base64.b64decode(bundle["preview_png_base64"])[:8] == b"\x89PNG\r\n\x1a\n"
     assert base64.b64decode(bundle["dicom_seg_base64"])[128:132] == b"DICM"
+    assert base64.b64decode(bundle["rtstruct_base64"])[128:132] == b"DICM"
     viewing = nib.Nifti1Image.from_bytes(gzip.decompress(base64.b64decode(bundle["ct_nifti_base64"])))
     image, geometry = read_volume(series_with_uids)  # the series the page cannot read, as NIfTI on its grid
     assert viewing.shape == geometry.size and np.array_equal(np.asarray(viewing.dataobj).transpose(2, 1, 0), image)
@@ -253,6 +276,7 @@ def test_a_bundle_carries_summary_mask_preview_and_seg_from_one_inference(real_d
     np.testing.assert_allclose(viewing.affine, mask.affine, atol=1e-5)  # the viewer lays one on the other
     nifti = post(client, CT_3MM, (real_data / CT_3MM).read_bytes(), params={"output": "bundle"}).json()
     assert nifti["dicom_seg_base64"] is None and "the input is NIfTI" in nifti["dicom_seg_note"]
+    assert nifti["rtstruct_base64"] is None and "the input is NIfTI" in nifti["rtstruct_note"]
     assert nifti["ct_nifti_base64"] is None  # the page holds the NIfTI it sent
     assert "segment-" not in nifti["dicom_seg_note"]  # no server path
 

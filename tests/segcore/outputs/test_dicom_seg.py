@@ -9,7 +9,8 @@ import pytest
 from pydicom.sr.codedict import codes
 
 from segcore.labels import LATERALITY_CODES, ORGAN_CODES, ORGAN_IDS, ORGANS
-from segcore.outputs.dicom_seg import SegUnavailable, write_dicom_seg
+from segcore.outputs.dicom_seg import write_dicom_seg
+from segcore.outputs.source_series import DicomOutputUnavailable
 from segcore.volumes import dicom_series_files, read_volume
 
 DICOM = "abdomen_ct_dicom"
@@ -83,9 +84,13 @@ def test_a_seg_rebuilds_the_mask_on_the_source_series_and_references_it(series_w
 def test_a_nifti_input_or_a_series_without_uids_gets_a_clear_refusal(real_data, tmp_path):
     labels = np.zeros((30, 101, 122), np.uint8)
     labels[5:10, 20:40, 30:60] = 1
-    with pytest.raises(SegUnavailable, match="the input is NIfTI; a DICOM-SEG references a DICOM source series"):
+    with pytest.raises(
+        DicomOutputUnavailable, match="the input is NIfTI; a DICOM-SEG references a DICOM source series"
+    ):
         write_dicom_seg(labels, real_data / "abdomen_ct_3mm.nii.gz", tmp_path / "seg.dcm")
-    with pytest.raises(SegUnavailable, match="no StudyInstanceUID, SeriesInstanceUID: a DICOM-SEG could not reference"):
+    with pytest.raises(
+        DicomOutputUnavailable, match="no StudyInstanceUID, SeriesInstanceUID: a DICOM-SEG could not reference"
+    ):
         write_dicom_seg(np.ones((20, 512, 512), np.uint8), real_data / DICOM, tmp_path / "seg.dcm")
     assert not (tmp_path / "seg.dcm").exists()
 
@@ -106,15 +111,15 @@ def test_a_series_whose_anonymiser_removed_patient_attributes_still_gets_a_seg(s
 
 def test_an_enhanced_multi_frame_ct_is_refused_from_its_headers_saying_so(real_data, tmp_path):
     # It used to fail after inference with "labels (2, 512, 512) do not match the series' 1 slices".
-    from segcore.outputs.case import seg_refusal
+    from segcore.outputs.case import dicom_refusal
     from tests.segcore.volumes.test_read import enhanced_ct
 
     folder = enhanced_ct(real_data, tmp_path / "enhanced")
-    reason = seg_refusal(folder)
+    reason = dicom_refusal(folder)
     assert reason is not None and "multi-frame" in reason and "20 frames" in reason
-    with pytest.raises(SegUnavailable, match="multi-frame"):
+    with pytest.raises(DicomOutputUnavailable, match="multi-frame"):
         write_dicom_seg(np.ones((20, 512, 512), np.uint8), folder, tmp_path / "seg.dcm")
     assert (
-        seg_refusal(real_data / "abdomen_ct_3mm.nii.gz")
-        == "the input is NIfTI; a DICOM-SEG references a DICOM source series"
+        dicom_refusal(real_data / "abdomen_ct_3mm.nii.gz")
+        == "no DICOM-SEG: the input is NIfTI; a DICOM-SEG references a DICOM source series"
     )
