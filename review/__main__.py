@@ -8,18 +8,25 @@ from pathlib import Path
 
 import uvicorn
 
-from review.app import ReviewError, create_app
+from review.app import HOSTS, ReviewError, create_app
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="review.sh", description=__doc__)
     parser.add_argument("output_dir", type=Path, help="a predict.sh output folder (with summary.csv)")
-    parser.add_argument("--input-dir", type=Path, help="the inputs' folder (default: the one the records name)")
+    parser.add_argument(
+        "-i", "--input-dir", "--input", type=Path, help="the inputs' folder (default: the one the records name)"
+    )
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument(
+        "--allow-host", action="append", default=[], metavar="NAME",
+        help="a further name the page may be opened under (an SSH tunnel's, a hosts entry); "
+        f"{' and '.join(HOSTS)} always are",
+    )  # fmt: skip
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     try:
-        app = create_app(args.output_dir, args.input_dir)
+        app = create_app(args.output_dir, args.input_dir, (*HOSTS, *args.allow_host))
     except ReviewError as error:
         print(f"review.sh: {error}", file=sys.stderr)
         return 2

@@ -58,7 +58,8 @@ def folders(tmp_path, real_data) -> tuple[Path, Path]:
 
 @contextmanager
 def review_station(output_dir: Path, *options: str):
-    """``sh review.sh OUTPUT_DIR`` on a free port; yields its URL once ``/api/cases`` answers."""
+    """``sh review.sh OUTPUT_DIR`` on a free port; yields its URL once it answers (``/labels``: the
+    case list may be large or damaged)."""
     port = free_port()
     log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed in the finally below, after the process)
     process = subprocess.Popen(
@@ -73,7 +74,7 @@ def review_station(output_dir: Path, *options: str):
                 log.seek(0)
                 raise RuntimeError(f"review.sh exited with {process.returncode}: {log.read()}")
             try:
-                if httpx.get(f"{url}/api/cases", timeout=1).status_code == 200:
+                if httpx.get(f"{url}/labels", timeout=2).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
@@ -83,5 +84,37 @@ def review_station(output_dir: Path, *options: str):
         yield url
     finally:
         process.terminate()
-        process.wait(timeout=10)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # uvicorn still finishing a slow answer
+            process.kill()
+            process.wait(timeout=10)
         log.close()
+
+
+def edit_table(output_dir: Path, edit) -> None:
+    """Replace ``summary.csv`` with ``edit(its bytes)`` (a spreadsheet's save, a hand edit, a damaged copy)."""
+    table = output_dir / "summary.csv"
+    table.write_bytes(edit(table.read_bytes()))
+
+
+def in_row(case: str, old: bytes, new: bytes):
+    """An edit of ``summary.csv`` that replaces ``old`` by ``new`` in the row of ``case`` only."""
+
+    def edit(data: bytes) -> bytes:
+        lines = data.split(b"\n")
+        index = next(number for number, line in enumerate(lines) if line.startswith(case.encode() + b","))
+        assert old in lines[index], (case, old)
+        lines[index] = lines[index].replace(old, new)
+        return b"\n".join(lines)
+
+    return edit
+
+
+def bom(data: bytes) -> bytes:
+    """The UTF-8 byte order mark a spreadsheet's "CSV UTF-8" save puts first."""
+    return b"\xef\xbb\xbf" + data
+
+
+def no_case_column(data: bytes) -> bytes:
+    return data.replace(b"case,input,", b"id,input,", 1)

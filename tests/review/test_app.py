@@ -7,13 +7,26 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import httpx
 import nibabel as nib
 import numpy as np
+import pytest
+from fastapi.testclient import TestClient
 
+from review.app import create_app
 from segcore.outputs.records import rebuild_table, write_record
-from tests.review.conftest import REVIEW_ORDER, REVIEW_SH, record, review_station
+from tests.review.conftest import (
+    REVIEW_ORDER,
+    REVIEW_SH,
+    bom,
+    edit_table,
+    in_row,
+    no_case_column,
+    record,
+    review_station,
+)
 
 
 def tree(folder) -> dict[str, tuple[int, int]]:
@@ -99,3 +112,123 @@ def test_a_folder_without_a_summary_is_refused_in_words(tmp_path):
         env={**os.environ, "PYTHONPATH": str(REVIEW_SH.parent)},
     )  # fmt: skip
     assert result.returncode == 2 and "no summary.csv" in result.stderr and str(tmp_path) in result.stderr
+
+
+# summary.csv of the folders fixture: the header on line 1, then a_ok, b_review, c_fail, d_failed, e_ok.
+DAMAGED_TABLES = {  # what was done to the table -> (the edit, the cases listed, how what is said of the rest starts)
+    "a spreadsheet's byte order mark": (bom, REVIEW_ORDER, []),
+    "an unquoted comma": (
+        in_row("d_failed", b"d_failed_0000", b"d_failed,0000"),
+        ["c_fail", "b_review", "a_ok", "e_ok"], ["line 5: 35 fields where the header has 34"],
+    ),
+    "a quote never closed": (
+        in_row("d_failed", b"d_failed_0000", b'"d_failed_0000'),
+        ["c_fail", "b_review", "a_ok"], ["lines 5-6: 2 fields where the header has 34"],
+    ),
+    "bytes that are not UTF-8": (
+        in_row("b_review", b"review because", b"review b\xe9cause"),
+        ["c_fail", "d_failed", "a_ok", "e_ok"], ["line 3: the quality_reasons field is not UTF-8 text"],
+    ),
+    "no case column": (no_case_column, [], ["summary.csv has no case column"]),
+    "a volume that is not a number": (
+        in_row("c_fail", b"1500.0", b"lots"),
+        ["d_failed", "b_review", "a_ok", "e_ok"], ["line 4: liver_ml is 'lots', not a number"],
+    ),
+    "a field over 128 KB": (
+        in_row("a_ok", b"ok because", b"x" * 200_000),
+        ["c_fail", "d_failed", "b_review", "e_ok"], ["line 2: a field is longer than 131072 characters"],
+    ),
+    "a volume nan": (in_row("e_ok", b"1500.0", b"nan"), REVIEW_ORDER, []),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("damage", DAMAGED_TABLES)
+def test_a_damaged_table_lists_its_good_rows_and_names_the_bad_ones(folders, damage):
+    edit, listed, said = DAMAGED_TABLES[damage]
+    _, outputs = folders
+    edit_table(outputs, edit)
+    with TestClient(create_app(outputs), base_url="http://127.0.0.1") as client:
+        answer = client.get("/api/cases")
+        assert answer.status_code == 200, answer.text[:300]
+        listing = answer.json()
+        assert [case["case"] for case in listing["cases"]] == listed
+        assert listing["problem_count"] == len(listing["problems"]) == len(said), listing["problems"]
+        assert all(problem.startswith(start) for problem, start in zip(listing["problems"], said, strict=True))
+        if damage == "a volume nan":
+            assert next(case for case in listing["cases"] if case["case"] == "e_ok")["organs"] == {"liver": None}
+        for case in listed:  # every listed case can still be opened
+            assert client.get(f"/api/cases/{case}/ct").status_code == 200
+
+
+@pytest.mark.parametrize("input_dir", ["/", "."])
+def test_records_naming_the_top_of_the_disk_or_a_relative_folder_are_refused(tmp_path, input_dir):
+    outputs = tmp_path / "out"
+    outputs.mkdir()
+    secret = tmp_path / "secret_0000.nii.gz"
+    secret.write_bytes(b"not yours")
+    name = str(secret.relative_to("/")) if input_dir == "/" else os.path.relpath(secret)
+    write_record(outputs, {**record("x", tmp_path, "written", "ok"), "input_dir": input_dir, "input": name})
+    rebuild_table(outputs)
+    refused = subprocess.run(["sh", str(REVIEW_SH), str(outputs)], capture_output=True, text=True, timeout=30)
+    assert refused.returncode == 2 and "--input-dir" in refused.stderr, refused.stderr
+    assert ("top of the disk" if input_dir == "/" else "relative") in refused.stderr
+
+
+def test_a_case_input_is_an_entry_of_the_input_folder_named_at_start(folders, tmp_path):
+    inputs, outputs = folders
+    (inputs / "nested").mkdir()
+    shutil.copy(inputs / "a_ok_0000.nii.gz", inputs / "nested" / "z_0000.nii.gz")
+    write_record(outputs, {**record("z_nested", inputs, "written", "ok"), "input": "nested/z_0000.nii.gz"})
+    shutil.copy(outputs / "a_ok.nii.gz", outputs / "z_nested.nii.gz")
+    rebuild_table(outputs)
+    with review_station(outputs) as url:
+        nested = httpx.get(f"{url}/api/cases/z_nested/ct")
+        assert nested.status_code == 403 and "entry of the input folder" in nested.json()["detail"]
+        # A record written after the start that names another folder does not move the station there.
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        shutil.copy(inputs / "a_ok_0000.nii.gz", elsewhere / "a_ok_0000.nii.gz")
+        write_record(outputs, record("a_ok", elsewhere, "written", "ok"))
+        rebuild_table(outputs)
+        moved = httpx.get(f"{url}/api/cases/a_ok/ct")
+        assert moved.status_code == 403 and str(elsewhere) in moved.json()["detail"]
+        assert "restart" in moved.json()["detail"]
+        assert httpx.get(f"{url}/api/cases/b_review/ct").status_code == 200
+
+
+def test_only_the_station_s_own_host_names_are_answered(folders):
+    _, outputs = folders
+    with review_station(outputs, "--allow-host", "review.lan") as url:
+        port = url.rsplit(":", 1)[1]
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", "LOCALHOST", f"review.lan:{port}"):
+            assert httpx.get(f"{url}/api/cases", headers={"Host": host}).status_code == 200, host
+        for host in ("evil.example", f"evil.example:{port}", f"127.0.0.1.evil.example:{port}"):
+            for path in ("/", "/api/cases", "/api/cases/c_fail/ct"):
+                refused = httpx.get(f"{url}{path}", headers={"Host": host})
+                assert refused.status_code == 421, (host, path)
+                assert "127.0.0.1" in refused.json()["detail"] and b"NIFTI" not in refused.content.upper()
+
+
+def test_the_table_is_parsed_once_per_change(folders):
+    _, outputs = folders
+    lines = (outputs / "summary.csv").read_text().splitlines()
+    e_ok = next(line for line in lines if line.startswith("e_ok,"))
+    many = [e_ok.replace("e_ok", f"z{number:05d}") for number in range(20_000)]
+    (outputs / "summary.csv").write_text("\n".join([*lines, *many]) + "\n")
+    with review_station(outputs) as url:
+
+        def listing() -> tuple[float, dict]:
+            started = time.perf_counter()
+            answer = httpx.get(f"{url}/api/cases", timeout=120)
+            return time.perf_counter() - started, answer.json()
+
+        listing()
+        with open(outputs / "summary.csv", "a") as table:  # a batch still running adds a row
+            table.write(e_ok.replace("e_ok", "zz_new") + "\n")
+        changed, after = listing()
+        assert len(after["cases"]) == 5 + 20_000 + 1 and after["cases"][-1]["case"] == "zz_new"
+        again = min(listing()[0] for _ in range(3))
+        assert again < changed / 3, (changed, again)
+        started = time.perf_counter()
+        assert httpx.get(f"{url}/api/cases/z19999/mask").status_code == 404
+        assert time.perf_counter() - started < changed / 3
