@@ -32,6 +32,7 @@ run in float32.
 
 from __future__ import annotations
 
+import importlib.resources
 import os
 import time
 from dataclasses import dataclass, field
@@ -58,8 +59,9 @@ from segcore.volumes.geometry import Geometry, to_canonical
 
 __all__ = ["CoarseLocator", "CoarseResult", "Prediction", "Predictor", "StageModel", "organ_statistics"]
 
-DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "model_weights"
-"""The repository's default checkpoints: ``coarse.pt`` and ``fine.pt``."""
+DEFAULT_WEIGHTS_DIR = Path(str(importlib.resources.files("model_weights")))
+"""The default checkpoints, ``coarse.pt`` and ``fine.pt``: the ``model_weights`` package's folder, in the
+repository (``model_weights/``) or in an installed copy (its package data)."""
 
 
 @dataclass
@@ -229,7 +231,7 @@ class Predictor:
         precision: str = "auto",
         **kwargs: Any,
     ) -> Predictor:
-        """Build from a folder holding ``coarse.pt`` and ``fine.pt`` (default: the repository's ``model_weights/``).
+        """Build from a folder holding ``coarse.pt`` and ``fine.pt`` (default: :data:`DEFAULT_WEIGHTS_DIR`).
 
         Raises:
             FileNotFoundError: the folder or one of the two files is missing (one-line message).
