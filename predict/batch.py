@@ -25,7 +25,10 @@ files only, and a re-run finishes the rest. ``--stats`` also writes
 warning beside the mask when ``nifti`` is asked for too, and otherwise a failed case, refused
 before inference where the headers tell);
 ``--preview`` ``<id>_preview.png`` (:mod:`segcore.outputs.preview`). Every case leaves a record, and
-``summary.csv`` is rebuilt from all records in OUTPUT_DIR (:mod:`segcore.outputs.records`).
+``summary.csv`` is rebuilt from all records in OUTPUT_DIR after every case (:mod:`segcore.outputs.records`),
+so a killed run's table lists every case whose outputs it published but the one in flight. A scan
+whose values are not Hounsfield units (:func:`segcore.volumes.hu_scale_warning`) is segmented with
+a warning in its record and the table.
 
 OUTPUT_DIR is checked before the weights load or any case is read: it is created if missing,
 must be a folder, and must take a new file (a probe file is written and removed; permission bits
@@ -48,9 +51,12 @@ own GPU (NCCL) or, on CPUs (Gloo), ``OMP_NUM_THREADS`` threads (predict.sh gives
 share of the cores unless ``OMP_NUM_THREADS`` is set).
 
 A case that cannot be read or segmented is reported with its file and the reason and the batch
-goes on (a concurrent run waiting for that case then tries it again). Exit status: 0 when every
-case is written or skipped, 1 when any case failed, 2 for a usage error (bad folders, missing or
-bad weights, an unknown organ, a device this machine lacks).
+goes on (a concurrent run waiting for that case then tries it again); a name that is not UTF-8
+is such a case, refused before SimpleITK, which would abort the process, sees it. A full disk is
+not a case's fault: the run stops at the case that met it (:class:`DiskFull`), keeps what it
+wrote and says so in one line; the next run finishes. Exit status: 0 when every case is written
+or skipped, 1 when any case failed, 2 for a usage error (bad folders, missing or bad weights, an
+unknown organ, a device this machine lacks), 3 when a full disk stopped the run.
 
 The module is over 400 lines on purpose: a batch's life (claims, staging, records, ranks, the
 summary) reads top to bottom in one place; the folder rules are in :mod:`predict.cases`.
@@ -59,6 +65,7 @@ summary) reads top to bottom in one place; the folder rules are in :mod:`predict
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import os
 import shutil
@@ -74,6 +81,7 @@ import torch
 from tqdm import tqdm
 
 from predict.cases import Case, check_output_folder, find_cases, input_problem, lock_path
+from predict.disk import DISK_FULL_STATUS, DiskFull, disk_is_full, stop_if_disk_full
 from segcore.inference.predictor import Predictor
 from segcore.inference.stage import PRECISIONS
 from segcore.labels import ORGAN_IDS
@@ -83,7 +91,7 @@ from segcore.outputs.source_series import DicomOutputUnavailable
 from segcore.runtime import distributed
 from segcore.runtime.allocator import keep_freed_memory
 from segcore.runtime.claims import claim_case
-from segcore.volumes import VolumeError
+from segcore.volumes import VolumeError, check_path_names, hu_scale_warning, printable
 
 DISTRIBUTED_TIMEOUT_MINUTES = 24 * 60
 """Ranks wait for each other only at the end; a long batch must not time the wait out."""
@@ -169,13 +177,22 @@ def predict_case(
     for stale in output_dir.glob(f".{case.case_id}{STAGING}*"):  # left by a killed run (we hold the claim)
         shutil.rmtree(stale, ignore_errors=True)
     organs: dict = {}
-    staging = Path(tempfile.mkdtemp(prefix=f".{case.case_id}{STAGING}", dir=output_dir))
+    staging = None
+    full = None
+
+    def failed(reason: str) -> CaseResult:
+        return CaseResult(case.name, case.output_name, "failed", time.perf_counter() - started, reason)
+
     try:
+        check_path_names(case.path)  # before SimpleITK or GDCM, which abort the process on such a name
+        staging = Path(tempfile.mkdtemp(prefix=f".{case.case_id}{STAGING}", dir=output_dir))
         if not outputs.nifti:
             refusals = [dicom_refusal(case.path, kind) for kind in DICOM_OUTPUTS if kind in outputs.kinds()]
             if refusal := next((refusal for refusal in refusals if refusal), None):
                 raise DicomRefused(refusal)
         prediction, image, geometry = predictor.predict_file(case.path)
+        if (not_hu := hu_scale_warning(image)) is not None:
+            prediction.warnings.append(not_hu)
         quality = prediction.quality
         refused = strict and quality.verdict == "fail"
         kinds = outputs.kinds() - ({"mask", "seg"} if refused else set())
@@ -187,27 +204,39 @@ def predict_case(
         publish(made.files, outputs.destinations(case, output_dir))
         organs = made.record["organs"]
     except VolumeError as error:
-        result = CaseResult(case.name, case.output_name, "failed", time.perf_counter() - started, str(error))
+        result = failed(str(error))
     except DicomRefused as error:
-        reason = f"{case.path}: {error}"
-        result = CaseResult(case.name, case.output_name, "failed", time.perf_counter() - started, reason)
+        result = failed(f"{printable(case.path)}: {error}")
     except DicomOutputUnavailable as error:
-        reason = f"{case.path}: no {error.output}: {error}"
-        result = CaseResult(case.name, case.output_name, "failed", time.perf_counter() - started, reason)
+        result = failed(f"{printable(case.path)}: no {error.output}: {error}")
     except Exception as error:  # one bad case must not stop the batch; the traceback goes to the log
-        traceback.print_exc(file=sys.stderr)
-        reason = f"{case.path}: internal error while segmenting ({error})"
-        result = CaseResult(case.name, case.output_name, "failed", time.perf_counter() - started, reason)
+        if disk_is_full(error, output_dir):
+            full = DiskFull(output_dir, error)
+            result = failed(f"{printable(case.path)}: not written: {full}")
+        else:
+            traceback.print_exc(file=sys.stderr)
+            result = failed(f"{printable(case.path)}: internal error while segmenting ({error})")
     else:
         result = CaseResult(
             case.name, case.output_name, "written", time.perf_counter() - started, organs=quality.organ_count,
             warnings=made.record["warnings"], verdict=quality.verdict, quality_reasons=quality.reasons,
         )  # fmt: skip
         if refused:
-            result.status, result.reason = "failed", f"{case.path}: quality verdict fail (--strict: no mask written)"
+            result.status, result.reason = (
+                "failed",
+                f"{printable(case.path)}: quality verdict fail (--strict: no mask written)",
+            )
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    write_record(output_dir, record_of(case, result, organs))
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+    try:
+        write_record(output_dir, record_of(case, result, organs))
+    except OSError as error:
+        stop_if_disk_full(error, output_dir, result)
+        raise
+    if full is not None:
+        full.result = result
+        raise full
     return result
 
 
@@ -242,7 +271,8 @@ def settle_case(
     try:
         claim = claim_case(lock_path(output_dir, case), wait=wait)
     except OSError as error:
-        reason = f"{lock_path(output_dir, case)}: cannot claim the case: {error.strerror}"
+        stop_if_disk_full(error, output_dir)
+        reason = f"{printable(lock_path(output_dir, case))}: cannot claim the case: {error.strerror}"
         return CaseResult(case.name, case.output_name, "failed", reason=reason)
     if claim is None:
         return None
@@ -262,12 +292,12 @@ def skipped(case: Case, output_dir: Path) -> CaseResult:
     """A case whose outputs exist; its record stays as the run that wrote them left it."""
     result = CaseResult(case.name, case.output_name, "skipped")
     if not has_record(output_dir, case.case_id):  # outputs from before records existed
-        write_record(output_dir, record_of(case, result, {}))
+        try:
+            write_record(output_dir, record_of(case, result, {}))
+        except OSError as error:
+            stop_if_disk_full(error, output_dir, result)
+            raise
     return result
-
-
-TABLE_EVERY_S = 5.0
-"""During a run the results table is rebuilt after a case at most this often (and always at the end)."""
 
 
 def predict_cases(
@@ -283,33 +313,47 @@ def predict_cases(
 ) -> list[CaseResult]:
     """Settle every case (:func:`settle_case`), in order; those another run holds are put off to the
     end and then waited for, so concurrent runs over one ``output_dir`` split the cases.
+    ``summary.csv`` is rebuilt after every case, so a killed run's table lists every case it finished.
 
     Returns:
         The results in the order the cases were settled.
+
+    Raises:
+        DiskFull: the disk of ``output_dir`` filled up: the cases after it are not tried (each would
+            fail the same way); the exception holds the results so far, and the table lists them.
     """
     settle = partial(settle_case, predictor, output_dir=output_dir, overwrite=overwrite, outputs=outputs, strict=strict)
     results: list[CaseResult] = []
     deferred: list[Case] = []
-    tabled = time.monotonic()
 
     def done(result: CaseResult) -> None:
-        nonlocal tabled
         results.append(result)
         bar.update()
-        if time.monotonic() - tabled > TABLE_EVERY_S:
+        try:
             rebuild_table(output_dir)
-            tabled = time.monotonic()
+        except OSError as error:
+            stop_if_disk_full(error, output_dir)
+            raise
 
     with tqdm(total=len(cases), desc="predict", unit="case", disable=not progress) as bar:
-        for case in cases:
-            result = settle(case, wait=False)
-            if result is None:
-                deferred.append(case)
-            else:
-                done(result)
-        for case in deferred:
-            done(settle(case, wait=True))
-    rebuild_table(output_dir)
+        try:
+            for case in cases:
+                result = settle(case, wait=False)
+                if result is None:
+                    deferred.append(case)
+                else:
+                    done(result)
+            for case in deferred:
+                done(settle(case, wait=True))
+        except DiskFull as full:
+            if full.result is not None:
+                results.append(full.result)
+            for result in results:
+                result.rank = rank
+            full.results, full.not_attempted = results, len(cases) - len(results)
+            with contextlib.suppress(OSError):  # the stopped case's row, if the table still fits
+                rebuild_table(output_dir)
+            raise
     for result in results:
         result.rank = rank
     return results
@@ -465,12 +509,12 @@ def run_batch(args: argparse.Namespace, context: distributed.DistributedContext)
     """Every rank predicts its share; rank 0 prints the summary. Returns the exit status (the same on every rank)."""
     say = print if context.is_main else (lambda *a, **k: None)
     if (problem := input_problem(args.input)) is not None:
-        say(f"predict: input {args.input} {problem}", file=sys.stderr)
+        say(f"predict: input {printable(args.input)} {problem}", file=sys.stderr)
         return 2
     # Every rank checks the folder and loads the model; all must succeed before any goes on (a
     # rank that stopped alone would leave the others waiting for it at the final gather).
     problem = check_output_folder(args.output)
-    error = f"predict: output folder {args.output}: {problem}" if problem else None
+    error = f"predict: output folder {printable(args.output)}: {problem}" if problem else None
     if (error := first_error(error)) is not None:
         say(error, file=sys.stderr)
         return 2
@@ -484,7 +528,7 @@ def run_batch(args: argparse.Namespace, context: distributed.DistributedContext)
         return 2
     cases, problems, passed_over = find_cases(args.input, args.output)
     say(
-        f"predict: {len(cases) + len(problems)} case(s) in {args.input} -> {args.output} "
+        f"predict: {len(cases) + len(problems)} case(s) in {printable(args.input)} -> {printable(args.output)} "
         f"({context.world_size} process(es) on {context.device.type})"
     )
     for name, reason in passed_over.items():
@@ -493,14 +537,27 @@ def run_batch(args: argparse.Namespace, context: distributed.DistributedContext)
         say(f"predict: NOTE on these weights: {predictor.notice}")
     started = time.perf_counter()
     mine = cases[context.rank :: context.world_size]
-    results = predict_cases(
-        predictor, mine, args.output, overwrite=args.overwrite, outputs=Outputs.from_args(args), strict=args.strict,
-        progress=context.is_main and not args.no_progress, rank=context.rank,
-    )  # fmt: skip
+    try:
+        results = predict_cases(
+            predictor, mine, args.output, overwrite=args.overwrite, outputs=Outputs.from_args(args),
+            strict=args.strict, progress=context.is_main and not args.no_progress, rank=context.rank,
+        )  # fmt: skip
+        stopped = None
+    except DiskFull as full:
+        results, stopped = full.results, (str(full), full.not_attempted)
     gathered = [result for part in distributed.gather_objects([asdict(r) for r in results]) for result in part]
     everything = [CaseResult(**result) for result in gathered]
     everything += [CaseResult(name, "", "failed", reason=reason) for name, reason in problems.items()]
     say(summary(everything, time.perf_counter() - started, context.world_size))
+    stops = [stop for stop in distributed.gather_objects(stopped) if stop]
+    if stops:
+        left = sum(not_attempted for _, not_attempted in stops)
+        say(
+            f"predict: stopped: {stops[0][0]}; {left} case(s) not attempted; what was written is kept: free space "
+            "and run again to finish",
+            file=sys.stderr,
+        )
+        return DISK_FULL_STATUS
     return 1 if any(result.status == "failed" for result in everything) else 0
 
 

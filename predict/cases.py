@@ -5,6 +5,10 @@ The input is one NIfTI file, one DICOM series folder (a folder holding DICOM fil
 of them: every ``.nii``/``.nii.gz`` file and every sub-folder is then a case, but for what is
 plainly not a CT (a label map, a 4-D image, an MR series: :mod:`predict.screen`), hidden entries,
 other files and the output folder, which are passed over, each with the reason.
+
+A name that is not UTF-8 (a Latin-1 ``café_0000.nii.gz`` on a Linux file system) is shown, and
+becomes its case's id, with the odd bytes as ``\\xe9`` (``caf\\xe9``): the reader refuses the file
+itself (SimpleITK cannot open it), and the record, lock and table stay writable text.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from predict.screen import not_a_ct
-from segcore.volumes import case_id, is_nifti
+from segcore.volumes import case_id, is_nifti, is_utf8, printable
 
 DICOM_MAGIC_OFFSET = 128
 
@@ -35,7 +39,7 @@ class Case:
 
 def output_name(path: Path) -> str:
     """``<id>_0000.nii.gz`` -> ``<id>.nii.gz``; other files and folders keep their stem, plus ``.nii.gz``."""
-    return f"{case_id(path)}.nii.gz"
+    return f"{printable(case_id(path))}.nii.gz"
 
 
 def is_dicom_file(path: Path) -> bool:
@@ -60,6 +64,8 @@ def input_problem(path: Path) -> str | None:
     """Why ``-i path`` cannot be read as cases (one line), or None."""
     if not path.exists():
         return "does not exist"
+    if not is_utf8(path.absolute() if path.is_dir() else path.absolute().parent):
+        return "has a folder name that is not valid UTF-8 (SimpleITK cannot open files there): rename it"
     if path.is_file() and not is_nifti(path):
         if is_dicom_file(path):
             return "is one DICOM file: give the folder of its series"
@@ -75,18 +81,18 @@ def find_cases(input_path: Path, output_dir: Path | None = None) -> tuple[list[C
         written (two inputs mapping to one output name); ``{name: reason}`` for entries passed over.
     """
     if input_path.is_file() or is_series_folder(input_path):  # one case, as the user named it
-        return [Case(input_path.name, input_path, output_name(input_path))], {}, {}
+        return [Case(printable(input_path.name), input_path, output_name(input_path))], {}, {}
     cases, passed_over = [], {}
     excluded = output_dir.resolve() if output_dir is not None else None
     for path in sorted(input_path.iterdir()):
         if path.name.startswith(".") or (path.is_dir() and path.resolve() == excluded):
             continue
         if not (path.is_dir() or (path.is_file() and is_nifti(path))):
-            passed_over[path.name] = "neither NIfTI nor a folder"
+            passed_over[printable(path.name)] = "neither NIfTI nor a folder"
         elif (reason := not_a_ct(path)) is not None:
-            passed_over[path.name] = reason
+            passed_over[printable(path.name)] = reason
         else:
-            cases.append(Case(path.name, path, output_name(path)))
+            cases.append(Case(printable(path.name), path, output_name(path)))
     claimed: dict[str, list[Case]] = {}
     for case in cases:
         claimed.setdefault(case.output_name, []).append(case)
@@ -95,7 +101,7 @@ def find_cases(input_path: Path, output_dir: Path | None = None) -> tuple[list[C
         if len(owners) > 1:
             for case in owners:
                 others = ", ".join(other.name for other in owners if other is not case)
-                problems[case.name] = f"{case.path}: output name {name} is also claimed by {others}"
+                problems[case.name] = f"{printable(case.path)}: output name {name} is also claimed by {others}"
     return [case for case in cases if case.name not in problems], problems, passed_over
 
 
@@ -103,8 +109,11 @@ def check_output_folder(folder: Path) -> str | None:
     """Create ``folder`` if missing and try a new file in it; ``None`` when usable, else the reason.
 
     Writing a probe file is the only sure test: ``os.access`` and the permission bits say yes to
-    root on a read-only folder, and a read-only file system is found out only by writing.
+    root on a read-only folder, and a read-only file system is found out only by writing. A path
+    that is not UTF-8 is refused: SimpleITK, which writes the masks, aborts on it.
     """
+    if not is_utf8(folder.absolute()):
+        return "the path is not valid UTF-8 (SimpleITK cannot write there): rename it"
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except FileExistsError:

@@ -19,12 +19,14 @@ from segcore.volumes.checks import (
     Limits,
     VolumeError,
     check_ct_values,
+    check_path_names,
     check_shape,
     grid_difference,
+    hu_scale_warning,
 )
 from segcore.volumes.dicom import dicom_series_files
 from segcore.volumes.itk import geometry_of, to_image
-from segcore.volumes.names import CHANNEL_SUFFIX, NIFTI_SUFFIXES, case_id, case_stem, is_nifti
+from segcore.volumes.names import CHANNEL_SUFFIX, NIFTI_SUFFIXES, case_id, case_stem, is_nifti, is_utf8, printable
 from segcore.volumes.nifti import check_file_header
 from segcore.volumes.read import read_label_map, read_labels_on_grid, read_volume
 from segcore.volumes.write import nifti_bytes_for_viewing, write_volume
@@ -45,11 +47,15 @@ __all__ = [
     "case_stem",
     "check_ct_values",
     "check_file_header",
+    "check_path_names",
     "check_shape",
     "dicom_series_files",
     "geometry_of",
     "grid_difference",
+    "hu_scale_warning",
     "is_nifti",
+    "is_utf8",
+    "printable",
     "read_label_map",
     "read_labels_on_grid",
     "read_volume",

@@ -15,6 +15,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from segcore.volumes.geometry import Geometry
+from segcore.volumes.names import is_utf8, printable
 
 DEFAULT_MAX_VOXELS = 1024 * 1024 * 1024
 """Largest volume accepted by default (1 Gi voxels: 2 GiB as int16)."""
@@ -32,6 +33,27 @@ CT_AIR_OR_FAT_HU = -200.0
 """Any CT of a body holds air or fat below this HU; a volume with nothing below it is not a CT in HU."""
 
 
+HU_SCALE = (-1024.0, 3071.0)
+"""The values of a CT scanner's 12-bit HU scale: air is -1000 HU by definition and water 0; fat, soft
+tissue, contrast and cortical bone (up to about +1900 HU) all lie inside it."""
+
+
+HU_SCALE_MARGIN = 1000.0
+"""Room on either side of :data:`HU_SCALE` for noise, beam hardening, interpolation and metal streaks."""
+
+
+HU_OUTSIDE_SHARE = 0.01
+"""Largest share of a scan's voxels (its padding value set aside) that may lie outside
+:data:`HU_SCALE` widened by :data:`HU_SCALE_MARGIN` before its values are called not HU: metal
+implants in an extended-scale scan stay well under it, while a rescaled scan (HU × 10, × 1000)
+puts its air, at least, far outside."""
+
+
+HU_SAMPLE_STRIDE = 7
+"""The HU-scale look takes every this-many-th voxel (a share needs no more; 7 keeps clear of the
+powers of two of the slice sizes)."""
+
+
 ErrorKind = Literal["unreadable", "not_3d", "too_large", "geometry", "not_ct", "invalid"]
 """What is wrong with an input: ``unreadable`` (missing, empty, truncated, corrupt: the bytes),
 ``not_3d`` (2-D, 4-D, vector voxels), ``too_large`` (voxels or bytes over the limit),
@@ -46,7 +68,7 @@ class VolumeError(ValueError):
         self.path = str(path)
         self.reason = reason
         self.kind = kind
-        super().__init__(f"{self.path}: {reason}")
+        super().__init__(f"{printable(path)}: {reason}")
 
 
 class Limits(NamedTuple):
@@ -122,6 +144,56 @@ def check_ct_values(path: Path, array: np.ndarray) -> None:
         raise VolumeError(
             path, f"not a CT in HU: lowest value {low:g} > {CT_AIR_OR_FAT_HU:g} (no air or fat anywhere)", "not_ct"
         )
+
+
+def hu_scale_warning(array: np.ndarray) -> str | None:
+    """Why the values of a CT that passed :func:`check_ct_values` do not look like Hounsfield
+    units (one line for the case's warnings), or None.
+
+    The rule is CT physics, not a fit to scans: more than :data:`HU_OUTSIDE_SHARE` of the voxels
+    lie outside :data:`HU_SCALE` widened by :data:`HU_SCALE_MARGIN` (-2024 to +4071). The
+    volume's minimum is set aside when it lies below that range: scanners fill the corners outside
+    their field of view with one padding value (-2048, -3024, -32768). The model was trained on
+    HU; a rescaled scan (HU × 1000 puts air at -10^6) is segmented, but its masks mean little.
+    """
+    sample = np.ravel(array)[::HU_SAMPLE_STRIDE]
+    low, high = HU_SCALE[0] - HU_SCALE_MARGIN, HU_SCALE[1] + HU_SCALE_MARGIN
+    smallest, largest = float(sample.min()), float(sample.max())
+    if smallest < low:
+        sample = sample[sample != sample.min()]
+    if not sample.size:
+        return None
+    outside = float(np.count_nonzero((sample < low) | (sample > high))) / sample.size
+    if outside <= HU_OUTSIDE_SHARE:
+        return None
+    return (
+        f"values are not plausible Hounsfield units: {outside:.0%} of the voxels lie outside {low:g} to {high:g} "
+        f"(the CT scale {HU_SCALE[0]:g} to {HU_SCALE[1]:g} HU with {HU_SCALE_MARGIN:g} HU of margin; air is -1000 "
+        f"HU), the scan holds {smallest:.4g} to {largest:.4g}: a rescaled image? The model expects HU; do not "
+        "trust this mask"
+    )
+
+
+def check_path_names(path: Path) -> None:
+    """Refuse a path, or a file directly in a folder ``path``, whose name is not UTF-8.
+
+    SimpleITK (and GDCM, which lists a DICOM folder) cannot take such a name: it aborts the whole
+    process, so the check comes before either sees the path. The message shows the odd bytes as
+    ``\\xe9``.
+    """
+    if not is_utf8(path):
+        raise VolumeError(path, "the path is not valid UTF-8 (shown with \\x escapes): rename it", "unreadable")
+    if path.is_dir():
+        odd = sorted(entry.name for entry in os.scandir(path) if not is_utf8(entry.name))
+        if odd:
+            shown = ", ".join(printable(name) for name in odd[:3]) + (
+                f" and {len(odd) - 3} more" if len(odd) > 3 else ""
+            )
+            raise VolumeError(
+                path / odd[0],
+                f"file name(s) in the DICOM folder not valid UTF-8 (shown with \\x escapes): {shown}: rename them",
+                "unreadable",
+            )
 
 
 def grid_difference(mine: Geometry, reference: Geometry) -> str:

@@ -24,6 +24,22 @@ def case_id(path: str | os.PathLike) -> str:
     return case_stem(path).removesuffix(CHANNEL_SUFFIX)
 
 
+def printable(path: str | os.PathLike) -> str:
+    """``path`` as text that any terminal, CSV or JSON file takes: a byte of its name that is not
+    UTF-8 (a Latin-1 ``é`` on a Linux file system, which Python keeps as a surrogate escape) is
+    shown as ``\\xe9``. Names that are UTF-8 come back unchanged."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def is_utf8(path: str | os.PathLike) -> bool:
+    """Whether every byte of ``path`` is UTF-8: SimpleITK aborts the process on any other path."""
+    try:
+        os.fsencode(path).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def case_stem(path: str | os.PathLike) -> str:
     """File or folder name without its NIfTI suffix (``abc_0000.nii.gz`` -> ``abc_0000``)."""
     name = Path(path).name

@@ -27,6 +27,7 @@ from segcore.volumes.checks import (
     ImageInfo,
     Limits,
     VolumeError,
+    check_path_names,
     check_shape,
     check_size,
     first_itk_line,
@@ -55,6 +56,11 @@ NIFTI_MAX_EXTENSION_BYTES = 64 * 1024 * 1024
 """Largest gap between a single-file NIfTI's header and its voxels (header extensions)."""
 
 
+DEFLATE_MAX_RATIO = 1032
+"""Deflate expands its input at most about 1032-fold (258-byte matches coded in under 2 bits each):
+a ``.gz`` file of ``n`` bytes holds at most ``1032 n`` bytes, however it was made."""
+
+
 def is_unscaled(image: nib.Nifti1Image) -> bool:
     """Whether the stored values are the voxels (no ``scl_slope``/``scl_inter`` to apply)."""
     # nibabel moves scl_slope/scl_inter from the loaded header into the array proxy.
@@ -66,6 +72,8 @@ def read_voxels(path: Path, image: nib.Nifti1Image, size_xyz: tuple[int, ...]) -
     a C-ordered ``(z, y, x)`` array: no transpose), refusing truncation and NaN/Inf."""
     dtype = image.get_data_dtype()
     expected = int(np.prod(size_xyz, dtype=np.int64)) * dtype.itemsize
+    if str(path).lower().endswith(".gz"):
+        _check_gzip_holds(path, int(image.dataobj.offset) + expected)
     buffer = bytearray(expected)
     view, filled = memoryview(buffer), 0
     try:
@@ -105,6 +113,7 @@ def check_file_header(
 
 def header_checked_reader(path: Path, limits: Limits) -> tuple[sitk.ImageFileReader, nib.Nifti1Image | None]:
     """A reader whose header passed every check (size, spacing, placement), and the NIfTI header if any."""
+    check_path_names(path)
     if path.stat().st_size == 0:
         raise VolumeError(path, "empty file", "unreadable")
     nifti = None
@@ -113,6 +122,7 @@ def header_checked_reader(path: Path, limits: Limits) -> tuple[sitk.ImageFileRea
         _check_payload_offset(path, raw)
         nifti = _nifti_header(path)
         _check_nifti_header(path, nifti, raw, limits)
+        _check_file_holds_payload(path, nifti)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -152,6 +162,48 @@ def _check_nifti_header(path: Path, image: nib.Nifti1Image, raw: nib.Nifti1Heade
         raise VolumeError(
             path, f"impossible voxel spacing in pixdim ({shown}); expected {low:g} to {high:g} mm", "geometry"
         )
+
+
+def _file_bytes(image: nib.Nifti1Image) -> int:
+    """The bytes a whole NIfTI file claims to hold (decompressed): header, extensions and voxels."""
+    return int(image.dataobj.offset) + int(np.prod(image.shape, dtype=np.int64)) * image.get_data_dtype().itemsize
+
+
+def _check_file_holds_payload(path: Path, image: nib.Nifti1Image) -> None:
+    """Refuse a file too small for the voxels its header claims, from its size alone: a truncated
+    8 KB file claiming 512×512×2048 voxels fails here, before 1 GiB is set aside for them. A
+    ``.nii`` must hold every byte; a ``.nii.gz`` at least 1/:data:`DEFLATE_MAX_RATIO` of them
+    (:func:`_check_gzip_holds` streams the rest of the check when needed)."""
+    claimed, size = _file_bytes(image), path.stat().st_size
+    compressed = str(path).lower().endswith(".gz")
+    if size >= (-(-claimed // DEFLATE_MAX_RATIO) if compressed else claimed):
+        return
+    claim = f"the {claimed:,} bytes its header claims ({'×'.join(map(str, image.shape))} {image.get_data_dtype()})"
+    if compressed:
+        why = f"a {size:,}-byte gzip file cannot hold {claim}: deflate expands at most {DEFLATE_MAX_RATIO}-fold"
+    else:
+        why = f"{size:,} bytes of {claim}"
+    raise VolumeError(path, f"truncated file: {why}", "unreadable")
+
+
+def _check_gzip_holds(path: Path, claimed: int) -> None:
+    """Refuse a ``.nii.gz`` that decompresses to fewer than ``claimed`` bytes, before the voxels'
+    array is allocated. The gzip trailer's ISIZE (the length mod 2^32 of a single-member file, as
+    every NIfTI writer makes) settles it without decompressing; otherwise (a multi-member file, a
+    truncated one whose last bytes are no trailer) the stream is counted, a chunk at a time."""
+    with open(path, "rb") as stream:
+        stream.seek(-4, os.SEEK_END)
+        if int.from_bytes(stream.read(4), "little") == claimed % 2**32:
+            return
+    counted = 0
+    try:
+        with _open_payload(path) as stream:
+            while counted < claimed and (chunk := stream.read(READ_CHUNK_BYTES)):
+                counted += len(chunk)
+    except (EOFError, OSError, zlib.error, isal_zlib.error) as error:
+        raise VolumeError(path, f"truncated or corrupt gzip stream ({error})", "unreadable") from None
+    if counted < claimed:
+        raise VolumeError(path, f"truncated file: {counted:,} of {claimed:,} bytes", "unreadable")
 
 
 def _check_payload_offset(path: Path, raw: nib.Nifti1Header) -> None:

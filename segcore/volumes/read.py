@@ -24,6 +24,7 @@ from segcore.volumes.checks import (
     Limits,
     VolumeError,
     check_ct_values,
+    check_path_names,
     check_shape,
     first_itk_line,
     grid_difference,
@@ -43,6 +44,7 @@ def _read_array(path: Path, limits: Limits) -> tuple[np.ndarray, Geometry]:
     """
     if not path.exists():
         raise VolumeError(path, "no such file or folder", "unreadable")
+    check_path_names(path)
     if path.is_dir():
         return _image_array(path, read_series(path, limits), limits)
     reader, nifti = header_checked_reader(path, limits)
@@ -90,7 +92,7 @@ def read_volume(
         ``(array, geometry)``: the ``(z, y, x)`` array and its :class:`Geometry`.
 
     Raises:
-        VolumeError: unreadable or truncated file, not 3-D, not scalar, too large, impossible
+        VolumeError: a path that is not UTF-8, unreadable or truncated file, not 3-D, not scalar, too large, impossible
             spacing, NIfTI qform/sform that disagree, non-finite values, or (with ``check_ct``) not a CT.
     """
     path = Path(path)
