@@ -1,10 +1,13 @@
 """Prepare a FLARE22-layout data root into the LMDB case store.
 
     sh data_prepare/run.sh [--config data_prepare/config.yaml] [--data-root DIR] [--out DIR]
-                           [--workers N] [--coarse-weights FILE] [--force] [key=value ...]
+                           [--workers N] [--coarse-weights FILE] [--force] [--print-config] [key=value ...]
 
 ``--coarse-weights`` (a coarse checkpoint, e.g. ``model_weights/coarse.pt``): cases without
 labels take their fine crop from the coarse model's prediction, as inference does.
+The config's keys are :class:`~data_prepare.prepare.PrepareConfig`'s; a file may name a ``base``
+and hold only what differs from it (:mod:`segcore.config`). ``--print-config`` prints the
+resolved settings (YAML, options and overrides applied) and exits.
 
 Exit status 0 when every case is stored (or already was), 1 when any case failed,
 130 when interrupted (what was stored stays stored; run again to finish).
@@ -16,6 +19,8 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
+
+import yaml
 
 from data_prepare.prepare import PrepareConfig, run, worker_count
 from segcore.config import load_config
@@ -34,6 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--force", action="store_true", help="redo cases already stored with the same config")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved settings (YAML), then exit")
     parser.add_argument("overrides", nargs="*", help="config overrides, key=value")
     return parser.parse_args(argv)
 
@@ -41,10 +47,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        values = load_config(args.config, args.overrides)
+        values = load_config(args.config, args.overrides, schema=PrepareConfig)
         config = PrepareConfig(**values)
     except (OSError, ValueError, TypeError) as error:
-        print(f"data_prepare: bad config {args.config}: {error}", file=sys.stderr)
+        print(f"data_prepare: bad config: {error}", file=sys.stderr)
         return 2
     for name, value in (
         ("data_root", args.data_root),
@@ -54,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     ):
         if value is not None:
             setattr(config, name, value)
+    if args.print_config:
+        print(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False), end="")
+        return 0
     config.workers = worker_count(config.workers)
     if not Path(config.data_root).is_dir():
         print(f"data_prepare: data root {config.data_root} is not a folder", file=sys.stderr)

@@ -116,12 +116,16 @@ def main(stage: Stage, default_config: Path, argv: list[str] | None = None) -> i
 
     ``--preflight`` only checks (``run.sh`` does it once before ``torchrun`` starts the processes,
     so a bad store or config is one line, not a line per process among torchrun's tracebacks).
+    ``--print-config`` prints the resolved config (YAML, every default filled in) and exits.
     """
     parser = argparse.ArgumentParser(prog=f"{stage.name}_seg.train", description=f"Train the {stage.name} network.")
     parser.add_argument("--config", type=Path, default=default_config, help="YAML config (default: %(default)s)")
     parser.add_argument("--resume", action="store_true", help="continue from output_dir's last.pt")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--preflight", action="store_true", help="check config, store and run folder, then exit")
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the resolved config (YAML, defaults included), then exit"
+    )
     parser.add_argument("overrides", nargs="*", help="config overrides, key=value (e.g. train.epochs=10)")
     args = parser.parse_args(argv)
     try:
@@ -130,6 +134,9 @@ def main(stage: Stage, default_config: Path, argv: list[str] | None = None) -> i
     except (OSError, ValueError, TypeError) as error:
         print(f"{stage.name}_seg: bad config: {error}", file=sys.stderr)
         return 2
+    if args.print_config:
+        print(yaml.safe_dump(config.as_dict(), sort_keys=False), end="")
+        return 0
     problem = preflight(config, rounds, args.resume, stage.name)
     if problem:
         print(f"{stage.name}_seg: {problem}", file=sys.stderr)

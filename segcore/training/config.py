@@ -1,10 +1,14 @@
 """The typed configuration of a training stage (``coarse_seg/config.yaml``, ``fine_seg/config.yaml``).
 
 Every section is a dataclass with its defaults here, in one place. :func:`load_stage_config`
-reads a YAML file, applies ``key=value`` overrides and validates the result: an unknown or
-misspelled key anywhere (``optimizer.grad_clp``), a value of the wrong type (``train.epochs:
-ten``) or a rule a section checks itself (``semi.fourier_confidence`` without
-``semi.weak_strong``) is refused with its dotted path, before anything is trained::
+reads a YAML file (and the ``base`` it names: :mod:`segcore.config`), applies ``key=value``
+overrides and validates the result. Keys are checked against these dataclasses, not against the
+file, so a file holds only what differs from the defaults (or from its base) and an override may
+set any key. An unknown or misspelled key anywhere (``optimizer.grad_clp``, or a constructor
+argument the architecture does not take: ``network.init_args.residual_ouput``), a value of the
+wrong type (``train.epochs: ten``) or a rule a section checks itself (``semi.fourier_confidence``
+without ``semi.weak_strong``) is refused with the file and its dotted path, before anything is
+trained::
 
     config = load_stage_config("coarse_seg/config.yaml", ["train.epochs=10"])
     config.optimizer.grad_clip          # 12.0
@@ -16,6 +20,7 @@ The ``augment`` and ``semi`` sections are :class:`segcore.training.augment.Augme
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from collections.abc import Sequence
@@ -24,7 +29,8 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 
-from segcore.config import load_config
+from segcore.config import did_you_mean, load_config
+from segcore.networks import NETWORKS
 from segcore.training.augment import AugmentConfig
 from segcore.training.cps import CPSConfig
 
@@ -34,11 +40,23 @@ STRICT = ConfigDict(extra="forbid")
 
 @dataclass(frozen=True)
 class NetworkConfig:
-    """``network``: the architecture (a key of :data:`segcore.networks.NETWORKS`) and its arguments."""
+    """``network``: the architecture (a key of :data:`segcore.networks.NETWORKS`) and its constructor
+    arguments (those not given take the constructor's defaults)."""
 
     __pydantic_config__ = STRICT
     arch: str
     init_args: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.arch not in NETWORKS:
+            raise ValueError(f"network.arch={self.arch!r}: expected one of {', '.join(sorted(NETWORKS))}")
+        accepted = list(inspect.signature(NETWORKS[self.arch]).parameters)
+        for key in self.init_args:
+            if key not in accepted:
+                guess = did_you_mean(key, accepted)
+                raise ValueError(
+                    f"network.init_args.{key}: not an argument of {self.arch}; {guess}(it takes: {', '.join(accepted)})"
+                )
 
 
 @dataclass(frozen=True)
@@ -152,8 +170,7 @@ class StageConfig:
         try:
             return _ADAPTER.validate_python(values)
         except ValidationError as error:
-            problems = [f"{'.'.join(str(part) for part in e['loc']) or '(top)'}: {e['msg']}" for e in error.errors()]
-            raise ValueError(f"{source}: " + "; ".join(problems)) from None
+            raise ValueError(f"{source}: " + "; ".join(_problem(e) for e in error.errors())) from None
 
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML-able data (tuples as lists), every default filled in."""
@@ -163,7 +180,16 @@ class StageConfig:
 _ADAPTER = TypeAdapter(StageConfig)
 
 
+def _problem(error: dict[str, Any]) -> str:
+    """One validation error as ``dotted.key: reason``. A section's own rule (a ``ValueError`` of a
+    ``__post_init__``) names its keys itself, so it is given as it was raised."""
+    if error["type"] == "value_error":
+        return str(error["ctx"]["error"])
+    return f"{'.'.join(str(part) for part in error['loc']) or '(top)'}: {error['msg']}"
+
+
 def load_stage_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> StageConfig:
-    """Read a stage's YAML file, apply ``key=value`` overrides (:func:`segcore.config.load_config`)
-    and validate it (:meth:`StageConfig.from_mapping`)."""
-    return StageConfig.from_mapping(load_config(path, overrides), str(path))
+    """Read a stage's YAML file and its bases, apply ``key=value`` overrides, every key checked
+    against :class:`StageConfig` (:func:`segcore.config.load_config`), and validate the values
+    (:meth:`StageConfig.from_mapping`)."""
+    return StageConfig.from_mapping(load_config(path, overrides, schema=StageConfig), str(path))
