@@ -28,6 +28,10 @@ a queue of 2, 64 MB uploads, 2 s idle timeout, an API key, and a ``TMPDIR`` of i
   expected end. Every ~50 ms: the server's RSS (``/proc/<pid>/status``) and its temporary
   bytes (files under its ``TMPDIR`` plus deleted ones it still holds open); every 0.2 s a
   ``GET /health``.
+* Then a connection flood (``--flood-seconds``): ``--flood-connections`` connections (the
+  server's ``max_connections``, 64) that each send one byte and stop, each reopened as soon as
+  the server closes it, ``/health`` probed every 0.2 s and the NIfTI posted once a second
+  (a 503 tried again every 0.5 s). ``--flood-only`` runs this phase alone.
 * Then, server idle: each bomb alone, 3 times (RSS peak from the kernel's high-water mark,
   reset before each request; temporary bytes sampled every 5 ms).
 
@@ -632,6 +636,80 @@ def run_load(server: Server, payloads: Payloads, args: argparse.Namespace, scrat
                       len(health.seconds), outcomes, warm_up)  # fmt: skip
 
 
+class Reopener:
+    """``count`` connections that each send one byte and stop, each reopened as soon as the server
+    closes it, from ``with`` entry to exit; ``closes`` counts the server's closes."""
+
+    def __init__(self, url: str, count: int):
+        parts = urlsplit(url)
+        self.address, self.closes = (parts.hostname, parts.port), 0
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._hold, daemon=True) for _ in range(count)]
+
+    def _hold(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with socket.create_connection(self.address, timeout=5) as connection:
+                    connection.sendall(b"P")
+                    connection.settimeout(0.1)
+                    while not self._stop.is_set():
+                        try:
+                            if connection.recv(4096) == b"":
+                                break
+                        except TimeoutError:
+                            continue
+            except OSError:
+                pass
+            self.closes += 1
+
+    def __enter__(self):
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+
+@dataclass
+class FloodReport:
+    seconds: float
+    connections: int
+    closes: int
+    health_p99_s: float
+    health_max_s: float
+    health_failures: int
+    health_probes: int
+    segment_outcomes: list[Outcome]
+
+
+def run_flood(server: Server, payloads: Payloads, seconds: float, connections: int, scratch: Path) -> FloodReport:
+    """One-byte connections reopened as they close for ``seconds``; ``/health`` and honest posts meanwhile."""
+    outcomes = []
+    with Reopener(server.url, connections) as flood, HealthProbe(server.url) as health:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            outcomes.append(send(server.url, "nifti", payloads, scratch, retry_for=10))
+            time.sleep(1.0)
+    return FloodReport(seconds, connections, flood.closes, health.percentile(0.99),
+                       max(health.seconds, default=float("nan")), health.failures, len(health.seconds),
+                       outcomes)  # fmt: skip
+
+
+def print_flood(flood: FloodReport) -> None:
+    honest = flood.segment_outcomes
+    print(f"flood: {flood.connections} one-byte connections reopened as they close, {flood.seconds:g} s "
+          f"({flood.closes} closed by the server)")  # fmt: skip
+    print(f"  /health: p99 {flood.health_p99_s:.3f} s, max {flood.health_max_s:.3f} s over {flood.health_probes} "
+          f"probes, {flood.health_failures} failed (target p99 <= {HEALTH_TARGET_S:g} s)")  # fmt: skip
+    print(
+        f"  /segment: {statuses_text([o.status for o in honest])}, 503s on the way "
+        f"{sum(o.full_answers for o in honest)}, slowest {max((o.total_seconds for o in honest), default=0):.2f} s"
+    )
+
+
 @dataclass
 class Isolated:
     kind: str
@@ -749,6 +827,9 @@ def main() -> None:
         "--retry-for", type=float, default=60,
         help=f"seconds a request is tried again after a 503, every {RETRY_PAUSE_S:g} s (0: never)",
     )  # fmt: skip
+    parser.add_argument("--flood-seconds", type=float, default=20, help="length of the connection flood")
+    parser.add_argument("--flood-connections", type=int, default=64, help="one-byte connections in the flood")
+    parser.add_argument("--flood-only", action="store_true", help="run the connection flood alone")
     parser.add_argument("--out", type=Path, help="write the figures here as JSON")
     args = parser.parse_args()
     if not 0 <= args.hostile <= args.requests:
@@ -762,13 +843,19 @@ def main() -> None:
         payloads = build_payloads(work)
         weights = args.weights or write_tiny_weights(work / "weights")
         print(f"payloads built in {time.perf_counter() - started:.1f} s; weights {weights}; settings {SETTINGS}")
+        load, isolated = None, []
         with serving(weights, work / "server_tmp") as server:
-            load = run_load(server, payloads, args, work / "scratch")
-            print_load(load)
-            isolated = [run_isolated(server, kind, payloads, work / "scratch") for kind in BOMBS]
-            print_isolated(isolated)
+            if not args.flood_only:
+                load = run_load(server, payloads, args, work / "scratch")
+                print_load(load)
+            flood = run_flood(server, payloads, args.flood_seconds, args.flood_connections, work / "scratch")
+            print_flood(flood)
+            if not args.flood_only:
+                isolated = [run_isolated(server, kind, payloads, work / "scratch") for kind in BOMBS]
+                print_isolated(isolated)
     if args.out:
-        report = {"settings": SETTINGS, "load": asdict(load), "isolated": [asdict(result) for result in isolated]}
+        report = {"settings": SETTINGS, "load": asdict(load) if load else None, "flood": asdict(flood),
+                  "isolated": [asdict(result) for result in isolated]}  # fmt: skip
         args.out.write_text(json.dumps(report, indent=1))
         print(f"figures written to {args.out}")
 

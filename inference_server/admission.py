@@ -137,8 +137,8 @@ class Ticket:
         need = model.need(voxels)
         if need > model.request_limit:
             raise HTTPException(
-                413, f"{name}: {voxels:,} voxels would need about {need / 2**30:.1f} GiB of memory; one request "
-                f"may use {model.request_limit / 2**30:.1f} GiB",
+                413, f"{name}: {voxels:,} voxels need about {need / 2**30:.2f} GiB of memory; the limit is "
+                f"{model.request_limit / 2**30:.2f} GiB per request (SEGMENT_MAX_REQUEST_MEMORY_MB)",
             )  # fmt: skip
         if self.admission.reserved_bytes + need > model.budget:
             raise HTTPException(

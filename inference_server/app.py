@@ -15,6 +15,7 @@ the temporary folder is removed once the worker is done with it, whatever the ou
 from __future__ import annotations
 
 import base64
+import gzip
 import math
 import os
 import platform
@@ -46,6 +47,7 @@ from inference_server.admission import (
     key_matches,
     unauthorized,
 )
+from inference_server.origins import HostGuard
 from inference_server.schemas import Bundle, Info, Problem, Segmentation
 from inference_server.settings import Settings
 from inference_server.uploads import ZipLimits, check_archive, extract_series, sniff_kind
@@ -66,6 +68,7 @@ OUTPUT_HELP = (
 ERRORS = {
     400: {"model": Problem, "description": "unreadable or invalid input"},
     401: {"model": Problem, "description": "missing or wrong X-API-Key"},
+    403: {"model": Problem, "description": "a cross-origin POST from an origin not in SEGMENT_ALLOWED_ORIGINS"},
     408: {"model": Problem, "description": "the upload stalled for longer than the idle timeout"},
     413: {"model": Problem, "description": "upload (or its unpacked zip) over the size limits"},
     422: {"model": Problem, "description": "not a 3-D CT (2-D, 4-D, absurd size, impossible geometry, ...)"},
@@ -239,6 +242,7 @@ async def segment(
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
         raise
+    gzip_bundle = output == "bundle" and accepts_gzip(request.headers.get("accept-encoding", ""))
     if output in ("dicom-seg", "rtstruct") and kind != "zip":
         shutil.rmtree(workdir, ignore_errors=True)
         wanted = DICOM_OUTPUTS[OUTPUT_DICOM_KIND[output]]
@@ -266,7 +270,7 @@ async def segment(
         except DicomOutputUnavailable as error:
             raise HTTPException(422, f"{name}: no {error.output}: {error}") from None
         viewing = nifti_bytes_for_viewing(image, geometry) if output == "bundle" and kind == "zip" else None
-        answer = answer_of(output, made, name, viewing)
+        answer = answer_of(output, made, name, viewing, gzip_bundle)
         made.record["timings"]["write"] = round(time.perf_counter() - written, 4)
         return answer, made.record
 
@@ -276,6 +280,10 @@ async def segment(
         return JSONResponse(Segmentation(**record).model_dump(), headers=headers)
     if answer.filename:
         headers["Content-Disposition"] = attachment(answer.filename)
+    if output == "bundle":
+        headers["Vary"] = "Accept-Encoding"
+    if answer.encoding:
+        headers["Content-Encoding"] = answer.encoding
     return Response(answer.body, media_type=answer.media_type, headers=headers)
 
 
@@ -293,11 +301,16 @@ class Answer:
     body: bytes
     media_type: str
     filename: str | None = None
+    encoding: str | None = None
 
 
-def answer_of(output: str, made: CaseOutputs, name: str, ct: bytes | None = None) -> Answer | None:
+def answer_of(
+    output: str, made: CaseOutputs, name: str, ct: bytes | None = None, gzip_bundle: bool = False
+) -> Answer | None:
     """The body for ``output`` from the case's staged files (None: the JSON record); runs in the worker
-    thread. ``ct``: the input as NIfTI for the page's viewer (a bundle for a DICOM input)."""
+    thread. ``ct``: the input as NIfTI for the page's viewer (a bundle for a DICOM input).
+    ``gzip_bundle``: a bundle comes gzip-encoded (``Content-Encoding``), its base64 back to about its
+    files' size (a DICOM-SEG's bit planes, mostly zeros, to a fraction of it)."""
     if output == "json":
         return None
     stem = download_stem(name)
@@ -317,7 +330,24 @@ def answer_of(output: str, made: CaseOutputs, name: str, ct: bytes | None = None
         rtstruct_base64=encoded.get("rtstruct"), rtstruct_note=made.notes.get("rtstruct"),
         ct_nifti_base64=base64.b64encode(ct).decode() if ct is not None else None,
     )  # fmt: skip
-    return Answer(bundle.model_dump_json().encode(), "application/json")
+    body = bundle.model_dump_json().encode()
+    if gzip_bundle:
+        return Answer(gzip.compress(body, BUNDLE_GZIP_LEVEL, mtime=0), "application/json", encoding="gzip")
+    return Answer(body, "application/json")
+
+
+BUNDLE_GZIP_LEVEL = 1
+"""Fastest level: the base64 of gzip-ed NIfTI files gains nothing from more effort."""
+
+
+def accepts_gzip(accept_encoding: str) -> bool:
+    """Whether an ``Accept-Encoding`` header takes ``gzip`` (not with ``q=0``)."""
+    for item in accept_encoding.lower().split(","):
+        coding, _, parameters = item.strip().partition(";")
+        if coding.strip() in ("gzip", "*"):
+            weight = parameters.strip().removeprefix("q=")
+            return not (parameters.strip().startswith("q=") and weight.replace(".", "").strip("0") == "")
+    return False
 
 
 def response_headers(summary: dict[str, Any], elapsed: float, notice: str | None) -> dict[str, str]:
@@ -371,6 +401,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         SegmentGate, admission=app.state.admission, api_key=settings.api_key, limit=settings.max_upload_bytes,
         pace=pace,
     )  # fmt: skip
+    app.add_middleware(HostGuard, settings=settings)  # before admission: a refused Host takes no place
     app.add_middleware(SecurityHeaders)  # added last: outermost, sees every response
     app.add_exception_handler(RequestValidationError, validation_problem)
     app.include_router(routes)
@@ -382,9 +413,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def check_headers(upload: Path, kind: str, name: str, zip_limits: ZipLimits) -> int:
     """What can be refused from the upload's headers alone (a bomb, a header claiming gigabytes),
     in milliseconds: done before the request waits for a slot. Returns the input's voxels as the
-    header gives them (a zipped series: its unpacked bytes / 2, an uncompressed int16 series)."""
+    headers give them (a zipped series: its images' rows × columns × frames, and at least its
+    unpacked bytes / 2, as if it were all int16 pixels: pixel data no header describes still
+    costs memory to read)."""
     if kind == "zip":
-        return check_archive(upload, zip_limits, name) // 2
+        size = check_archive(upload, zip_limits, name)
+        return max(size.image_voxels, size.unpacked_bytes // 2)
     with volume_errors_as_http(name, upload):
         return math.prod(check_file_header(upload).size)
 

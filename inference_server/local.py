@@ -50,7 +50,7 @@ class LocalServer:
         self,
         weights: str | os.PathLike,
         device: str = "cpu",
-        ready_timeout: float = 60,
+        ready_timeout: float = 180,
         *,
         environment: dict[str, str] | None = None,
         **settings: str,

@@ -4,10 +4,10 @@ command line (``sh inference_server/run.sh --weights DIR --device cpu``) overrid
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MEMORY_BYTES_PER_VOXEL = 15.0
 MEMORY_BASE_MB = 512.0
@@ -39,7 +39,9 @@ class Settings(BaseSettings):
     idle_timeout_s: float = Field(
         15.0, gt=0, description="longest silence from a client: before its request (then closed) or in its body (408)"
     )
-    max_connections: int = Field(64, ge=1, description="open connections at once; beyond them 503")
+    max_connections: int = Field(
+        64, ge=1, description="connections holding a place; a newcomer takes the place of the longest idle one"
+    )
     max_uploads: int = Field(
         8, ge=1, description="POST /segment bodies streaming in at once, apart from the queue; beyond them 503"
     )
@@ -65,6 +67,21 @@ class Settings(BaseSettings):
         100.0, gt=1, description="unpacked / packed bytes of a zip member and of the whole zip (413 beyond)"
     )
     api_key: SecretStr | None = Field(None, description="when set, requests need this X-API-Key")
+    host: str = Field("127.0.0.1", description="the address the service is bound to (run.sh --host)")
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        [], description="Host header names answered, comma-separated; '*' any (default: host, localhost, "
+        "127.0.0.1, ::1); others get 400"
+    )  # fmt: skip
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        [], description="browser origins (scheme://host[:port]) allowed to POST besides the service's own, "
+        "comma-separated; '*' any; others get 403"
+    )  # fmt: skip
+
+    @field_validator("allowed_hosts", "allowed_origins", mode="before")
+    @classmethod
+    def comma_separated(cls, value: str | list[str]) -> list[str]:
+        items = value.split(",") if isinstance(value, str) else value
+        return [item.strip() for item in items if item.strip()]
 
     @property
     def max_upload_bytes(self) -> int:

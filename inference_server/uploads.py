@@ -26,6 +26,8 @@ from typing import Literal
 
 from fastapi import HTTPException
 
+from inference_server.series_headers import member_voxels
+
 ACCEPTED_METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate"}
 METHOD_NAMES = {zipfile.ZIP_BZIP2: "bzip2", zipfile.ZIP_LZMA: "lzma", **ACCEPTED_METHODS}
 RATIO_ALLOWANCE_BYTES = 64 * 1024
@@ -119,13 +121,25 @@ def _unpacking(member: zipfile.ZipInfo, name: str) -> Iterator[None]:
         raise HTTPException(422, f"{name}: member {member.filename[:100]!r} cannot be unpacked ({error})") from None
 
 
-def check_archive(archive: Path, limits: ZipLimits, name: str) -> int:
-    """Every check that needs only the zip's directories (milliseconds, whatever the archive
-    claims to hold): a server runs it before queueing the work; :func:`extract_series` again.
-    Returns the unpacked bytes the directory declares."""
+@dataclass(frozen=True)
+class ArchiveSize:
+    """What a zipped series declares: its unpacked bytes (directory) and its images' voxels (headers)."""
+
+    unpacked_bytes: int
+    image_voxels: int
+
+
+def check_archive(archive: Path, limits: ZipLimits, name: str) -> ArchiveSize:
+    """Every check that needs only the zip's directories and its members' DICOM headers (no pixel
+    data is decompressed; :mod:`inference_server.series_headers`): a server runs it before
+    queueing the work; :func:`extract_series` checks the directories again."""
     try:
-        with _checked_archive(archive, limits, name) as (_, members):
-            return sum(member.file_size for member in members)
+        with _checked_archive(archive, limits, name) as (bundle, members):
+            voxels = 0
+            for member in members:
+                with _unpacking(member, name):
+                    voxels += member_voxels(bundle, member, name)
+            return ArchiveSize(sum(member.file_size for member in members), voxels)
     except UNREADABLE_ARCHIVE as error:
         raise HTTPException(400, f"{name}: not a readable zip archive ({error})") from None
 

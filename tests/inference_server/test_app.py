@@ -65,7 +65,8 @@ def client_for(predictor: StandInPredictor | None, **settings) -> TestClient:
     app = create_app(Settings(**settings))
     if predictor is not None:
         app.dependency_overrides[loaded_predictor] = lambda: predictor
-    return TestClient(app, raise_server_exceptions=False)  # no lifespan: no model is loaded
+    # no lifespan: no model is loaded; Host: localhost (the allow-list's default), not "testserver"
+    return TestClient(app, base_url="http://localhost", raise_server_exceptions=False)
 
 
 def post(client: TestClient, name: str, content: bytes, **kwargs):
@@ -316,6 +317,8 @@ def test_413_from_the_header_when_one_request_would_need_more_memory_than_it_may
     response = post(client, CT_3MM, (real_data / CT_3MM).read_bytes())
     assert response.status_code == 413, response.text
     assert "369,660 voxels" in response.json()["detail"] and "memory" in response.json()["detail"]
+    # "needs about 8.0 GiB; may use 8.0 GiB" read as a contradiction: the need and the limit, distinctly
+    assert "need about 0.34 GiB of memory; the limit is 0.10 GiB per request" in response.json()["detail"]
     assert stand_in.calls == 0
 
 
@@ -338,7 +341,8 @@ def test_a_small_upload_of_a_huge_volume_is_refused_from_its_header_by_the_defau
     header.set_zooms((0.5, 0.5, 0.5))
     header.set_qform(np.diag([0.5, 0.5, 0.5, 1.0]), code=1)
     header["vox_offset"] = 352
-    upload = gzip.compress(header.binaryblock + b"\0" * 4 + b"\0" * 4096)
+    # 2.1 MB: a gzip file that could hold the 2 GB its header claims (deflate expands at most ~1032-fold)
+    upload = gzip.compress(header.binaryblock + b"\0" * 4 + b"\0" * 4096) + b"\0" * (2100 << 10)
     stand_in = StandInPredictor()
     started = time.monotonic()
     response = post(client_for(stand_in), "huge.nii.gz", upload)
@@ -375,3 +379,62 @@ def test_a_request_refused_at_the_queue_after_its_upload_leaves_no_folder(tmp_pa
     assert status == 503
     assert not folders[0].exists() and not folders[1].exists()
     assert admission.admitted == 0 and admission.uploading == 0
+
+
+@pytest.mark.parametrize("path", ["/", "/health", "/info", "/labels"])
+def test_400_for_a_host_the_service_does_not_answer_to(tmpdir_watched, path):
+    # DNS rebinding: a page on evil.example whose name now points at 127.0.0.1 read the service.
+    client = client_for(StandInPredictor())
+    response = client.get(path, headers={"Host": "evil.example"})
+    assert response.status_code == 400, response.text
+    assert "Host" in response.json()["detail"] and "SEGMENT_ALLOWED_HOSTS" in response.json()["detail"]
+    assert response.headers["connection"] == "close"
+    for host in ("localhost:8000", "127.0.0.1", "LOCALHOST.", "[::1]:8000"):
+        assert client.get("/health", headers={"Host": host}).status_code == 200, host
+    named = client_for(None, allowed_hosts="ct.example.org, other.example.org")
+    assert named.get("/health", headers={"Host": "ct.example.org"}).status_code == 200
+    assert client_for(None, allowed_hosts="*").get("/health", headers={"Host": "evil.example"}).status_code == 200
+
+
+def test_403_for_a_cross_origin_post_unless_its_origin_is_allowed(real_data, tmpdir_watched):
+    stand_in = StandInPredictor()
+    content = (real_data / CT_3MM).read_bytes()
+    response = post(client_for(stand_in), CT_3MM, content, headers={"Origin": "http://evil.example"})
+    assert response.status_code == 403, response.text
+    assert "cross-origin" in response.json()["detail"] and "SEGMENT_ALLOWED_ORIGINS" in response.json()["detail"]
+    assert stand_in.calls == 0
+    assert post(client_for(stand_in), CT_3MM, content, headers={"Origin": "null"}).status_code == 403
+    assert post(client_for(stand_in), CT_3MM, content, headers={"Origin": "http://localhost"}).status_code == 200
+    assert post(client_for(stand_in), CT_3MM, content).status_code == 200  # no Origin: not a browser's form
+    allowed = client_for(stand_in, allowed_origins="https://viewer.example.org")
+    assert post(allowed, CT_3MM, content, headers={"Origin": "https://viewer.example.org"}).status_code == 200
+    assert post(allowed, CT_3MM, content, headers={"Origin": "https://other.example.org"}).status_code == 403
+
+
+def test_413_for_a_compressed_series_from_the_voxels_its_headers_give(tmpdir_watched):
+    # An RLE series was admitted from its unpacked bytes / 2: 157 M voxels were estimated at 3.3 M.
+    from tests.inference_server.test_uploads import rle_series
+
+    stand_in = StandInPredictor()
+    client = client_for(stand_in, memory_bytes_per_voxel=1000.0, memory_base_mb=0.0, max_request_memory_mb=1000.0)
+    response = post(client, "rle.zip", rle_series(8))
+    assert response.status_code == 413, response.text
+    assert "2,097,152 voxels" in response.json()["detail"] and stand_in.calls == 0
+
+
+def test_a_bundle_comes_gzip_encoded_to_a_client_that_accepts_it(series_with_uids, tmpdir_watched):
+    # A zipped 300-slice series gave a 176 MB bundle: its series as NIfTI and its SEG in base64.
+    import base64
+
+    client = client_for(StandInPredictor())
+    response = post(client, "series.zip", zipped_series(series_with_uids), params={"output": "bundle"},
+                    headers={"Accept-Encoding": "gzip"})  # fmt: skip
+    assert response.status_code == 200 and response.headers["content-encoding"] == "gzip"
+    assert "accept-encoding" in response.headers["vary"].lower()
+    bundle = response.json()  # decoded as any HTTP client does
+    files = sum(len(base64.b64decode(bundle[key])) for key in bundle if key.endswith("_base64") and bundle[key])
+    print(f"bundle {response.num_bytes_downloaded:,} bytes sent for {files:,} bytes of files")
+    assert response.num_bytes_downloaded <= 2 * files
+    plain = post(client, "series.zip", zipped_series(series_with_uids), params={"output": "bundle"},
+                 headers={"Accept-Encoding": "identity"})  # fmt: skip
+    assert "content-encoding" not in plain.headers and plain.json()["organs"] == bundle["organs"]

@@ -385,3 +385,73 @@ def test_a_request_head_sent_a_byte_at_a_time_is_closed_at_the_head_deadline(wei
                     break
             closed = closed or closed_within(slow, 2) is not None
             assert closed and time.monotonic() - started < 5
+
+
+@contextmanager
+def one_byte_connections(url: str, count: int) -> Iterator[list[float]]:
+    """``count`` connections that each send one byte and stop, each reopened as soon as the server
+    closes it (the attack that kept every place taken); yields the times the server closed one."""
+    parts = urlsplit(url)
+    closed_at: list[float] = []
+    stop = threading.Event()
+
+    def hold() -> None:
+        while not stop.is_set():
+            try:
+                with socket.create_connection((parts.hostname, parts.port), timeout=5) as connection:
+                    connection.sendall(b"P")
+                    connection.settimeout(0.1)
+                    while not stop.is_set():
+                        try:
+                            if connection.recv(4096) == b"":
+                                break
+                        except TimeoutError:
+                            continue
+                    closed_at.append(time.monotonic())
+            except OSError:
+                closed_at.append(time.monotonic())
+
+    holders = [threading.Thread(target=hold, daemon=True) for _ in range(count)]
+    for holder in holders:
+        holder.start()
+    time.sleep(0.5)  # every place taken
+    try:
+        yield closed_at
+    finally:
+        stop.set()
+        for holder in holders:
+            holder.join()
+
+
+def test_health_and_segment_are_answered_while_one_byte_connections_are_reopened_as_they_close(
+    weights, real_data, tmp_path
+):
+    # max_connections one-byte connections, each reopened as it closed at the head timeout, kept
+    # every place taken: /health and /segment answered 503 for as long as the attack went on.
+    temp = tmp_path / "server_tmp"
+    temp.mkdir()
+    with serving(weights, temp, max_connections="8", head_timeout_s="2", idle_timeout_s="2") as url:
+        source = (real_data / "abdomen_ct_3mm.nii.gz").read_bytes()
+        with one_byte_connections(url, 8):
+            health = []
+            for _ in range(15):
+                started = time.monotonic()
+                status = httpx.get(f"{url}/health", timeout=5).status_code
+                health.append((status, time.monotonic() - started))
+                time.sleep(0.2)
+            segmented, deadline = 0, time.monotonic() + 10
+            while (segmented := post(url, "ct.nii.gz", source).status_code) == 503 and time.monotonic() < deadline:
+                time.sleep(0.3)
+        assert all(status == 200 and seconds < 1 for status, seconds in health), health
+        assert segmented == 200
+
+
+def test_a_request_for_another_host_or_from_another_origin_is_refused(guarded):
+    url, _ = guarded
+    answer = raw_exchange(url, b"GET /health HTTP/1.1\r\nHost: evil.example\r\n\r\n", wait=3)
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    parts = urlsplit(url)
+    cross = upload_head(3 << 20, API_KEY).replace(b"\r\n\r\n", b"\r\nOrigin: http://evil.example\r\n\r\n", 1)
+    answer = raw_exchange(url, cross + b"\0" * 1024, wait=3)
+    assert answer.startswith(b"HTTP/1.1 403"), answer[:300]  # before the body: its detail in test_app
+    assert httpx.get(f"http://localhost:{parts.port}/health", timeout=5).status_code == 200
