@@ -29,13 +29,16 @@ def predictor() -> Predictor:
     return Predictor.from_weights(WEIGHTS, "cpu", "fp32", verify=True)
 
 
-def test_half_resolution_checkpoints_keep_giving_the_labels_they_gave(predictor, real_data):
-    """The shipped nets predate ``output_stride``: they rebuild as half-resolution nets, replay the
-    probe outputs recorded when they were saved (``verify=True`` in the fixture) and label the
-    real 3 mm CT as they did before full-resolution nets existed. The reference labels were written
-    by the predictor of that time (fp32, CPU); a margin of 0.01 % of the voxels covers the argmax
-    ties that another CPU's float rounding may flip, far below what a changed path moves."""
-    assert all(net.output_stride == 2 for net in predictor.locator.model.nets + predictor.fine.nets)
+def test_the_default_model_keeps_giving_the_labels_it_gave(predictor, real_data):
+    """The shipped nets are full-resolution nets whose answer is a half-resolution head's plus a
+    correction (``residual_output``); they replay the probe outputs recorded when they were saved
+    (``verify=True`` in the fixture) and label the real 3 mm CT as they did when they shipped. The
+    reference labels were written by the predictor of that day (fp32, CPU); a margin of 0.01 % of
+    the voxels covers the argmax ties that another CPU's float rounding may flip, far below what a
+    changed checkpoint, orientation or resampling path moves."""
+    assert all(
+        net.output_stride == 1 and net.residual_output for net in predictor.locator.model.nets + predictor.fine.nets
+    )
     reference = np.load(Path(__file__).parent / "data" / "default_model_abdomen_ct_3mm_labels.npz")["labels"]
     labels = predictor.predict_file(real_data / "abdomen_ct_3mm.nii.gz")[0].labels
     assert labels.shape == reference.shape

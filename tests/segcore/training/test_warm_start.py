@@ -173,32 +173,40 @@ def test_a_residual_net_trains_its_correction_from_zero():
 SHIPPED = ROOT / "model_weights"
 
 
-def _shipped_and_residual(stage: str) -> tuple[dict, dict]:
-    """The shipped ``stage`` checkpoint, and the same model in a full-resolution net with a zero
-    correction (``residual_output``), started from it as ``train.init_weights`` starts a run."""
+def _half_and_residual(stage: str, folder) -> tuple[dict, dict]:
+    """A trained half-resolution model (the shipped ``stage`` net's body and level-0 head, as a
+    ``output_stride`` 2 net), and the same model started in a full-resolution net with a zero
+    correction (``residual_output``) as ``train.init_weights`` starts a run."""
     shipped = load_checkpoint(SHIPPED / f"{stage}.pt")
-    entry = shipped["networks"][0]
+    entry, size = shipped["networks"][0], shipped["inference"]["input_size"]
+    arguments = {**LEGACY_INIT_ARGS, **entry["init_args"], "residual_output": False}
+    half_net = build_network(entry["arch"], **{**arguments, "output_stride": 2, "deep_supervision": False})
+    warm_start([half_net], SHIPPED / f"{stage}.pt", stage)
+    half = {**shipped, "networks": [network_entry(half_net, size)]}
+    save_checkpoint(folder / f"{stage}_half.pt", half)
     residual = {"output_stride": 1, "full_resolution_channels": 8, "deep_supervision": True, "residual_output": True}
-    net = build_network(entry["arch"], **{**LEGACY_INIT_ARGS, **entry["init_args"], **residual})
-    assert "half_resolution_head.weight" not in warm_start([net], SHIPPED / f"{stage}.pt", stage)
-    return shipped, {**shipped, "networks": [network_entry(net, shipped["inference"]["input_size"])]}
+    net = build_network(entry["arch"], **{**arguments, **residual})
+    assert "half_resolution_head.weight" not in warm_start([net], folder / f"{stage}_half.pt", stage)
+    return half, {**shipped, "networks": [network_entry(net, size)]}
 
 
-def test_the_shipped_model_in_a_residual_full_resolution_net_labels_a_phantom_as_it_does(tmp_path):
-    """A candidate started from the shipped weights loses nothing at step 0: on a phantom its labels
-    are the shipped model's voxel for voxel and each stage's probabilities agree to 1e-5."""
+def test_a_trained_half_resolution_model_in_a_residual_net_labels_a_phantom_as_it_does(tmp_path):
+    """A candidate started from a trained half-resolution model loses nothing at step 0: on a
+    phantom its labels are that model's voxel for voxel and each stage's probabilities agree to 1e-5."""
     write_dataset(tmp_path, labeled=0, unlabeled=0, val=1, size="small", seed=4242, progress=False)
     (image_path,) = (tmp_path / "val_images").glob("*_0000.nii.gz")
-    (coarse, coarse_residual), (fine, fine_residual) = _shipped_and_residual("coarse"), _shipped_and_residual("fine")
-    shipped = Predictor(coarse, fine, "cpu", "fp32", verify=True)
+    (coarse, coarse_residual), (fine, fine_residual) = (
+        _half_and_residual(stage, tmp_path) for stage in ("coarse", "fine")
+    )
+    half = Predictor(coarse, fine, "cpu", "fp32", verify=True)
     candidate = Predictor(coarse_residual, fine_residual, "cpu", "fp32", verify=True)
     assert all(net.output_stride == 1 for net in candidate.locator.model.nets + candidate.fine.nets)
-    expected, got = shipped.predict_file(image_path)[0], candidate.predict_file(image_path)[0]
+    expected, got = half.predict_file(image_path)[0], candidate.predict_file(image_path)[0]
     assert len(np.unique(expected.labels)) == 14, "the phantom must hold every organ"
     np.testing.assert_array_equal(got.labels, expected.labels)
     volume = torch.from_numpy(sitk.GetArrayFromImage(sitk.ReadImage(str(image_path))).astype(np.float32))
     watch = Stopwatch(torch.device("cpu"))
-    for old, new in ((shipped.locator.model, candidate.locator.model), (shipped.fine, candidate.fine)):
+    for old, new in ((half.locator.model, candidate.locator.model), (half.fine, candidate.fine)):
         with torch.inference_mode():
             torch.testing.assert_close(
                 new.probabilities(volume, watch), old.probabilities(volume, watch), rtol=0, atol=1e-5
