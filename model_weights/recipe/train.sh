@@ -15,12 +15,13 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
 # Training cases: random tissue values, noise, bias fields and slice thickness (--randomise-domains),
 # organs moved, resized, deformed and sometimes removed, slabs and narrow fields (--vary-anatomy),
-# and, in half of them, the back of the abdomen drawn from anatomical relations, arms, pelvis and
-# bowel content (--detailed-anatomy 0.5). The 10 held-out cases (val_images) stay realistic, with
-# the default anatomy.
+# in half of them, the back of the abdomen drawn from anatomical relations, arms, pelvis and
+# bowel content (--detailed-anatomy 0.5), and, in another half drawn on its own, what patients have
+# (--clinical-anatomy 0.5: lesions counted as their organ, gallbladder and stomach states, the IVC
+# by contrast phase). The 10 held-out cases (val_images) stay realistic, with the default anatomy.
 [ -f "$WORK/data/phantom_cases.json" ] || "$PYTHON" -m segcore.phantom --out "$WORK/data" --labeled 200 \
     --unlabeled 0 --val 10 --size medium --seed 2022 --randomise-domains --vary-anatomy --detailed-anatomy 0.5 \
-    --workers 2 --no-progress
+    --clinical-anatomy 0.5 --workers 2 --no-progress
 # The nets start from the shipped weights (train.init_weights), copied once so that the run keeps
 # its start even if model_weights/ changes while it trains or before it resumes.
 mkdir -p "$WORK/start"

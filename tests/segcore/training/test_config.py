@@ -130,7 +130,12 @@ DERIVED = {
     "coarse_seg/config.tiny.yaml": ("coarse_seg/config.yaml", TINY_CHANGES, "coarse_tiny", [32, 32, 32]),
     "fine_seg/config.tiny.yaml": ("fine_seg/config.yaml", TINY_CHANGES, "fine_tiny", [48, 48, 48]),
     "model_weights/recipe/coarse.yaml": ("coarse_seg/config.yaml", RECIPE_CHANGES, "coarse_default", [48, 48, 48]),
-    "model_weights/recipe/fine.yaml": ("fine_seg/config.yaml", RECIPE_CHANGES, "fine_default", [80, 80, 80]),
+    "model_weights/recipe/fine.yaml": (
+        "fine_seg/config.yaml",
+        {**RECIPE_CHANGES, "train": {"epochs": 60, "val_every": 10}},  # the fourth candidate's longer fine stage
+        "fine_default",
+        [80, 80, 80],
+    ),
 }
 
 
