@@ -70,8 +70,8 @@ class Thresholds:
     """Where the verdict changes: fixed for the default model on calibration phantoms by
     ``bench/quality.py`` (other weights: run it with ``--weights`` and use what it prints)."""
 
-    entropy_review: float = 0.085
-    entropy_fail: float = 0.17
+    entropy_review: float = 0.105
+    entropy_fail: float = 0.21
     agreement_review: float = 0.2
     agreement_fail: float = 0.1
     chest_fail: float = 0.6
