@@ -1,8 +1,9 @@
 #!/bin/sh
-# Segment every CT in a folder with the two-stage model (see predict/batch.py):
-#   sh predict.sh -i INPUT_DIR -o OUTPUT_DIR [--weights DIR] [--device auto|cpu|cuda]
+# Segment a CT, a DICOM series or every CT in a folder with the two-stage model (see predict/batch.py):
+#   sh predict.sh -i INPUT -o OUTPUT_DIR [--weights DIR] [--device auto|cpu|cuda|cuda:N]
 #                 [--precision auto|fp32|fp16|bf16] [--nproc N] [--stats] [--overwrite] [--strict]
-#                 [--output-type nifti|dicom-seg|both] [--preview]
+#                 [--output-type nifti|dicom-seg|rtstruct|both[,...]] [--organs NAME,...] [--preview]
+#                 [--body-region] [--no-progress]
 #   sh predict.sh [--weights DIR]     # no -i/-o: segment the embedded sample CT and score it
 # --nproc N (N > 1), or torchrun's multi-node options (--nnodes, --node-rank, --rdzv-endpoint, ...),
 # start the processes with torchrun (segcore/runtime/launch.sh); each takes every N-th case.
