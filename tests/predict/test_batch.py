@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 
 from predict import batch as predict
 from predict.batch import find_cases, main
@@ -74,15 +73,6 @@ def summary_statuses(stdout: str, names: set[str]) -> dict[str, str]:
     """``{case: status}`` from the summary table of a run."""
     rows = [line.split() for line in stdout.splitlines()]
     return {words[0]: words[1] for words in rows if words and words[0] in names}
-
-
-@pytest.fixture
-def one_thread():
-    """In-process runs on one thread, like the predict.sh runs here (see ``ONE_THREAD``)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def copies_of_the_real_ct(real_data: Path, folder: Path, names: list[str]) -> Path:

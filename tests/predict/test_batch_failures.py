@@ -15,29 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 
 from predict import batch as predict
 from predict.batch import CaseResult, find_cases, main, record_of
 from segcore.inference.predictor import Predictor
 from segcore.outputs.records import write_record
-from segcore.testing import write_tiny_weights
 from segcore.volumes import read_volume, write_volume
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    return write_tiny_weights(tmp_path_factory.mktemp("weights"))
-
-
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def table(out: Path) -> dict[str, dict[str, str]]:

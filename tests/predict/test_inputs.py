@@ -14,21 +14,7 @@ from predict.batch import find_cases, main
 from predict.screen import not_a_ct
 from segcore.inference.predictor import Predictor
 from segcore.labels import ORGAN_IDS, ORGANS
-from segcore.testing import write_tiny_weights
 from segcore.volumes import read_volume, write_volume
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    return write_tiny_weights(tmp_path_factory.mktemp("weights"))
-
-
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
