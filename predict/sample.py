@@ -1,8 +1,9 @@
 """The embedded sample: one synthetic CT segmented with the default model and scored against its truth.
 
 ``sh predict.sh`` with no ``-i``/``-o`` runs :func:`run_sample`: it writes a medium-size phantom CT
-(fixed seed) to ``dataset/sample/`` if absent, segments it with ``model_weights/`` (or
-``--weights DIR``), writes the mask to ``dataset/sample/predictions/``, and prints each organ's
+(fixed seed) to the sample folder if absent (:func:`default_sample_dir`: ``dataset/sample/`` in a
+checkout, ``./segcore-sample/`` for an installed package), segments it with the default weights (or
+``--weights DIR``), writes the mask to its ``predictions/`` folder, and prints each organ's
 predicted and true volume and its Dice similarity coefficient (DSC, FLARE22 protocol:
 :func:`segcore.evaluate.metrics.score_case`).
 """
@@ -21,9 +22,15 @@ from segcore.inference.predictor import Predictor
 from segcore.labels import ORGANS
 from segcore.volumes import read_label_map, write_volume
 
-SAMPLE_DIR = Path(__file__).resolve().parents[1] / "dataset" / "sample"
 SAMPLE_SEED = 2022
 SAMPLE_ID = "sample"
+
+
+def default_sample_dir() -> Path:
+    """``dataset/sample/`` in a checkout (beside ``pyproject.toml``); ``segcore-sample/`` in the current
+    folder where the package is installed (site-packages is no place for data)."""
+    root = Path(__file__).resolve().parents[1]
+    return root / "dataset" / "sample" if (root / "pyproject.toml").is_file() else Path.cwd() / "segcore-sample"
 
 
 def sample_paths(sample_dir: Path) -> tuple[Path, Path]:
@@ -31,7 +38,7 @@ def sample_paths(sample_dir: Path) -> tuple[Path, Path]:
     return sample_dir / "images" / f"{SAMPLE_ID}_0000.nii.gz", sample_dir / "labels" / f"{SAMPLE_ID}.nii.gz"
 
 
-def ensure_sample(sample_dir: Path = SAMPLE_DIR) -> tuple[Path, Path]:
+def ensure_sample(sample_dir: Path) -> tuple[Path, Path]:
     """Write the sample phantom (medium size, every organ in the field of view) unless it exists."""
     image_path, label_path = sample_paths(sample_dir)
     if not (image_path.is_file() and label_path.is_file()):
@@ -47,7 +54,7 @@ def run_sample(
     weights_dir: str | os.PathLike | None = None,
     device: str | torch.device = "auto",
     precision: str = "auto",
-    sample_dir: Path = SAMPLE_DIR,
+    sample_dir: Path | None = None,
 ) -> int:
     """Segment the sample and print per-organ volumes and DSC. Returns the exit status (2: no weights)."""
     try:
@@ -55,6 +62,7 @@ def run_sample(
     except (OSError, ValueError) as error:
         print(f"predict: {error}", file=sys.stderr)
         return 2
+    sample_dir = default_sample_dir() if sample_dir is None else sample_dir
     image_path, label_path = ensure_sample(sample_dir)
     prediction, _, geometry = predictor.predict_file(image_path)
     output = sample_dir / "predictions" / f"{SAMPLE_ID}.nii.gz"

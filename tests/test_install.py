@@ -125,3 +125,12 @@ def test_segcore_predict_writes_a_mask_on_the_input_grid(installed):
     for field in ("spacing", "origin", "direction"):
         np.testing.assert_allclose(getattr(mask_geometry, field), getattr(image_geometry, field), atol=1e-4)
     assert labels.shape == phantom.image.shape and np.count_nonzero(labels) > 0
+
+
+def test_the_sample_of_an_installed_package_is_written_in_the_current_folder(installed):
+    work = installed["work"] / "sample_run"
+    work.mkdir()
+    output = run(installed["bin"] / "segcore-predict", "--device", "cpu", cwd=work, env=installed["env"])
+    assert "mean DSC" in output
+    assert (work / "segcore-sample" / "predictions" / "sample.nii.gz").is_file()
+    assert not (installed["site"] / "dataset").exists()  # nothing written into site-packages
