@@ -174,7 +174,8 @@ class Predictor:
     """Coarse-to-fine segmentation of whole CT volumes (see the module docstring for the steps).
 
     Args:
-        coarse_payload, fine_payload: checkpoints as loaded by :func:`segcore.networks.checkpoint.load_checkpoint`.
+        coarse_payload: the coarse checkpoint as loaded by :func:`segcore.networks.checkpoint.load_checkpoint`.
+        fine_payload: the fine checkpoint, loaded the same way.
         device: ``auto`` (this process's GPU if any, else the CPU) | ``cpu`` | ``cuda`` | a torch device.
         precision: ``auto`` | ``fp32`` | ``fp16`` | ``bf16`` (autocast dtype of the networks).
         margin_mm: grown on every side of the coarse organs' box before cropping (as in ``data_prepare``).
