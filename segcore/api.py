@@ -38,9 +38,9 @@ import SimpleITK as sitk
 from segcore.inference.postprocess import organ_statistics
 from segcore.inference.predictor import DEFAULT_WEIGHTS_DIR, Prediction, Predictor
 from segcore.outputs.case import case_record, only_organs, organ_subset
-from segcore.volumes import read_volume, write_volume
+from segcore.volumes import read_image, read_volume, write_volume
 from segcore.volumes.geometry import Geometry
-from segcore.volumes.itk import geometry_of, to_image
+from segcore.volumes.itk import to_image
 
 
 @dataclass(frozen=True)
@@ -94,8 +94,9 @@ def segment(
     """Segment one CT.
 
     Args:
-        image: a NIfTI file, a folder holding one DICOM series, a 3-D SimpleITK image or a
-            nibabel image (read through a temporary NIfTI file, so every reader check applies).
+        image: a NIfTI file, a folder holding one DICOM series, a 3-D SimpleITK image (checked as a
+            file is: :func:`segcore.volumes.read_image`) or a nibabel image (read through a
+            temporary NIfTI file, so every reader check applies).
         output: also write the mask here (NIfTI).
         weights: a folder with ``coarse.pt`` and ``fine.pt`` (default: the default model).
         device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``.
@@ -108,7 +109,7 @@ def segment(
         The :class:`Segmentation`.
 
     Raises:
-        VolumeError: the input cannot be read or is not a 3-D CT (naming the file and the reason).
+        VolumeError: the input cannot be read or is not a 3-D CT in HU (naming the file and the reason).
         ValueError: an unknown organ name or an input of another type.
         FileNotFoundError: the weights folder lacks ``coarse.pt`` or ``fine.pt``.
     """
@@ -132,9 +133,7 @@ def _read(image: Any) -> tuple[np.ndarray, Geometry, str]:
         array, geometry = read_volume(image)
         return array, geometry, Path(image).name
     if isinstance(image, sitk.Image):
-        if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-            raise ValueError(f"segment: a 3-D scalar image is needed, got {image.GetDimension()}-D")
-        return sitk.GetArrayFromImage(image), geometry_of(image), "image"
+        return *read_image(image, "image"), "image"
     if type(image).__module__.startswith("nibabel"):
         import nibabel as nib
 

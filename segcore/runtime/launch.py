@@ -24,14 +24,20 @@ Train the coarse or the fine network with torchrun (as coarse_seg/run.sh and fin
 'segcore-train coarse --help' lists the stage's options. Relative paths are taken from the current directory."""
 
 
-def launch(module: str, args: Sequence[str], preflight: bool) -> None:
-    """Replace this process by ``launch.sh`` starting ``module`` under torchrun with ``args`` (never returns)."""
+def launch_command(module: str, args: Sequence[str], preflight: bool = False) -> tuple[list[str], dict[str, str]]:
+    """``(command, environment)`` that runs ``launch.sh`` starting ``module`` under torchrun with ``args``."""
     environment = {**os.environ, "MODULE": module, "ROOT": str(Path(__file__).resolve().parents[2])}
     environment.setdefault("PYTHON", sys.executable)
     environment.pop("PREFLIGHT", None)
     if preflight:
         environment["PREFLIGHT"] = "1"
-    os.execvpe("sh", ["sh", "-eu", str(LAUNCH_SH), *args], environment)
+    return ["sh", "-eu", str(LAUNCH_SH), *args], environment
+
+
+def launch(module: str, args: Sequence[str], preflight: bool) -> None:
+    """Replace this process by ``launch.sh`` starting ``module`` under torchrun with ``args`` (never returns)."""
+    command, environment = launch_command(module, args, preflight)
+    os.execvpe(command[0], command, environment)
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:

@@ -28,7 +28,7 @@ from segcore.volumes.dicom import dicom_series_files
 from segcore.volumes.itk import geometry_of, to_image
 from segcore.volumes.names import CHANNEL_SUFFIX, NIFTI_SUFFIXES, case_id, case_stem, is_nifti, is_utf8, printable
 from segcore.volumes.nifti import check_file_header
-from segcore.volumes.read import read_label_map, read_labels_on_grid, read_volume
+from segcore.volumes.read import read_image, read_label_map, read_labels_on_grid, read_volume
 from segcore.volumes.write import nifti_bytes_for_viewing, write_volume
 
 __all__ = [
@@ -58,6 +58,7 @@ __all__ = [
     "printable",
     "read_label_map",
     "read_labels_on_grid",
+    "read_image",
     "read_volume",
     "to_image",
     "nifti_bytes_for_viewing",

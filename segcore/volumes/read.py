@@ -102,6 +102,20 @@ def read_volume(
     return array, geometry
 
 
+def read_image(
+    image: sitk.Image, name: str = "image", *, limits: Limits = DEFAULT_LIMITS
+) -> tuple[np.ndarray, Geometry]:
+    """:func:`read_volume`'s checks for an image already in memory (named ``name`` in errors): a scalar
+    3-D volume of a sane size and spacing, finite values that look like CT in HU.
+
+    Returns:
+        ``(array, geometry)`` as :func:`read_volume` does.
+    """
+    array, geometry = _image_array(Path(name), image, limits)
+    check_ct_values(Path(name), array)
+    return array, geometry
+
+
 def read_label_map(path: str | os.PathLike, *, limits: Limits = DEFAULT_LIMITS) -> tuple[np.ndarray, Geometry]:
     """Read a label map: a ``(z, y, x)`` uint8 array of FLARE22 ids and its geometry.
 

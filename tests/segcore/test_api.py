@@ -11,6 +11,7 @@ import segcore
 from segcore.inference.predictor import Predictor
 from segcore.labels import ORGAN_IDS
 from segcore.phantom import write_dataset
+from segcore.volumes import VolumeError
 
 
 @pytest.fixture(scope="module")
@@ -62,5 +63,18 @@ def test_a_subset_of_organs_and_bad_inputs(ct):
         segcore.segment(ct, organs=["livr"])
     with pytest.raises(ValueError, match="a path, a SimpleITK image or a nibabel image"):
         segcore.segment(np.zeros((8, 8, 8)))
-    with pytest.raises(ValueError, match="3-D scalar image"):
+    with pytest.raises(VolumeError, match="image: 2-D image .* expected a 3-D volume"):
         segcore.segment(sitk.Image([8, 8], sitk.sitkInt16))
+
+
+@pytest.mark.parametrize(
+    ("values", "reason"),
+    [
+        (np.full((6, 7, 8), np.nan, np.float32), "non-finite values"),
+        (np.full((6, 7, 8), 300, np.int16), "not a CT in HU"),
+        (np.zeros((1, 7, 8), np.int16), "2-D image"),
+    ],
+)
+def test_an_image_in_memory_gets_the_checks_a_file_gets(values, reason):
+    with pytest.raises(VolumeError, match=reason):
+        segcore.segment(sitk.GetImageFromArray(values))
