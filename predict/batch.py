@@ -158,6 +158,10 @@ class DicomRefused(Exception):
     """A DICOM output asked for without the mask cannot be made for this input (refused before inference)."""
 
 
+MASK_OUTPUTS = {"mask", "seg", "rtstruct"}
+"""The outputs that carry the mask, withheld with ``--strict`` on a ``fail`` verdict (the record says
+why and the preview shows it)."""
+
 STAGING = ".staging-"
 """A case's outputs are made in ``OUTPUT_DIR/.<id>.staging-XXXX/`` and moved out together."""
 
@@ -171,7 +175,7 @@ def predict_case(
     Every output is made in a hidden staging folder (:mod:`segcore.outputs.case`) and moved to its
     name once all were made. A DICOM output (SEG, RTSTRUCT) asked for without the mask is refused
     before inference when the input's headers show it cannot be made; beside the mask, it is a warning. With
-    ``strict``, a case whose quality verdict is ``fail`` gets no mask and is ``failed``.
+    ``strict``, a case whose quality verdict is ``fail`` gets none of :data:`MASK_OUTPUTS` and is ``failed``.
     """
     started = time.perf_counter()
     for stale in output_dir.glob(f".{case.case_id}{STAGING}*"):  # left by a killed run (we hold the claim)
@@ -195,7 +199,7 @@ def predict_case(
             prediction.warnings.append(not_hu)
         quality = prediction.quality
         refused = strict and quality.verdict == "fail"
-        kinds = outputs.kinds() - ({"mask", "seg"} if refused else set())
+        kinds = outputs.kinds() - (MASK_OUTPUTS if refused else set())
         made = build_case(
             staging, kinds, case=case.case_id, input_name=case.name, source=case.path, prediction=prediction,
             image=image, geometry=geometry, notice=predictor.notice, withheld=refused, organs=outputs.organs,
@@ -425,7 +429,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--strict",
         action="store_true",
-        help="write no mask for a case whose quality verdict is fail; it counts as failed",
+        help="write no mask, DICOM-SEG or RTSTRUCT for a case whose quality verdict is fail; it counts as failed",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(

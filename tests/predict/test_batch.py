@@ -4,6 +4,7 @@ check, concurrent runs sharing the cases through claims, the embedded sample."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import fcntl
 import json
 import os
@@ -427,3 +428,28 @@ def test_a_case_whose_last_output_fails_leaves_no_file(real_data, weights, tmp_p
     assert "OSError" not in result.reason
     assert every_file(out) == []  # neither the mask made before the preview nor a staging folder
     assert table_row(out, "ct")["liver_ml"] == "" and table_row(out, "ct")["verdict"] == ""
+
+
+def test_strict_withholds_every_output_that_carries_the_mask(
+    series_with_uids, weights, tmp_path, one_thread, monkeypatch
+):
+    # The verdict is forced to fail: what --strict does with it is under test, not the quality rules.
+    real = Predictor.predict_file
+
+    def failing(self, path):
+        prediction, image, geometry = real(self, path)
+        prediction.quality = dataclasses.replace(prediction.quality, verdict="fail", reasons=["forced fail"])
+        return prediction, image, geometry
+
+    monkeypatch.setattr(Predictor, "predict_file", failing)
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    (folder / "series").symlink_to(series_with_uids, target_is_directory=True)
+    kinds = ["--output-type", "nifti,dicom-seg,rtstruct", "--preview", "--stats"]
+    status = main(["-i", str(folder), "-o", str(out), "--weights", str(weights), *kinds, "--strict", "--no-progress"])
+    assert status == 1
+    written = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    # The record says why and the preview shows it; the mask, the SEG and the RTSTRUCT are withheld.
+    assert written == ["series.json", "series_preview.png", "summary.csv"], written
+    record = json.loads((out / "series.json").read_text())
+    assert record["mask_written"] is False and record["quality"]["verdict"] == "fail"
