@@ -74,7 +74,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from inference_server.local import LocalServer
-from segcore.testing import CT_AFFINE, REAL_DATA, nifti_with_header, small_ct, upload_head, write_tiny_weights
+from testkit import CT_AFFINE, REAL_DATA, nifti_with_header, small_ct, upload_head, write_tiny_weights
 
 NIFTI_SOURCE = REAL_DATA / "abdomen_ct_3mm.nii.gz"
 DICOM_SOURCE = REAL_DATA / "abdomen_ct_dicom"

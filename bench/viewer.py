@@ -34,9 +34,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.real_ct import REAL
 from inference_server.local import LocalServer
-from segcore.testing import write_tiny_weights
+from testkit import REAL_DATA as REAL
+from testkit import write_tiny_weights
 from viewer import STATIC as VIEWER_STATIC
 
 BROWSER_ARGS = [

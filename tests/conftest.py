@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segcore.testing import REAL_DATA
 from segcore.volumes import write_volume
 from segcore.volumes.geometry import Geometry
+from testkit import REAL_DATA
 
 
 @pytest.fixture(scope="session")

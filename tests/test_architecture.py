@@ -13,14 +13,16 @@ LIBRARY_LAYERS = {
     "segcore.store": 2, "segcore.networks": 2, "segcore.evaluate": 2, "segcore.phantom": 2,
     "segcore.inference": 3,
     "segcore.outputs": 4, "segcore.training": 4,
-    "segcore.testing": 5, "segcore.api": 5,
+    "segcore.api": 5,
 }  # fmt: skip
 """Each library package's floor: it imports only from floors below its own (and from itself)."""
 APPLICATIONS = {"data_prepare", "coarse_seg", "fine_seg", "inference_server", "predict", "review"}
 """Programs on top of the library: they import the library (and the viewer's files), never one another."""
 ASSETS = {"viewer"}
 """Static web files shared by the programs' pages; imported only for their folder, importing nothing."""
-OURS = {"segcore", "bench", "tests", *APPLICATIONS, *ASSETS}
+SUPPORT = {"testkit", "bench", "experiments"}
+"""Test support, benchmarks and research experiments: on the library and the programs, never on the tests."""
+OURS = {"segcore", "tests", *SUPPORT, *APPLICATIONS, *ASSETS}
 
 
 def unit(module: str) -> str:
@@ -65,8 +67,10 @@ def violations(edges: dict[str, set[str]]) -> list[str]:
                 found.append(f"{source} -> {target}: an application imports only the library")
             elif source in ASSETS:
                 found.append(f"{source} -> {target}: the shared web files import nothing")
-            elif source == "bench" and top == "tests":
-                found.append(f"{source} -> {target}: benchmarks share helpers with the tests through segcore.testing")
+            elif source in SUPPORT and top == "tests":
+                found.append(f"{source} -> {target}: helpers shared with the tests live in testkit")
+            elif source == "testkit" and top in SUPPORT:
+                found.append(f"{source} -> {target}: the test kit stands on the library and the programs alone")
     return found
 
 
@@ -86,16 +90,20 @@ def test_the_rules_catch_each_kind_of_break():
         "segcore.store": {"segcore.networks"},  # same floor
         "segcore.inference": {"predict"},  # the library importing an application
         "inference_server": {"predict", "segcore.outputs"},  # one application importing another
-        "bench": {"tests", "segcore.testing"},  # a benchmark importing a test module
+        "bench": {"tests", "testkit"},  # a benchmark importing a test module; the kit is fine
+        "experiments": {"bench", "tests"},  # an experiment may use a benchmark's code, not a test's
+        "testkit": {"experiments", "segcore.phantom"},  # the kit importing an experiment
         "tests": {"bench", "segcore.volumes"},  # tests may import anything
         "review": {"viewer", "segcore.labels"},  # the shared web files are fine
         "viewer": {"segcore.labels"},  # the shared web files import nothing
     }
     assert violations(edges) == [
-        "bench -> tests: benchmarks share helpers with the tests through segcore.testing",
+        "bench -> tests: helpers shared with the tests live in testkit",
+        "experiments -> tests: helpers shared with the tests live in testkit",
         "inference_server -> predict: an application imports only the library",
         "segcore.inference -> predict: the library imports only the library",
         "segcore.store -> segcore.networks: not a lower floor",
         "segcore.volumes -> segcore.inference: not a lower floor",
+        "testkit -> experiments: the test kit stands on the library and the programs alone",
         "viewer -> segcore.labels: the shared web files import nothing",
     ]

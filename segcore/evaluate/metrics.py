@@ -55,7 +55,7 @@ NSD_MIN_DSC = 0.2
 """A DSC below which NSD may be set to 0 (``score_case(..., nsd_min_dsc=NSD_MIN_DSC)``): a
 prediction that barely overlaps the organ can still lie near parts of its surface and earn
 surface credit for it. The FLARE22 script has no such rule (the default, 0, follows it); the
-FLARE23 script applies it below DSC 0.1; ``bench.ssl_gain`` uses 0.2."""
+FLARE23 script applies it below DSC 0.1; ``experiments.ssl_gain`` uses 0.2."""
 
 # Marching-cubes surface of each 2x2x2 neighbourhood code, from DeepMind's surface-distance
 # lookup table (Apache-2.0), the table the FLARE evaluation relies on: using the very same

@@ -25,7 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from segcore.phantom.generate import generate_case
-from segcore.phantom.tissues import PhantomDomain
+from segcore.phantom.tissues import PhantomDomain, domain_group
 from segcore.volumes import write_volume
 
 MANIFEST = "phantom_cases.json"
@@ -183,8 +183,8 @@ def write_dataset(
         progress: show a progress bar.
 
     Returns:
-        One record per case (id, split, grid, timings and the phantom's ``meta``), also
-        written to ``out/phantom_cases.json``.
+        One record per case (id, split, grid, timings, the phantom's ``meta`` and its imaging
+        ``domain_group``), also written to ``out/phantom_cases.json``.
     """
     out = Path(out)
     for count, name in ((labeled, "labeled"), (unlabeled, "unlabeled"), (val, "val")):
@@ -210,5 +210,7 @@ def write_dataset(
             if folder is not None:
                 (out / folder).mkdir(parents=True, exist_ok=True)
     records = _make_cases(tasks, workers, progress)
+    for record in records:  # the imaging domain's group, as UIF reports its picks (semi.uif_domains)
+        record["domain_group"] = domain_group(record["domain"])
     (out / MANIFEST).write_text(json.dumps(records, indent=1))
     return records

@@ -158,7 +158,7 @@ class CPSConfig:
     rounds: int = 1  # > 1: UIF between rounds (see segcore.training.uif)
     round_init: str = "fresh"  # rounds after the first: fresh nets, the previous round's nets, or continue its run
     uif_keep: float = 0.1  # share (< 1) or count (>= 1) of unlabeled cases kept by UIF
-    uif_domains: str | None = None  # JSON of case domains (a phantom_cases.json): UIF reports picks per domain
+    uif_domains: str | None = None  # JSON {case id: domain group} or a phantom_cases.json: UIF reports picks per group
 
     def __post_init__(self) -> None:
         if self.fourier_confidence and not self.weak_strong:

@@ -70,13 +70,24 @@ def uncertainty_scores(probabilities_a: torch.Tensor, probabilities_b: torch.Ten
 
 
 def load_domains(path: str | Path | None) -> dict[str, str] | None:
-    """Case id -> imaging domain group from a ``phantom_cases.json`` (None: no file given)."""
+    """Case id -> imaging domain group, from a JSON file (None: no file given): ``{case id: group}``,
+    or a list of records with ``id`` and ``domain_group`` (a ``phantom_cases.json``).
+
+    Raises:
+        ValueError: the file holds neither, naming it and the first record at fault.
+    """
     if path is None:
         return None
-    from segcore.phantom.tissues import domain_group
-
-    records = json.loads(Path(path).read_text())
-    return {record["id"]: domain_group(record["domain"]) for record in records if "domain" in record}
+    content = json.loads(Path(path).read_text())
+    if isinstance(content, dict) and all(isinstance(group, str) for group in content.values()):
+        return {str(case_id): group for case_id, group in content.items()}
+    if isinstance(content, list):
+        for record in content:
+            if not (isinstance(record, dict) and "id" in record and isinstance(record.get("domain_group"), str)):
+                shown = record.get("id", record) if isinstance(record, dict) else record
+                raise ValueError(f"{path}: record {shown!r} has no id and domain_group (make the phantoms again)")
+        return {record["id"]: record["domain_group"] for record in content}
+    raise ValueError(f"{path}: expected {{case id: domain group}} or a list of records with id and domain_group")
 
 
 def per_domain_summary(rows: list[dict], selected: list[str]) -> str:
@@ -168,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", type=float, default=0.1, help="share (< 1) or count (>= 1) to keep")
     parser.add_argument("--name", required=True, help="name of the selection written to the store")
     parser.add_argument("--csv", type=Path, help="scores CSV (default: next to the checkpoint, <name>.csv)")
-    parser.add_argument("--domains", type=Path, help="phantom_cases.json: report the pick per imaging domain")
+    parser.add_argument("--domains", type=Path, help="{case id: group} JSON or phantom_cases.json: the pick per domain")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     args = parser.parse_args(argv)
     context = distributed.setup(args.device)

@@ -16,10 +16,10 @@ from torch.utils.data import DataLoader
 from data_prepare.prepare import PrepareConfig, run
 from segcore.networks.checkpoint import save_checkpoint
 from segcore.store import CaseStore
-from segcore.testing import tiny_payload, write_tiny_weights
 from segcore.training.data import StoreDataset
 from segcore.volumes import read_labels_on_grid, read_volume, write_volume
 from segcore.volumes.geometry import to_canonical
+from testkit import tiny_payload, write_tiny_weights
 
 ROOT = Path(__file__).resolve().parents[2]
 COARSE, FINE = [24, 28, 32], [32, 32, 40]

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from inference_server.local import LocalServer
-from segcore.testing import CT_AFFINE, nifti_with_header, small_ct, upload_head, write_tiny_weights
+from testkit import CT_AFFINE, nifti_with_header, small_ct, upload_head, write_tiny_weights
 from tests.inference_server.test_server import API_KEY, post
 
 KEY = {"X-API-Key": API_KEY}

@@ -14,7 +14,7 @@ import pytest
 
 from inference_server.local import LocalServer
 from segcore.labels import ORGAN_COLORS
-from segcore.testing import write_tiny_weights
+from testkit import write_tiny_weights
 from tests.browser import browser_page, colour_count, full_overlay, needs_chromium, pixels
 
 pytestmark = needs_chromium

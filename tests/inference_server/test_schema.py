@@ -11,7 +11,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error, response_schema_conformance, status_code_conformance
 
-from segcore.testing import write_tiny_weights
+from testkit import write_tiny_weights
 from tests.inference_server.test_hostile import serving
 from tests.inference_server.test_server import API_KEY
 

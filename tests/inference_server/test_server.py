@@ -15,7 +15,7 @@ import pytest
 import SimpleITK as sitk
 
 from inference_server.local import LocalServer
-from segcore.testing import write_tiny_weights
+from testkit import write_tiny_weights
 from tests.predict.test_batch import run_predict
 
 API_KEY = "s3cret-key"

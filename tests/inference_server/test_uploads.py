@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from inference_server.uploads import ZipLimits, check_archive, extract_series, safe_member_name
-from segcore.testing import REAL_DATA
 from segcore.volumes import VolumeError, read_volume
+from testkit import REAL_DATA
 
 LIMITS = ZipLimits(max_members=40, max_unpacked_bytes=8 << 20, max_ratio=50.0)
 SERIES = sorted((REAL_DATA / "abdomen_ct_dicom").iterdir()) if REAL_DATA.is_dir() else []

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from segcore.testing import write_tiny_weights
+from testkit import write_tiny_weights
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,8 @@ from predict import batch as predict
 from predict.batch import find_cases, main
 from predict.sample import run_sample
 from segcore.inference.predictor import Predictor
-from segcore.testing import write_tiny_weights
 from segcore.volumes import read_volume, write_volume
+from testkit import write_tiny_weights
 
 ROOT = Path(__file__).resolve().parents[2]
 GOOD = {"ct3mm_0000.nii.gz": "ct3mm.nii.gz", "dicomct": "dicomct.nii.gz"}

@@ -17,11 +17,11 @@ from segcore.labels import NUM_CLASSES
 from segcore.networks import build_network
 from segcore.networks.checkpoint import make_payload, network_entry
 from segcore.phantom.scanner import stored_geometry
-from segcore.testing import tiny_payload, write_tiny_weights
 from segcore.volumes import read_volume, write_volume
 from segcore.volumes.geometry import canonical_reorientation, to_canonical
 from segcore.volumes.intensity import normalize_hu
 from segcore.volumes.resample import resize_image
+from testkit import tiny_payload, write_tiny_weights
 
 CT_3MM = "abdomen_ct_3mm.nii.gz"
 DICOM = "abdomen_ct_dicom"

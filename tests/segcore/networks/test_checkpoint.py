@@ -8,7 +8,7 @@ import torch
 from segcore.inference.predictor import Predictor
 from segcore.networks import build_network
 from segcore.networks.checkpoint import build_networks, copy_with_notice, load_checkpoint, save_checkpoint
-from segcore.testing import TINY_NET, tiny_payload, write_tiny_weights
+from testkit import TINY_NET, tiny_payload, write_tiny_weights
 
 
 def test_copy_with_notice_sets_the_notice_and_drops_the_training_state(tmp_path):

@@ -250,6 +250,7 @@ def test_cli_forces_a_shifted_domain(tmp_path):
     records = json.loads((tmp_path / "phantom_cases.json").read_text())
     assert [r["domain"]["phase"] for r in records] == ["arterial", "arterial"]
     assert all(r["domain"]["noise_sigma_hu"] == 35 for r in records)
+    assert [r["domain_group"] for r in records] == ["arterial+noisy", "arterial+noisy"]  # what UIF reports by
 
 
 def organ_means(case) -> dict[int, float]:

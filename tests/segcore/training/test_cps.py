@@ -251,13 +251,17 @@ def test_uif_disagreement_is_voxel_level_so_organs_weigh_by_size():
 
 def test_uif_reports_its_pick_per_domain(tmp_path):
     manifest = tmp_path / "phantom_cases.json"
-    domain = {"phase": "arterial", "noise_sigma_hu": 30.0, "oral_contrast": False}
     manifest.write_text(json.dumps([
-        {"id": "a", "domain": domain}, {"id": "b", "domain": {**domain, "phase": "portal_venous", "noise_sigma_hu": 8}},
-        {"id": "c", "domain": domain},
+        {"id": "a", "domain_group": "arterial+noisy"}, {"id": "b", "domain_group": "portal_venous"},
+        {"id": "c", "domain_group": "arterial+noisy"},
     ]))  # fmt: skip
     domains = load_domains(manifest)
     assert domains == {"a": "arterial+noisy", "b": "portal_venous", "c": "arterial+noisy"}
+    (tmp_path / "groups.json").write_text(json.dumps(domains))  # a plain mapping serves as well
+    assert load_domains(tmp_path / "groups.json") == domains
+    (tmp_path / "old.json").write_text(json.dumps([{"id": "a", "domain": {"phase": "arterial"}}]))
+    with pytest.raises(ValueError, match="old.json: record 'a' has no id and domain_group"):
+        load_domains(tmp_path / "old.json")
     rows = [{"case_id": case_id, "domain": domains[case_id]} for case_id in "abc"]
     assert per_domain_summary(rows, ["a", "b"]) == "arterial+noisy 1/2, portal_venous 1/1"
     write_scores([{**row, "entropy": 0, "disagreement": 0, "uncertainty": 0, "foreground_fraction": 0}

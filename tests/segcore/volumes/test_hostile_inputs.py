@@ -17,8 +17,8 @@ import pytest
 import SimpleITK as sitk
 from pydicom.uid import ExplicitVRLittleEndian
 
-from segcore.testing import CT_AFFINE
 from segcore.volumes import VolumeError, check_file_header, hu_scale_warning, read_volume, write_volume
+from testkit import CT_AFFINE
 from tests.conftest import make_geometry
 
 LATIN1_NAME = os.fsdecode(b"caf\xe9_0000.nii.gz")

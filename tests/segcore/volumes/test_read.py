@@ -10,9 +10,9 @@ import pytest
 import SimpleITK as sitk
 
 from segcore.labels import ORGANS
-from segcore.testing import CT_AFFINE, nifti_with_header, small_ct
 from segcore.volumes import VolumeError, read_labels_on_grid, read_volume, write_volume
 from segcore.volumes.geometry import to_canonical
+from testkit import CT_AFFINE, nifti_with_header, small_ct
 from tests.conftest import make_geometry
 from tests.segcore.volumes.test_geometry import oblique
 

@@ -1,10 +1,10 @@
-"""The default model's shipping rule (bench.default_model.ships) on hand-made means."""
+"""The default model's shipping rule (experiments.default_model.ships) on hand-made means."""
 
 from __future__ import annotations
 
 import pytest
 
-from bench.default_model import comparison, ships
+from experiments.default_model import comparison, ships
 
 
 @pytest.mark.parametrize(

@@ -3,9 +3,9 @@ scored on held-out phantoms from many imaging domains, over several training see
 
 Run from the repository root (resumable: rerun the same command after an interruption)::
 
-    .venv/bin/python -m bench.ssl_gain --work runs/ssl_gain          # 3 seeds, about 25 min per seed on 2 cores
-    .venv/bin/python -m bench.ssl_gain --work runs/ssl_gain --report  # the tables from what has finished
-    .venv/bin/python -m bench.ssl_gain --quick                        # smoke run, a few minutes
+    .venv/bin/python -m experiments.ssl_gain --work runs/ssl_gain          # 3 seeds, about 25 min per seed on 2 cores
+    .venv/bin/python -m experiments.ssl_gain --work runs/ssl_gain --report  # the tables from what has finished
+    .venv/bin/python -m experiments.ssl_gain --quick                        # smoke run, a few minutes
 
 Design (fixed before any method run was compared; changing it means a new benchmark):
 
@@ -506,7 +506,7 @@ def uif_per_domain(text: str) -> str:
 # -- main ------------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
     defaults = Settings()
-    parser = argparse.ArgumentParser(prog="bench.ssl_gain", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="experiments.ssl_gain", description=__doc__.split("\n")[0])
     parser.add_argument("--work", type=Path, help="folder for data, stores, runs and results (default: a new temp dir)")
     parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}")
     parser.add_argument("--report", action="store_true", help="only print the report of what has finished")

@@ -1,4 +1,4 @@
-"""The pre-registered rules of bench.ssl_verdict, and how it pairs runs with their controls, on hand-made figures."""
+"""The pre-registered rules of experiments.ssl_verdict and how it pairs runs with controls, on hand-made figures."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from bench.ssl_verdict import (
+from experiments.ssl_verdict import (
     arm_names,
     dsc_of,
     fingerprint,

@@ -2,9 +2,9 @@
 
 Run from the repository root::
 
-    .venv/bin/python -m bench.output_grid                       # the ssl, default and production sets
-    .venv/bin/python -m bench.output_grid --sets production_full --cases 3   # full-size phantoms (minutes)
-    .venv/bin/python -m bench.output_grid --sets ssl --cases 4  # one set, fewer phantoms
+    .venv/bin/python -m experiments.output_grid                       # the ssl, default and production sets
+    .venv/bin/python -m experiments.output_grid --sets production_full --cases 3   # full-size phantoms (minutes)
+    .venv/bin/python -m experiments.output_grid --sets ssl --cases 4  # one set, fewer phantoms
 
 For every phantom of a set (held-out phantoms generated with the set's size and seed) and every
 network input size, three label maps are built from the ground truth alone, brought back to the
@@ -13,7 +13,7 @@ FLARE22 convention; a case's score is its mean over the 13 organs):
 
 - ``stored``: the labels as the store holds them (nearest-neighbour resize to the input size),
   brought back with nearest neighbours: what a perfect full-resolution net scores when its
-  answer is restored as :mod:`bench.ssl_gain` does.
+  answer is restored as :mod:`experiments.ssl_gain` does.
 - ``half_res``: the best *smooth* half-resolution answer: each organ's one-hot at the input size
   averaged 2×2×2 down to half of it, upsampled trilinearly ×2 (what a stride-2 net's last step
   does), argmax, brought back with nearest neighbours.
@@ -132,7 +132,7 @@ def table(name: str, scores: dict[str, dict[str, list[list[float]]]], cases: int
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bench.output_grid", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="experiments.output_grid", description=__doc__.split("\n")[0])
     parser.add_argument("--sets", nargs="+", choices=list(SETS), default=["ssl", "default", "production"])
     parser.add_argument("--cases", type=int, default=8, help="held-out phantoms per set")
     parser.add_argument("--out", type=Path, help="JSON file for the per-case, per-organ figures")

@@ -1,16 +1,16 @@
 """The semi-supervised verdict at convergence: does unlabeled data pay once the nets can learn?
 
 Run from the repository root (resumable: rerun the same command after an interruption; every
-finished run is appended to ``bench/results/ssl_verdict.jsonl`` as it ends, per test case and
+finished run is appended to ``experiments/results/ssl_verdict.jsonl`` as it ends, per test case and
 organ DSC, so that the figures outlive a work folder)::
 
-    .venv/bin/python -m bench.ssl_verdict --work runs/ssl_verdict            # phase A, then phase B
-    .venv/bin/python -m bench.ssl_verdict --work runs/ssl_verdict --report   # the tables from what has finished
-    .venv/bin/python -m bench.ssl_verdict --quick                            # smoke run of every step, minutes
+    .venv/bin/python -m experiments.ssl_verdict --work runs/ssl_verdict            # phase A, then phase B
+    .venv/bin/python -m experiments.ssl_verdict --work runs/ssl_verdict --report   # the tables from what has finished
+    .venv/bin/python -m experiments.ssl_verdict --quick                            # smoke run of every step, minutes
 
 Design (fixed before any method run was compared; changing it means a new benchmark):
 
-* **Data** (phantoms of size ``small``, data seed 0, as :mod:`bench.ssl_gain`): 14 labeled cases
+* **Data** (phantoms of size ``small``, data seed 0, as :mod:`experiments.ssl_gain`): 14 labeled cases
   in one domain (portal venous, 10 HU noise: a single-centre labeled set), of which 6 train and
   8 validate (a fixed set, chosen once by a seeded permutation; the store's fold 0), 48 unlabeled
   cases and 48 test cases each with its own random domain
@@ -21,7 +21,7 @@ Design (fixed before any method run was compared; changing it means a new benchm
 * **Stage, nets and recipe**: the coarse stage at 48³ trained by the real command
   (``sh coarse_seg/run.sh --nproc 1`` with ``coarse_seg/config.tiny.yaml``: base 8, depth 3,
   full-resolution output, deep supervision, its augmentation) with the calibrated recipe
-  ``full_res_ds_1e-2`` of :mod:`bench.time_to_accuracy` (AdamW 1e-2, warm-up 10 steps, stable,
+  ``full_res_ds_1e-2`` of :mod:`experiments.time_to_accuracy` (AdamW 1e-2, warm-up 10 steps, stable,
   linear cool-down over the last 20 % of a run's steps), batch 2 labeled (+ 2 unlabeled for the
   semi-supervised arms) per net, one thread per process, two processes at a time.
 * **A "pair"** is two differently initialised nets trained side by side (``semi.enabled`` with
@@ -129,13 +129,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench import ssl_gain
-from bench.ssl_gain import IN_DOMAIN, TRAIN_CONFIG, bootstrap_interval, score_checkpoint, train_arm
-from bench.time_to_accuracy import RECIPES
+from experiments import ssl_gain
+from experiments.ssl_gain import IN_DOMAIN, TRAIN_CONFIG, bootstrap_interval, score_checkpoint, train_arm
+from experiments.time_to_accuracy import RECIPES
 from segcore.networks.checkpoint import load_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-RESULTS = REPO_ROOT / "bench" / "results" / "ssl_verdict.jsonl"
+RESULTS = REPO_ROOT / "experiments" / "results" / "ssl_verdict.jsonl"
 RECIPE = RECIPES["full_res_ds_1e-2"]
 PAIR = ["semi.enabled=true", "semi.rounds=1", "semi.weight=0", "augment.fourier_sources=labeled"]
 SEMI = ["semi.enabled=true", "semi.weight=1.0", "augment.fourier_sources=all", "semi.rampup_share=0.35"]
@@ -662,7 +662,7 @@ def pseudo_label_scores(job: dict[str, Any]) -> dict[str, Any]:
     import csv
     import io
 
-    from bench.ssl_pseudo_labels import score_unlabeled
+    from experiments.ssl_pseudo_labels import score_unlabeled
 
     run_dir, store, data_root = Path(job["run_dir"]), Path(job["store"]), Path(job["data_root"])
     scores = {
@@ -841,7 +841,7 @@ def report(
 
 # -- main ------------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
-    parser = argparse.ArgumentParser(prog="bench.ssl_verdict", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="experiments.ssl_verdict", description=__doc__.split("\n")[0])
     parser.add_argument("--work", type=Path, help="folder for data, stores, runs and results (default: a new temp dir)")
     parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}")
     parser.add_argument("--report", action="store_true", help="only the report of what has finished")

@@ -1,9 +1,9 @@
-"""How good are the pseudo-labels? Checkpoints of a ``bench.ssl_gain`` work folder scored on its
+"""How good are the pseudo-labels? Checkpoints of a ``experiments.ssl_gain`` work folder scored on its
 unlabeled cases, whose true labels the phantom generator kept aside in ``trainu_mask/``.
 
-Run from the repository root after (or during) ``bench.ssl_gain``::
+Run from the repository root after (or during) ``experiments.ssl_gain``::
 
-    .venv/bin/python -m bench.ssl_pseudo_labels --work runs/ssl_gain
+    .venv/bin/python -m experiments.ssl_pseudo_labels --work runs/ssl_gain
 
 For every finished seed, it scores on the unlabeled pool, per organ and per imaging-domain group:
 ``supervised_pair`` ``last.pt`` (what a teacher knows without unlabeled data), ``cps_uif``
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.ssl_gain import predict_coarse, to_original_grid
+from experiments.ssl_gain import predict_coarse, to_original_grid
 
 CHECKPOINTS = {
     "supervised_pair@1500": "supervised_pair/last.pt",
@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     from segcore.labels import ORGANS
     from segcore.phantom.tissues import domain_group
 
-    parser = argparse.ArgumentParser(prog="bench.ssl_pseudo_labels", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--work", type=Path, required=True, help="the bench.ssl_gain work folder")
+    parser = argparse.ArgumentParser(prog="experiments.ssl_pseudo_labels", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", type=Path, required=True, help="the experiments.ssl_gain work folder")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     work = args.work.resolve()

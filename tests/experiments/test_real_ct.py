@@ -1,11 +1,11 @@
-"""bench.real_ct's printed tables of hand-made records and its confusion count on hand-made arrays."""
+"""experiments.real_ct's printed tables of hand-made records and its confusion count on hand-made arrays."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from bench.real_ct import confusion, confusion_table, table
+from experiments.real_ct import confusion, confusion_table, table
 
 
 def test_the_table_shows_each_scans_organs_absent_ones_and_means():

@@ -3,11 +3,11 @@
 Run from the repository root (resumable: rerun the same command after an interruption; results
 are appended as they come)::
 
-    .venv/bin/python -m bench.time_to_accuracy --work runs/time_to_accuracy                  # every recipe, seed 0
-    .venv/bin/python -m bench.time_to_accuracy --work runs/time_to_accuracy --seeds 0 1 2 --recipes old full_res
-    .venv/bin/python -m bench.time_to_accuracy --work runs/time_to_accuracy --report         # curves, plot, table
-    .venv/bin/python -m bench.time_to_accuracy --quick                                        # smoke run, ~2 min
-    .venv/bin/python -m bench.time_to_accuracy --work runs/tta --setting default_fine --recipes old full_res
+    .venv/bin/python -m experiments.time_to_accuracy --work runs/time_to_accuracy   # every recipe, seed 0
+    .venv/bin/python -m experiments.time_to_accuracy --work runs/time_to_accuracy --seeds 0 1 2 --recipes old full_res
+    .venv/bin/python -m experiments.time_to_accuracy --work runs/time_to_accuracy --report         # curves, plot, table
+    .venv/bin/python -m experiments.time_to_accuracy --quick                                        # smoke run, ~2 min
+    .venv/bin/python -m experiments.time_to_accuracy --work runs/tta --setting default_fine --recipes old full_res
 
 ``--setting default_coarse`` / ``default_fine`` run one stage of the default model's recipe
 instead (``model_weights/recipe/``: its 200 randomised, varied, detailed medium phantoms, its
@@ -16,7 +16,7 @@ recipe's ``train.sh`` scores the held-out phantoms). Their step times are in
 ``DEFAULT_SECONDS_PER_STEP`` (the fine stage's measured, the coarse stage's estimated).
 Everything below describes the ``ssl`` setting.
 
-Setting (the SSL benchmark's, :mod:`bench.ssl_gain`, its ``upper_bound`` arm): phantoms of size
+Setting (the SSL benchmark's, :mod:`experiments.ssl_gain`, its ``upper_bound`` arm): phantoms of size
 ``small``, data seed 0, 56 labeled cases (8 in one domain and 48 in random domains), the coarse
 stage at 48³ trained by the real command (``sh coarse_seg/run.sh --nproc 1`` with
 ``coarse_seg/config.tiny.yaml``: its network widths, augmentation and AdamW), one thread per
@@ -25,7 +25,7 @@ never test cases) is the **validation set** every curve is measured on: mean DSC
 organs (FLARE22 protocol: an organ absent from both maps is left out of the case's mean) of the
 single net at the stored 48³ grid, every ``--validations``-th of the run. The 48 test phantoms
 (12 in-domain, 36 shifted) score the run's ``last.pt`` at the end, on their original grids
-(:func:`bench.ssl_gain.score_checkpoint`).
+(:func:`experiments.ssl_gain.score_checkpoint`).
 
 The x axis is the trainer's ``train_seconds``: wall time spent in training steps (data,
 augmentation, passes, updates), validation and checkpoints excluded (their frequency is the
@@ -70,7 +70,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.ssl_gain import (
+from experiments.ssl_gain import (
     IN_DOMAIN,
     TRAIN_CONFIG,
     Settings,
@@ -322,7 +322,7 @@ def default_model_data(work: Path, quick: bool) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bench.time_to_accuracy", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="experiments.time_to_accuracy", description=__doc__.split("\n")[0])
     parser.add_argument("--work", type=Path, help="folder for data, stores, runs and results (default: a new temp dir)")
     parser.add_argument("--setting", choices=list(SETTINGS), default="ssl")
     parser.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=list(RECIPES))

@@ -2,11 +2,11 @@
 
 Run from the repository root once ``sh model_weights/recipe/train.sh WORK`` has finished::
 
-    .venv/bin/python -m bench.default_model --candidate WORK/weights --medium WORK/data --work runs/ship
+    .venv/bin/python -m experiments.default_model --candidate WORK/weights --medium WORK/data --work runs/ship
 
 Held-out phantoms only: the real scans decide nothing. Once the decision is written to the
-results file, both models are measured on the real scans whatever it says (:mod:`bench.real_ct`;
-appended to ``bench/results/real_ct.jsonl``, so that the figures outlive the work folder;
+results file, both models are measured on the real scans whatever it says (:mod:`experiments.real_ct`;
+appended to ``experiments/results/real_ct.jsonl``, so that the figures outlive the work folder;
 ``--no-real-ct`` skips it, and it is skipped where the real scans are not on disk).
 
 Two sets, every case predicted by both models with ``sh predict.sh`` (the user's path: clean-up,
@@ -25,7 +25,7 @@ Rule (:func:`ships`): candidate ≥ shipped − 0.01 on *medium*, no organ of *m
 below the shipped model's (its mean DSC over the cases), and candidate > shipped on *varied* (mean
 DSC over cases). Also printed: per organ, candidate − shipped per case with a bootstrap 95 %
 interval, and the seconds ``predict.sh`` took per set. Every run appends its figures to
-``bench/results/default_model.jsonl``; ``--report`` prints the last one again. Nothing is asserted.
+``experiments/results/default_model.jsonl``; ``--report`` prints the last one again. Nothing is asserted.
 """
 
 from __future__ import annotations
@@ -40,11 +40,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import real_ct
+from experiments import real_ct
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-RESULTS = REPO_ROOT / "bench" / "results" / "default_model.jsonl"
-REAL_RESULTS = REPO_ROOT / "bench" / "results" / "real_ct.jsonl"
+RESULTS = REPO_ROOT / "experiments" / "results" / "default_model.jsonl"
+REAL_RESULTS = REPO_ROOT / "experiments" / "results" / "real_ct.jsonl"
 MEDIUM_MARGIN = 0.01
 """How far below the shipped model the candidate may be on the realistic medium set."""
 ORGAN_MARGIN = 0.05
@@ -115,7 +115,7 @@ def comparison(record: dict) -> str:
     the shipped model's (the rule's unrounded means) with a bootstrap 95 % interval of the per-case
     difference (the recorded 4-decimal figures), per organ, the seconds each model's ``predict.sh``
     took, and the verdict."""
-    from bench.ssl_gain import bootstrap_interval
+    from experiments.ssl_gain import bootstrap_interval
     from segcore.labels import ORGANS
 
     rng = np.random.default_rng(0)
@@ -137,7 +137,7 @@ def comparison(record: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bench.default_model", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="experiments.default_model", description=__doc__.split("\n")[0])
     parser.add_argument("--candidate", type=Path, help="folder with the candidate coarse.pt, fine.pt")
     parser.add_argument("--shipped", type=Path, default=REPO_ROOT / "model_weights")
     parser.add_argument("--medium", type=Path, help="train.sh's data folder (val_images, val_mask)")

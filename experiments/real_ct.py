@@ -2,10 +2,10 @@
 
 Run from the repository root::
 
-    .venv/bin/python -m bench.real_ct                       # the default model, 10 held-out phantoms
-    .venv/bin/python -m bench.real_ct --weights runs/my_model --phantoms 4
-    .venv/bin/python -m bench.real_ct --weights WORK/weights --results bench/results/real_ct.jsonl   # and keep them
-    .venv/bin/python -m bench.real_ct --confusion --phantoms 0  # and what each organ's voxels were given
+    .venv/bin/python -m experiments.real_ct                       # the default model, 10 held-out phantoms
+    .venv/bin/python -m experiments.real_ct --weights runs/my_model --phantoms 4
+    .venv/bin/python -m experiments.real_ct --weights WORK/weights --results experiments/results/real_ct.jsonl
+    .venv/bin/python -m experiments.real_ct --confusion --phantoms 0  # and what each organ's voxels were given
 
 Real scans (``../shared/data/real``, measurement only: never train on them or choose anything
 with them): the 3 mm abdominal CT with its labels, and the 20-slice DICOM series with its
@@ -32,8 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
+from testkit import REAL_DATA as REAL
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-REAL = REPO_ROOT.parent / "shared" / "data" / "real"
 
 
 def labels_on_grid(path: Path, reference: Path) -> np.ndarray:
@@ -199,7 +200,7 @@ def append(record: dict, results: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bench.real_ct", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="experiments.real_ct", description=__doc__.splitlines()[0])
     parser.add_argument("--weights", type=Path, default=REPO_ROOT / "model_weights")
     parser.add_argument("--phantoms", type=int, default=10, help="held-out small phantoms to score (0: none)")
     parser.add_argument("--results", type=Path, help="also append the figures to this JSON-lines file")
