@@ -54,6 +54,7 @@ from inference_server.uploads import ZipLimits, check_archive, extract_series, s
 from segcore.inference.predictor import Predictor
 from segcore.labels import LABEL_NAMES, display_table
 from segcore.outputs.case import DICOM_OUTPUTS, CaseOutputs, build_case, dicom_refusal
+from segcore.outputs.records import CaseRecord
 from segcore.outputs.source_series import DicomOutputUnavailable
 from segcore.volumes import VolumeError, case_id, case_stem, check_file_header, nifti_bytes_for_viewing, read_volume
 from viewer import STATIC as VIEWER_STATIC
@@ -271,13 +272,13 @@ async def segment(
             raise HTTPException(422, f"{name}: no {error.output}: {error}") from None
         viewing = nifti_bytes_for_viewing(image, geometry) if output == "bundle" and kind == "zip" else None
         answer = answer_of(output, made, name, viewing, gzip_bundle)
-        made.record["timings"]["write"] = round(time.perf_counter() - written, 4)
+        made.record.timings["write"] = round(time.perf_counter() - written, 4)
         return answer, made.record
 
     answer, record = await request.state.ticket.run(work, settings.request_timeout_s, workdir)
     headers = response_headers(record, time.perf_counter() - started, model.notice)
     if answer is None:
-        return JSONResponse(Segmentation(**record).model_dump(), headers=headers)
+        return JSONResponse(record.model_dump(), headers=headers)
     if answer.filename:
         headers["Content-Disposition"] = attachment(answer.filename)
     if output == "bundle":
@@ -325,7 +326,7 @@ def answer_of(
         return Answer(files["rtstruct"], "application/dicom", f"{stem}_rtstruct.dcm")
     encoded = {kind: base64.b64encode(value).decode() for kind, value in files.items()}
     bundle = Bundle(
-        **made.record, mask_nifti_base64=encoded["mask"], preview_png_base64=encoded["preview"],
+        **made.record.model_dump(), mask_nifti_base64=encoded["mask"], preview_png_base64=encoded["preview"],
         dicom_seg_base64=encoded.get("seg"), dicom_seg_note=made.notes.get("seg"),
         rtstruct_base64=encoded.get("rtstruct"), rtstruct_note=made.notes.get("rtstruct"),
         ct_nifti_base64=base64.b64encode(ct).decode() if ct is not None else None,
@@ -350,18 +351,17 @@ def accepts_gzip(accept_encoding: str) -> bool:
     return False
 
 
-def response_headers(summary: dict[str, Any], elapsed: float, notice: str | None) -> dict[str, str]:
+def response_headers(record: CaseRecord, elapsed: float, notice: str | None) -> dict[str, str]:
     """Timings, warnings, the quality verdict and the model's notice as response headers."""
     headers = {
         "X-Inference-Seconds": f"{elapsed:.3f}",
-        "Server-Timing": ", ".join(f"{k};dur={v * 1000:.1f}" for k, v in summary["timings"].items()),
+        "Server-Timing": ", ".join(f"{k};dur={v * 1000:.1f}" for k, v in record.timings.items()),
     }
-    if summary["warnings"]:
-        headers["X-Segmentation-Warnings"] = ascii_header("; ".join(summary["warnings"]))
-    quality = summary["quality"]
-    headers["X-Quality-Verdict"] = quality["verdict"]
-    if quality["reasons"]:
-        headers["X-Quality-Reasons"] = ascii_header("; ".join(quality["reasons"]))
+    if record.warnings:
+        headers["X-Segmentation-Warnings"] = ascii_header("; ".join(record.warnings))
+    headers["X-Quality-Verdict"] = record.quality.verdict
+    if record.quality.reasons:
+        headers["X-Quality-Reasons"] = ascii_header("; ".join(record.quality.reasons))
     if notice:
         headers["X-Model-Notice"] = ascii_header(notice)
     return headers

@@ -206,7 +206,7 @@ def predict_case(
             checkpoints_sha256=[source["sha256"] for source in predictor.sources.values()],
         )  # fmt: skip
         publish(made.files, outputs.destinations(case, output_dir))
-        organs = made.record["organs"]
+        organs = {name: organ.model_dump() for name, organ in made.record.organs.items()}
     except VolumeError as error:
         result = failed(str(error))
     except DicomRefused as error:
@@ -223,7 +223,7 @@ def predict_case(
     else:
         result = CaseResult(
             case.name, case.output_name, "written", time.perf_counter() - started, organs=quality.organ_count,
-            warnings=made.record["warnings"], verdict=quality.verdict, quality_reasons=quality.reasons,
+            warnings=made.record.warnings, verdict=quality.verdict, quality_reasons=quality.reasons,
         )  # fmt: skip
         if refused:
             result.status, result.reason = (

@@ -5,7 +5,7 @@
     import segcore
 
     result = segcore.segment("ct_0000.nii.gz", "ct.nii.gz")      # a file or a DICOM series folder
-    print(result.verdict, result.record["organs"]["liver"]["volume_ml"])
+    print(result.verdict, result.record.organs["liver"].volume_ml)
     result.labels                                               # SimpleITK image on the input's grid
 
     import SimpleITK as sitk, nibabel as nib
@@ -16,8 +16,8 @@
 runs the two-stage :class:`~segcore.inference.predictor.Predictor` (built once per weights, device
 and options, then reused), and returns a :class:`Segmentation`: the FLARE22 label map on the
 input's exact grid, the :class:`~segcore.inference.predictor.Prediction` with its quality verdict,
-and the case record (:func:`segcore.outputs.case.case_record`: the keys of ``predict.sh``'s
-``<id>.json`` and of the service's JSON answer). With ``output`` the mask is also written as NIfTI
+and the case record (:class:`segcore.outputs.records.CaseRecord`: ``predict.sh``'s ``<id>.json``
+and the service's JSON answer, typed). With ``output`` the mask is also written as NIfTI
 (for DICOM-SEG, RTSTRUCT and previews use ``predict.sh``).
 """
 
@@ -38,6 +38,7 @@ import SimpleITK as sitk
 from segcore.inference.postprocess import organ_statistics
 from segcore.inference.predictor import DEFAULT_WEIGHTS_DIR, Prediction, Predictor
 from segcore.outputs.case import case_record, only_organs, organ_subset
+from segcore.outputs.records import CaseRecord
 from segcore.volumes import read_image, read_volume, write_volume
 from segcore.volumes.geometry import Geometry
 from segcore.volumes.itk import to_image
@@ -51,14 +52,14 @@ class Segmentation:
         array: ``(z, y, x)`` uint8 FLARE22 ids (:mod:`segcore.labels`) in the input's array order.
         geometry: the input's size, spacing, origin and direction (the mask's, exactly).
         prediction: the predictor's result: crop box, warnings, timings and ``quality`` (the verdict).
-        record: the case record: size, spacing, per organ volume (mL) and mean HU, crop box,
-            warnings, quality, model notice, timings.
+        record: the case record (:class:`~segcore.outputs.records.CaseRecord`): size, spacing,
+            per organ volume (mL) and mean HU, crop box, warnings, quality, model notice, timings.
     """
 
     array: np.ndarray
     geometry: Geometry
     prediction: Prediction
-    record: dict[str, Any]
+    record: CaseRecord
 
     @property
     def labels(self) -> sitk.Image:
@@ -67,7 +68,7 @@ class Segmentation:
 
     @property
     def verdict(self) -> str:
-        """How far to trust the mask: ``ok``, ``review`` or ``fail`` (reasons in ``record["quality"]``)."""
+        """How far to trust the mask: ``ok``, ``review`` or ``fail`` (reasons in ``record.quality``)."""
         return self.prediction.quality.verdict
 
     def save(self, path: str | os.PathLike) -> Path:

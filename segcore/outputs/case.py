@@ -21,7 +21,6 @@ alone, while the quality verdict stays the whole segmentation's.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ import numpy as np
 from segcore.inference.postprocess import organ_statistics
 from segcore.labels import ORGAN_IDS
 from segcore.outputs.dicom_seg import write_dicom_seg
+from segcore.outputs.records import CaseRecord
 from segcore.outputs.source_series import DicomOutputUnavailable, check_source
 from segcore.volumes import write_volume
 from segcore.volumes.geometry import Geometry
@@ -50,7 +50,7 @@ class CaseOutputs:
     """What :func:`build_case` made: ``record`` (always, in memory), the staged ``files`` by kind
     and, for each DICOM output asked for beside the mask that could not be made, ``notes[kind]`` (why)."""
 
-    record: dict[str, Any]
+    record: CaseRecord
     files: dict[str, Path] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)
 
@@ -89,21 +89,22 @@ def only_organs(labels: np.ndarray, organs: Collection[int]) -> np.ndarray:
 def case_record(
     case: str, input_name: str, prediction, geometry: Geometry, statistics: dict[str, Any], notice: str | None,
     *, mask_written: bool = True,
-) -> dict[str, Any]:  # fmt: skip
-    """The case's record: the same keys for the batch command's ``<id>.json`` and the service's JSON."""
-    return {
-        "case": case,
-        "input": input_name,
-        "size": list(geometry.size),
-        "spacing": list(geometry.spacing),
-        "organs": statistics,
-        "crop_box": prediction.box,
-        "warnings": list(prediction.warnings),
-        "quality": prediction.quality.as_dict(),
-        "model_notice": notice,
-        "mask_written": mask_written,
-        "timings": {step: round(seconds, TIMING_DECIMALS) for step, seconds in prediction.timings.items()},
-    }
+) -> CaseRecord:  # fmt: skip
+    """The case's record (:class:`~segcore.outputs.records.CaseRecord`): the batch command's
+    ``<id>.json``, the service's JSON answer and the Python API's ``record``."""
+    return CaseRecord(
+        case=case,
+        input=input_name,
+        size=list(geometry.size),
+        spacing=list(geometry.spacing),
+        organs=statistics,
+        crop_box=prediction.box,
+        warnings=list(prediction.warnings),
+        quality=prediction.quality.as_dict(),
+        model_notice=notice,
+        mask_written=mask_written,
+        timings={step: round(seconds, TIMING_DECIMALS) for step, seconds in prediction.timings.items()},
+    )
 
 
 def build_case(
@@ -155,7 +156,7 @@ def build_case(
     if "preview" in kinds:
         _stage_preview(outputs, prediction, image, geometry, organs, notice, staged["preview"])
     if "record" in kinds:
-        staged["record"].write_text(json.dumps(outputs.record, indent=2) + "\n")
+        staged["record"].write_text(outputs.record.model_dump_json(indent=2) + "\n")
         outputs.files["record"] = staged["record"]
     return outputs
 
@@ -179,7 +180,7 @@ def _stage_dicom(
         if not mask_too:
             raise
         outputs.notes[kind] = f"no {error.output}: {error}"
-        outputs.record["warnings"].append(outputs.notes[kind])
+        outputs.record.warnings.append(outputs.notes[kind])
 
 
 def _stage_preview(outputs: CaseOutputs, prediction, image, geometry: Geometry, organs, notice, path: Path) -> None:

@@ -9,6 +9,10 @@ what it finished, and runs sharing the folder (or torchrun ranks) each rebuild i
 records, the last one seeing every case. One row per record, sorted by case id; columns
 :data:`COLUMNS` then ``<organ>_ml`` and ``<organ>_mean_hu`` for the 13 organs (empty where the
 organ is absent).
+
+The typed case record (:class:`CaseRecord`: what ``predict.sh --stats`` writes as ``<id>.json``, what
+the service answers for ``output=json`` and what :func:`segcore.segment` returns) is defined here too,
+so that every program speaks one schema.
 """
 
 from __future__ import annotations
@@ -18,11 +22,59 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from segcore.labels import ORGANS
 from segcore.runtime.claims import claim_case
 from segcore.runtime.files import write_text_atomic
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a key the schema lacks is a bug, not data
+
+
+class Organ(_Record):
+    """One organ of a case record."""
+
+    label: int = Field(description="FLARE22 label id")
+    voxels: int
+    volume_ml: float
+    mean_hu: float
+    box_voxels: list[list[int]] = Field(description="[[x0, x1], [y0, y1], [z0, z1]], half-open, input voxel indices")
+
+
+class Quality(_Record):
+    """How far to trust the segmentation (:mod:`segcore.inference.quality`)."""
+
+    verdict: Literal["ok", "review", "fail"]
+    reasons: list[str]
+    entropy: float = Field(description="fine net's mean normalised entropy over the organ region (0..1)")
+    coarse_fine_dice: float = Field(description="agreement of the two stages on the fine crop")
+    organ_count: int
+    chest_share: float = Field(description="share of body slices that show lungs")
+    organs: dict[str, dict[str, Any]] = Field(
+        description="per organ: volume_ml, entropy, uncertain_share, plausible_volume, ..."
+    )
+
+
+class CaseRecord(_Record):
+    """The record of one segmented case: ``predict.sh --stats``'s ``<id>.json``, the service's
+    ``output=json`` answer, :attr:`segcore.api.Segmentation.record`."""
+
+    case: str = Field(description="the case id: the input's name without NIfTI suffix and _0000")
+    input: str = Field(description="the input's name")
+    size: list[int] = Field(description="input size (x, y, z)")
+    spacing: list[float] = Field(description="input spacing (x, y, z) mm")
+    organs: dict[str, Organ] = Field(description="organs found, by name")
+    crop_box: list[list[int]] | None = Field(description="the fine stage's crop in input voxels (x, y, z), or null")
+    warnings: list[str]
+    quality: Quality
+    model_notice: str | None = Field(None, description="what the loaded weights must not be used for, if anything")
+    mask_written: bool = Field(description="a mask was written (false: predict.sh --strict withheld it)")
+    timings: dict[str, float] = Field(description="seconds per step")
+
 
 RECORDS = ".records"
 TABLE = "summary.csv"

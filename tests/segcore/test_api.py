@@ -35,8 +35,8 @@ def test_a_file_is_segmented_as_the_predictor_does_and_the_mask_saved_on_its_gri
     expected = Predictor.from_weights(device="cpu", precision="fp32").predict_file(ct)[0]
     np.testing.assert_array_equal(result.array, expected.labels)
     assert result.verdict == expected.quality.verdict and result.verdict in ("ok", "review", "fail")
-    assert result.record["case"] == ct.name and result.record["quality"]["verdict"] == result.verdict
-    assert result.record["organs"]["liver"]["volume_ml"] > 0
+    assert result.record.case == ct.name and result.record.quality.verdict == result.verdict
+    assert result.record.organs["liver"].volume_ml > 0
     same_grid(tmp_path / "mask.nii.gz", ct)
     saved = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "mask.nii.gz")))
     np.testing.assert_array_equal(saved, result.array)
@@ -58,7 +58,7 @@ def test_images_in_memory_give_the_same_labels_as_their_file(ct, tmp_path):
 def test_a_subset_of_organs_and_bad_inputs(ct):
     result = segcore.segment(ct, device="cpu", precision="fp32", organs=["liver", "spleen"])
     assert set(np.unique(result.array)) == {0, ORGAN_IDS["liver"], ORGAN_IDS["spleen"]}
-    assert set(result.record["organs"]) == {"liver", "spleen"}
+    assert set(result.record.organs) == {"liver", "spleen"}
     with pytest.raises(ValueError, match="unknown organ name.*livr.*valid names: liver"):
         segcore.segment(ct, organs=["livr"])
     with pytest.raises(ValueError, match="a path, a SimpleITK image or a nibabel image"):
