@@ -20,6 +20,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
+import yaml
 
 from segcore.labels import HU_WINDOW
 from segcore.networks import build_network
@@ -83,3 +84,38 @@ def upload_head(length: int, key: str | None = None, boundary: str = "B0undary")
     ]
     part = f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="ct.nii.gz"\r\n\r\n'
     return ("\r\n".join(lines) + "\r\n\r\n" + part).encode()
+
+
+def restated_keys(path: Path, defaults: dict, schema: type) -> list[str]:
+    """The dotted keys a config file sets to the value it would have without them: its base's
+    resolved value, or (for a file without a base) ``defaults``, the schema's. A free-form mapping
+    (``network.init_args``) counts as one value."""
+    from segcore.config import BASE_KEY, read_config
+
+    values = yaml.safe_load(path.read_text()) or {}
+    base = values.pop(BASE_KEY, None)
+    reference = read_config(path.parent / base, schema) if base else defaults
+    found = []
+    for dotted, value in _leaves(values):
+        known, current = True, reference
+        for part in dotted.split("."):
+            if not (isinstance(current, dict) and part in current):
+                known = False
+                break
+            current = current[part]
+        if known and _plain(current) == _plain(value):
+            found.append(dotted)
+    return found
+
+
+def _leaves(mapping: dict, prefix: str = ""):
+    for key, value in mapping.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and key != "init_args":
+            yield from _leaves(value, f"{dotted}.")
+        else:
+            yield dotted, value
+
+
+def _plain(value):
+    return [_plain(item) for item in value] if isinstance(value, list | tuple) else value

@@ -11,6 +11,7 @@ import yaml
 from data_prepare.__main__ import main
 from data_prepare.prepare import PrepareConfig
 from segcore.config import load_config
+from testkit import restated_keys
 
 ROOT = Path(__file__).resolve().parents[2]
 DERIVED = {
@@ -21,6 +22,11 @@ DERIVED = {
         "out": "dataset/prepared_default.lmdb", "coarse_size": [48, 48, 48], "fine_size": [80, 80, 80], "workers": 2
     },
 }  # fmt: skip
+
+
+@pytest.mark.parametrize("path", ["data_prepare/config.yaml", *DERIVED])
+def test_no_shipped_file_restates_a_default_or_its_base(path):
+    assert restated_keys(ROOT / path, dataclasses.asdict(PrepareConfig()), PrepareConfig) == []
 
 
 def settings(path: Path, overrides: list[str] | None = None) -> dict:

@@ -10,6 +10,7 @@ from coarse_seg.train import STAGE as COARSE
 from segcore.config import load_config, merge
 from segcore.training.cli import main
 from segcore.training.config import StageConfig, load_stage_config
+from testkit import restated_keys
 
 ROOT = Path(__file__).resolve().parents[3]
 SHIPPED = sorted(
@@ -108,6 +109,27 @@ def test_defaults_live_in_the_config_and_a_run_writes_them_all(tmp_path):
     assert StageConfig.from_mapping(written) == config  # a run's config.yaml reads back to the same config
 
 
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_shipped_file_restates_a_default_or_its_base(path):
+    minimal = {"store": "", "output_dir": "", "input_size": [8, 8, 8], "network": {"arch": "residual_unet3d"}}
+    defaults = StageConfig.from_mapping(minimal).as_dict()
+    for required in ("store", "output_dir", "input_size"):
+        del defaults[required]
+    del defaults["network"]["arch"]
+    assert restated_keys(path, defaults, StageConfig) == []
+
+
+def test_restating_a_default_or_a_base_value_is_found(tmp_path):
+    write_files(tmp_path, {
+        "stage.yaml": "store: s\noutput_dir: o\ninput_size: [8, 8, 8]\nnetwork: {arch: residual_unet3d}\n"
+                      "train: {epochs: 300, seed: 3}\n",
+        "derived.yaml": "base: stage.yaml\ntrain: {seed: 3, epochs: 5}\ninput_size: [8, 8, 8]\n",
+    })  # fmt: skip
+    defaults = {"train": {"epochs": 300, "seed": 0}}
+    assert restated_keys(tmp_path / "stage.yaml", defaults, StageConfig) == ["train.epochs"]
+    assert restated_keys(tmp_path / "derived.yaml", defaults, StageConfig) == ["train.seed", "input_size"]
+
+
 TINY_CHANGES = {
     "store": "dataset/prepared_tiny.lmdb",
     "network": {"init_args": {"base_channels": 8, "depth": 3, "max_channels": 32}},
@@ -132,7 +154,7 @@ DERIVED = {
     "model_weights/recipe/coarse.yaml": ("coarse_seg/config.yaml", RECIPE_CHANGES, "coarse_default", [48, 48, 48]),
     "model_weights/recipe/fine.yaml": (
         "fine_seg/config.yaml",
-        {**RECIPE_CHANGES, "train": {"epochs": 60, "val_every": 10}},  # the fourth candidate's longer fine stage
+        {**RECIPE_CHANGES, "train": {"epochs": 60}},  # the fourth candidate's longer fine stage
         "fine_default",
         [80, 80, 80],
     ),
