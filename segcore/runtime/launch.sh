@@ -22,6 +22,12 @@ if [ -z "$RDZV" ]; then
     RDZV="--standalone"
 fi
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+for arg in "$@"; do
+    case $arg in
+        # Answered by one process, not by every torchrun process.
+        --print-config|--help|-h) exec "$PYTHON" -m "$MODULE" "$@" ;;
+    esac
+done
 if [ -n "${PREFLIGHT:-}" ]; then
     # One process checks what it can (config, store, run folder) before torchrun starts N of them:
     # a mistake is one line and exit status 2, not a line per process among torchrun's tracebacks.

@@ -1,6 +1,7 @@
 """segcore.training.config: every shipped stage config validates; a file holds only what differs from
 its base or the defaults; typos and wrong types are refused."""
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -232,3 +233,17 @@ def test_print_config_prints_the_resolved_config_and_exits(path, capsys):
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed == load_stage_config(ROOT / path, ["store=/nowhere.lmdb", "train.epochs=2"]).as_dict()
     assert StageConfig.from_mapping(printed).train.epochs == 2
+
+
+@pytest.mark.parametrize("option", ["--print-config", "--help"])
+def test_run_sh_answers_print_config_and_help_once_without_torchrun(option):
+    command = ["sh", str(ROOT / "coarse_seg" / "run.sh"), "--config", str(ROOT / "coarse_seg" / "config.tiny.yaml"),
+               "--nproc", "2", option, "store=/nowhere.lmdb"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    if option == "--print-config":
+        assert result.stdout.count("store: /nowhere.lmdb") == 1, result.stdout  # once, not once per process
+        assert yaml.safe_load(result.stdout)["input_size"] == [32, 32, 32]
+    else:
+        assert result.stdout.count("usage:") == 1
+    assert "torch.distributed" not in result.stderr and "rendezvous" not in result.stderr.lower()
