@@ -28,7 +28,7 @@ before inference where the headers tell);
 ``summary.csv`` is rebuilt from all records in OUTPUT_DIR after every case (:mod:`segcore.outputs.records`),
 so a killed run's table lists every case whose outputs it published but the one in flight. A scan
 whose values are not Hounsfield units (:func:`segcore.volumes.hu_scale_warning`) is segmented with
-a warning in its record and the table.
+a warning (the predictor's, which the service and the Python API give too) in its record and the table.
 
 OUTPUT_DIR is checked before the weights load or any case is read: it is created if missing,
 must be a folder, and must take a new file (a probe file is written and removed; permission bits
@@ -91,7 +91,7 @@ from segcore.outputs.source_series import DicomOutputUnavailable
 from segcore.runtime import distributed
 from segcore.runtime.allocator import keep_freed_memory
 from segcore.runtime.claims import claim_case
-from segcore.volumes import VolumeError, check_path_names, hu_scale_warning, printable
+from segcore.volumes import VolumeError, check_path_names, printable
 
 DISTRIBUTED_TIMEOUT_MINUTES = 24 * 60
 """Ranks wait for each other only at the end; a long batch must not time the wait out."""
@@ -195,8 +195,6 @@ def predict_case(
             if refusal := next((refusal for refusal in refusals if refusal), None):
                 raise DicomRefused(refusal)
         prediction, image, geometry = predictor.predict_file(case.path)
-        if (not_hu := hu_scale_warning(image)) is not None:
-            prediction.warnings.append(not_hu)
         quality = prediction.quality
         refused = strict and quality.verdict == "fail"
         kinds = outputs.kinds() - (MASK_OUTPUTS if refused else set())

@@ -53,7 +53,7 @@ from segcore.inference.postprocess import (
 from segcore.inference.quality import Quality, assess, coarse_on_crop, edge_labels, empty_quality
 from segcore.inference.stage import StageModel, Stopwatch, device_of, file_sha256, resolve_precision, upload
 from segcore.networks.checkpoint import load_checkpoint
-from segcore.volumes import read_volume
+from segcore.volumes import hu_scale_warning, read_volume
 from segcore.volumes.body_region import body_mask, keep_body
 from segcore.volumes.geometry import Geometry, to_canonical
 
@@ -312,6 +312,8 @@ class Predictor:
             )
             del probabilities
         watch.lap("quality")
+        if (not_hu := hu_scale_warning(image)) is not None:  # segmented all the same: the warning says why to doubt it
+            warnings.append(not_hu)
         labels = np.ascontiguousarray(reorientation.undo(canonical_labels))
         watch.lap("paste")
         watch.timings["total"] = time.perf_counter() - started

@@ -107,6 +107,15 @@ def test_empty_coarse_stage_gives_an_empty_mask_and_a_warning(real_data):
     assert len(prediction.warnings) == 1 and "no organ" in prediction.warnings[0]
 
 
+def test_values_that_are_not_hounsfield_units_are_segmented_with_a_warning(real_data):
+    # Every caller (the batch, the service, segcore.segment) gets it from the predictor.
+    predictor = Predictor(tiny_payload("coarse", winner=0), tiny_payload("fine", seed=1), device="cpu")
+    image, geometry = read_volume(real_data / CT_3MM)
+    rescaled = predictor.predict(image.astype(np.float32) * 1000, geometry)
+    assert any(warning.startswith("values are not plausible Hounsfield units") for warning in rescaled.warnings)
+    assert not any("Hounsfield" in warning for warning in predictor.predict(image, geometry).warnings)
+
+
 DIRECTIONS = {
     "x and y flipped": (-1, 0, 0, 0, -1, 0, 0, 0, 1),
     "slices top to bottom": (1, 0, 0, 0, 1, 0, 0, 0, -1),
