@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import logging
 import math
 import os
 import platform
@@ -367,6 +368,20 @@ def response_headers(record: CaseRecord, elapsed: float, notice: str | None) -> 
     return headers
 
 
+LOG = logging.getLogger("uvicorn.error")
+"""uvicorn's own log: the start-up lines go where its "Application startup complete" goes."""
+
+
+def loaded_line(info: dict[str, Any]) -> str:
+    """What the service loaded, for its start-up log: each stage's checkpoint and SHA-256, the
+    device, the precision and the weights' notice."""
+    stages = ", ".join(
+        f"{stage} {info[stage]['path']} (sha256 {info[stage]['sha256'][:12]})" for stage in ("coarse", "fine")
+    )
+    notice = f"; notice: {info['notice']}" if info.get("notice") else ""
+    return f"inference_server: loaded {stages} on {info['device']}, {info['precision']}{notice}"
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The service; ``settings`` default to the environment (:class:`Settings`). The predictor is
     loaded at start-up (the lifespan), once."""
@@ -379,6 +394,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 settings.weights_dir, settings.device, settings.precision, verify=True, body_region=settings.body_region
             )
         )
+        LOG.info("%s", loaded_line(app.state.predictor.info()))
         yield
         app.state.predictor = None
 

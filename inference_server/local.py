@@ -40,6 +40,7 @@ class LocalServer:
         device: ``auto``, ``cpu`` or ``cuda``.
         ready_timeout: seconds to wait for ``/ready``.
         environment: further environment variables of the server process (e.g. its ``TMPDIR``).
+        log_level: uvicorn's ``--log-level`` (:meth:`output` holds what the server printed).
         **settings: further settings, e.g. ``max_upload_mb="4"`` → ``SEGMENT_MAX_UPLOAD_MB=4``.
 
     Raises:
@@ -53,9 +54,11 @@ class LocalServer:
         ready_timeout: float = 180,
         *,
         environment: dict[str, str] | None = None,
+        log_level: str = "warning",
         **settings: str,
     ):
         self.weights, self.device, self.ready_timeout = Path(weights), device, ready_timeout
+        self.log_level = log_level
         settings_environment = {f"SEGMENT_{key.upper()}": value for key, value in settings.items()}
         self.environment = {**(environment or {}), **settings_environment}
         self.process: subprocess.Popen | None = None
@@ -66,7 +69,7 @@ class LocalServer:
         self._log = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a chatty server never blocks
         self.process = subprocess.Popen(
             ["sh", str(RUN_SH), "--port", str(port), "--weights", str(self.weights), "--device", self.device,
-             "--log-level", "warning"],
+             "--log-level", self.log_level],
             env={**os.environ, **self.environment}, stdout=self._log, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
         self.url = f"http://127.0.0.1:{port}"
@@ -81,6 +84,12 @@ class LocalServer:
                 pass
             time.sleep(0.2)
         self._fail(f"the server was not ready within {self.ready_timeout:g} s")
+
+    def output(self) -> str:
+        """What the server printed so far (standard output and error)."""
+        self._log.flush()
+        self._log.seek(0)
+        return self._log.read()
 
     def _fail(self, reason: str) -> None:
         self._stop()

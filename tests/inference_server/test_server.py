@@ -173,3 +173,13 @@ def test_the_batch_commands_record_is_the_services_json(server, weights, real_da
     written.pop("timings"), answered.pop("timings")
     assert written == answered
     assert written["case"] == "abdomen_ct_3mm" and written["organs"] and written["mask_written"] is True
+
+
+def test_the_start_up_log_says_which_weights_device_and_notice(weights):
+    local = LocalServer(weights, log_level="info")
+    with local:
+        printed = local.output()
+    [line] = [line for line in printed.splitlines() if "inference_server: loaded" in line]
+    for stage in ("coarse", "fine"):
+        assert f"{stage} {weights / f'{stage}.pt'} (sha256 " in line
+    assert "on cpu, float32" in line and line.endswith(f"notice: {NOTICE}")
