@@ -40,6 +40,11 @@ SHOWN = 3
 """How many odd slices a refusal names (then how many more there are)."""
 
 
+IN_PLANE_TOLERANCE = 0.05
+"""A slice may sit this share of a pixel off the first slice's axis (decimal rounding of Image
+Position (Patient)); farther, the series is refused (:func:`_check_stacked_along_normal`)."""
+
+
 def _series_headers(folder: Path) -> list[tuple[str, ImageInfo]]:
     """The one DICOM series in ``folder``: ``(file, header info)`` sorted by slice position."""
     check_path_names(folder)  # GDCM aborts the process on a file name that is not UTF-8
@@ -71,13 +76,36 @@ def _sorted_by_position(folder: Path, files: list[str]) -> list[tuple[str, Image
             raise VolumeError(name, f"unreadable DICOM file ({first_itk_line(error)})", "unreadable") from None
         headers.append((name, info_of(reader), reader.GetDirection(), reader.GetOrigin()))
     _check_slices_agree(folder, headers)
-    normal = np.asarray(headers[0][2]).reshape(3, 3)[:, 2]
-    slices = [(float(np.dot(normal, origin)), name, info) for name, info, _, origin in headers]
-    if len({round(position, 4) for position, _, _ in slices}) != len(slices):
+    direction = np.asarray(headers[0][2]).reshape(3, 3)
+    slices = [(float(np.dot(direction[:, 2], origin)), name, info, origin) for name, info, _, origin in headers]
+    if len({round(position, 4) for position, *_ in slices}) != len(slices):
         raise VolumeError(folder, "DICOM series has slices at duplicate positions", "geometry")
-    slices.sort()
-    _check_uniform_spacing(folder, [position for position, _, _ in slices])
-    return [(name, info) for _, name, info in slices]
+    slices.sort(key=lambda entry: entry[0])
+    _check_uniform_spacing(folder, [position for position, *_ in slices])
+    _check_stacked_along_normal(folder, [(name, origin) for _, name, _, origin in slices], direction, headers[0][1])
+    return [(name, info) for _, name, info, _ in slices]
+
+
+def _check_stacked_along_normal(
+    folder: Path, slices: list[tuple[str, tuple]], direction: np.ndarray, info: ImageInfo
+) -> None:
+    """Refuse a series whose slices are not stacked along their normal: a slice moved in its own
+    plane (a moved table) or every slice drifting (a gantry tilt). ITK stacks them on the first
+    slice's grid, which would put the moved voxels, scan and mask alike, where the patient was not.
+    Differences below :data:`IN_PLANE_TOLERANCE` of a pixel (decimal rounding of the positions) pass."""
+    first = np.asarray(slices[0][1], float)
+    offsets = [np.abs(direction[:, :2].T @ (np.asarray(origin, float) - first)) for _, origin in slices]
+    tolerance = IN_PLANE_TOLERANCE * np.asarray(info.spacing[:2], float)
+    odd = [(name, offset) for (name, _), offset in zip(slices, offsets, strict=True) if (offset > tolerance).any()]
+    if odd:
+        shown = ", ".join(f"{name} ({float(offset.max()):.3g} mm)" for name, offset in odd[:3])
+        more = f" and {len(odd) - 3} more" if len(odd) > 3 else ""
+        raise VolumeError(
+            folder,
+            f"DICOM slices are not stacked along their normal: {shown}{more} lie off the first slice's axis "
+            "in their own plane (a moved table or a gantry tilt); resample the series to a regular grid first",
+            "geometry",
+        )
 
 
 def _check_slices_agree(folder: Path, headers: list[tuple[str, ImageInfo, tuple, tuple]]) -> None:

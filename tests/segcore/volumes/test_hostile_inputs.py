@@ -99,6 +99,32 @@ def test_a_dicom_slice_unlike_the_others_is_refused_naming_it_and_what_differs(r
     assert f"where {20 - count} slice(s) have" in message and error.value.kind == "geometry"
 
 
+def shifted(millimetres: float):
+    """The slice moved along its row direction (x here), in its own plane: its position along the
+    normal, and so its place in the stack, unchanged."""
+
+    def edit(dataset, path):
+        x, y, z = (float(value) for value in dataset.ImagePositionPatient)
+        dataset.ImagePositionPatient = [x + millimetres, y, z]
+
+    return edit
+
+
+@pytest.mark.parametrize(("millimetres", "count"), [(5.0, 1), (0.5, 1), (-0.25, 2)])
+def test_a_dicom_slice_moved_in_its_plane_is_refused_naming_it(real_data, tmp_path, millimetres, count):
+    # ITK stacks the slices on the first one's grid: a moved slice would sit, scan and mask alike,
+    # millimetres from where the patient was.
+    folder, odd = edited_series(real_data, tmp_path / "series", shifted(millimetres), count)
+    with pytest.raises(VolumeError, match="not stacked along their normal") as error:
+        read_volume(folder)
+    assert all(name in str(error.value) for name in odd) and error.value.kind == "geometry", error.value
+
+
+def test_a_dicom_slice_moved_in_its_plane_by_rounding_alone_is_read(real_data, tmp_path):
+    folder, _ = edited_series(real_data, tmp_path / "series", shifted(0.004), 3)
+    assert read_volume(folder)[0].shape[0] == 20
+
+
 def test_dicom_orientations_that_differ_by_rounding_alone_are_one_orientation(real_data, tmp_path):
     def rounded(dataset, path):  # what another exporter's decimal strings make of the same cosines
         dataset.ImageOrientationPatient = [1.0, 1e-7, 0.0, -1e-7, 0.999999999, 0.0]
