@@ -1,7 +1,7 @@
 """The shipped default model (model_weights/): small, self-describing, and as accurate as its card says.
 
 The card (model_weights/MODEL_CARD.md) reports the mean DSC on 10 held-out small phantoms (0.8739;
-single cases ranged 0.76-0.90). Here four other small phantoms (a dataset seed the model never saw)
+single cases ranged 0.82-0.91). Here four other small phantoms (a dataset seed the model never saw)
 must reach that figure less a margin that covers the spread of a 4-case mean; a broken checkpoint,
 orientation, crop or resampling path falls far below (an undertrained coarse net gave 0.26).
 """
