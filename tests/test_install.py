@@ -6,7 +6,7 @@ takes its dependencies from the one running the tests (a ``.pth`` line naming it
 nothing is downloaded and nothing else is installed), while every file of this project comes from
 the wheel; the commands run from a folder outside the checkout with no ``PYTHONPATH``, so the
 checkout cannot be imported. ``segcore-predict`` then segments a small phantom CT with the default
-weights shipped as package data.
+weights shipped as package data, and so does ``segcore.segment`` from the installed package.
 """
 
 from __future__ import annotations
@@ -134,3 +134,21 @@ def test_the_sample_of_an_installed_package_is_written_in_the_current_folder(ins
     assert "mean DSC" in output
     assert (work / "segcore-sample" / "predictions" / "sample.nii.gz").is_file()
     assert not (installed["site"] / "dataset").exists()  # nothing written into site-packages
+
+
+def test_the_installed_python_api_segments_a_file(installed):
+    work = installed["work"] / "api_run"
+    work.mkdir()
+    phantom = generate_case(12, size="small", full_field=True)
+    write_volume(work / "ct_0000.nii.gz", phantom.image, phantom.geometry)
+    code = (
+        "import segcore, sys; r = segcore.segment('ct_0000.nii.gz', 'mask.nii.gz', device='cpu'); "
+        "assert segcore.__file__.startswith(sys.argv[1]), segcore.__file__; "
+        "print(r.verdict, len(r.record.organs))"
+    )
+    verdict, organs = run(
+        installed["bin"] / "python", "-c", code, installed["site"], cwd=work, env=installed["env"]
+    ).split()
+    assert verdict in ("ok", "review", "fail") and int(organs) > 0
+    labels, geometry = read_label_map(work / "mask.nii.gz")
+    assert labels.shape == phantom.image.shape and geometry.size == read_volume(work / "ct_0000.nii.gz")[1].size
