@@ -86,7 +86,7 @@ from segcore.inference.predictor import Predictor
 from segcore.inference.stage import PRECISIONS
 from segcore.labels import ORGAN_IDS
 from segcore.outputs.case import DICOM_OUTPUTS, build_case, dicom_refusal, organ_subset, publish
-from segcore.outputs.records import has_record, organ_measures, rebuild_table, write_record
+from segcore.outputs.records import ResultRow, has_record, organ_measures, rebuild_table, write_record
 from segcore.outputs.source_series import DicomOutputUnavailable
 from segcore.runtime import distributed
 from segcore.runtime.allocator import keep_freed_memory
@@ -242,14 +242,14 @@ def predict_case(
     return result
 
 
-def record_of(case: Case, result: CaseResult, statistics: dict) -> dict:
+def record_of(case: Case, result: CaseResult, statistics: dict) -> ResultRow:
     """The case's row of the results table (:mod:`segcore.outputs.records`)."""
-    return {
-        "case": case.case_id, "input": case.name, "input_dir": str(case.path.parent.resolve()),
-        "mask": case.output_name, "status": result.status, "seconds": round(result.seconds, 3),
-        "verdict": result.verdict, "quality_reasons": result.quality_reasons, "warnings": result.warnings,
-        "reason": result.reason, "organs": organ_measures(statistics),
-    }  # fmt: skip
+    return ResultRow(
+        case=case.case_id, input=case.name, input_dir=str(case.path.parent.resolve()),
+        mask=case.output_name, status=result.status, seconds=round(result.seconds, 3),
+        verdict=result.verdict, quality_reasons=result.quality_reasons, warnings=result.warnings,
+        reason=result.reason, organs=organ_measures(statistics),
+    )  # fmt: skip
 
 
 def outputs_exist(case: Case, output_dir: Path, outputs: Outputs) -> bool:

@@ -34,7 +34,7 @@ from fastapi.staticfiles import StaticFiles
 
 from review.table import read_table
 from segcore.labels import display_table
-from segcore.outputs.records import RECORDS, TABLE
+from segcore.outputs.records import RECORDS, TABLE, ResultRow, read_records
 from segcore.volumes import VolumeError, is_nifti, nifti_bytes_for_viewing, read_volume
 from viewer import STATIC as VIEWER_STATIC
 
@@ -58,7 +58,7 @@ class Listing:
 
     cases: dict[str, dict[str, Any]]
     """The listed rows by case id."""
-    records: dict[str, dict[str, Any]]
+    records: dict[str, ResultRow]
     body: bytes
 
 
@@ -77,20 +77,9 @@ class Review:
         self.listing_read: tuple | None = None
         self.latest: Listing | None = None
 
-    def records(self) -> dict[str, dict[str, Any]]:
-        found = {}
-        for path in sorted((self.output_dir / RECORDS).glob("*.json")):
-            try:
-                record = json.loads(path.read_text())
-            except (OSError, ValueError):
-                continue
-            if isinstance(record, dict):
-                found[str(record.get("case", path.stem))] = record
-        return found
-
     def recorded_input_dir(self) -> Path | None:
         """The one input folder the records name; None when they name none."""
-        named = {record["input_dir"] for record in self.records().values() if isinstance(record.get("input_dir"), str)}
+        named = {record.input_dir for record in read_records(self.output_dir).values()}
         named.discard("")
         if len(named) > 1:
             raise ReviewError(
@@ -125,13 +114,11 @@ class Review:
 
     def read_listing(self) -> Listing:
         table = read_table(self.output_dir / TABLE)
-        records = self.records()
+        records = read_records(self.output_dir)
         cases = []
         for row in table.rows:
-            record = records.get(row["case"], {})
-            for key in ("quality_reasons", "warnings"):  # the record's lists as written (the table joins them)
-                if isinstance(record.get(key), list) and all(isinstance(text, str) for text in record[key]):
-                    row = {**row, key: record[key]}
+            if (record := records.get(row["case"])) is not None:  # its lists as written (the table joins them)
+                row = {**row, "quality_reasons": record.quality_reasons, "warnings": record.warnings}
             cases.append(row)
 
         def rank(case: dict) -> tuple[int, str]:
@@ -145,18 +132,18 @@ class Review:
         body = json.dumps(answer, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
         return Listing({case["case"]: case for case in cases}, records, body)
 
-    def case(self, case_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The case's summary row and its record; 404 for a case the table does not list (so the
-        id names a record only once the table has vouched for it)."""
+    def case(self, case_id: str) -> tuple[dict[str, Any], ResultRow | None]:
+        """The case's summary row and its record (None when it has none that can be read); 404 for a
+        case the table does not list (so the id names a record only once the table has vouched for it)."""
         listing = self.listing()
         if case_id not in listing.cases:
             raise HTTPException(404, f"no case {case_id!r} in {self.output_dir / TABLE}")
-        return listing.cases[case_id], listing.records.get(case_id, {})
+        return listing.cases[case_id], listing.records.get(case_id)
 
     def mask_path(self, case_id: str) -> Path:
         _, record = self.case(case_id)
-        name = record.get("mask") if isinstance(record.get("mask"), str) else ""
-        return inside(self.output_dir / (name or f"{case_id}.nii.gz"), self.output_dir, f"the mask of {case_id}")
+        name = record.mask if record is not None and record.mask else f"{case_id}.nii.gz"
+        return inside(self.output_dir / name, self.output_dir, f"the mask of {case_id}")
 
     def ct_path(self, case_id: str) -> Path:
         row, record = self.case(case_id)
@@ -169,8 +156,8 @@ class Review:
                 403, f"{what}: {name!r} is not the name of an entry of the input folder {self.input_dir}, "
                 "as predict.sh names them: the review station serves nothing else",
             )  # fmt: skip
-        recorded = record.get("input_dir")
-        if not self.input_dir_given and isinstance(recorded, str) and Path(recorded).resolve() != self.input_dir:
+        recorded = record.input_dir if record is not None else None
+        if not self.input_dir_given and recorded and Path(recorded).resolve() != self.input_dir:
             raise HTTPException(
                 403, f"{what}: its record names the input folder {recorded}, but this review station serves "
                 f"{self.input_dir}, the records' folder when it started: restart review.sh (or name the folder "

@@ -1,9 +1,9 @@
 """The batch results table: one record per case in the output folder, and ``summary.csv`` built from them.
 
-Each case ``predict`` settles leaves ``OUTPUT_DIR/.records/<id>.json`` (status, seconds, quality
-verdict and reasons, warnings, failure reason, per organ volume in mL and mean HU, the input's
-folder ``input_dir`` and the name of its ``mask`` in OUTPUT_DIR, which ``review.sh`` opens),
-written atomically. ``summary.csv`` is rebuilt from every record in the folder, under an exclusive lock
+Each case ``predict`` settles leaves ``OUTPUT_DIR/.records/<id>.json``, a :class:`ResultRow` (status,
+seconds, quality verdict and reasons, warnings, failure reason, per organ volume in mL and mean HU,
+the input's folder ``input_dir`` and the name of its ``mask`` in OUTPUT_DIR, which ``review.sh``
+opens), written atomically. ``summary.csv`` is rebuilt from every record in the folder, under an exclusive lock
 and replaced atomically, so the table is always whole: an interrupted run leaves the table of
 what it finished, and runs sharing the folder (or torchrun ranks) each rebuild it from all the
 records, the last one seeing every case. One row per record, sorted by case id; columns
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -76,6 +75,39 @@ class CaseRecord(_Record):
     timings: dict[str, float] = Field(description="seconds per step")
 
 
+class OrganMeasures(_Record):
+    """An organ's measures in the results table."""
+
+    volume_ml: float
+    mean_hu: float
+
+
+class ResultRow(_Record):
+    """One case's row of the results table, as ``predict`` keeps it in ``.records/<id>.json`` and
+    ``review.sh`` reads it."""
+
+    case: str = Field(description="the case id")
+    input: str = Field(description="the input's name in its folder (a file or a DICOM series folder)")
+    input_dir: str = Field(description="the input's folder, absolute")
+    mask: str = Field(description="the mask's name in the output folder")
+    status: Literal["written", "skipped", "failed"]
+    seconds: float
+    verdict: Literal["", "ok", "review", "fail"] = Field(description="the quality verdict; empty when none was made")
+    quality_reasons: list[str]
+    warnings: list[str]
+    reason: str = Field(description="why the case failed; empty otherwise")
+    organs: dict[str, OrganMeasures] = Field(description="organs found, by name")
+
+    @classmethod
+    def read(cls, path: Path) -> ResultRow | None:
+        """The record kept at ``path``; None when it cannot be read or is not a record (one being
+        replaced right now, or a file someone else put there)."""
+        try:
+            return cls.model_validate_json(path.read_bytes())
+        except (OSError, ValueError):  # pydantic's ValidationError is a ValueError
+            return None
+
+
 RECORDS = ".records"
 TABLE = "summary.csv"
 COLUMNS = ["case", "input", "status", "seconds", "verdict", "quality_reasons", "warnings", "reason"]
@@ -85,10 +117,17 @@ def record_path(output_dir: Path, case_id: str) -> Path:
     return output_dir / RECORDS / f"{case_id}.json"
 
 
-def write_record(output_dir: Path, record: dict[str, Any]) -> None:
-    """Keep one case's record (``record["case"]`` names it)."""
+def write_record(output_dir: Path, record: ResultRow) -> None:
+    """Keep one case's record (``record.case`` names it)."""
     (output_dir / RECORDS).mkdir(exist_ok=True)
-    write_text_atomic(record_path(output_dir, record["case"]), json.dumps(record, indent=1) + "\n")
+    write_text_atomic(record_path(output_dir, record.case), record.model_dump_json(indent=1) + "\n")
+
+
+def read_records(output_dir: Path) -> dict[str, ResultRow]:
+    """Every record in ``output_dir`` that can be read, by case id, in file name order."""
+    folder = output_dir / RECORDS
+    found = (ResultRow.read(path) for path in sorted(folder.glob("*.json")) if folder.is_dir())
+    return {record.case: record for record in found if record is not None}
 
 
 def table_columns() -> list[str]:
@@ -100,16 +139,13 @@ def rebuild_table(output_dir: Path) -> int:
     claim = claim_case(output_dir / ".summary.lock", wait=True)
     try:
         rows = []
-        for path in sorted((output_dir / RECORDS).glob("*.json")) if (output_dir / RECORDS).is_dir() else []:
-            try:
-                record = json.loads(path.read_text())
-            except (OSError, ValueError):  # a record being replaced right now: the next rebuild has it
-                continue
-            row = {key: record.get(key, "") for key in COLUMNS}
+        # A record being replaced right now is left out: the next rebuild has it.
+        for record in sorted(read_records(output_dir).values(), key=lambda record: record.case):
+            row: dict[str, Any] = {key: getattr(record, key) for key in COLUMNS}
             for key in ("quality_reasons", "warnings"):
-                row[key] = "; ".join(record.get(key) or [])
-            for name, measures in (record.get("organs") or {}).items():
-                row[f"{name}_ml"], row[f"{name}_mean_hu"] = measures["volume_ml"], measures["mean_hu"]
+                row[key] = "; ".join(row[key])
+            for name, measures in record.organs.items():
+                row[f"{name}_ml"], row[f"{name}_mean_hu"] = measures.volume_ml, measures.mean_hu
             rows.append(row)
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=table_columns(), restval="", lineterminator="\n")
@@ -121,9 +157,9 @@ def rebuild_table(output_dir: Path) -> int:
         claim.release()
 
 
-def organ_measures(statistics: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+def organ_measures(statistics: dict[str, dict[str, Any]]) -> dict[str, OrganMeasures]:
     """The record's ``organs`` from :func:`segcore.inference.postprocess.organ_statistics`."""
-    return {name: {"volume_ml": s["volume_ml"], "mean_hu": s["mean_hu"]} for name, s in statistics.items()}
+    return {name: OrganMeasures(volume_ml=s["volume_ml"], mean_hu=s["mean_hu"]) for name, s in statistics.items()}
 
 
 def has_record(output_dir: Path, case_id: str) -> bool:

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from inference_server.local import free_port
-from segcore.outputs.records import rebuild_table, write_record
+from segcore.outputs.records import ResultRow, rebuild_table, write_record
 
 REVIEW_SH = Path(__file__).resolve().parents[2] / "review.sh"
 CASES = {  # case id -> (status, verdict): listed out of order on purpose
@@ -29,15 +29,16 @@ REVIEW_ORDER = ["c_fail", "d_failed", "b_review", "a_ok", "e_ok"]
 """Failed cases and fail verdicts first (by id), then review, then ok."""
 
 
-def record(case: str, input_dir: Path, status: str, verdict: str) -> dict:
-    """A case record as predict.batch writes it (predict.batch.record_of)."""
-    return {
+def record(case: str, input_dir: Path, status: str, verdict: str, **changes) -> ResultRow:
+    """A case record as predict.batch writes it (predict.batch.record_of), with ``changes``."""
+    return ResultRow.model_validate({
         "case": case, "input": f"{case}_0000.nii.gz", "input_dir": str(input_dir), "mask": f"{case}.nii.gz",
         "status": status, "seconds": 1.0, "verdict": verdict,
         "quality_reasons": [f"{verdict} because", "a reason; with a semicolon"] if verdict else [],
         "warnings": [], "reason": "" if status == "written" else "it broke",
         "organs": {"liver": {"volume_ml": 1500.0, "mean_hu": 60.0}} if status == "written" else {},
-    }  # fmt: skip
+        **changes,
+    })  # fmt: skip
 
 
 @pytest.fixture

@@ -62,7 +62,7 @@ def test_a_file_outside_the_two_folders_is_refused(folders, tmp_path):
     inputs, outputs = folders
     secret = tmp_path / "secret.nii.gz"
     secret.write_bytes(b"not yours")
-    write_record(outputs, {**record("x_escape", inputs, "written", "ok"), "mask": "../secret.nii.gz"})
+    write_record(outputs, record("x_escape", inputs, "written", "ok", mask="../secret.nii.gz"))
     (inputs / "y_link_0000.nii.gz").symlink_to(secret)  # a link inside the input folder, pointing out
     write_record(outputs, record("y_link", inputs, "written", "ok"))
     shutil.copy(outputs / "a_ok.nii.gz", outputs / "y_link.nii.gz")
@@ -83,7 +83,7 @@ def test_a_record_cannot_move_the_input_folder(folders, tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     shutil.copy(inputs / "a_ok_0000.nii.gz", elsewhere / "a_ok_0000.nii.gz")
-    write_record(outputs, {**record("a_ok", elsewhere, "written", "ok")})
+    write_record(outputs, record("a_ok", elsewhere, "written", "ok"))
     rebuild_table(outputs)
     refused = subprocess.run(["sh", str(REVIEW_SH), str(outputs)], capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and "2 input folders" in refused.stderr and "--input-dir" in refused.stderr
@@ -95,7 +95,7 @@ def test_a_record_cannot_move_the_input_folder(folders, tmp_path):
 def test_a_dicom_input_is_sent_as_nifti_on_its_grid(folders, real_data):
     inputs, outputs = folders
     shutil.copytree(real_data / "abdomen_ct_dicom", inputs / "series")
-    write_record(outputs, {**record("series", inputs, "written", "review"), "input": "series"})
+    write_record(outputs, record("series", inputs, "written", "review", input="series"))
     shutil.copy(outputs / "a_ok.nii.gz", outputs / "series.nii.gz")
     rebuild_table(outputs)
     with review_station(outputs) as url:
@@ -167,7 +167,7 @@ def test_records_naming_the_top_of_the_disk_or_a_relative_folder_are_refused(tmp
     secret = tmp_path / "secret_0000.nii.gz"
     secret.write_bytes(b"not yours")
     name = str(secret.relative_to("/")) if input_dir == "/" else os.path.relpath(secret)
-    write_record(outputs, {**record("x", tmp_path, "written", "ok"), "input_dir": input_dir, "input": name})
+    write_record(outputs, record("x", input_dir, "written", "ok", input=name))
     rebuild_table(outputs)
     refused = subprocess.run(["sh", str(REVIEW_SH), str(outputs)], capture_output=True, text=True, timeout=30)
     assert refused.returncode == 2 and "--input-dir" in refused.stderr, refused.stderr
@@ -178,7 +178,7 @@ def test_a_case_input_is_an_entry_of_the_input_folder_named_at_start(folders, tm
     inputs, outputs = folders
     (inputs / "nested").mkdir()
     shutil.copy(inputs / "a_ok_0000.nii.gz", inputs / "nested" / "z_0000.nii.gz")
-    write_record(outputs, {**record("z_nested", inputs, "written", "ok"), "input": "nested/z_0000.nii.gz"})
+    write_record(outputs, record("z_nested", inputs, "written", "ok", input="nested/z_0000.nii.gz"))
     shutil.copy(outputs / "a_ok.nii.gz", outputs / "z_nested.nii.gz")
     rebuild_table(outputs)
     with review_station(outputs) as url:
