@@ -17,7 +17,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="inference_server", description="Serve the segmentation over HTTP.")
     parser.add_argument("--host", help="address to bind (default: SEGMENT_HOST, else 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--weights", help="folder with coarse.pt and fine.pt (default: model_weights/)")
+    parser.add_argument(
+        "--weights", help="folder with coarse.pt and fine.pt (default: $SEGCORE_WEIGHTS, else the shipped model)"
+    )
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)

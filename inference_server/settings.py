@@ -28,7 +28,9 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SEGMENT_", frozen=True)
 
-    weights_dir: Path | None = Field(None, description="folder with coarse.pt and fine.pt (default: model_weights/)")
+    weights_dir: Path | None = Field(
+        None, description="folder with coarse.pt and fine.pt (default: $SEGCORE_WEIGHTS, else the shipped model)"
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     body_region: bool = Field(False, description="arms, table, cushions outside the trunk set to air first")

@@ -402,7 +402,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "non-CT series in it are passed over)",
     )  # fmt: skip
     parser.add_argument("-o", "--output", type=Path, help="folder for the masks (<id>.nii.gz)")
-    parser.add_argument("--weights", type=Path, help="folder holding coarse.pt and fine.pt (default: model_weights/)")
+    parser.add_argument(
+        "--weights", type=Path, help="folder with coarse.pt and fine.pt (default: $SEGCORE_WEIGHTS, else shipped model)"
+    )
     parser.add_argument(
         "--device", type=device_choice, default="auto", help="auto, cpu, cuda or cuda:N (one named GPU); "
         "default: %(default)s",

@@ -36,7 +36,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from segcore.inference.postprocess import organ_statistics
-from segcore.inference.predictor import DEFAULT_WEIGHTS_DIR, Prediction, Predictor
+from segcore.inference.predictor import Prediction, Predictor, default_weights_dir
 from segcore.outputs.case import case_record, only_organs, organ_subset
 from segcore.outputs.records import CaseRecord
 from segcore.volumes import read_image, read_volume, write_volume
@@ -99,7 +99,7 @@ def segment(
             file is: :func:`segcore.volumes.read_image`) or a nibabel image (read through a
             temporary NIfTI file, so every reader check applies).
         output: also write the mask here (NIfTI).
-        weights: a folder with ``coarse.pt`` and ``fine.pt`` (default: the default model).
+        weights: a folder with ``coarse.pt`` and ``fine.pt`` (default: ``$SEGCORE_WEIGHTS``, else the shipped model).
         device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``.
         precision: ``auto`` | ``fp32`` | ``fp16`` | ``bf16``.
         organs: names (:data:`segcore.labels.ORGANS`) to keep; the others are left out of the mask
@@ -116,7 +116,7 @@ def segment(
     """
     kept = organ_subset(",".join(organs)) if organs is not None else None
     array, geometry, name = _read(image)
-    predictor = _predictor(str(weights or DEFAULT_WEIGHTS_DIR), str(device), precision, body_region)
+    predictor = _predictor(str(weights or default_weights_dir()), str(device), precision, body_region)
     prediction = predictor.predict(array, geometry)
     if kept is not None:
         prediction = dataclasses.replace(prediction, labels=only_organs(prediction.labels, kept))

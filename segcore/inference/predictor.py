@@ -60,8 +60,17 @@ from segcore.volumes.geometry import Geometry, to_canonical
 __all__ = ["CoarseLocator", "CoarseResult", "Prediction", "Predictor", "StageModel", "organ_statistics"]
 
 DEFAULT_WEIGHTS_DIR = Path(str(importlib.resources.files("model_weights")))
-"""The default checkpoints, ``coarse.pt`` and ``fine.pt``: the ``model_weights`` package's folder, in the
+"""The shipped checkpoints, ``coarse.pt`` and ``fine.pt``: the ``model_weights`` package's folder, in the
 repository (``model_weights/``) or in an installed copy (its package data)."""
+
+WEIGHTS_SETTING = "SEGCORE_WEIGHTS"
+"""The environment variable naming the folder every command loads when it is given no weights."""
+
+
+def default_weights_dir() -> Path:
+    """The folder loaded when no weights are named: ``$SEGCORE_WEIGHTS`` if set, else the shipped model."""
+    named = os.environ.get(WEIGHTS_SETTING, "")
+    return Path(named).expanduser() if named else DEFAULT_WEIGHTS_DIR
 
 
 @dataclass
@@ -232,19 +241,20 @@ class Predictor:
         precision: str = "auto",
         **kwargs: Any,
     ) -> Predictor:
-        """Build from a folder holding ``coarse.pt`` and ``fine.pt`` (default: :data:`DEFAULT_WEIGHTS_DIR`).
+        """Build from a folder holding ``coarse.pt`` and ``fine.pt`` (default: :func:`default_weights_dir`).
 
         Raises:
             FileNotFoundError: the folder or one of the two files is missing (one-line message).
             ValueError: a file is not a checkpoint of this project, or of the wrong stage.
         """
-        folder = Path(weights_dir) if weights_dir is not None else DEFAULT_WEIGHTS_DIR
+        folder = Path(weights_dir) if weights_dir is not None else default_weights_dir()
         paths = {stage: folder / f"{stage}.pt" for stage in ("coarse", "fine")}
         missing = [path.name for path in paths.values() if not path.is_file()]
         if missing:
             what = "folder does not exist" if not folder.is_dir() else f"{' and '.join(missing)} missing"
+            named = f", named by {WEIGHTS_SETTING}" if weights_dir is None and os.environ.get(WEIGHTS_SETTING) else ""
             raise FileNotFoundError(
-                f"no model weights in {folder} ({what}): it must hold coarse.pt and fine.pt "
+                f"no model weights in {folder} ({what}{named}): it must hold coarse.pt and fine.pt "
                 "(train them with coarse_seg/run.sh and fine_seg/run.sh, or pass --weights DIR)"
             )
         payloads = {stage: load_checkpoint(path) for stage, path in paths.items()}

@@ -11,7 +11,7 @@ from torch import nn
 from segcore.inference import stage as stage_module
 from segcore.inference.boxes import box_to_original, expand_box, scale_box
 from segcore.inference.postprocess import organ_statistics
-from segcore.inference.predictor import CoarseLocator, Predictor
+from segcore.inference.predictor import DEFAULT_WEIGHTS_DIR, CoarseLocator, Predictor
 from segcore.inference.stage import StageModel, Stopwatch, resolve_precision
 from segcore.labels import NUM_CLASSES
 from segcore.networks import build_network
@@ -238,3 +238,17 @@ def test_the_body_region_option_segments_the_trunk_alone(tmp_path):
     found = with_body.predict(image, geometry)
     np.testing.assert_array_equal(found.labels, expected.labels)
     assert "body_region" in found.timings
+
+
+def test_segcore_weights_names_the_default_weights_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEGCORE_WEIGHTS", str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match=r"no model weights in .*nowhere .*SEGCORE_WEIGHTS"):
+        Predictor.from_weights(device="cpu")
+    folder = write_tiny_weights(tmp_path / "ours")
+    monkeypatch.setenv("SEGCORE_WEIGHTS", str(folder))
+    loaded = Predictor.from_weights(device="cpu").info()
+    assert loaded["coarse"]["path"] == str(folder / "coarse.pt") and loaded["fine"]["path"] == str(folder / "fine.pt")
+    # A folder named explicitly wins over the setting.
+    assert Predictor.from_weights(DEFAULT_WEIGHTS_DIR, device="cpu").info()["fine"]["path"] == str(
+        DEFAULT_WEIGHTS_DIR / "fine.pt"
+    )
