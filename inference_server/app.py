@@ -39,6 +39,7 @@ from fastapi import APIRouter, Depends, FastAPI, File, HTTPException, Query, Req
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 
 from inference_server.admission import (
     Admission,
@@ -131,6 +132,16 @@ routes = APIRouter()
 STATIC = Path(__file__).with_name("static")
 PAGE_POLICY = "default-src 'self'; img-src 'self' data: blob:; object-src 'none'; frame-ancestors 'none'"
 
+DOCS_PATHS = ("/docs", "/docs/oauth2-redirect")
+DOCS_ASSETS = "/docs-assets"
+"""Where the API description pages' scripts and styles are served (from the ``fastapi-offline`` package)."""
+DOCS_POLICY = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data: blob:; worker-src 'self' blob:; object-src 'none'; frame-ancestors 'none'"
+)
+"""The API description page (Swagger UI): FastAPI starts it with an inline script; everything it
+loads comes from this service, so it works on a network without the internet."""
+
 
 @routes.get("/", include_in_schema=False)
 def page() -> FileResponse:
@@ -149,13 +160,16 @@ class SecurityHeaders:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        page = scope["path"] == "/" or scope["path"].startswith(("/static/", "/viewer/"))
+        path = scope["path"]
+        page = path == "/" or path.startswith(("/static/", "/viewer/"))
+        docs = path in DOCS_PATHS or path.startswith(DOCS_ASSETS + "/")
+        policy = PAGE_POLICY if page else DOCS_POLICY if docs else None
 
         async def send_with_headers(message):
             if message["type"] == "http.response.start":
                 headers = [*message.get("headers", []), (b"x-content-type-options", b"nosniff")]
-                if page:
-                    headers.append((b"content-security-policy", PAGE_POLICY.encode()))
+                if policy:
+                    headers.append((b"content-security-policy", policy.encode()))
                 message = {**message, "headers": headers}
             await send(message)
 
@@ -398,11 +412,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         app.state.predictor = None
 
-    app = FastAPI(
+    app = FastAPIOffline(  # FastAPI with /docs served from here, not from a CDN
         title="Abdominal CT organ segmentation",
         description="Two-stage coarse-to-fine segmentation of the 13 FLARE22 abdominal organs.",
         version="1.0",
         lifespan=lifespan,
+        static_url=DOCS_ASSETS,
+        redoc_url=None,  # ReDoc's page fetches its logo from redoc.ly whatever it is given
     )
     app.state.predictor, app.state.settings = None, settings
     memory = MemoryModel(

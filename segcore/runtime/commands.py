@@ -20,7 +20,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 EXTRAS = {
-    "serve": ("fastapi", "uvicorn", "h11", "python_multipart", "pydantic", "pydantic_settings", "anyio", "httpx"),
+    "serve": (
+        "fastapi",
+        "fastapi_offline",
+        "uvicorn",
+        "h11",
+        "python_multipart",
+        "pydantic",
+        "pydantic_settings",
+        "anyio",
+        "httpx",
+    ),
     "train": ("lmdb", "yaml", "pydantic", "tensorboard"),
 }
 """The modules each extra of ``pyproject.toml`` brings (import names, not distribution names)."""

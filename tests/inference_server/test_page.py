@@ -120,3 +120,16 @@ def test_a_dicom_series_is_shown_from_the_copy_in_the_answer(server, page, real_
             bundle.write(path, path.name)
     shown_in_viewer(page, server, archive, 180_000)
     assert page.text_content(".viewer-slice").endswith("/ 20")  # the series' 20 slices, axial
+
+
+def test_the_api_docs_page_works_offline_from_the_service_alone(server, page):
+    """``/docs`` (Swagger UI) renders every operation from files the service serves: a hospital
+    network without the internet gets the page too, and the browser asks no other host."""
+    elsewhere = []
+    page.on(
+        "request", lambda request: request.url.startswith((server, "data:", "blob:")) or elsewhere.append(request.url)
+    )
+    page.goto(f"{server}/docs")
+    page.wait_for_selector(".opblock-summary-path[data-path='/segment']", timeout=30_000)
+    assert page.locator(".opblock").count() >= 5
+    assert elsewhere == [] and page.errors == [], (elsewhere, page.errors)
