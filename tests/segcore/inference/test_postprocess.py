@@ -96,11 +96,17 @@ def compact_labels(seed: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("shares", [postprocess.LARGEST_ONLY, postprocess.COMPONENT_SHARES], ids=["largest", "shares"])
-@pytest.mark.parametrize("coverage", [0.0, math.inf], ids=["one_pass", "per_box"])
+@pytest.mark.parametrize(
+    "coverage, slab_voxels",
+    [(0.0, 1 << 24), (0.0, 1), (0.0, 3 * 24 * 28), (math.inf, 1 << 24)],
+    ids=["one_pass", "one_pass_slices", "one_pass_slabs", "per_box"],
+)
 @pytest.mark.parametrize("make_labels", [fragmented_labels, compact_labels])
-def test_component_cleanup_matches_per_organ_labelling(monkeypatch, coverage, make_labels, shares):
-    """Both ways of labelling give scipy's per-organ result, whichever way the organs lie."""
+def test_component_cleanup_matches_per_organ_labelling(monkeypatch, coverage, slab_voxels, make_labels, shares):
+    """Both ways of labelling, the one-pass way over one slab or joined across many, give scipy's
+    per-organ result, whichever way the organs lie."""
     monkeypatch.setattr(postprocess, "_PER_BOX_MAX_COVERAGE", coverage)
+    monkeypatch.setattr(postprocess, "_SLAB_VOXELS", slab_voxels)
     for seed in range(2):
         labels = make_labels(seed)
         cleaned = postprocess.keep_components(labels, shares)
