@@ -82,12 +82,7 @@ function showMoreRows() {
 // The viewer hidden at once and emptied when its turn comes (after a show already under way).
 function clearViewer() {
   $("case-view").hidden = true;
-  inTurn(() => {
-    viewer.nv.volumes = [];
-    viewer.nv.drawScene();
-    viewer.canvas.dataset.ready = "";
-    viewer.showSlice();
-  });
+  inTurn(() => viewer.clear());
 }
 
 function cannotShow(item, reason) {

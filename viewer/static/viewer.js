@@ -104,6 +104,14 @@
       this.canvas.dataset.ready = "1";
     }
 
+    // Show nothing: no CT, no mask, no slice (before another case's images are shown, or when they cannot be).
+    clear() {
+      this.nv.volumes = [];
+      this.nv.drawScene();
+      this.canvas.dataset.ready = "";
+      this.showSlice();
+    }
+
     // The label colour table: every organ in its colour, hidden organs and the background clear.
     colourTable() {
       const table = { R: [0], G: [0], B: [0], A: [0], I: [0], labels: ["background"] };
