@@ -3,22 +3,24 @@
 Run from the repository root::
 
     .venv/bin/python -m bench.memory_admission                          # model_weights/, 3 sizes
-    .venv/bin/python -m bench.memory_admission --slices 100 300 600 --weights model_weights
+    .venv/bin/python -m bench.memory_admission --slices 100 300 600 1200 2000 --series 100 300 600
 
 For each size a fresh subprocess loads the predictor (as the service does at start-up), resets
 its peak-memory mark (``/proc/self/clear_refs``), then does what ``POST /segment?output=bundle``
-does for a NIfTI upload: read the file, segment it, make the mask, the preview and the record
-(:func:`segcore.outputs.case.build_case`). The request's cost is the process's peak resident
-memory during that work minus its resident memory before it. The CTs are full-size phantoms
-(512 x 512 x ``--slices``, :mod:`bench.fixtures`), each also with its x and z axes swapped in
-the file (``sitk.PermuteAxes``: the same scan on a grid that is not the canonical one, so
-reorienting it copies the volume), and as a volume of air (-1000 HU everywhere) on the same
-grid: no organ, which costs most (a 1024 x 1024 x 1000 one, a 9 MB upload, took 15.5 GB: the
-whole volume is worked on, where a scan's organs cover part of it). A least-squares line through
-the points of the dearest kind
-gives bytes per voxel and a constant: :data:`inference_server.settings.Settings`'
-``memory_bytes_per_voxel`` and ``memory_base_mb`` come from it. Figures are printed, never
-judged: this is not a test.
+does: read the input, segment it, make the mask, the preview and the record
+(:func:`segcore.outputs.case.build_case`); for a DICOM series also the DICOM-SEG, the RTSTRUCT,
+the CT as NIfTI for the page's viewer and the gzip-ed JSON bundle of them all. The request's cost
+is the process's peak resident memory during that work minus its resident memory before it.
+The CTs are full-size phantoms (512 x 512 x ``--slices``, :mod:`bench.fixtures`) as NIfTI, each
+also with its x and z axes swapped in the file (``sitk.PermuteAxes``: the same scan on a grid that
+is not the canonical one, so reorienting it copies the volume), and as a volume of air (-1000 HU
+everywhere) on the same grid (no organ: a poor first stage's box covers the whole volume); and,
+for the sizes in ``--series``, the same CT as a DICOM series of uncompressed slices.
+
+Printed: every request's cost, then for the service's model (``memory_base_mb`` +
+``memory_bytes_per_voxel`` x voxels, :class:`inference_server.settings.Settings`) its estimate
+over each measured cost: at least 1 (never under) and at most 1.5 is the target. Figures are
+printed, never judged: this is not a test.
 """
 
 from __future__ import annotations
@@ -34,13 +36,17 @@ import numpy as np
 import SimpleITK as sitk
 
 from bench.fixtures import full_size_ct
+from bench.outputs import write_series
+from inference_server.admission import MemoryModel
+from inference_server.settings import Settings
+from segcore.volumes import read_volume
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REQUEST = r"""
 import json, sys, tempfile, time
 from pathlib import Path
 from segcore.outputs.case import build_case
-from segcore.volumes import read_volume
+from segcore.volumes import nifti_bytes_for_viewing, read_volume
 from segcore.inference.predictor import Predictor
 
 def status(field):
@@ -48,15 +54,21 @@ def status(field):
     return int(line.split()[1]) * 1024
 
 path, weights = Path(sys.argv[1]), sys.argv[2]
+series = path.is_dir()
+if series:
+    from inference_server.app import answer_of
 predictor = Predictor.from_weights(weights, "cpu", "auto", verify=True)
 with open("/proc/self/clear_refs", "w") as stream:
     stream.write("5")  # the peak (VmHWM) starts again from the current resident memory
 before, started = status("VmRSS"), time.perf_counter()
 image, geometry = read_volume(path)
 prediction = predictor.predict(image, geometry)
+kinds = {"mask", "preview", "seg", "rtstruct"} if series else {"mask", "preview"}
 with tempfile.TemporaryDirectory() as staging:
-    build_case(Path(staging), {"mask", "preview"}, case="ct", input_name=path.name, source=path,
-               prediction=prediction, image=image, geometry=geometry, notice=predictor.notice)
+    made = build_case(Path(staging), kinds, case="ct", input_name=path.name, source=path,
+                      prediction=prediction, image=image, geometry=geometry, notice=predictor.notice)
+    if series:  # the bundle a zipped series gets: the CT as NIfTI for the viewer, every file, gzip-ed JSON
+        answer = answer_of("bundle", made, path.name, nifti_bytes_for_viewing(image, geometry), True)
 print(json.dumps({"voxels": int(image.size), "before": before, "peak": status("VmHWM"),
                   "seconds": time.perf_counter() - started}))
 """
@@ -74,41 +86,52 @@ def measure(path: Path, weights: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.memory_admission", description=__doc__.split("\n")[0])
     parser.add_argument("--slices", type=int, nargs="+", default=[100, 300, 600])
+    parser.add_argument("--series", type=int, nargs="*", default=[100], help="sizes also measured as a DICOM series")
     parser.add_argument("--weights", type=Path, default=REPO_ROOT / "model_weights")
     parser.add_argument("--work", type=Path, help="folder for the CTs (default: a new temp dir)")
     args = parser.parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="memory_admission_"))
     work.mkdir(parents=True, exist_ok=True)
-    rows: dict[str, list[tuple[int, int]]] = {"canonical": [], "permuted": [], "air": []}
-    print(f"{'grid':<10}{'slices':>7}{'voxels':>14}{'before MB':>11}{'peak MB':>9}{'request MB':>12}"
+    rows: list[tuple[str, int, int]] = []
+    print(f"{'input':<10}{'slices':>7}{'voxels':>14}{'before MB':>11}{'peak MB':>9}{'request MB':>12}"
           f"{'B/voxel':>9}{'s':>7}")  # fmt: skip
-    for slices in args.slices:
+    for slices in sorted(set(args.slices) | set(args.series)):
         canonical = full_size_ct(work / f"ct_{slices}.nii.gz", slices)
-        permuted = work / f"ct_{slices}_permuted.nii.gz"
-        if not permuted.exists():
-            sitk.WriteImage(sitk.PermuteAxes(sitk.ReadImage(str(canonical)), [2, 1, 0]), str(permuted))
-        air = work / f"air_{slices}.nii.gz"
-        if not air.exists():
-            reference = sitk.ReadImage(str(canonical))
-            blank = sitk.Image(reference.GetSize(), sitk.sitkInt16) - 1000
-            blank.CopyInformation(reference)
-            sitk.WriteImage(blank, str(air))
-        for grid, path in (("canonical", canonical), ("permuted", permuted), ("air", air)):
+        inputs = {}
+        if slices in args.slices:
+            permuted = work / f"ct_{slices}_permuted.nii.gz"
+            if not permuted.exists():
+                sitk.WriteImage(sitk.PermuteAxes(sitk.ReadImage(str(canonical)), [2, 1, 0]), str(permuted))
+            air = work / f"air_{slices}.nii.gz"
+            if not air.exists():
+                reference = sitk.ReadImage(str(canonical))
+                blank = sitk.Image(reference.GetSize(), sitk.sitkInt16) - 1000
+                blank.CopyInformation(reference)
+                sitk.WriteImage(blank, str(air))
+            inputs.update(canonical=canonical, permuted=permuted, air=air)
+        if slices in args.series:
+            inputs["series"] = write_series(work / f"series_{slices}", *read_volume(canonical))
+        for kind, path in inputs.items():
             figures = measure(path, args.weights)
             cost = figures["peak"] - figures["before"]
-            rows[grid].append((figures["voxels"], cost))
+            rows.append((kind, figures["voxels"], cost))
             print(
-                f"{grid:<10}{slices:>7}{figures['voxels']:>14,}{figures['before'] / 1e6:>11.1f}"
+                f"{kind:<10}{slices:>7}{figures['voxels']:>14,}{figures['before'] / 1e6:>11.1f}"
                 f"{figures['peak'] / 1e6:>9.1f}{cost / 1e6:>12.1f}{cost / figures['voxels']:>9.2f}"
                 f"{figures['seconds']:>7.1f}",
                 flush=True,
             )
-    dearer = max(rows.values(), key=lambda points: sum(cost for _, cost in points))
-    voxels, costs = np.array(dearer, dtype=np.float64).T
-    slope, constant = np.polyfit(voxels, costs, 1) if len(rows) > 1 else (costs[0] / voxels[0], 0.0)
-    worst = max(costs / voxels)
-    print(f"fit: {slope:.2f} bytes per voxel + {constant / 1e6:.1f} MB; largest measured ratio {worst:.2f} B/voxel")
-    print(f"1024x1024x1000 (1 Gi voxels) would need {(slope * 2**30 + constant) / 1e9:.2f} GB by the fit")
+    voxels, costs = np.array([(v, c) for _, v, c in rows], dtype=np.float64).T
+    slope, constant = np.polyfit(voxels, costs, 1) if len(set(voxels)) > 1 else (costs[0] / voxels[0], 0.0)
+    print(f"least-squares line through every point: {slope:.2f} bytes per voxel + {constant / 2**20:.1f} MiB")
+    settings = Settings()
+    model = MemoryModel(settings.memory_bytes_per_voxel, settings.memory_base_mb * 2**20, 0, 0)
+    ratios = [model.need(int(v)) / c for v, c in zip(voxels, costs, strict=True)]
+    print(
+        f"the service's model ({settings.memory_base_mb:g} MiB + {settings.memory_bytes_per_voxel:g} B/voxel) over "
+        f"the measured costs: {min(ratios):.2f}-{max(ratios):.2f}"
+        + "".join(f"\n  {kind:<10}{int(v):>14,} {ratio:.2f}" for (kind, v, _), ratio in zip(rows, ratios, strict=True))
+    )
     return 0
 
 

@@ -15,7 +15,9 @@ the temporary folder is removed once the worker is done with it, whatever the ou
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
+import io
 import logging
 import math
 import os
@@ -329,31 +331,60 @@ def answer_of(
     files' size (a DICOM-SEG's bit planes, mostly zeros, to a fraction of it)."""
     if output == "json":
         return None
-    stem = download_stem(name)
-    files = {kind: path.read_bytes() for kind, path in made.files.items()}
-    if output == "nifti":
-        return Answer(files["mask"], NIFTI_MEDIA_TYPE, f"{stem}_labels.nii.gz")
-    if output == "preview":
-        return Answer(files["preview"], "image/png", f"{stem}_preview.png")
-    if output == "dicom-seg":
-        return Answer(files["seg"], "application/dicom", f"{stem}_seg.dcm")
-    if output == "rtstruct":
-        return Answer(files["rtstruct"], "application/dicom", f"{stem}_rtstruct.dcm")
-    encoded = {kind: base64.b64encode(value).decode() for kind, value in files.items()}
-    bundle = Bundle(
-        **made.record.model_dump(), mask_nifti_base64=encoded["mask"], preview_png_base64=encoded["preview"],
-        dicom_seg_base64=encoded.get("seg"), dicom_seg_note=made.notes.get("seg"),
-        rtstruct_base64=encoded.get("rtstruct"), rtstruct_note=made.notes.get("rtstruct"),
-        ct_nifti_base64=base64.b64encode(ct).decode() if ct is not None else None,
-    )  # fmt: skip
-    body = bundle.model_dump_json().encode()
-    if gzip_bundle:
-        return Answer(gzip.compress(body, BUNDLE_GZIP_LEVEL, mtime=0), "application/json", encoding="gzip")
-    return Answer(body, "application/json")
+    if output in SINGLE_FILE_ANSWERS:
+        kind, media_type, suffix = SINGLE_FILE_ANSWERS[output]
+        return Answer(made.files[kind].read_bytes(), media_type, f"{download_stem(name)}{suffix}")
+    return Answer(bundle_body(made, ct, gzip_bundle), "application/json", encoding="gzip" if gzip_bundle else None)
 
+
+SINGLE_FILE_ANSWERS = {
+    "nifti": ("mask", NIFTI_MEDIA_TYPE, "_labels.nii.gz"),
+    "preview": ("preview", "image/png", "_preview.png"),
+    "dicom-seg": ("seg", "application/dicom", "_seg.dcm"),
+    "rtstruct": ("rtstruct", "application/dicom", "_rtstruct.dcm"),
+}
+"""``output`` -> (the staged file's kind, its media type, the download name's ending)."""
+
+BUNDLE_FILES = {"mask": "mask_nifti_base64", "preview": "preview_png_base64", "seg": "dicom_seg_base64",
+                "rtstruct": "rtstruct_base64"}  # fmt: skip
+"""A staged file's kind -> its field in :class:`Bundle`."""
+
+BASE64_CHUNK = 3 << 20
+"""Bytes encoded at a time (a multiple of 3: the chunks' base64 joins into the whole's)."""
 
 BUNDLE_GZIP_LEVEL = 1
 """Fastest level: the base64 of gzip-ed NIfTI files gains nothing from more effort."""
+
+
+def bundle_body(made: CaseOutputs, ct: bytes | None, compress: bool) -> bytes:
+    """The :class:`Bundle` JSON, written a piece at a time into the answer (gzip-ed if ``compress``):
+    every file's base64 is made a chunk at a time, so that neither the files' base64 nor the
+    uncompressed JSON exists whole beside the answer (together three times the files' size)."""
+    head = Bundle(
+        **made.record.model_dump(), **dict.fromkeys(BUNDLE_FILES.values(), ""),
+        dicom_seg_note=made.notes.get("seg"), rtstruct_note=made.notes.get("rtstruct"),
+    )  # fmt: skip
+    text = head.model_dump_json(exclude={*BUNDLE_FILES.values(), "ct_nifti_base64"})
+    sources: dict[str, Path | bytes | None] = {field: made.files.get(kind) for kind, field in BUNDLE_FILES.items()}
+    sources["ct_nifti_base64"] = ct
+    buffer = io.BytesIO()
+    with (
+        gzip.GzipFile(fileobj=buffer, mode="wb", compresslevel=BUNDLE_GZIP_LEVEL, mtime=0)
+        if compress
+        else contextlib.nullcontext(buffer)
+    ) as out:
+        out.write(text[:-1].encode())  # the object without its closing brace
+        for field, source in sources.items():
+            if source is None:
+                out.write(f',"{field}":null'.encode())
+                continue
+            out.write(f',"{field}":"'.encode())
+            with open(source, "rb") if isinstance(source, Path) else io.BytesIO(source) as stream:
+                while chunk := stream.read(BASE64_CHUNK):
+                    out.write(base64.b64encode(chunk))
+            out.write(b'"')
+        out.write(b"}")
+    return buffer.getvalue()
 
 
 def accepts_gzip(accept_encoding: str) -> bool:

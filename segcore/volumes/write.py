@@ -81,9 +81,13 @@ def nifti_bytes_for_viewing(array: np.ndarray, geometry: Geometry) -> bytes:
     Whole-number intensities (HU) are stored as int16 (clipped to its range), others as float32,
     with the fastest gzip level: the copy is made per request, read once and thrown away.
     """
-    whole = np.issubdtype(array.dtype, np.integer) or bool(np.array_equal(array, np.round(array)))
     info = np.iinfo(np.int16)
-    stored = np.clip(array, info.min, info.max).astype(np.int16) if whole else array.astype(np.float32)
+    if array.dtype == np.int16:
+        stored = array  # as read from most CTs: no copy besides the one ITK writes from
+    elif np.issubdtype(array.dtype, np.integer) or bool(np.array_equal(array, np.round(array))):
+        stored = np.clip(array, info.min, info.max).astype(np.int16, copy=False)
+    else:
+        stored = array.astype(np.float32, copy=False)
     image = to_image(stored, geometry)
     with tempfile.TemporaryDirectory(prefix="viewing-") as folder:
         path = Path(folder) / "ct.nii.gz"

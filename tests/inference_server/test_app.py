@@ -259,12 +259,19 @@ def test_a_seg_of_a_series_without_uids_is_refused_before_inference(real_data, t
     assert stand_in.calls == 0
 
 
-def test_a_bundle_carries_summary_mask_preview_and_seg_from_one_inference(real_data, series_with_uids, tmpdir_watched):
+def test_a_bundle_carries_summary_mask_preview_and_seg_from_one_inference(
+    real_data, series_with_uids, tmpdir_watched, monkeypatch
+):
     import base64
 
+    import inference_server.app
+
+    monkeypatch.setattr(inference_server.app, "BASE64_CHUNK", 3000)  # every file's base64 made in many pieces
     stand_in = StandInPredictor()
     client = client_for(stand_in)
-    bundle = post(client, "series.zip", zipped_series(series_with_uids), params={"output": "bundle"}).json()
+    answer = post(client, "series.zip", zipped_series(series_with_uids), params={"output": "bundle"})
+    assert answer.headers["content-encoding"] == "gzip"
+    bundle = answer.json()
     assert stand_in.calls == 1 and bundle["organs"]["liver"]["volume_ml"] > 0
     assert base64.b64decode(bundle["mask_nifti_base64"])[:2] == b"\x1f\x8b"  # gzip
     assert base64.b64decode(bundle["preview_png_base64"])[:8] == b"\x89PNG\r\n\x1a\n"
@@ -275,7 +282,12 @@ def test_a_bundle_carries_summary_mask_preview_and_seg_from_one_inference(real_d
     assert viewing.shape == geometry.size and np.array_equal(np.asarray(viewing.dataobj).transpose(2, 1, 0), image)
     mask = nib.Nifti1Image.from_bytes(gzip.decompress(base64.b64decode(bundle["mask_nifti_base64"])))
     np.testing.assert_allclose(viewing.affine, mask.affine, atol=1e-5)  # the viewer lays one on the other
-    nifti = post(client, CT_3MM, (real_data / CT_3MM).read_bytes(), params={"output": "bundle"}).json()
+    plain = post(client, CT_3MM, (real_data / CT_3MM).read_bytes(), params={"output": "bundle"},
+                 headers={"Accept-Encoding": "identity"})  # fmt: skip
+    assert "content-encoding" not in plain.headers
+    nifti = plain.json()
+    assert base64.b64decode(nifti["preview_png_base64"])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert nib.Nifti1Image.from_bytes(gzip.decompress(base64.b64decode(nifti["mask_nifti_base64"]))).shape[2] == 30
     assert nifti["dicom_seg_base64"] is None and "the input is NIfTI" in nifti["dicom_seg_note"]
     assert nifti["rtstruct_base64"] is None and "the input is NIfTI" in nifti["rtstruct_note"]
     assert nifti["ct_nifti_base64"] is None  # the page holds the NIfTI it sent
