@@ -84,15 +84,20 @@ class UploadPace:
 
 @dataclass(frozen=True)
 class MemoryModel:
-    """A request's expected peak memory from its input's voxels, and the bounds it must fit."""
+    """A request's expected peak memory from its input's voxels, and the bounds it must fit.
+    A zipped DICOM series costs more per voxel than a NIfTI file: its answer may carry a DICOM-SEG,
+    an RTSTRUCT and the CT as NIfTI for the page's viewer."""
 
     bytes_per_voxel: float
     base_bytes: float
     request_limit: float
     budget: float
+    series_bytes_per_voxel: float | None = None
+    """For a zipped DICOM series; None: as ``bytes_per_voxel``."""
 
-    def need(self, voxels: int) -> int:
-        return int(self.base_bytes + self.bytes_per_voxel * voxels)
+    def need(self, voxels: int, series: bool = False) -> int:
+        per_voxel = self.series_bytes_per_voxel if series and self.series_bytes_per_voxel else self.bytes_per_voxel
+        return int(self.base_bytes + per_voxel * voxels)
 
 
 class Admission:
@@ -127,17 +132,19 @@ class Ticket:
         self.queued = False
         self.reserved = 0
 
-    def reserve_memory(self, voxels: int, name: str) -> None:
+    def reserve_memory(self, voxels: int, name: str, series: bool = False) -> None:
         """Hold the memory the request will need (:class:`MemoryModel`), from its header's voxel
-        count: 413 when it could never fit one request's limit, 503 with ``Retry-After`` while
-        the requests already admitted leave too little of the server's budget."""
+        count (``series``: a zipped DICOM series): 413 when it could never fit one request's limit,
+        503 with ``Retry-After`` while the requests already admitted leave too little of the
+        server's budget."""
         model = self.admission.memory
         if model is None or self.reserved:
             return
-        need = model.need(voxels)
+        need = model.need(voxels, series)
         if need > model.request_limit:
+            what = " of a DICOM series" if series else ""
             raise HTTPException(
-                413, f"{name}: {voxels:,} voxels need about {need / 2**30:.2f} GiB of memory; the limit is "
+                413, f"{name}: {voxels:,} voxels{what} need about {need / 2**30:.2f} GiB of memory; the limit is "
                 f"{model.request_limit / 2**30:.2f} GiB per request (SEGMENT_MAX_REQUEST_MEMORY_MB)",
             )  # fmt: skip
         if self.admission.reserved_bytes + need > model.budget:

@@ -256,7 +256,7 @@ async def segment(
         upload, kind = await save_upload(file, workdir)
         await file.close()
         voxels = await anyio.to_thread.run_sync(check_headers, upload, kind, name, zip_limits)  # before the queue
-        request.state.ticket.reserve_memory(voxels, name)
+        request.state.ticket.reserve_memory(voxels, name, series=kind == "zip")
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
         raise
@@ -454,7 +454,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.predictor, app.state.settings = None, settings
     memory = MemoryModel(
         settings.memory_bytes_per_voxel, settings.memory_base_mb * 2**20, settings.max_request_memory_mb * 2**20,
-        settings.memory_budget_mb * 2**20,
+        settings.memory_budget_mb * 2**20, settings.memory_series_bytes_per_voxel,
     )  # fmt: skip
     app.state.admission = Admission(settings.max_concurrent, settings.queue_length, settings.max_uploads, memory)
     pace = UploadPace(

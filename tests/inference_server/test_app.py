@@ -334,6 +334,22 @@ def test_413_from_the_header_when_one_request_would_need_more_memory_than_it_may
     assert stand_in.calls == 0
 
 
+def test_a_zipped_series_is_admitted_by_its_own_cost_per_voxel(real_data, series_with_uids, tmpdir_watched):
+    # The series is 512 x 512 x 20 = 5,242,880 voxels: 50 bytes each as NIfTI (0.24 GiB) fit 400 MB;
+    # a series also gets its DICOM-SEG, RTSTRUCT and a NIfTI copy for the viewer: 100 bytes each (0.49 GiB) do not.
+    stand_in = StandInPredictor()
+    settings = dict(memory_bytes_per_voxel=50.0, memory_series_bytes_per_voxel=100.0, memory_base_mb=0.0,
+                    max_request_memory_mb=400.0)  # fmt: skip
+    client = client_for(stand_in, **settings)
+    response = post(client, "series.zip", zipped_series(series_with_uids))
+    assert response.status_code == 413, response.text
+    assert "5,242,880 voxels" in response.json()["detail"] and "a DICOM series" in response.json()["detail"]
+    image, geometry = read_volume(series_with_uids)
+    same_as_nifti = tmpdir_watched.parent / "same.nii.gz"
+    sitk.WriteImage(sitk.Cast(sitk.GetImageFromArray(image), sitk.sitkInt16), str(same_as_nifti))
+    assert post(client, "same.nii.gz", same_as_nifti.read_bytes()).status_code == 200
+
+
 def test_503_while_the_admitted_requests_hold_the_memory_budget(real_data, tmpdir_watched):
     stand_in = StandInPredictor(delay_s=1.0)
     settings = dict(memory_bytes_per_voxel=1000.0, memory_base_mb=0.0, max_request_memory_mb=1000.0,
@@ -345,8 +361,11 @@ def test_503_while_the_admitted_requests_hold_the_memory_budget(real_data, tmpdi
     assert post(client, CT_3MM, (real_data / CT_3MM).read_bytes()).status_code == 200  # the memory came back
 
 
-def test_a_small_upload_of_a_huge_volume_is_refused_from_its_header_by_the_default_memory_model(tmpdir_watched):
-    # 1024 x 1024 x 1000 int16 is within the 1 Gi-voxel limit, but a request on it took 15.5 GB.
+@pytest.mark.parametrize("limit_mb, status, words", [(8192.0, 400, "truncated file"), (4096.0, 413, "GiB of memory")])
+def test_a_small_upload_of_a_huge_volume_is_refused_from_its_header(tmpdir_watched, limit_mb, status, words):
+    # 1024 x 1024 x 1000 int16 is within the 1 Gi-voxel limit and, by the default memory model, needs
+    # about 4.4 GiB: under the default 8 GiB per request its header is checked against the file's
+    # length (a truncated file), under a 4 GiB one it is refused by the memory model; either way at once.
     header = nib.Nifti1Header()
     header.set_data_dtype(np.int16)
     header.set_data_shape((1024, 1024, 1000))
@@ -357,9 +376,9 @@ def test_a_small_upload_of_a_huge_volume_is_refused_from_its_header_by_the_defau
     upload = gzip.compress(header.binaryblock + b"\0" * 4 + b"\0" * 4096) + b"\0" * (2100 << 10)
     stand_in = StandInPredictor()
     started = time.monotonic()
-    response = post(client_for(stand_in), "huge.nii.gz", upload)
-    assert response.status_code == 413, response.text
-    assert "1,048,576,000 voxels" in response.json()["detail"] and time.monotonic() - started < 2
+    response = post(client_for(stand_in, max_request_memory_mb=limit_mb), "huge.nii.gz", upload)
+    assert response.status_code == status, response.text
+    assert words in response.json()["detail"] and time.monotonic() - started < 2
     assert stand_in.calls == 0
 
 
@@ -428,8 +447,8 @@ def test_413_for_a_compressed_series_from_the_voxels_its_headers_give(tmpdir_wat
     from tests.inference_server.test_uploads import rle_series
 
     stand_in = StandInPredictor()
-    client = client_for(stand_in, memory_bytes_per_voxel=1000.0, memory_base_mb=0.0, max_request_memory_mb=1000.0)
-    response = post(client, "rle.zip", rle_series(8))
+    settings = dict(memory_series_bytes_per_voxel=1000.0, memory_base_mb=0.0, max_request_memory_mb=1000.0)
+    response = post(client_for(stand_in, **settings), "rle.zip", rle_series(8))
     assert response.status_code == 413, response.text
     assert "2,097,152 voxels" in response.json()["detail"] and stand_in.calls == 0
 
