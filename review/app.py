@@ -34,7 +34,7 @@ from fastapi.staticfiles import StaticFiles
 
 from review.table import read_table
 from segcore.labels import display_table
-from segcore.outputs.records import RECORDS, TABLE, ResultRow, read_records
+from segcore.outputs.records import RECORDS, TABLE, RecordCache, ResultRow
 from segcore.volumes import VolumeError, is_nifti, nifti_bytes_for_viewing, read_volume
 from viewer import STATIC as VIEWER_STATIC
 
@@ -71,6 +71,8 @@ class Review:
         self.output_dir = Path(output_dir).resolve()
         if not (self.output_dir / TABLE).is_file():
             raise ReviewError(f"{self.output_dir}: no {TABLE} here: is it a predict.sh output folder?")
+        # Kept without their organs: the station lists the table's volumes and opens a record's files.
+        self.records = RecordCache(self.output_dir, lambda record: record.model_copy(update={"organs": {}}))
         self.input_dir_given = input_dir is not None
         self.input_dir = Path(input_dir).resolve() if input_dir is not None else self.recorded_input_dir()
         self.lock = threading.Lock()
@@ -79,7 +81,7 @@ class Review:
 
     def recorded_input_dir(self) -> Path | None:
         """The one input folder the records name; None when they name none."""
-        named = {record.input_dir for record in read_records(self.output_dir).values()}
+        named = {record.input_dir for record in self.records.read().values()}
         named.discard("")
         if len(named) > 1:
             raise ReviewError(
@@ -114,7 +116,7 @@ class Review:
 
     def read_listing(self) -> Listing:
         table = read_table(self.output_dir / TABLE)
-        records = read_records(self.output_dir)
+        records = self.records.read()
         cases = []
         for row in table.rows:
             if (record := records.get(row["case"])) is not None:  # its lists as written (the table joins them)

@@ -357,14 +357,18 @@ class SegmentationNetwork(nn.Module):
         ``residual_output`` added to the ``half_resolution_head`` 's upsampled logits).
 
         Args:
-            half_resolution: (``output_stride`` 2 only) the logits before the final trilinear ×2
-                upsampling, ``(N, num_classes, D/2, H/2, W/2)``.
+            half_resolution: the logits at half the input's size, ``(N, num_classes, D/2, H/2, W/2)``:
+                with ``output_stride`` 2 those before the final trilinear ×2 upsampling; with
+                ``residual_output`` the ``half_resolution_head`` 's, the full-resolution stage
+                skipped (a coarse answer where only the organs' box is wanted).
             auxiliary: (``deep_supervision`` only) a list: the logits, then those of each
                 auxiliary head, highest resolution first (decoder level ``l`` is at ``1 / 2**(l+1)``).
         """
         self.check_input(x)
-        if half_resolution and self.output_stride != 2:
-            raise ValueError(f"{type(self).__name__}: half_resolution logits exist only with output_stride 2")
+        if half_resolution and self.output_stride != 2 and not self.residual_output:
+            raise ValueError(
+                f"{type(self).__name__}: half_resolution logits exist only with output_stride 2 or residual_output"
+            )
         if auxiliary and not self.init_args["deep_supervision"]:
             raise ValueError(f"{type(self).__name__}: auxiliary outputs need deep_supervision")
         skips = self.encode(x)
@@ -377,6 +381,8 @@ class SegmentationNetwork(nn.Module):
                 outputs[level] = heads[level](features)
         if self.output_stride == 2:
             logits = self.upsample_logits(self.head(features), half_resolution)
+        elif self.residual_output and half_resolution:
+            logits = outputs[0] = self.half_resolution_head(features)
         elif self.residual_output:
             outputs[0] = self.half_resolution_head(features)
             logits = self.upsample_logits(outputs[0]) + self.head(self.full_resolution(features, x))

@@ -17,11 +17,13 @@ so that every program speaks one schema.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -108,6 +110,8 @@ class ResultRow(_Record):
             return None
 
 
+Derived = TypeVar("Derived")
+
 RECORDS = ".records"
 TABLE = "summary.csv"
 COLUMNS = ["case", "input", "status", "seconds", "verdict", "quality_reasons", "warnings", "reason"]
@@ -123,30 +127,77 @@ def write_record(output_dir: Path, record: ResultRow) -> None:
     write_text_atomic(record_path(output_dir, record.case), record.model_dump_json(indent=1) + "\n")
 
 
+class RecordCache(Generic[Derived]):
+    """The records of one output folder, each kept as ``derive(record)`` and read again only when
+    its file changed (modification time, size, inode: a record is replaced by a rename). A batch
+    of 100,000 cases rebuilds its table after every case, and the review station lists it while
+    the batch runs: each reads the one new record, not all of them."""
+
+    def __init__(self, output_dir: Path, derive: Callable[[ResultRow], Derived]):
+        self.folder, self.derive = Path(output_dir) / RECORDS, derive
+        self.entries: dict[str, tuple[tuple[int, int, int], str | None, Derived | None]] = {}
+        """file name -> (its stamp, the record's case id, ``derive(record)``); None, None: not a record."""
+
+    def read(self) -> dict[str, Derived]:
+        """``derive(record)`` of every record that can be read, by case id, in file name order."""
+        seen = {}
+        try:
+            listing = os.scandir(self.folder)
+        except OSError:  # no records yet
+            listing = None
+        with listing or contextlib.nullcontext(()) as entries:
+            for entry in entries:
+                if not entry.name.endswith(".json"):
+                    continue
+                try:
+                    status = entry.stat()
+                except OSError:  # replaced or removed since the listing
+                    continue
+                stamp = (status.st_mtime_ns, status.st_size, status.st_ino)
+                kept = self.entries.get(entry.name)
+                if kept is None or kept[0] != stamp:
+                    record = ResultRow.read(Path(entry.path))
+                    kept = (
+                        stamp,
+                        None if record is None else record.case,
+                        None if record is None else self.derive(record),
+                    )
+                seen[entry.name] = kept
+        self.entries = seen
+        return {case: derived for _, (_, case, derived) in sorted(seen.items()) if case is not None}
+
+
 def read_records(output_dir: Path) -> dict[str, ResultRow]:
     """Every record in ``output_dir`` that can be read, by case id, in file name order."""
-    folder = output_dir / RECORDS
-    found = (ResultRow.read(path) for path in sorted(folder.glob("*.json")) if folder.is_dir())
-    return {record.case: record for record in found if record is not None}
+    return RecordCache(output_dir, lambda record: record).read()
 
 
 def table_columns() -> list[str]:
     return COLUMNS + [f"{name}_{measure}" for name in ORGANS.values() for measure in ("ml", "mean_hu")]
 
 
+def table_row(record: ResultRow) -> dict[str, Any]:
+    """The record's row of ``summary.csv``."""
+    row: dict[str, Any] = {key: getattr(record, key) for key in COLUMNS}
+    for key in ("quality_reasons", "warnings"):
+        row[key] = "; ".join(row[key])
+    for name, measures in record.organs.items():
+        row[f"{name}_ml"], row[f"{name}_mean_hu"] = measures.volume_ml, measures.mean_hu
+    return row
+
+
+_TABLE_ROWS: dict[Path, RecordCache[dict[str, Any]]] = {}
+"""A process's table rows per output folder (a batch rebuilds its table after every case)."""
+
+
 def rebuild_table(output_dir: Path) -> int:
     """Rewrite ``summary.csv`` from every record in ``output_dir``; returns the number of rows."""
     claim = claim_case(output_dir / ".summary.lock", wait=True)
     try:
-        rows = []
+        folder = Path(output_dir).resolve()
+        cache = _TABLE_ROWS.setdefault(folder, RecordCache(folder, table_row))
         # A record being replaced right now is left out: the next rebuild has it.
-        for record in sorted(read_records(output_dir).values(), key=lambda record: record.case):
-            row: dict[str, Any] = {key: getattr(record, key) for key in COLUMNS}
-            for key in ("quality_reasons", "warnings"):
-                row[key] = "; ".join(row[key])
-            for name, measures in record.organs.items():
-                row[f"{name}_ml"], row[f"{name}_mean_hu"] = measures.volume_ml, measures.mean_hu
-            rows.append(row)
+        rows = [row for _, row in sorted(cache.read().items())]
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=table_columns(), restval="", lineterminator="\n")
         writer.writeheader()

@@ -64,6 +64,22 @@ def test_full_resolution_is_the_default_and_has_no_half_resolution_logits(arch):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
+def test_a_residual_net_answers_at_half_resolution_with_its_half_resolution_head(arch):
+    """With ``residual_output`` the full-resolution answer corrects the half-resolution head's:
+    ``half_resolution=True`` gives that head's logits, the full-resolution stage skipped."""
+    net = tiny(arch, residual_output=True, deep_supervision=True).eval()
+    with torch.no_grad():
+        torch.nn.init.normal_(net.head.weight)  # a correction that is not zero
+    with torch.inference_mode():
+        half = net(images((16, 24, 32)), half_resolution=True)
+        auxiliary = net(images((16, 24, 32)), auxiliary=True)
+        full = net(images((16, 24, 32)))
+    assert half.shape == (1, NUM_CLASSES, 8, 12, 16)
+    assert torch.equal(half, auxiliary[1])  # level 0's head is the half-resolution head
+    assert not torch.allclose(net.upsample_logits(half), full)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
 def test_full_resolution_answer_depends_on_the_image_at_full_resolution(arch):
     """A one-voxel checkerboard added to the image moves the logits more with the full-resolution
     stage's image branch than with that branch silenced: the stage reads the image itself."""

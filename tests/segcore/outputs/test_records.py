@@ -6,7 +6,16 @@ import csv
 
 import pytest
 
-from segcore.outputs.records import RECORDS, TABLE, OrganMeasures, ResultRow, read_records, rebuild_table, write_record
+from segcore.outputs.records import (
+    RECORDS,
+    TABLE,
+    OrganMeasures,
+    RecordCache,
+    ResultRow,
+    read_records,
+    rebuild_table,
+    write_record,
+)
 
 
 def row(case: str, **changes) -> ResultRow:
@@ -55,3 +64,19 @@ def test_a_record_with_a_key_or_value_the_schema_lacks_is_refused():
         row("x", status="done")
     with pytest.raises(ValueError, match="extra"):
         ResultRow.model_validate({**row("x").model_dump(), "extra": 1})
+
+
+def test_the_record_cache_reads_again_only_what_changed(tmp_path, monkeypatch):
+    for case in ("a", "b", "c"):
+        write_record(tmp_path, row(case))
+    cache = RecordCache(tmp_path, derive=lambda record: (record.verdict, record.seconds))
+    assert cache.read() == {"a": ("review", 2.5), "b": ("review", 2.5), "c": ("review", 2.5)}
+    reads = []
+    real_read = ResultRow.read
+    monkeypatch.setattr(ResultRow, "read", classmethod(lambda cls, path: reads.append(path.name) or real_read(path)))
+    assert cache.read() == {"a": ("review", 2.5), "b": ("review", 2.5), "c": ("review", 2.5)} and reads == []
+    write_record(tmp_path, row("b", verdict="ok", seconds=9.0))  # replaced by a rename: a new file
+    (tmp_path / RECORDS / "c.json").unlink()
+    write_record(tmp_path, row("d"))
+    assert cache.read() == {"a": ("review", 2.5), "b": ("ok", 9.0), "d": ("review", 2.5)}
+    assert sorted(reads) == ["b.json", "d.json"]
