@@ -1,0 +1,149 @@
+"""The pieces of GenericSSL's Aggregating & Decoupling (A&D; Wang & Li, NeurIPS 2023,
+``xmed-lab/GenericSSL``), rewritten for this product's 3-D nets.
+
+A&D trains one shared encoder and three decoders: a *diffusion* decoder D_ξ that denoises noisy
+one-hot labels given the image (on labeled cases), a *labeled* decoder D_ψ trained with
+difficulty-aware class weights (on labeled cases), and an *unlabeled* decoder D_θ trained on
+pseudo-labels made by the other two (on unlabeled cases), whose weights also follow an
+exponential moving average of theirs. Predictions come from D_θ. Here:
+
+* :class:`LabelDiffusion`: the forward noising of a one-hot label (``x₀ = 2·onehot − 1``, a linear
+  β schedule from 1e-4 to 0.02 over 1,000 steps) and deterministic DDIM sampling (η = 0) over a
+  few evenly spaced steps, the model predicting ``x₀`` (clamped to [−1, 1] at every step, as the
+  original's ``clip_denoised``);
+* :class:`DifficultyWeights`: the class weights of D_ψ's loss from the history of D_ξ's per-class
+  Dice (classes being learnt get less weight, classes being unlearnt or still poor more);
+* :func:`ema_parameters_`: D_θ's parameters pulled towards the mean of D_ξ's and D_ψ's, by name.
+
+The constants are the original code's (``code/train_diffusion.py``, ``code/DiffVNet``): momentum
+0.98 (an average over 50 iterations), exponent 1/5, EMA decay 0.99.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+
+class LabelDiffusion:
+    """Gaussian diffusion of one-hot labels in ``[-1, 1]`` (DDPM's linear schedule) and its DDIM sampler."""
+
+    def __init__(self, steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02):
+        self.steps = steps
+        betas = torch.linspace(beta_start, beta_end, steps, dtype=torch.float64)
+        self.alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+        """ᾱ_t for t = 0 .. steps − 1."""
+
+    def _alpha(self, t: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
+        """ᾱ_t as a tensor broadcasting over ``like`` (``t``: an int or one step per batch item)."""
+        alpha = self.alphas_cumprod[torch.as_tensor(t, dtype=torch.long)].to(like.device, like.dtype)
+        return alpha.reshape(-1, *([1] * (like.ndim - 1))) if alpha.ndim else alpha
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor | int, noise: torch.Tensor) -> torch.Tensor:
+        """``x_t = √ᾱ_t · x₀ + √(1 − ᾱ_t) · ε``: ``x₀`` noised to step ``t`` (per batch item)."""
+        alpha = self._alpha(t, x0)
+        return alpha.sqrt() * x0 + (1.0 - alpha).sqrt() * noise
+
+    def ddim_timesteps(self, count: int) -> list[int]:
+        """``count`` steps evenly spaced from 0 to ``steps − 1``, both included (the original's
+        ``space_timesteps``): 10 of 1,000 are 0, 111, 222, …, 999."""
+        if count < 2:
+            raise ValueError(f"DDIM needs at least 2 steps, got {count}")
+        stride = (self.steps - 1) / (count - 1)
+        return [round(index * stride) for index in range(count)]
+
+    def ddim_step(self, x_t: torch.Tensor, t: int, t_prev: int, x0: torch.Tensor) -> torch.Tensor:
+        """One deterministic DDIM step (η = 0) from ``t`` to ``t_prev`` given the predicted ``x₀``:
+        the noise the prediction implies, ``ε = (x_t − √ᾱ_t x₀) / √(1 − ᾱ_t)``, carried to ``t_prev``."""
+        alpha, alpha_prev = self._alpha(t, x_t), self._alpha(t_prev, x_t)
+        noise = (x_t - alpha.sqrt() * x0) / (1.0 - alpha).sqrt()
+        return alpha_prev.sqrt() * x0 + (1.0 - alpha_prev).sqrt() * noise
+
+    @torch.no_grad()
+    def sample(
+        self,
+        denoise: Callable[[torch.Tensor, int], torch.Tensor],
+        shape: Sequence[int],
+        count: int,
+        generator: torch.Generator | None = None,
+        device: torch.device | str = "cpu",
+    ) -> torch.Tensor:
+        """DDIM from pure noise over :meth:`ddim_timesteps` (``count``), ``denoise(x_t, t)`` giving
+        the predicted ``x₀``; returns the last prediction of ``x₀`` (each clamped to [−1, 1])."""
+        x = torch.randn(tuple(shape), generator=generator, device=device)
+        timesteps = self.ddim_timesteps(count)
+        x0 = x
+        for index in reversed(range(count)):
+            t = timesteps[index]
+            x0 = denoise(x, t).float().clamp(-1.0, 1.0)
+            if index:
+                x = self.ddim_step(x, t, timesteps[index - 1], x0)
+        return x0
+
+
+def batch_dice(predicted: torch.Tensor, labels: torch.Tensor, num_classes: int, smooth: float = 1e-8) -> torch.Tensor:
+    """Per class (background included) Dice of two label maps over the whole batch:
+    ``(2|P∩L| + smooth) / (|P| + |L| + smooth)``; 1 for a class in neither."""
+    predicted, labels = predicted.reshape(-1).long(), labels.reshape(-1).long()
+    both = torch.bincount(labels[predicted == labels], minlength=num_classes).double()
+    sizes = torch.bincount(predicted, minlength=num_classes).double() + torch.bincount(labels, minlength=num_classes)
+    return (2 * both + smooth) / (sizes + smooth)
+
+
+class DifficultyWeights:
+    """GenericSSL's difficulty-aware class weights, from a history of per-class Dice ``d``.
+
+    Each update: ``Δ = d − d_prev``; a class is *learning* by ``[Δ > 0] Δ log(d / d_prev)`` and
+    *unlearning* by ``[Δ ≤ 0] Δ log(d / d_prev)`` (both ≥ 0), each averaged with ``momentum``;
+    the difficulty is ``((unlearning + ε) / (learning + ε)) ** exponent`` and the weight
+    ``difficulty × avg(1 − d) × classes``, where ``avg(1 − d)`` is averaged with ``momentum`` too
+    (starting at 1). No normalisation across classes: a poor, unlearning class weighs most.
+    """
+
+    def __init__(self, num_classes: int, momentum: float = 0.98, exponent: float = 0.2, epsilon: float = 1e-8):
+        self.num_classes, self.momentum, self.exponent, self.epsilon = num_classes, momentum, exponent, epsilon
+        self.previous = torch.full((num_classes,), epsilon, dtype=torch.float64)
+        self.learning = torch.zeros(num_classes, dtype=torch.float64)
+        self.unlearning = torch.zeros(num_classes, dtype=torch.float64)
+        self.poorness = torch.ones(num_classes, dtype=torch.float64)
+
+    def update(self, dice: torch.Tensor) -> torch.Tensor:
+        """Take this step's per-class Dice (each > 0, as :func:`batch_dice` gives); the class weights."""
+        dice = dice.detach().to(torch.float64).cpu()
+        delta = dice - self.previous
+        change = delta * torch.log(dice / self.previous)
+        learn, unlearn = torch.where(delta > 0, change, 0.0), torch.where(delta <= 0, change, 0.0)
+        self.previous = dice
+        keep = self.momentum
+        self.learning = keep * self.learning + (1 - keep) * learn
+        self.unlearning = keep * self.unlearning + (1 - keep) * unlearn
+        self.poorness = keep * self.poorness + (1 - keep) * (1 - dice)
+        difficulty = ((self.unlearning + self.epsilon) / (self.learning + self.epsilon)) ** self.exponent
+        return (difficulty * self.poorness * self.num_classes).float()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"previous": self.previous, "learning": self.learning, "unlearning": self.unlearning,
+                "poorness": self.poorness}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for key, value in state.items():
+            setattr(self, key, value.to(torch.float64))
+
+
+@torch.no_grad()
+def ema_parameters_(target: nn.Module, sources: Sequence[nn.Module], decay: float = 0.99) -> int:
+    """``target ← decay · target + (1 − decay) · mean(sources)``, parameter by parameter, matched by
+    name; a parameter some source lacks, or that a source shares with the target (a shared
+    encoder), is left alone. Returns how many parameters moved."""
+    named = [dict(source.named_parameters()) for source in sources]
+    moved = 0
+    for name, parameter in target.named_parameters():
+        partners = [parameters.get(name) for parameters in named]
+        if any(p is None or p is parameter or p.shape != parameter.shape for p in partners):
+            continue
+        mean = torch.stack([p.detach() for p in partners]).mean(0)
+        parameter.mul_(decay).add_(mean, alpha=1 - decay)
+        moved += 1
+    return moved
