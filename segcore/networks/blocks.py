@@ -11,6 +11,7 @@ checkpoint of either loads into the other), on the CPU's fast kernels (``python 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -371,12 +372,25 @@ class SegmentationNetwork(nn.Module):
             )
         if auxiliary and not self.init_args["deep_supervision"]:
             raise ValueError(f"{type(self).__name__}: auxiliary outputs need deep_supervision")
-        skips = self.encode(x)
+        return self.decode(self.encode(x), x, half_resolution, auxiliary)
+
+    def decode(
+        self,
+        skips: list[torch.Tensor],
+        x: torch.Tensor,
+        half_resolution: bool = False,
+        auxiliary: bool = False,
+        level_bias: Sequence[torch.Tensor] | None = None,
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """The decoder and the output on :meth:`encode` 's ``skips`` of the image ``x`` (as :meth:`forward`);
+        ``level_bias[l]`` (broadcasting, e.g. ``(N, C_l, 1, 1, 1)``) is added to decoder level ``l`` 's output."""
         features = skips[-1]
         heads = dict(zip(self.auxiliary_head_levels, self.auxiliary_heads)) if auxiliary else {}
         outputs = {}  # decoder level -> its auxiliary logits
         for level in reversed(range(len(self.decoder))):
             features = self.decoder[level](self.merge(self.upsamplers[level](features), skips[level]))
+            if level_bias is not None:
+                features = features + level_bias[level]
             if level in heads:
                 outputs[level] = heads[level](features)
         if self.output_stride == 2:

@@ -50,7 +50,9 @@ class NetworkConfig:
     def __post_init__(self) -> None:
         if self.arch not in NETWORKS:
             raise ValueError(f"network.arch={self.arch!r}: expected one of {', '.join(sorted(NETWORKS))}")
-        accepted = list(inspect.signature(NETWORKS[self.arch]).parameters)
+        kind = NETWORKS[self.arch]
+        named = getattr(kind, "argument_names", None)  # a wrapper (ad_generic): its base's arguments
+        accepted = named(self.init_args) if named else list(inspect.signature(kind).parameters)
         for key in self.init_args:
             if key not in accepted:
                 guess = did_you_mean(key, accepted)

@@ -47,6 +47,7 @@ from segcore.training.losses import soft_dice_per_class
 
 IGNORE = -100  # F.cross_entropy's default ignore_index
 ROUND_INITS = ("fresh", "previous", "continue")
+METHODS = ("cps", "ad_generic")
 
 
 def sigmoid_rampup(step: int, rampup_steps: int) -> float:
@@ -142,6 +143,7 @@ class CPSConfig:
     __pydantic_config__ = ConfigDict(extra="forbid")  # validated by segcore.training.config
 
     enabled: bool = False
+    method: str = "cps"  # or "ad_generic": GenericSSL's A&D (segcore.training.generic_ssl), one network
     networks: int = 2
     weight: float = 1.0  # lambda
     rampup_steps: int = 1000
@@ -159,10 +161,17 @@ class CPSConfig:
     round_init: str = "fresh"  # rounds after the first: fresh nets, the previous round's nets, or continue its run
     uif_keep: float = 0.1  # share (< 1) or count (>= 1) of unlabeled cases kept by UIF
     uif_domains: str | None = None  # JSON {case id: domain group} or a phantom_cases.json: UIF reports picks per group
+    ddim_steps: int = 5  # ad_generic: DDIM steps of the diffusion decoder's pseudo-label
+    ema_decay: float = 0.99  # ad_generic: the unlabeled decoder's pull towards the other two
 
     def __post_init__(self) -> None:
         if self.fourier_confidence and not self.weak_strong:
             raise ValueError("semi.fourier_confidence needs semi.weak_strong: the teacher compares its two views")
+        if self.method not in METHODS:
+            raise ValueError(f"semi.method={self.method!r}: expected one of {METHODS}")
+        if self.method == "ad_generic" and (self.networks != 1 or self.rounds != 1 or self.weak_strong):
+            raise ValueError("semi.method=ad_generic trains one network in one round: semi.networks=1, semi.rounds=1, "
+                             "no semi.weak_strong")  # fmt: skip
         if self.round_init not in ROUND_INITS:
             raise ValueError(f"semi.round_init={self.round_init!r}: expected one of {ROUND_INITS}")
         if self.rampup_share is not None and not 0 <= self.rampup_share <= 1:
@@ -178,6 +187,30 @@ def body_crop_ids(store, ids: list[str]) -> list[str]:
     return [case_id for case_id in ids if store.meta(case_id).get("crop_source") == "body_heuristic"]
 
 
+def unlabeled_stream(trainer, config: CPSConfig) -> EndlessBatches:
+    """The endless, reshuffled stream of unlabeled batches a semi-supervised step draws from."""
+    store = trainer.store
+    ids = trainer.unlabeled_ids()
+    if not ids:
+        raise ValueError(f"{store.path}: split {config.unlabeled_split!r} holds no cases for semi-supervised training")
+    if trainer.stage.name == "fine" and not config.allow_body_crops:
+        body = body_crop_ids(store, ids)
+        if body:
+            raise ValueError(
+                f"{store.path}: {len(body)} of {len(ids)} unlabeled fine crops (e.g. {', '.join(body[:3])}) "
+                "come from the body outline, not the organs, so the fine nets would learn from whole "
+                "bodies: run data_prepare with --coarse-weights (a trained coarse model) first, or set "
+                "semi.allow_body_crops=true"
+            )
+    dataset = StoreDataset(store, ids, trainer.stage.image_key)
+    context, data_cfg = trainer.context, trainer.config.data
+    loader = make_loader(
+        dataset, config.unlabeled_batch_size, context.rank, context.world_size,
+        trainer.config.train.seed + 1, data_cfg.workers, pin=context.device.type == "cuda",
+    )  # fmt: skip
+    return EndlessBatches(loader)
+
+
 class CPSStep:
     """One CPS step of both networks; the trainer's labeled loader drives the epochs."""
 
@@ -185,30 +218,11 @@ class CPSStep:
         if len(trainer.members) != 2:
             raise ValueError(f"cross pseudo supervision needs 2 networks, got {len(trainer.members)}")
         self.config = config
-        store = trainer.store
         self.rampup_steps = config.rampup_length(trainer.total_steps)  # the planned run, as the LR schedule
         self.unlabeled = None
         if config.weight == 0 and trainer.augment.fourier_sources != "all":
             return  # the supervised pair: no unlabeled batch is ever drawn
-        ids = trainer.unlabeled_ids()
-        if not ids:
-            raise ValueError(f"{store.path}: split {config.unlabeled_split!r} holds no cases for CPS")
-        if trainer.stage.name == "fine" and not config.allow_body_crops:
-            body = body_crop_ids(store, ids)
-            if body:
-                raise ValueError(
-                    f"{store.path}: {len(body)} of {len(ids)} unlabeled fine crops (e.g. {', '.join(body[:3])}) "
-                    "come from the body outline, not the organs, so the fine nets would learn from whole "
-                    "bodies: run data_prepare with --coarse-weights (a trained coarse model) first, or set "
-                    "semi.allow_body_crops=true"
-                )
-        dataset = StoreDataset(store, ids, trainer.stage.image_key)
-        context, data_cfg = trainer.context, trainer.config.data
-        loader = make_loader(
-            dataset, config.unlabeled_batch_size, context.rank, context.world_size,
-            trainer.config.train.seed + 1, data_cfg.workers, pin=context.device.type == "cuda",
-        )  # fmt: skip
-        self.unlabeled = EndlessBatches(loader)
+        self.unlabeled = unlabeled_stream(trainer, config)
 
     def __call__(self, trainer, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         config, augment = self.config, trainer.augment

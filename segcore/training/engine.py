@@ -36,7 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from segcore.labels import NUM_CLASSES, ORGANS
-from segcore.networks import build_network
+from segcore.networks import AggregatingDecouplingNet, build_network
 from segcore.networks.checkpoint import (
     load_checkpoint,
     make_payload,
@@ -51,6 +51,7 @@ from segcore.training.augment import AugmentConfig, augment_views, random_fourie
 from segcore.training.config import StageConfig
 from segcore.training.cps import CPSStep
 from segcore.training.data import StoreDataset, make_loader
+from segcore.training.generic_ssl import AggregatingDecouplingStep
 from segcore.training.losses import deep_supervision_loss, dice_ce_loss, hard_dice_per_class
 from segcore.training.optim import autocast_settings, lr_schedule, make_optimizer, use_channels_last
 from segcore.training.warm_start import warm_start
@@ -172,7 +173,13 @@ class Trainer:
         self.train_seconds = 0.0
         """Wall time spent in training steps (data, augmentation, passes, updates) so far, resumes
         included; validation and checkpoints are not counted: the x axis of time-to-accuracy curves."""
-        self.step_fn: TrainingStep = CPSStep(self, self.semi) if self.semi.enabled else SupervisedStep()
+        self.step_fn: TrainingStep = SupervisedStep()
+        if self.semi.enabled:
+            self.step_fn = (
+                AggregatingDecouplingStep(self, self.semi)
+                if self.semi.method == "ad_generic"
+                else CPSStep(self, self.semi)
+            )
         self.tensorboard = None
         if context.is_main:
             from torch.utils.tensorboard import SummaryWriter
@@ -426,7 +433,11 @@ class Trainer:
         if len(payload["networks"]) < len(self.members):
             raise ValueError(f"{path}: holds {len(payload['networks'])} network(s), {len(self.members)} needed")
         for member, entry in zip(self.members, payload["networks"]):
-            member.module.load_state_dict(entry["state_dict"])
+            if isinstance(member.module, AggregatingDecouplingNet) and entry["arch"] != "ad_generic":
+                for decoder in member.module.decoders.values():  # a trained net into all three (A&D's start)
+                    decoder.load_state_dict(entry["state_dict"])
+            else:
+                member.module.load_state_dict(entry["state_dict"])
 
     def resume(self, path: Path | None = None) -> None:
         """Continue from ``output_dir/last.pt``: weights, optimizer, schedule, scaler, step and RNG.

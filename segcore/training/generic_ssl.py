@@ -22,9 +22,13 @@ The constants are the original code's (``code/train_diffusion.py``, ``code/DiffV
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from segcore.networks.aggregating import AggregatingDecouplingNet
 
 
 class LabelDiffusion:
@@ -147,3 +151,98 @@ def ema_parameters_(target: nn.Module, sources: Sequence[nn.Module], decay: floa
         parameter.mul_(decay).add_(mean, alpha=1 - decay)
         moved += 1
     return moved
+
+
+def gaussian_smooth(volumes: torch.Tensor, sigma: float = 1.0, size: int = 3) -> torch.Tensor:
+    """Each channel of ``(N, C, D, H, W)`` smoothed by a separable 3-D Gaussian (``size`` voxels, edges replicated)."""
+    offsets = torch.arange(size, dtype=torch.float32, device=volumes.device) - (size - 1) / 2
+    kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
+    kernel = (kernel / kernel.sum()).to(volumes.dtype)
+    channels, pad = volumes.shape[1], size // 2
+    out = volumes
+    for axis in range(3):
+        shape = [1, 1, 1, 1, 1]
+        shape[2 + axis] = size
+        weight = kernel.reshape(shape).expand(channels, 1, *shape[2:]).contiguous()
+        padding = [0, 0, 0, 0, 0, 0]
+        padding[2 * (2 - axis)], padding[2 * (2 - axis) + 1] = pad, pad
+        out = F.conv3d(F.pad(out, padding, mode="replicate"), weight, groups=channels)
+    return out
+
+
+class AggregatingDecouplingStep:
+    """One A&D step (``semi.method: ad_generic``) of the one :class:`AggregatingDecouplingNet`:
+
+    1. D_θ's parameters ← ``ema_decay`` · D_θ + (1 − ``ema_decay``) · mean(D_ξ, D_ψ) (by name; the
+       shared encoder is not touched);
+    2. D_ξ denoises the labeled batch's noisy one-hot labels at random steps: Dice + CE against
+       the labels; its per-class Dice updates the difficulty weights;
+    3. D_ψ on the labeled batch: Dice + CE weighted by the difficulty (every output of a deeply
+       supervised net);
+    4. no gradient: the pseudo-label of the unlabeled batch is the argmax of the Gaussian-smoothed
+       soft Gumbel-softmax of D_ξ's DDIM answer (``ddim_steps`` steps) plus D_ψ's softmax;
+    5. D_θ on the unlabeled batch: Dice + CE against the pseudo-label, weighted by
+       ``weight`` × the sigmoid ramp-up;
+
+    one optimiser step on the sum.
+    """
+
+    def __init__(self, trainer, config):
+        from segcore.training.cps import unlabeled_stream
+
+        if len(trainer.members) != 1 or not isinstance(trainer.members[0].module, AggregatingDecouplingNet):
+            raise ValueError("semi.method=ad_generic trains one network of network.arch ad_generic (semi.networks: 1)")
+        self.config = config
+        self.unlabeled = unlabeled_stream(trainer, config)
+        self.rampup_steps = config.rampup_length(trainer.total_steps)
+        self.diffusion = LabelDiffusion()
+        self.difficulty = DifficultyWeights(trainer.members[0].module.init_args["num_classes"])
+
+    def __call__(self, trainer, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        from segcore.training.cps import sigmoid_rampup
+        from segcore.training.losses import deep_supervision_loss, dice_ce_loss
+
+        member = trainer.members[0]
+        net: AggregatingDecouplingNet = member.module
+        config, deep = self.config, trainer.deep(member)
+        ema_parameters_(net.unlabeled, [net.diffusion, net.labeled], config.ema_decay)
+        images, labels = trainer.prepare_batch(batch, with_labels=True)
+        unlabeled, _ = trainer.prepare_batch(self.unlabeled.next(), with_labels=False)
+        classes = net.init_args["num_classes"]
+        device = images.device
+        clean = F.one_hot(labels, classes).permute(0, 4, 1, 2, 3).float() * 2 - 1
+        steps = torch.randint(0, self.diffusion.steps, (images.shape[0],), generator=trainer.generator).to(device)
+        noise = torch.randn(clean.shape, generator=trainer.generator).to(device)
+        with trainer.autocast():
+            denoised = net.denoise(images, self.diffusion.q_sample(clean, steps, noise), steps)
+        denoising = dice_ce_loss(denoised, labels)
+        weights = self.difficulty.update(batch_dice(denoised.detach().argmax(1), labels, classes)).to(device)
+        labeled = trainer.run(net.labeled, images, deep)
+        decoupled = deep_supervision_loss(labeled, labels, weights) if deep else dice_ce_loss(labeled, labels, weights)
+        with torch.no_grad(), trainer.autocast():
+            shape = (unlabeled.shape[0], classes, *unlabeled.shape[2:])
+
+            def denoise(x_t: torch.Tensor, t: int) -> torch.Tensor:
+                return net.denoise(unlabeled, x_t, torch.full((shape[0],), t, device=device))
+
+            sampled = self.diffusion.sample(denoise, shape, config.ddim_steps, trainer.generator).to(device)
+            soft = F.gumbel_softmax(sampled.float(), tau=1.0, hard=False, dim=1)
+            votes = gaussian_smooth(soft) + torch.softmax(net.labeled(unlabeled).float(), dim=1)
+            pseudo = votes.argmax(1)
+        student = trainer.run(net.unlabeled, unlabeled, deep)
+        learned = deep_supervision_loss(student, pseudo) if deep else dice_ce_loss(student, pseudo)
+        weight = config.weight * sigmoid_rampup(trainer.step, self.rampup_steps)
+        trainer.optimize(member, denoising + decoupled + weight * learned)
+        return {
+            "loss/denoising": denoising.item(), "loss/labeled": decoupled.item(), "loss/unlabeled": learned.item(),
+            "ad_weight": weight, "difficulty/max": float(weights.max()),
+        }  # fmt: skip
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"unlabeled": self.unlabeled.state_dict(), "difficulty": self.difficulty.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("unlabeled"):
+            self.unlabeled.load_state_dict(state["unlabeled"])
+        if state.get("difficulty"):
+            self.difficulty.load_state_dict(state["difficulty"])

@@ -72,7 +72,9 @@ def downsample_targets(targets: torch.Tensor, size_zyx: tuple[int, ...]) -> torc
     return resized[:, 0].long()
 
 
-def deep_supervision_loss(outputs: list[torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
+def deep_supervision_loss(
+    outputs: list[torch.Tensor], targets: torch.Tensor, class_weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """Weighted Dice + cross-entropy of every output of a deeply supervised net.
 
     Args:
@@ -80,6 +82,7 @@ def deep_supervision_loss(outputs: list[torch.Tensor], targets: torch.Tensor) ->
             resolutions, highest first (``net(x, auxiliary=True)``).
         targets: ``(N, z, y, x)`` class ids at the input size; resized (nearest, voxel centres)
             to each output's size.
+        class_weights: per class, for every output's Dice and cross-entropy (None: equal).
 
     Returns:
         ``sum_i w_i * dice_ce_loss(outputs[i], targets at its size)`` with
@@ -87,6 +90,6 @@ def deep_supervision_loss(outputs: list[torch.Tensor], targets: torch.Tensor) ->
     """
     weights = deep_supervision_weights(len(outputs))
     return sum(
-        weight * dice_ce_loss(logits, downsample_targets(targets, logits.shape[2:]))
+        weight * dice_ce_loss(logits, downsample_targets(targets, logits.shape[2:]), class_weights)
         for weight, logits in zip(weights, outputs)
     )

@@ -9,12 +9,14 @@ import torch
 from torch import nn
 
 from segcore.labels import NUM_CLASSES
-from segcore.networks import NETWORKS, build_network, network_spec, valid_input_size
+from segcore.networks import build_network, network_spec, valid_input_size
+from segcore.networks.aggregating import BASES
 
 TINY = {"base_channels": 4, "depth": 3, "max_channels": 16}
 """Tiny nets: total stride 8, a few thousand parameters."""
 
-ARCHS = sorted(NETWORKS)
+ARCHS = sorted(BASES)
+"""The segmentation nets (``ad_generic`` wraps them: ``test_aggregating.py``)."""
 
 
 def tiny(arch: str, seed: int = 0, **init_args) -> nn.Module:

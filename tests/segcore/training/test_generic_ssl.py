@@ -102,3 +102,38 @@ def test_the_ema_moves_the_target_towards_the_sources_mean_and_leaves_shared_wei
     assert torch.allclose(theta.head.weight, torch.full_like(theta.head.weight, 0.99 * 1 + 0.01 * 4))
     assert torch.equal(shared.weight, encoder_before)
     assert torch.equal(xi.head.weight, torch.full_like(xi.head.weight, 3.0))  # sources untouched
+
+
+def test_an_ad_generic_run_trains_its_three_decoders_from_a_trained_net(tiny_store, tmp_path):
+    """The real command (coarse_seg/run.sh, torchrun, one process): a supervised net, then A&D from
+    it (its weights in the three decoders), unlabeled batches, DDIM pseudo-labels, a checkpoint
+    that predicts with the unlabeled decoder."""
+    import subprocess
+    from pathlib import Path
+
+    from segcore.networks.checkpoint import build_networks, load_checkpoint
+
+    root = Path(__file__).resolve().parents[3]
+
+    def run(out: Path, *overrides: str) -> None:
+        result = subprocess.run(
+            ["sh", str(root / "coarse_seg" / "run.sh"), "--nproc", "1", "--config",
+             str(root / "coarse_seg" / "config.tiny.yaml"), f"store={tiny_store}", f"output_dir={out}",
+             "train.epochs=1", "train.val_every=1", *overrides],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    run(tmp_path / "supervised")
+    run(
+        tmp_path / "ad", "network.arch=ad_generic", "network.init_args.base=residual_unet3d",
+        "semi.enabled=true", "semi.method=ad_generic", "semi.networks=1", "semi.unlabeled_batch_size=1",
+        "semi.ddim_steps=2", f"semi.init_from={tmp_path / 'supervised' / 'last.pt'}",
+    )  # fmt: skip
+    payload = load_checkpoint(tmp_path / "ad" / "last.pt")
+    assert [entry["arch"] for entry in payload["networks"]] == ["ad_generic"]
+    assert payload["training_state"]["finished"]
+    (net,) = build_networks(payload, torch.device("cpu"), verify=True)  # its probe output reproduced
+    with torch.inference_mode():
+        logits = net(torch.zeros(1, 1, *payload["inference"]["input_size"]))
+    assert logits.shape[1] == 14
