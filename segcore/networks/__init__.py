@@ -6,7 +6,9 @@ Two architectures, both mapping CT images ``(N, 1, D, H, W)`` = ``(N, 1, z, y, x
 - ``"residual_unet3d"`` (:class:`ResidualUNet3D`): the coarse stage, whole scan at 160³;
 - ``"efficient_context_net"`` (:class:`EfficientContextNet`): the fine stage, organ crop at 192³;
 - ``"ad_generic"`` (:class:`AggregatingDecouplingNet`): either of them with GenericSSL's three
-  decoders for semi-supervised training; it predicts with one of them, like its base.
+  decoders for semi-supervised training; it predicts with one of them, like its base;
+- ``"sd_messenger"`` (:class:`MessengerNet`): either of them with S&D-Messenger's domain messenger
+  on its deepest level, for semi-supervised training.
 
 Each net exposes ``init_args`` (its JSON-able constructor arguments) and ``input_multiple``
 (every spatial axis of the input must be a multiple of it; :func:`valid_input_size` rounds a
@@ -32,18 +34,21 @@ from torch import nn
 from segcore.networks.aggregating import AggregatingDecouplingNet
 from segcore.networks.blocks import SegmentationNetwork, valid_input_size
 from segcore.networks.efficient_context_net import EfficientContextNet
+from segcore.networks.messenger import MessengerNet
 from segcore.networks.residual_unet import ResidualUNet3D
 
 NETWORKS: dict[str, type[nn.Module]] = {
     "residual_unet3d": ResidualUNet3D,
     "efficient_context_net": EfficientContextNet,
     "ad_generic": AggregatingDecouplingNet,
+    "sd_messenger": MessengerNet,
 }
 """Architecture name (as stored in checkpoints and configs) -> network class."""
 
 __all__ = [
     "NETWORKS",
     "AggregatingDecouplingNet",
+    "MessengerNet",
     "EfficientContextNet",
     "ResidualUNet3D",
     "SegmentationNetwork",

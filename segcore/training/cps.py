@@ -47,7 +47,7 @@ from segcore.training.losses import soft_dice_per_class
 
 IGNORE = -100  # F.cross_entropy's default ignore_index
 ROUND_INITS = ("fresh", "previous", "continue")
-METHODS = ("cps", "ad_generic")
+METHODS = ("cps", "ad_generic", "sd_messenger")
 
 
 def sigmoid_rampup(step: int, rampup_steps: int) -> float:
@@ -143,7 +143,7 @@ class CPSConfig:
     __pydantic_config__ = ConfigDict(extra="forbid")  # validated by segcore.training.config
 
     enabled: bool = False
-    method: str = "cps"  # or "ad_generic": GenericSSL's A&D (segcore.training.generic_ssl), one network
+    method: str = "cps"  # or "ad_generic" (GenericSSL's A&D) or "sd_messenger" (S&D-Messenger): one network each
     networks: int = 2
     weight: float = 1.0  # lambda
     rampup_steps: int = 1000
@@ -163,15 +163,16 @@ class CPSConfig:
     uif_domains: str | None = None  # JSON {case id: domain group} or a phantom_cases.json: UIF reports picks per group
     ddim_steps: int = 5  # ad_generic: DDIM steps of the diffusion decoder's pseudo-label
     ema_decay: float = 0.99  # ad_generic: the unlabeled decoder's pull towards the other two
+    cutmix_size: int = 16  # sd_messenger: edge of the labeled block pasted into each unlabeled case (voxels)
 
     def __post_init__(self) -> None:
         if self.fourier_confidence and not self.weak_strong:
             raise ValueError("semi.fourier_confidence needs semi.weak_strong: the teacher compares its two views")
         if self.method not in METHODS:
             raise ValueError(f"semi.method={self.method!r}: expected one of {METHODS}")
-        if self.method == "ad_generic" and (self.networks != 1 or self.rounds != 1 or self.weak_strong):
-            raise ValueError("semi.method=ad_generic trains one network in one round: semi.networks=1, semi.rounds=1, "
-                             "no semi.weak_strong")  # fmt: skip
+        if self.method != "cps" and (self.networks != 1 or self.rounds != 1 or self.weak_strong):
+            raise ValueError(f"semi.method={self.method} trains one network in one round: semi.networks=1, "
+                             "semi.rounds=1, no semi.weak_strong")  # fmt: skip
         if self.round_init not in ROUND_INITS:
             raise ValueError(f"semi.round_init={self.round_init!r}: expected one of {ROUND_INITS}")
         if self.rampup_share is not None and not 0 <= self.rampup_share <= 1:

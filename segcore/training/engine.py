@@ -36,7 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from segcore.labels import NUM_CLASSES, ORGANS
-from segcore.networks import AggregatingDecouplingNet, build_network
+from segcore.networks import AggregatingDecouplingNet, MessengerNet, build_network
 from segcore.networks.checkpoint import (
     load_checkpoint,
     make_payload,
@@ -53,6 +53,7 @@ from segcore.training.cps import CPSStep
 from segcore.training.data import StoreDataset, make_loader
 from segcore.training.generic_ssl import AggregatingDecouplingStep
 from segcore.training.losses import deep_supervision_loss, dice_ce_loss, hard_dice_per_class
+from segcore.training.messenger_ssl import SemanticDomainStep
 from segcore.training.optim import autocast_settings, lr_schedule, make_optimizer, use_channels_last
 from segcore.training.warm_start import warm_start
 from segcore.volumes.intensity import normalize_hu
@@ -175,11 +176,8 @@ class Trainer:
         included; validation and checkpoints are not counted: the x axis of time-to-accuracy curves."""
         self.step_fn: TrainingStep = SupervisedStep()
         if self.semi.enabled:
-            self.step_fn = (
-                AggregatingDecouplingStep(self, self.semi)
-                if self.semi.method == "ad_generic"
-                else CPSStep(self, self.semi)
-            )
+            methods = {"ad_generic": AggregatingDecouplingStep, "sd_messenger": SemanticDomainStep}
+            self.step_fn = methods.get(self.semi.method, CPSStep)(self, self.semi)
         self.tensorboard = None
         if context.is_main:
             from torch.utils.tensorboard import SummaryWriter
@@ -436,6 +434,8 @@ class Trainer:
             if isinstance(member.module, AggregatingDecouplingNet) and entry["arch"] != "ad_generic":
                 for decoder in member.module.decoders.values():  # a trained net into all three (A&D's start)
                     decoder.load_state_dict(entry["state_dict"])
+            elif isinstance(member.module, MessengerNet) and entry["arch"] != "sd_messenger":
+                member.module.net.load_state_dict(entry["state_dict"])  # the messenger starts as the identity
             else:
                 member.module.load_state_dict(entry["state_dict"])
 

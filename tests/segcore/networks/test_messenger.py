@@ -55,3 +55,27 @@ def test_at_inference_each_case_is_answered_on_its_own():
         together = block(x)
         alone = torch.cat([block(x[:1]), block(x[1:])])
     assert torch.allclose(together, alone, atol=1e-5)
+
+
+@pytest.mark.parametrize("base", ["residual_unet3d", "efficient_context_net"])
+def test_a_messenger_net_made_from_a_trained_net_answers_as_it_at_step_0(base):
+    import json
+
+    from segcore.networks import MessengerNet, build_network, network_spec
+
+    torch.manual_seed(0)
+    tiny = {"base_channels": 4, "depth": 3, "max_channels": 16, "deep_supervision": True, "residual_output": True}
+    net = build_network(base, **tiny).eval()
+    combined = MessengerNet.from_net(net)
+    x = torch.randn(4, 1, 16, 16, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = net(x)
+        assert torch.equal(combined.eval()(x), expected)
+        assert torch.equal(combined.train()(x), expected)  # two labeled, two unlabeled: identity still
+        assert len(combined.eval()(x, auxiliary=True)) == 3
+    spec = json.loads(json.dumps(network_spec(combined)))
+    assert spec["arch"] == "sd_messenger" and spec["init_args"]["base"] == base
+    twin = build_network(**spec)
+    twin.load_state_dict(combined.state_dict())
+    with torch.no_grad():
+        assert torch.equal(twin.eval()(x), expected)

@@ -66,7 +66,8 @@ def write(tmp_path, change) -> Path:
         ),
         (
             lambda v: v["network"].update(arch="residual_unet"),
-            r"network\.arch='residual_unet': expected one of ad_generic, efficient_context_net, residual_unet3d",
+            r"network\.arch='residual_unet': expected one of ad_generic, efficient_context_net, residual_unet3d, "
+            r"sd_messenger",
         ),
         (lambda v: v["train"].update(epochs="ten"), r"train\.epochs: Input should be a valid integer"),
         (lambda v: v["optimizer"].update(name="adam"), r"optimizer\.name: Input should be 'adamw' or 'sgd'"),

@@ -104,31 +104,17 @@ def test_the_ema_moves_the_target_towards_the_sources_mean_and_leaves_shared_wei
     assert torch.equal(xi.head.weight, torch.full_like(xi.head.weight, 3.0))  # sources untouched
 
 
-def test_an_ad_generic_run_trains_its_three_decoders_from_a_trained_net(tiny_store, tmp_path):
-    """The real command (coarse_seg/run.sh, torchrun, one process): a supervised net, then A&D from
-    it (its weights in the three decoders), unlabeled batches, DDIM pseudo-labels, a checkpoint
-    that predicts with the unlabeled decoder."""
-    import subprocess
-    from pathlib import Path
-
+def test_an_ad_generic_run_trains_its_three_decoders_from_a_trained_net(tiny_store, tiny_supervised, tmp_path):
+    """The real command (coarse_seg/run.sh, torchrun, one process): A&D from a supervised net (its
+    weights in the three decoders), unlabeled batches, DDIM pseudo-labels, a checkpoint that
+    predicts with the unlabeled decoder."""
     from segcore.networks.checkpoint import build_networks, load_checkpoint
+    from tests.segcore.training.conftest import run_tiny
 
-    root = Path(__file__).resolve().parents[3]
-
-    def run(out: Path, *overrides: str) -> None:
-        result = subprocess.run(
-            ["sh", str(root / "coarse_seg" / "run.sh"), "--nproc", "1", "--config",
-             str(root / "coarse_seg" / "config.tiny.yaml"), f"store={tiny_store}", f"output_dir={out}",
-             "train.epochs=1", "train.val_every=1", *overrides],
-            capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-
-    run(tmp_path / "supervised")
-    run(
-        tmp_path / "ad", "network.arch=ad_generic", "network.init_args.base=residual_unet3d",
+    run_tiny(
+        tiny_store, tmp_path / "ad", "network.arch=ad_generic", "network.init_args.base=residual_unet3d",
         "semi.enabled=true", "semi.method=ad_generic", "semi.networks=1", "semi.unlabeled_batch_size=1",
-        "semi.ddim_steps=2", f"semi.init_from={tmp_path / 'supervised' / 'last.pt'}",
+        "semi.ddim_steps=2", f"semi.init_from={tiny_supervised}",
     )  # fmt: skip
     payload = load_checkpoint(tmp_path / "ad" / "last.pt")
     assert [entry["arch"] for entry in payload["networks"]] == ["ad_generic"]
