@@ -66,6 +66,10 @@ Design (fixed before any method run was compared; changing it means a new benchm
   - ``supervised_pair_long``: the pair from scratch for S1 + S2 steps: **the control of
     ``dense_pretrain``**;
   - ``upper_bound``: the pair on all 54 cases with labels for S1 + S2 steps.
+  - added after the verdict, in a fifth tier (design: ``experiments/ssl_shift_design.md``):
+    ``ad_generic`` (GenericSSL's A&D) and ``sd_messenger`` (S&D-Messenger), one network each
+    started from the pair's first, S2 steps, against ``pair_continue``; ``single_continue``, the
+    pair's first net alone with labels only, S2 steps (their second control, reported).
 
 * **Scoring**: ``last.pt`` (primary) and ``best.pt`` of every run, the pair's mean softmax; each
   test case's stored 48³ image predicted, resized (nearest) back to its original grid and scored
@@ -144,20 +148,30 @@ ARM_OVERRIDES = {
     "cps": [*SEMI, "semi.rounds=1"],
     "cacps": [*SEMI, "semi.rounds=1", "semi.weak_strong=true", "semi.fourier_confidence=true", "semi.pseudo_dice=0.5"],
     "cps_uif": [*SEMI, "semi.rounds=2", "semi.round_init=continue"],
-}
-"""The four arms that continue from ``supervised_pair_s1`` for S2 steps."""
+    "ad_generic": ["semi.enabled=true", "semi.networks=1", "semi.method=ad_generic", "network.arch=ad_generic",
+                   "network.init_args.base=residual_unet3d", "semi.weight=1.0", "semi.rampup_share=0.35",
+                   "semi.ddim_steps=5"],
+    "sd_messenger": ["semi.enabled=true", "semi.networks=1", "semi.method=sd_messenger", "network.arch=sd_messenger",
+                     "network.init_args.base=residual_unet3d", "semi.weight=1.0", "semi.rampup_share=0.35",
+                     "semi.cutmix_size=16"],
+}  # fmt: skip
+"""The arms that continue from ``supervised_pair_s1`` for S2 steps (``ad_generic`` and
+``sd_messenger``: one network, started from the pair's first; ``experiments/ssl_shift_design.md``)."""
 CONTROL, PRIMARY = "pair_continue", "cacps"
 CONTROLS = {
     "cacps": "pair_continue", "cps": "pair_continue", "cps_uif": "pair_continue",
     "dense_pretrain": "supervised_pair_long", "upper_bound": "supervised_pair_long",
+    "ad_generic": "pair_continue", "sd_messenger": "pair_continue", "single_continue": "pair_continue",
 }  # fmt: skip
 TIERS = (
     ("supervised_pair_s1", "pair_continue", "cacps"), ("cps", "cps_uif"),
     ("dense_pretrain", "supervised_pair_long"), ("upper_bound",),
+    ("ad_generic", "sd_messenger", "single_continue"),  # added after the verdict (ssl_shift_design.md)
 )  # fmt: skip
 REPORT_ORDER = [arm for tier in TIERS for arm in tier]
 SHORT = {"supervised_pair_s1": "pair@S1", "pair_continue": "pair_cont", "dense_pretrain": "dense_pre",
-         "supervised_pair_long": "pair_long", "upper_bound": "upper"}  # fmt: skip
+         "supervised_pair_long": "pair_long", "upper_bound": "upper", "ad_generic": "A&D",
+         "sd_messenger": "S&D-Mess", "single_continue": "single"}  # fmt: skip
 """Column names of the per-organ table."""
 PHASE_A = ("supervised_pair", "upper_bound")
 ADRENALS = ("right_adrenal_gland", "left_adrenal_gland")
@@ -389,6 +403,11 @@ def phase_b_jobs(paths: Paths, settings: Settings, run_root: Path, s1: int) -> l
                 overrides += [f"semi.uif_keep={settings.uif_keep}", f"semi.uif_domains={paths.manifest}"]
             by_arm[arm].append(job("B", seed, arm, [train_command(paths.store, root / arm, overrides)], root / arm,
                                    paths, after=[start / "last.pt"]))  # fmt: skip
+        single = [*schedule_overrides(s2, validations, spe, seed, size), f"train.init_weights={start}/last.pt"]
+        by_arm["single_continue"].append(job(
+            "B", seed, "single_continue", [train_command(paths.store, root / "single_continue", single)],
+            root / "single_continue", paths, after=[start / "last.pt"],
+        ))  # fmt: skip
         long = schedule_overrides(s1 + s2, validations, spe, seed, size)
         pretrain_dir = root / "dense_pretrain_encoder"  # beside the run: train_arm clears a run never checkpointed
         pretrain = [

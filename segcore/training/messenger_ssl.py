@@ -85,6 +85,7 @@ class SemanticDomainStep:
         self.difficulty = DifficultyWeights(trainer.members[0].module.init_args["num_classes"])
 
     def __call__(self, trainer, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        from segcore.training.augment import random_fourier_mix
         from segcore.training.cps import sigmoid_rampup
         from segcore.training.losses import deep_supervision_loss, dice_ce_loss
 
@@ -92,6 +93,7 @@ class SemanticDomainStep:
         net: MessengerNet = member.module
         config, deep = self.config, trainer.deep(member)
         images, labels = trainer.prepare_batch(batch, with_labels=True)
+        images = random_fourier_mix(images, images, trainer.augment, trainer.generator)  # as the control's
         unlabeled, _ = trainer.prepare_batch(self.unlabeled.next(), with_labels=False)
         count = images.shape[0]
         net.eval()
