@@ -96,7 +96,9 @@ class MemoryModel:
     """For a zipped DICOM series; None: as ``bytes_per_voxel``."""
 
     def need(self, voxels: int, series: bool = False) -> int:
-        per_voxel = self.series_bytes_per_voxel if series and self.series_bytes_per_voxel else self.bytes_per_voxel
+        per_voxel = self.bytes_per_voxel
+        if series and self.series_bytes_per_voxel:  # never below the NIfTI rate an operator may have raised
+            per_voxel = max(per_voxel, self.series_bytes_per_voxel)
         return int(self.base_bytes + per_voxel * voxels)
 
 

@@ -86,7 +86,7 @@ from segcore.inference.predictor import Predictor
 from segcore.inference.stage import PRECISIONS
 from segcore.labels import ORGAN_IDS
 from segcore.outputs.case import DICOM_OUTPUTS, build_case, dicom_refusal, organ_subset, publish
-from segcore.outputs.records import ResultRow, has_record, organ_measures, rebuild_table, write_record
+from segcore.outputs.records import ResultRow, organ_measures, rebuild_table, record_path, write_record
 from segcore.outputs.source_series import DicomOutputUnavailable
 from segcore.runtime import distributed
 from segcore.runtime.allocator import keep_freed_memory
@@ -293,7 +293,7 @@ def settle_case(
 def skipped(case: Case, output_dir: Path) -> CaseResult:
     """A case whose outputs exist; its record stays as the run that wrote them left it."""
     result = CaseResult(case.name, case.output_name, "skipped")
-    if not has_record(output_dir, case.case_id):  # outputs from before records existed
+    if ResultRow.read(record_path(output_dir, case.case_id)) is None:  # no record, or one that cannot be read
         try:
             write_record(output_dir, record_of(case, result, {}))
         except OSError as error:

@@ -365,13 +365,7 @@ class SegmentationNetwork(nn.Module):
             auxiliary: (``deep_supervision`` only) a list: the logits, then those of each
                 auxiliary head, highest resolution first (decoder level ``l`` is at ``1 / 2**(l+1)``).
         """
-        self.check_input(x)
-        if half_resolution and self.output_stride != 2 and not self.residual_output:
-            raise ValueError(
-                f"{type(self).__name__}: half_resolution logits exist only with output_stride 2 or residual_output"
-            )
-        if auxiliary and not self.init_args["deep_supervision"]:
-            raise ValueError(f"{type(self).__name__}: auxiliary outputs need deep_supervision")
+        self.check_input(x, half_resolution, auxiliary)
         return self.decode(self.encode(x), x, half_resolution, auxiliary)
 
     def decode(
@@ -416,9 +410,14 @@ class SegmentationNetwork(nn.Module):
             skips.append(features)
         return skips
 
-    def check_input(self, x: torch.Tensor) -> None:
-        """Raise ``ValueError`` unless ``x`` is ``(N, in_channels, D, H, W)`` with a valid size."""
+    def check_input(self, x: torch.Tensor, half_resolution: bool = False, auxiliary: bool = False) -> None:
+        """Raise ``ValueError`` unless ``x`` is ``(N, in_channels, D, H, W)`` with a valid size and
+        the outputs asked for exist."""
         name = type(self).__name__
+        if half_resolution and self.output_stride != 2 and not self.residual_output:
+            raise ValueError(f"{name}: half_resolution logits exist only with output_stride 2 or residual_output")
+        if auxiliary and not self.init_args["deep_supervision"]:
+            raise ValueError(f"{name}: auxiliary outputs need deep_supervision")
         if x.ndim != 5 or x.shape[1] != self.init_args["in_channels"]:
             raise ValueError(
                 f"{name}: input of shape {tuple(x.shape)}, expected (N, {self.init_args['in_channels']}, z, y, x)"

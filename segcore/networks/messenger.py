@@ -151,7 +151,7 @@ class MessengerNet(nn.Module):
     def forward(
         self, x: torch.Tensor, half_resolution: bool = False, auxiliary: bool = False
     ) -> torch.Tensor | list[torch.Tensor]:
-        self.net.check_input(x)
+        self.net.check_input(x, half_resolution, auxiliary)
         skips = self.net.encode(x)
         skips[-1] = self.messenger(skips[-1])
         return self.net.decode(skips, x, half_resolution, auxiliary)

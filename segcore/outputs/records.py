@@ -86,12 +86,15 @@ class OrganMeasures(_Record):
 
 class ResultRow(_Record):
     """One case's row of the results table, as ``predict`` keeps it in ``.records/<id>.json`` and
-    ``review.sh`` reads it."""
+    ``review.sh`` reads it. Read leniently: a key of another version is ignored, and the two keys
+    records before this model lacked (``input_dir``, ``mask``) default to empty."""
+
+    model_config = ConfigDict(extra="ignore")
 
     case: str = Field(description="the case id")
     input: str = Field(description="the input's name in its folder (a file or a DICOM series folder)")
-    input_dir: str = Field(description="the input's folder, absolute")
-    mask: str = Field(description="the mask's name in the output folder")
+    input_dir: str = Field("", description="the input's folder, absolute")
+    mask: str = Field("", description="the mask's name in the output folder")
     status: Literal["written", "skipped", "failed"]
     seconds: float
     verdict: Literal["", "ok", "review", "fail"] = Field(description="the quality verdict; empty when none was made")
@@ -211,7 +214,3 @@ def rebuild_table(output_dir: Path) -> int:
 def organ_measures(statistics: dict[str, dict[str, Any]]) -> dict[str, OrganMeasures]:
     """The record's ``organs`` from :func:`segcore.inference.postprocess.organ_statistics`."""
     return {name: OrganMeasures(volume_ml=s["volume_ml"], mean_hu=s["mean_hu"]) for name, s in statistics.items()}
-
-
-def has_record(output_dir: Path, case_id: str) -> bool:
-    return os.path.exists(record_path(output_dir, case_id))

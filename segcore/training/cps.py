@@ -173,6 +173,11 @@ class CPSConfig:
         if self.method != "cps" and (self.networks != 1 or self.rounds != 1 or self.weak_strong):
             raise ValueError(f"semi.method={self.method} trains one network in one round: semi.networks=1, "
                              "semi.rounds=1, no semi.weak_strong")  # fmt: skip
+        if self.ddim_steps < 2 or self.cutmix_size < 1 or not 0.0 <= self.ema_decay <= 1.0:
+            raise ValueError(
+                f"semi.ddim_steps={self.ddim_steps} (>= 2), semi.cutmix_size={self.cutmix_size} (>= 1), "
+                f"semi.ema_decay={self.ema_decay} (in [0, 1]): one is out of range"
+            )
         if self.round_init not in ROUND_INITS:
             raise ValueError(f"semi.round_init={self.round_init!r}: expected one of {ROUND_INITS}")
         if self.rampup_share is not None and not 0 <= self.rampup_share <= 1:

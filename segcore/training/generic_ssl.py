@@ -42,7 +42,7 @@ class LabelDiffusion:
 
     def _alpha(self, t: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
         """ᾱ_t as a tensor broadcasting over ``like`` (``t``: an int or one step per batch item)."""
-        alpha = self.alphas_cumprod[torch.as_tensor(t, dtype=torch.long)].to(like.device, like.dtype)
+        alpha = self.alphas_cumprod[torch.as_tensor(t, dtype=torch.long).cpu()].to(like.device, like.dtype)
         return alpha.reshape(-1, *([1] * (like.ndim - 1))) if alpha.ndim else alpha
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor | int, noise: torch.Tensor) -> torch.Tensor:
@@ -76,7 +76,7 @@ class LabelDiffusion:
     ) -> torch.Tensor:
         """DDIM from pure noise over :meth:`ddim_timesteps` (``count``), ``denoise(x_t, t)`` giving
         the predicted ``x₀``; returns the last prediction of ``x₀`` (each clamped to [−1, 1])."""
-        x = torch.randn(tuple(shape), generator=generator, device=device)
+        x = torch.randn(tuple(shape), generator=generator).to(device)  # drawn where the generator lives
         timesteps = self.ddim_timesteps(count)
         x0 = x
         for index in reversed(range(count)):
@@ -192,6 +192,10 @@ class AggregatingDecouplingStep:
 
         if len(trainer.members) != 1 or not isinstance(trainer.members[0].module, AggregatingDecouplingNet):
             raise ValueError("semi.method=ad_generic trains one network of network.arch ad_generic (semi.networks: 1)")
+        if trainer.context.distributed:  # its three decoders are run one by one, outside DDP's forward
+            raise ValueError(
+                "semi.method=ad_generic runs in one process (--nproc 1): its gradients are not synchronised"
+            )
         self.config = config
         self.unlabeled = unlabeled_stream(trainer, config)
         self.rampup_steps = config.rampup_length(trainer.total_steps)
@@ -227,7 +231,7 @@ class AggregatingDecouplingStep:
             def denoise(x_t: torch.Tensor, t: int) -> torch.Tensor:
                 return net.denoise(unlabeled, x_t, torch.full((shape[0],), t, device=device))
 
-            sampled = self.diffusion.sample(denoise, shape, config.ddim_steps, trainer.generator).to(device)
+            sampled = self.diffusion.sample(denoise, shape, config.ddim_steps, trainer.generator, device)
             soft = F.gumbel_softmax(sampled.float(), tau=1.0, hard=False, dim=1)
             votes = gaussian_smooth(soft) + torch.softmax(net.labeled(unlabeled).float(), dim=1)
             pseudo = votes.argmax(1)

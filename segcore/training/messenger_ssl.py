@@ -95,7 +95,8 @@ class SemanticDomainStep:
         images, labels = trainer.prepare_batch(batch, with_labels=True)
         images = random_fourier_mix(images, images, trainer.augment, trainer.generator)  # as the control's
         unlabeled, _ = trainer.prepare_batch(self.unlabeled.next(), with_labels=False)
-        count = images.shape[0]
+        count = min(images.shape[0], unlabeled.shape[0])  # a short last batch on either side: pair what pairs
+        images, labels, unlabeled = images[:count], labels[:count], unlabeled[:count]
         net.eval()
         with torch.no_grad():
             pseudo = trainer.run(member.net, unlabeled).float().argmax(1)

@@ -469,3 +469,12 @@ def test_a_bundle_comes_gzip_encoded_to_a_client_that_accepts_it(series_with_uid
     plain = post(client, "series.zip", zipped_series(series_with_uids), params={"output": "bundle"},
                  headers={"Accept-Encoding": "identity"})  # fmt: skip
     assert "content-encoding" not in plain.headers and plain.json()["organs"] == bundle["organs"]
+
+
+def test_a_series_is_never_estimated_below_the_nifti_rate():
+    from inference_server.admission import MemoryModel
+
+    assert MemoryModel(4.0, 0, 0, 0, 7.6).need(1000, series=True) == 7600
+    # an operator who raised the NIfTI rate (SEGMENT_MEMORY_BYTES_PER_VOXEL=15) keeps it for series too
+    assert MemoryModel(15.0, 0, 0, 0, 7.6).need(1000, series=True) == 15000
+    assert MemoryModel(15.0, 0, 0, 0, 7.6).need(1000) == 15000

@@ -209,3 +209,24 @@ def test_values_that_are_not_hounsfield_units_are_a_warning_in_the_record_and_ta
     assert warning in table(out)["scaled"]["warnings"] and "Hounsfield" not in table(out)["plain"]["warnings"]
     assert f"WARNING scaled_0000.nii.gz: {warning}" in predict.summary(list(results.values()), 1.0)
     assert sitk.ReadImage(str(out / "scaled.nii.gz")).GetSize() == geometry.size
+
+
+def test_a_skipped_case_whose_record_cannot_be_read_gets_it_back(real_data, tmp_path):
+    # A record another version wrote (or a broken one) left the case out of summary.csv for good:
+    # a rerun skipped the case and kept the record because a file of that name existed.
+    import shutil
+
+    from predict.batch import skipped
+    from segcore.outputs.records import RECORDS, ResultRow
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(real_data / "abdomen_ct_3mm.nii.gz", folder / "ct_0000.nii.gz")
+    out = tmp_path / "out"
+    out.mkdir()
+    (case,), _, _ = find_cases(folder, out)
+    (out / RECORDS).mkdir()
+    (out / RECORDS / "ct.json").write_text("{not json")
+    assert skipped(case, out).status == "skipped"
+    repaired = ResultRow.read(out / RECORDS / "ct.json")
+    assert repaired is not None and repaired.case == "ct" and repaired.status == "skipped"

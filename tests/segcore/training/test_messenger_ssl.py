@@ -59,3 +59,28 @@ def test_the_one_network_methods_refuse_a_pair_rounds_or_an_unknown_name():
             CPSConfig(method=method, networks=1, rounds=2)
     with pytest.raises(ValueError, match="semi.method='mean_teacher'"):
         CPSConfig(method="mean_teacher")
+
+
+def test_out_of_range_settings_of_the_new_methods_are_refused():
+    import pytest
+
+    from segcore.training.cps import CPSConfig
+
+    for bad in ({"ddim_steps": 1}, {"cutmix_size": 0}, {"ema_decay": 1.5}):
+        with pytest.raises(ValueError, match="out of range"):
+            CPSConfig(method="ad_generic", networks=1, **bad)
+
+
+def test_a_wrapped_net_without_its_method_is_refused_in_words(tiny_store, tmp_path):
+    import subprocess
+
+    from tests.segcore.training.conftest import ROOT
+
+    result = subprocess.run(
+        ["sh", str(ROOT / "coarse_seg" / "run.sh"), "--nproc", "1", "--config",
+         str(ROOT / "coarse_seg" / "config.tiny.yaml"), f"store={tiny_store}", f"output_dir={tmp_path / 'x'}",
+         "train.epochs=1", "network.arch=sd_messenger"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "network.arch=sd_messenger is trained by semi.method=sd_messenger" in result.stdout + result.stderr
