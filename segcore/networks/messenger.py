@@ -5,9 +5,11 @@ A batch holds labeled cases in its first half and unlabeled ones in its second. 
 feature map is a token. The **labeled** half's tokens attend to the **unlabeled** half's (the
 domain messenger, "unlabeled to labeled": what the other domains look like reaches the labeled
 features); the unlabeled half attends to itself. The attention is over channels, as in the
-released code: queries' channels against keys' channels, the voxels contracted, a ``C × C`` map
-per head (the keys and values of every unlabeled case of the batch side by side for a labeled
-one), its logits instance-normalised rather than scaled, softmax, dropout.
+released code: queries' channels against keys' channels, the voxels contracted, the logits
+instance-normalised rather than scaled, softmax, dropout. The unlabeled half does it per head (a
+``C × C`` map each); a labeled case's ``C·H`` query channels attend, as one head, to the key
+channels of every unlabeled case of the batch side by side (``B·C·H`` of them in training, the
+case's own ``C·H`` at inference, where it is its own partner), as the released code does.
 
 Around it: a 1×1×1 convolution and GELU make the tokens, a LayerNorm before the attention, a
 residual, a LayerNorm and a 1×1×1 convolution and GELU after it (the released block), and an
