@@ -44,7 +44,41 @@ def timestep_embedding(t: torch.Tensor, channels: int = TIME_CHANNELS) -> torch.
     return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
 
 
-class AggregatingDecouplingNet(nn.Module):
+class WrappedNet(nn.Module):
+    """A net built around one of :data:`BASES` (its :meth:`inner` net): the output grid and the
+    auxiliary levels are the inner net's; the constructor takes ``base``, :attr:`own_arguments`
+    and the base net's arguments."""
+
+    own_arguments: tuple[str, ...] = ()
+
+    def inner(self) -> SegmentationNetwork:
+        raise NotImplementedError
+
+    @classmethod
+    def argument_names(cls, init_args: dict[str, Any]) -> list[str]:
+        """The constructor arguments it takes with ``init_args``: ``base``, its own and the base net's."""
+        base = BASES.get(init_args.get("base", "residual_unet3d"))
+        return ["base", *cls.own_arguments, *(inspect.signature(base).parameters if base else [])]
+
+    @staticmethod
+    def base_of(net: nn.Module) -> str:
+        """The name in :data:`BASES` of ``net``'s class."""
+        return next(name for name, kind in BASES.items() if type(net) is kind)
+
+    @property
+    def output_stride(self) -> int:
+        return self.inner().output_stride
+
+    @property
+    def residual_output(self) -> bool:
+        return self.inner().residual_output
+
+    @property
+    def auxiliary_levels(self) -> list[int]:
+        return self.inner().auxiliary_levels
+
+
+class AggregatingDecouplingNet(WrappedNet):
     """Three decoders of ``base`` on one encoder (see the module); ``forward`` is D_θ's."""
 
     def __init__(self, base: str = "residual_unet3d", **init_args: Any):
@@ -68,23 +102,8 @@ class AggregatingDecouplingNet(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    @staticmethod
-    def argument_names(init_args: dict[str, Any]) -> list[str]:
-        """The constructor arguments it takes with ``init_args``: ``base`` and the base net's."""
-        base = BASES.get(init_args.get("base", "residual_unet3d"), ResidualUNet3D)
-        return ["base", *inspect.signature(base).parameters]
-
-    @property
-    def output_stride(self) -> int:
-        return self.unlabeled.output_stride
-
-    @property
-    def residual_output(self) -> bool:
-        return self.unlabeled.residual_output
-
-    @property
-    def auxiliary_levels(self) -> list[int]:
-        return self.unlabeled.auxiliary_levels
+    def inner(self) -> SegmentationNetwork:
+        return self.unlabeled
 
     @property
     def decoders(self) -> dict[str, SegmentationNetwork]:
@@ -93,8 +112,7 @@ class AggregatingDecouplingNet(nn.Module):
     @classmethod
     def from_net(cls, net: SegmentationNetwork) -> AggregatingDecouplingNet:
         """A&D with ``net``'s architecture and its weights in the encoder and all three decoders."""
-        base = next(name for name, kind in BASES.items() if type(net) is kind)
-        combined = cls(base, **net.init_args)
+        combined = cls(cls.base_of(net), **net.init_args)
         for decoder in combined.decoders.values():
             decoder.load_state_dict(net.state_dict())
         return combined

@@ -19,13 +19,13 @@ starts as the identity. At inference a case is its own partner: the batch is pai
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segcore.networks.aggregating import BASES, WrappedNet
 from segcore.networks.blocks import level_channels
 
 
@@ -102,15 +102,13 @@ class DomainMessenger(nn.Module):
         return features + self.gate(self.project(mixed))
 
 
-class MessengerNet(nn.Module):
+class MessengerNet(WrappedNet):
     """One of this product's segmentation nets with a :class:`DomainMessenger` on its deepest
     encoder level (``network.arch: sd_messenger``, ``init_args.base``). In training its batches are
     a labeled half and an unlabeled half; at inference it answers each case alone."""
 
     def __init__(self, base: str = "residual_unet3d", heads: int = 2, dropout: float = 0.1, **init_args: Any):
         super().__init__()
-        from segcore.networks.aggregating import BASES  # one list of base nets
-
         if base not in BASES:
             raise ValueError(f"unknown base network {base!r}; known: {', '.join(sorted(BASES))}")
         self.net = BASES[base](**init_args)
@@ -120,33 +118,15 @@ class MessengerNet(nn.Module):
         channels = level_channels(args["base_channels"], args["depth"], args["max_channels"])
         self.messenger = DomainMessenger(channels[-1], heads, dropout)
 
-    @staticmethod
-    def argument_names(init_args: dict[str, Any]) -> list[str]:
-        """The constructor arguments it takes with ``init_args``: its own and the base net's."""
-        from segcore.networks.aggregating import BASES
+    own_arguments = ("heads", "dropout")
 
-        base = BASES.get(init_args.get("base", "residual_unet3d"))
-        return ["base", "heads", "dropout", *(inspect.signature(base).parameters if base else [])]
-
-    @property
-    def output_stride(self) -> int:
-        return self.net.output_stride
-
-    @property
-    def residual_output(self) -> bool:
-        return self.net.residual_output
-
-    @property
-    def auxiliary_levels(self) -> list[int]:
-        return self.net.auxiliary_levels
+    def inner(self) -> nn.Module:
+        return self.net
 
     @classmethod
     def from_net(cls, net: nn.Module, **options: Any) -> MessengerNet:
         """A messenger net with ``net``'s architecture and weights (the messenger starts as the identity)."""
-        from segcore.networks.aggregating import BASES
-
-        base = next(name for name, kind in BASES.items() if type(net) is kind)
-        combined = cls(base, **options, **net.init_args)
+        combined = cls(cls.base_of(net), **options, **net.init_args)
         combined.net.load_state_dict(net.state_dict())
         return combined
 

@@ -170,7 +170,36 @@ def gaussian_smooth(volumes: torch.Tensor, sigma: float = 1.0, size: int = 3) ->
     return out
 
 
-class AggregatingDecouplingStep:
+class OneNetworkStep:
+    """What the one-network methods share: the check of the run's one net, the unlabeled stream,
+    the ramp-up length, GenericSSL's difficulty weights and their resumable state."""
+
+    network: type[nn.Module] = nn.Module
+    method = ""
+
+    def __init__(self, trainer, config):
+        from segcore.training.cps import unlabeled_stream
+
+        if len(trainer.members) != 1 or not isinstance(trainer.members[0].module, self.network):
+            raise ValueError(
+                f"semi.method={self.method} trains one network of network.arch {self.method} (semi.networks: 1)"
+            )
+        self.config = config
+        self.unlabeled = unlabeled_stream(trainer, config)
+        self.rampup_steps = config.rampup_length(trainer.total_steps)
+        self.difficulty = DifficultyWeights(trainer.members[0].module.init_args["num_classes"])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"unlabeled": self.unlabeled.state_dict(), "difficulty": self.difficulty.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("unlabeled"):
+            self.unlabeled.load_state_dict(state["unlabeled"])
+        if state.get("difficulty"):
+            self.difficulty.load_state_dict(state["difficulty"])
+
+
+class AggregatingDecouplingStep(OneNetworkStep):
     """One A&D step (``semi.method: ad_generic``) of the one :class:`AggregatingDecouplingNet`:
 
     1. D_θ's parameters ← ``ema_decay`` · D_θ + (1 − ``ema_decay``) · mean(D_ξ, D_ψ) (by name; the
@@ -187,20 +216,15 @@ class AggregatingDecouplingStep:
     one optimiser step on the sum.
     """
 
-    def __init__(self, trainer, config):
-        from segcore.training.cps import unlabeled_stream
+    network, method = AggregatingDecouplingNet, "ad_generic"
 
-        if len(trainer.members) != 1 or not isinstance(trainer.members[0].module, AggregatingDecouplingNet):
-            raise ValueError("semi.method=ad_generic trains one network of network.arch ad_generic (semi.networks: 1)")
+    def __init__(self, trainer, config):
         if trainer.context.distributed:  # its three decoders are run one by one, outside DDP's forward
             raise ValueError(
                 "semi.method=ad_generic runs in one process (--nproc 1): its gradients are not synchronised"
             )
-        self.config = config
-        self.unlabeled = unlabeled_stream(trainer, config)
-        self.rampup_steps = config.rampup_length(trainer.total_steps)
+        super().__init__(trainer, config)
         self.diffusion = LabelDiffusion()
-        self.difficulty = DifficultyWeights(trainer.members[0].module.init_args["num_classes"])
 
     def __call__(self, trainer, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         from segcore.training.augment import random_fourier_mix
@@ -243,12 +267,3 @@ class AggregatingDecouplingStep:
             "loss/denoising": denoising.item(), "loss/labeled": decoupled.item(), "loss/unlabeled": learned.item(),
             "ad_weight": weight, "difficulty/max": float(weights.max()),
         }  # fmt: skip
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"unlabeled": self.unlabeled.state_dict(), "difficulty": self.difficulty.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("unlabeled"):
-            self.unlabeled.load_state_dict(state["unlabeled"])
-        if state.get("difficulty"):
-            self.difficulty.load_state_dict(state["difficulty"])

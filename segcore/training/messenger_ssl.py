@@ -20,13 +20,11 @@ Each step, with a labeled batch and an unlabeled batch of the same size:
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 
 from segcore.networks.messenger import MessengerNet
-from segcore.training.generic_ssl import DifficultyWeights, batch_dice
+from segcore.training.generic_ssl import OneNetworkStep, batch_dice
 
 
 def cutmix_blocks(
@@ -64,25 +62,18 @@ def cutmix_blocks(
     return mixed, mixed_labels, mask
 
 
-class SemanticDomainStep:
+class SemanticDomainStep(OneNetworkStep):
     """One S&D-Messenger step of the one :class:`MessengerNet` (see the module)."""
 
-    def __init__(self, trainer, config):
-        from segcore.training.cps import unlabeled_stream
+    network, method = MessengerNet, "sd_messenger"
 
-        if len(trainer.members) != 1 or not isinstance(trainer.members[0].module, MessengerNet):
-            raise ValueError(
-                "semi.method=sd_messenger trains one network of network.arch sd_messenger (semi.networks: 1)"
-            )
+    def __init__(self, trainer, config):
         if config.unlabeled_batch_size != trainer.config.data.batch_size:
             raise ValueError(
                 f"semi.method=sd_messenger pairs every labeled case with an unlabeled one: semi.unlabeled_batch_size "
                 f"({config.unlabeled_batch_size}) must equal data.batch_size ({trainer.config.data.batch_size})"
             )
-        self.config = config
-        self.unlabeled = unlabeled_stream(trainer, config)
-        self.rampup_steps = config.rampup_length(trainer.total_steps)
-        self.difficulty = DifficultyWeights(trainer.members[0].module.init_args["num_classes"])
+        super().__init__(trainer, config)
 
     def __call__(self, trainer, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         from segcore.training.augment import random_fourier_mix
@@ -123,12 +114,3 @@ class SemanticDomainStep:
             "loss/labeled": labeled.item(), "loss/unlabeled": learned.item(), "loss/consistency": consistency.item(),
             "sd_weight": weight,
         }  # fmt: skip
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"unlabeled": self.unlabeled.state_dict(), "difficulty": self.difficulty.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("unlabeled"):
-            self.unlabeled.load_state_dict(state["unlabeled"])
-        if state.get("difficulty"):
-            self.difficulty.load_state_dict(state["difficulty"])
