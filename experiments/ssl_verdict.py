@@ -169,6 +169,20 @@ TIERS = (
     ("ad_generic", "sd_messenger", "single_continue"),  # added after the verdict (ssl_shift_design.md)
 )  # fmt: skip
 REPORT_ORDER = [arm for tier in TIERS for arm in tier]
+JUDGED = ("cacps", "ad_generic", "sd_messenger")
+"""The arms each given a verdict sentence by the criterion against ``pair_continue`` (in setting 1 only
+``cacps``, the primary arm, decides; the other two were added after its verdict)."""
+VERSUS_PRIMARY = ("ad_generic", "sd_messenger")
+"""Also reported against ``cacps``."""
+
+SHIFT = "shift"
+"""``--setting shift``: setting 2 of ``experiments/ssl_shift_design.md``: every unlabeled and shifted
+test case drawn in a contrast phase other than the labeled cases' portal venous one."""
+SHIFT_RESULTS = REPO_ROOT / "experiments" / "results" / "ssl_verdict_shift.jsonl"
+SHIFT_TIERS = (("supervised_pair_s1", "pair_continue", "cacps", "ad_generic", "sd_messenger"), ("single_continue",))
+SHIFTED_PHASES = ("non_contrast", "arterial")
+SHIFTED_TEST_SHARE = 0.75
+"""Setting 2's test cases: 36 of 48 shifted (drawn as the unlabeled ones), 12 in the labeled domain's phase."""
 SHORT = {"supervised_pair_s1": "pair@S1", "pair_continue": "pair_cont", "dense_pretrain": "dense_pre",
          "supervised_pair_long": "pair_long", "upper_bound": "upper", "ad_generic": "A&D",
          "sd_messenger": "S&D-Mess", "single_continue": "single"}  # fmt: skip
@@ -223,13 +237,15 @@ def plateau(curve: list[tuple[int, float]], tolerance: float = TOLERANCE) -> tup
     return next(step for step, dice in curve if dice >= final - tolerance), final
 
 
-def verdict(gain: float, interval: tuple[float, float], headroom: float, worst_organ: float, valid: bool) -> str:
-    """The one-sentence verdict by the pre-registered criterion."""
+def verdict(
+    gain: float, interval: tuple[float, float], headroom: float, worst_organ: float, valid: bool, arm: str = PRIMARY
+) -> str:
+    """The one-sentence verdict on ``arm`` by the pre-registered criterion."""
     if not valid:
         return "inconclusive: the validity checks failed (see above), so the benchmark cannot tell"
     needed = max(SUCCESS_GAIN, SUCCESS_HEADROOM_SHARE * headroom)
     if gain >= needed and interval[0] > 0 and worst_organ >= -ORGAN_LOSS:
-        return f"unlabeled data pays: {PRIMARY} beats {CONTROL} by {gain:+.4f} (needed {needed:+.4f})"
+        return f"unlabeled data pays: {arm} beats {CONTROL} by {gain:+.4f} (needed {needed:+.4f})"
     reasons = []
     if gain < needed:
         reasons.append(f"gain {gain:+.4f} < {needed:+.4f} needed")
@@ -237,7 +253,7 @@ def verdict(gain: float, interval: tuple[float, float], headroom: float, worst_o
         reasons.append(f"interval [{interval[0]:+.4f}, {interval[1]:+.4f}] not above 0")
     if worst_organ < -ORGAN_LOSS:
         reasons.append(f"an organ loses {worst_organ:+.4f}")
-    return f"unlabeled data does not pay here: {PRIMARY} vs {CONTROL}: " + "; ".join(reasons)
+    return f"unlabeled data does not pay here: {arm} vs {CONTROL}: " + "; ".join(reasons)
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -250,14 +266,17 @@ class Paths:
     upper_store: Path
     manifest: Path
     results: Path
+    setting: str = "mixed"
 
 
-def paths_of(work: Path, settings: Settings, results: Path | None = None) -> Paths:
+def paths_of(work: Path, settings: Settings, results: Path | None = None, setting: str = "mixed") -> Paths:
     key = f"{settings.labeled_train + settings.validation}_{settings.unlabeled}_{settings.test}_{settings.seed}"
+    key += "_shift" if setting == SHIFT else ""
     size = settings.coarse_size
     return Paths(
         work, work / f"data_{key}", work / f"data_{key}_all_labeled", work / f"store_{key}_{size}.lmdb",
         work / f"store_{key}_{size}_all_labeled.lmdb", work / f"cases_{key}.json", results or work / "results.jsonl",
+        setting,
     )  # fmt: skip
 
 
@@ -287,7 +306,8 @@ def prepare_data(paths: Paths, settings: Settings) -> list[dict[str, Any]]:
         coarse_size=settings.coarse_size, seed=settings.seed,
     )  # fmt: skip
     if not paths.manifest.exists():
-        records = ssl_gain.write_data(paths.data_root, gain_settings)
+        write = write_shift_data if paths.setting == SHIFT else ssl_gain.write_data
+        records = write(paths.data_root, gain_settings)
         paths.manifest.write_text(json.dumps(records, indent=1))
     records = json.loads(paths.manifest.read_text())
     labeled = sorted(r["id"] for r in records if r["split"] == "labeled")
@@ -300,11 +320,36 @@ def prepare_data(paths: Paths, settings: Settings) -> list[dict[str, Any]]:
     return records
 
 
+def write_shift_data(root: Path, settings: ssl_gain.Settings) -> list[dict[str, Any]]:
+    """Setting 2's phantoms: the labeled cases of setting 1; the unlabeled cases and the first 3/4 of
+    the test cases in a phase other than portal venous; the last 1/4 of the test cases portal venous
+    (the rest of each domain drawn as :func:`~segcore.phantom.tissues.sample_domain` draws it)."""
+    from segcore.phantom import write_dataset
+    from segcore.phantom.tissues import PhantomDomain
+
+    workers = min(2, os.cpu_count() or 1)
+    shifted = round(settings.test * SHIFTED_TEST_SHARE)
+    common = {"size": "small", "seed": settings.seed, "workers": workers}
+    records = write_dataset(root, settings.labeled, 0, 0, domain=PhantomDomain(**ssl_gain.LABELED_DOMAIN), **common)
+    records += write_dataset(root, 0, settings.unlabeled, shifted, phases=SHIFTED_PHASES, unlabeled_masks=True,
+                             **common)  # fmt: skip
+    records += write_dataset(root, 0, 0, settings.test - shifted, phases=(IN_DOMAIN,), start=shifted, **common)
+    ids = [record["id"] for record in records]
+    if len(set(ids)) != len(ids):
+        raise RuntimeError(f"{root}: phantom ids collide between the generation calls")
+    return records
+
+
 def test_subsets(paths: Paths) -> dict[str, list[str]]:
+    """The test cases by domain: setting 1 by :func:`~segcore.phantom.tissues.domain_group` (a noisy
+    portal venous case is shifted), setting 2 by contrast phase (its in-domain cases draw their noise)."""
     from segcore.phantom.tissues import domain_group
     from segcore.store import CaseStore
 
-    groups = {r["id"]: domain_group(r["domain"]) for r in json.loads(paths.manifest.read_text())}
+    def group(domain: dict) -> str:
+        return domain["phase"] if paths.setting == SHIFT else domain_group(domain)
+
+    groups = {r["id"]: group(r["domain"]) for r in json.loads(paths.manifest.read_text())}
     reader = CaseStore(paths.store)
     test_ids = reader.ids("test")
     reader.close()
@@ -377,11 +422,17 @@ def job(phase: str, seed: int, arm: str, commands: list[list[str]], run_dir: Pat
     }  # fmt: skip
 
 
+def report_order(setting: str) -> list[str]:
+    """The phase-B arms of a setting, in the priority order of its tiers."""
+    return [arm for tier in (SHIFT_TIERS if setting == SHIFT else TIERS) for arm in tier]
+
+
 def phase_b_jobs(paths: Paths, settings: Settings, run_root: Path, s1: int) -> list[dict[str, Any]]:
-    """Every phase-B run, in the priority order of the tiers (seed order within a tier)."""
+    """Every phase-B run of the setting, in the priority order of its tiers (seed order within a tier)."""
     s2, size, validations = s1 // 2, settings.coarse_size, settings.validations
     spe = max(1, train_size(paths.store) // ssl_gain.BATCH)
     upper_spe = max(1, train_size(paths.upper_store) // ssl_gain.BATCH)
+    half_way = ("cps", "cacps", *(("ad_generic", "sd_messenger") if paths.setting == SHIFT else ()))
     by_arm: dict[str, list[dict]] = {arm: [] for arm in REPORT_ORDER}
     for seed in settings.seeds:
         root = run_root / "phase_b" / f"seed{seed}"
@@ -397,7 +448,7 @@ def phase_b_jobs(paths: Paths, settings: Settings, run_root: Path, s1: int) -> l
                 *extra,
                 f"semi.init_from={start}/last.pt",
             ]
-            if arm in ("cps", "cacps"):
+            if arm in half_way:
                 overrides.append(f"train.keep_steps=[{s2 // 2}]")
             if arm == "cps_uif":
                 overrides += [f"semi.uif_keep={settings.uif_keep}", f"semi.uif_domains={paths.manifest}"]
@@ -431,12 +482,12 @@ def phase_b_jobs(paths: Paths, settings: Settings, run_root: Path, s1: int) -> l
         ))  # fmt: skip
     pseudo = {
         **PSEUDO,
-        **{arm: {f"{arm}@half": f"step{s2 // 2}.pt", f"{arm}@end": "last.pt"} for arm in ("cps", "cacps")},
+        **{arm: {f"{arm}@half": f"step{s2 // 2}.pt", f"{arm}@end": "last.pt"} for arm in half_way},
     }
     for arm, checkpoints in pseudo.items():
         for item in by_arm[arm]:
             item["pseudo"] = checkpoints
-    return [j for arm in REPORT_ORDER for j in by_arm[arm]]
+    return [j for arm in report_order(paths.setting) for j in by_arm[arm]]
 
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
@@ -740,19 +791,21 @@ def phase_a_summary(results: list[dict], subsets: dict[str, list[str]], settings
 
 
 def report(
-    results: list[dict], subsets: dict[str, list[str]], voxels: np.ndarray, settings: Settings
+    results: list[dict], subsets: dict[str, list[str]], voxels: np.ndarray, settings: Settings, setting: str = "mixed"
 ) -> tuple[str, dict]:
     from segcore.labels import ORGANS
 
     names = list(ORGANS.values())
     adrenal = [names.index(n) for n in ADRENALS]
     rng = np.random.default_rng(0)
+    drawn = "phase other than portal venous" if setting == SHIFT else "any domain"
     lines = [
-        f"ssl_verdict: coarse stage {settings.coarse_size}^3, recipe full_res_ds_1e-2; "
-        f"{settings.labeled_train} labeled train + {settings.validation} validation (portal venous, 10 HU), "
-        f"{settings.unlabeled} unlabeled, test " + ", ".join(f"{k} {len(v)}" for k, v in subsets.items())
+        f"ssl_verdict, setting {2 if setting == SHIFT else 1}: coarse stage {settings.coarse_size}^3, recipe "
+        f"full_res_ds_1e-2; {settings.labeled_train} labeled train + {settings.validation} validation (portal venous, "
+        f"10 HU), {settings.unlabeled} unlabeled ({drawn}), test "
+        + ", ".join(f"{k} {len(v)}" for k, v in subsets.items())
     ]
-    figures: dict[str, Any] = {"settings": asdict(settings)}
+    figures: dict[str, Any] = {"settings": asdict(settings), "setting": setting}
     summary = phase_a_summary(results, subsets, settings)
     lines.append("\nPhase A (seed 0, constant rate): validation mean DSC of the pair's ensemble by step")
     for row in sorted((r for r in results if r["phase"] == "A"), key=lambda r: r["arm"]):
@@ -770,7 +823,7 @@ def report(
             f"{summary['headroom_shifted'] >= MIN_HEADROOM}) -> valid: {summary['valid']}"
         )
     figures["phase_a"] = summary
-    arms = [arm for arm in REPORT_ORDER if seeds_of(results, "B", arm)]
+    arms = [arm for arm in report_order(setting) if seeds_of(results, "B", arm)]
     if not arms:
         return "\n".join(lines), figures
 
@@ -800,7 +853,7 @@ def report(
     figures["differences"] = {}
     for checkpoint in ("last", "best"):
         lines.append(f"\n{checkpoint}.pt minus control, per case mean over common seeds; mean [bootstrap 95 %]")
-        for arm, control in CONTROLS.items():
+        for arm, control in [*CONTROLS.items(), *((arm, PRIMARY) for arm in VERSUS_PRIMARY)]:
             common = paired(results, arm, control)
             if not common:
                 continue
@@ -817,29 +870,9 @@ def report(
                 }  # fmt: skip
             lines.append(f"  {arm} - {control}: " + "; ".join(cells) + f" (seeds {', '.join(common)})")
 
-    common = paired(results, PRIMARY, CONTROL)
-    if common:
-        diff = dsc_of(results, "B", PRIMARY, "last", shifted, common) - dsc_of(
-            results, "B", CONTROL, "last", shifted, common
-        )
-        per_organ = diff.mean((0, 1))
-        per_seed = diff.mean((1, 2))
-        large = voxels >= ORGAN_MIN_VOXELS
-        worst = float(per_organ[large].min()) if large.any() else 0.0
-        gain = figures["differences"][f"{PRIMARY}-{CONTROL}/last/shifted"]
-        lines.append(f"\n{PRIMARY} - {CONTROL} per organ, shifted, last.pt (seeds {', '.join(common)}): "
-                     + ", ".join(f"{n} {v:+.4f}" for n, v in zip(names, per_organ)))  # fmt: skip
-        lines.append("  per seed: " + ", ".join(f"s{s} {v:+.4f}" for s, v in zip(common, per_seed)))
-        lines.append(f"  worst organ of >= {ORGAN_MIN_VOXELS} voxels: {worst:+.4f}")
-        figures["primary_per_organ"] = dict(zip(names, per_organ.tolist()))
-        figures["primary_per_seed"] = dict(zip(common, per_seed.tolist()))
-        if summary is not None:
-            complete = set(common) >= {str(seed) for seed in settings.seeds}
-            sentence = verdict(gain["mean"], tuple(gain["ci95"]), summary["headroom_shifted"], worst, summary["valid"])
-            if not complete:
-                sentence = f"not yet decided ({len(common)} of {len(settings.seeds)} seeds); so far: {sentence}"
-            lines.append(f"\nVERDICT: {sentence}")
-            figures["verdict"] = sentence
+    for arm in JUDGED:
+        late = arm != PRIMARY and setting != SHIFT  # setting 1's verdict is the primary arm's
+        lines += judge(results, arm, shifted, voxels, names, summary, settings, figures, late)
 
     scored = sorted((r for r in results if r["phase"] == "B" and r.get("pseudo")), key=lambda r: (r["seed"], unit(r)))
     if scored:
@@ -858,12 +891,55 @@ def report(
     return "\n".join(lines), figures
 
 
+def judge(
+    results: list[dict], arm: str, shifted: list[str], voxels: np.ndarray, names: list[str],
+    summary: dict[str, Any] | None, settings: Settings, figures: dict[str, Any], late: bool = False,
+) -> list[str]:  # fmt: skip
+    """The lines on ``arm`` against the control on the shifted cases: per organ, per seed, the worst
+    organ and (with phase A) its verdict sentence, also kept in ``figures``; none before a paired run.
+    ``late``: an arm added after the setting's verdict, judged by the same criterion, said so."""
+    common = paired(results, arm, CONTROL)
+    if not common:
+        return []
+    diff = dsc_of(results, "B", arm, "last", shifted, common) - dsc_of(results, "B", CONTROL, "last", shifted, common)
+    per_organ, per_seed = diff.mean((0, 1)), diff.mean((1, 2))
+    large = voxels >= ORGAN_MIN_VOXELS
+    worst = float(per_organ[large].min()) if large.any() else 0.0
+    gain = figures["differences"][f"{arm}-{CONTROL}/last/shifted"]
+    lines = [
+        f"\n{arm} - {CONTROL} per organ, shifted, last.pt (seeds {', '.join(common)}): "
+        + ", ".join(f"{n} {v:+.4f}" for n, v in zip(names, per_organ)),
+        "  per seed: " + ", ".join(f"s{s} {v:+.4f}" for s, v in zip(common, per_seed)),
+        f"  worst organ of >= {ORGAN_MIN_VOXELS} voxels: {worst:+.4f}",
+    ]
+    key = "primary" if arm == PRIMARY else arm
+    figures[f"{key}_per_organ"] = dict(zip(names, per_organ.tolist()))
+    figures[f"{key}_per_seed"] = dict(zip(common, per_seed.tolist()))
+    if summary is not None:
+        complete = set(common) >= {str(seed) for seed in settings.seeds}
+        sentence = verdict(gain["mean"], tuple(gain["ci95"]), summary["headroom_shifted"], worst, summary["valid"], arm)
+        if not complete:
+            sentence = f"not yet decided ({len(common)} of {len(settings.seeds)} seeds); so far: {sentence}"
+        label = f"{arm}, by the same criterion, added after the verdict" if late else arm
+        lines.append(f"\nVERDICT ({label}): {sentence}")
+        figures["verdict" if arm == PRIMARY else f"{arm}_verdict"] = sentence
+    return lines
+
+
 # -- main ------------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
     parser = argparse.ArgumentParser(prog="experiments.ssl_verdict", description=__doc__.split("\n")[0])
     parser.add_argument("--work", type=Path, help="folder for data, stores, runs and results (default: a new temp dir)")
     parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}")
     parser.add_argument("--report", action="store_true", help="only the report of what has finished")
+    parser.add_argument(
+        "--setting",
+        choices=("mixed", SHIFT),
+        default="mixed",
+        help="mixed: setting 1 (unlabeled and test cases in any domain); shift: setting 2 "
+        "(experiments/ssl_shift_design.md: unlabeled and shifted test cases in another contrast phase; "
+        f"results in {SHIFT_RESULTS.relative_to(REPO_ROOT)})",
+    )
     parser.add_argument("--phase-a-only", action="store_true", help="stop after phase A")
     parser.add_argument(
         "--arms",
@@ -880,7 +956,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
     parser.add_argument(
         "--results",
         type=Path,
-        help=f"results file (default: {RESULTS.relative_to(REPO_ROOT)}; --quick: WORK/results.jsonl)",
+        help=f"results file (default: {RESULTS.relative_to(REPO_ROOT)}, or the setting's; --quick: WORK/results.jsonl)",
     )
     args = parser.parse_args(argv)
     settings = Settings(**QUICK) if args.quick else Settings()
@@ -894,16 +970,19 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(settings.threads)
     work = (args.work or Path(tempfile.mkdtemp(prefix="ssl_verdict_"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    paths = paths_of(work, settings, args.results or (None if args.quick else RESULTS))
-    settings_key = json.dumps(asdict(settings), sort_keys=True)
-    print(f"ssl_verdict: {work}; {settings}; load average {os.getloadavg()}, {os.cpu_count()} CPUs", flush=True)
+    shift = args.setting == SHIFT
+    results_file = args.results or (None if args.quick else SHIFT_RESULTS if shift else RESULTS)
+    paths = paths_of(work, settings, results_file, args.setting)
+    settings_key = json.dumps({**asdict(settings), **({"setting": SHIFT} if shift else {})}, sort_keys=True)
+    print(f"ssl_verdict: {work}; setting {args.setting}; {settings}; load average {os.getloadavg()}, "
+          f"{os.cpu_count()} CPUs", flush=True)  # fmt: skip
     started = time.perf_counter()
     if not args.report:
         prepare_data(paths, settings)
     subsets = test_subsets(paths)
     voxels = organ_voxels(paths, subsets["shifted"])
     results = read_results(paths.results, settings_key)
-    run_root = work / "runs"
+    run_root = work / ("runs_shift" if shift else "runs")
 
     parallel = args.parallel or settings.parallel
     if not args.report:
@@ -916,11 +995,12 @@ def main(argv: list[str] | None = None) -> int:
             order = to_run(jobs, results)
             run_jobs(only_arms(order, args.arms) if args.arms else order, parallel, paths, results, settings_key,
                      jobs)  # fmt: skip
-    text, figures = report(results, subsets, voxels, settings)
+    text, figures = report(results, subsets, voxels, settings, args.setting)
     print("\n" + text)
-    (work / "report.txt").write_text(text + "\n")
-    (work / "report.json").write_text(json.dumps(figures, indent=1))
-    print(f"\nssl_verdict: {time.perf_counter() - started:.0f} s; report in {work / 'report.txt'}")
+    name = "report_shift" if shift else "report"
+    (work / f"{name}.txt").write_text(text + "\n")
+    (work / f"{name}.json").write_text(json.dumps(figures, indent=1))
+    print(f"\nssl_verdict: {time.perf_counter() - started:.0f} s; report in {work / f'{name}.txt'}")
     return 0
 
 

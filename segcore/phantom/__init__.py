@@ -30,7 +30,7 @@ by seed; a case's randomness depends only on ``(seed, split, index)``.
 from __future__ import annotations
 
 from segcore.phantom.dataset import SPLITS, case_id, case_seed, write_dataset
-from segcore.phantom.generate import OrganMask, Phantom, generate_case
+from segcore.phantom.generate import OrganMask, Phantom, draw_domain, generate_case
 from segcore.phantom.scanner import SIZES
 from segcore.phantom.tissues import PHASES, PhantomDomain, sample_domain
 
@@ -43,6 +43,7 @@ __all__ = [
     "PhantomDomain",
     "case_id",
     "case_seed",
+    "draw_domain",
     "generate_case",
     "sample_domain",
     "write_dataset",

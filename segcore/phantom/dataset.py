@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from segcore.phantom.generate import generate_case
+from segcore.phantom.generate import check_phases, generate_case
 from segcore.phantom.tissues import PhantomDomain, domain_group
 from segcore.volumes import write_volume
 
@@ -90,13 +90,13 @@ def is_clinical(seed: int, split: str, index: int, share: float) -> bool:
 
 
 def _make_case(task: tuple) -> dict:
-    out, split, index, seed, size, domain, threads, mask_dir, randomise, vary, detailed, clinical = task
+    out, split, index, seed, size, domain, threads, mask_dir, randomise, vary, detailed, clinical, phases = task
     started = time.perf_counter()
     full_field = _drawn(seed, split, index, _FIELD_STREAM, SPLITS[split].full_field_share)
     phantom = generate_case(
         case_seed(seed, split, index), size, domain, full_field=full_field, threads=threads, randomise=randomise,
         vary=vary, detailed=is_detailed(seed, split, index, detailed),
-        clinical=is_clinical(seed, split, index, clinical),
+        clinical=is_clinical(seed, split, index, clinical), phases=phases,
     )  # fmt: skip
     generated = time.perf_counter()
     spec, name = SPLITS[split], case_id(split, index)
@@ -151,6 +151,8 @@ def write_dataset(
     vary: bool = False,
     detailed: float = 0.0,
     clinical: float = 0.0,
+    phases: tuple[str, ...] | None = None,
+    start: int = 0,
     progress: bool = True,
 ) -> list[dict]:
     """Generate phantoms and write them in the FLARE22 layout.
@@ -180,6 +182,11 @@ def write_dataset(
             (``generate_case(clinical=True)``: lesions counted as their organ, gallbladder and stomach
             states, the IVC by contrast phase), drawn case by case like ``detailed``
             (:func:`is_clinical`, a stream of its own). Validation cases stay realistic.
+        phases: the cases that draw their own domain draw one of these contrast phases
+            (``generate_case(phases=...)``); None: any.
+        start: index of each split's first case: ``start=36`` writes ``Case_00037`` onwards, with
+            those cases' own seeds, so that cases made by another call (another ``domain`` or
+            ``phases``) join a dataset without replacing its cases.
         progress: show a progress bar.
 
     Returns:
@@ -187,6 +194,9 @@ def write_dataset(
         ``domain_group``), also written to ``out/phantom_cases.json``.
     """
     out = Path(out)
+    check_phases(phases)
+    if start < 0:
+        raise ValueError(f"start: the first case's index must not be negative (got {start})")
     for count, name in ((labeled, "labeled"), (unlabeled, "unlabeled"), (val, "val")):
         if count < 0:
             raise ValueError(f"{name}: number of cases must not be negative (got {count})")
@@ -201,9 +211,10 @@ def write_dataset(
     tasks = [
         (str(out), split, index, seed, size, (val_domain or domain) if split == "val" else domain, threads,
          mask_dirs[split], randomise and split != "val", vary and split != "val",
-         0.0 if split == "val" else float(detailed), 0.0 if split == "val" else float(clinical))
+         0.0 if split == "val" else float(detailed), 0.0 if split == "val" else float(clinical),
+         None if phases is None else tuple(phases))
         for split, count in (("labeled", labeled), ("unlabeled", unlabeled), ("val", val))
-        for index in range(count)
+        for index in range(start, start + count)
     ]  # fmt: skip
     for name, spec in SPLITS.items():
         for folder in (spec.image_dir, mask_dirs[name]):

@@ -17,6 +17,7 @@ from segcore.phantom.patient import detailed_habitus, sample_patient, spine_setb
 from segcore.phantom.scanner import Scan, plan_scan
 from segcore.phantom.shapes import Grid
 from segcore.phantom.tissues import (
+    PHASES,
     PhantomDomain,
     Tissue,
     finding_hu,
@@ -117,6 +118,25 @@ def _streams(root: np.random.SeedSequence) -> dict[str, np.random.SeedSequence]:
     }
 
 
+def check_phases(phases: tuple[str, ...] | None) -> None:
+    """Refuse ``phases`` that are not a non-empty set of :data:`PHASES` (None is any phase)."""
+    if phases is not None and (not phases or set(phases) - set(PHASES)):
+        raise ValueError(f"phases must be a non-empty subset of {PHASES} (got {tuple(phases)})")
+
+
+def draw_domain(
+    rng: np.random.Generator, randomise: bool = False, phases: tuple[str, ...] | None = None
+) -> PhantomDomain:
+    """A case's imaging domain drawn from ``rng`` (:func:`sample_randomised_domain` or
+    :func:`sample_domain`), drawn again until its phase is one of ``phases`` (None: any)."""
+    check_phases(phases)
+    sampler = sample_randomised_domain if randomise else sample_domain
+    while True:
+        domain = sampler(rng)
+        if phases is None or domain.phase in phases:
+            return domain
+
+
 def generate_case(
     seed: SeedLike,
     size: str = "small",
@@ -130,6 +150,7 @@ def generate_case(
     vary: bool = False,
     detailed: bool = False,
     clinical: bool = False,
+    phases: tuple[str, ...] | None = None,
 ) -> Phantom:
     """Generate one synthetic abdominal CT with its 13-organ label map.
 
@@ -165,6 +186,9 @@ def generate_case(
             distended with stones, the stomach collapsed with rugae to distended with food, the
             IVC's blood by contrast phase and the caudate lobe around it. Its own streams: off, a
             case is voxel for voxel what it was before this option existed.
+        phases: with ``domain`` None, the drawn domain's contrast phase is one of these: the domain
+            is drawn again from its own stream until it is (the rest of the domain as drawn, the
+            patient and the grid unchanged). None: any phase.
 
     Returns:
         The :class:`Phantom`.
@@ -179,8 +203,7 @@ def generate_case(
     patient, organs, vessels, scan, arms, findings = _draw_anatomy(
         streams, size, full_field, geometry, vary, detailed, clinical
     )
-    drawn_domain = (sample_randomised_domain if randomise else sample_domain)(rng("domain"))
-    domain = drawn_domain if domain is None else domain
+    domain = draw_domain(rng("domain"), randomise, phases) if domain is None else domain
 
     grid = scan.grid
     bowel_detail = rng("bowel_detail") if detailed else None

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from unittest import mock
 
+import numpy as np
 import pytest
 
 from experiments.ssl_verdict import (
+    Settings,
     arm_names,
     dsc_of,
     fingerprint,
@@ -17,9 +20,12 @@ from experiments.ssl_verdict import (
     only_arms,
     paired,
     parse_args,
+    paths_of,
     plateau,
     read_results,
+    report,
     start_tag,
+    test_subsets as subsets_of,
     to_run,
     unit,
     verdict,
@@ -196,3 +202,55 @@ def test_parallel_changes_how_many_run_at_once_not_the_design_the_results_are_ke
     assert parse_args([])[0].parallel is None
     with pytest.raises(SystemExit):
         parse_args(["--parallel", "0"])
+
+
+def _scored(phase: str, arm: str, dsc: float, cases: list[str], curve=()) -> dict:
+    scores = {"cases": {case: {"dsc": [dsc] * 13} for case in cases}}
+    return {"phase": phase, "seed": 0, "arm": arm, "curve": list(curve), "train_s": 1.0,
+            "checkpoints": {"last": scores, "best": scores}}  # fmt: skip
+
+
+def _results(cases: list[str], arms: dict[str, float]) -> list[dict]:
+    flat = [(100, 0.5), (200, 0.7), (300, 0.7), (400, 0.7)]
+    lines = [_scored("A", "supervised_pair", 0.60, cases, flat), _scored("A", "upper_bound", 0.70, cases, flat)]
+    return lines + [_scored("B", arm, dsc, cases) for arm, dsc in arms.items()]
+
+
+@pytest.mark.parametrize("setting", ["mixed", "shift"])
+def test_every_judged_arm_gets_its_own_verdict_against_the_control(setting):
+    cases = ["Case_00001", "Case_00002", "Case_00003"]
+    arms = {"supervised_pair_s1": 0.6, "pair_continue": 0.60, "cacps": 0.61, "ad_generic": 0.65, "sd_messenger": 0.58}
+    subsets = {"in-domain": cases[:1], "shifted": cases, "all": cases}
+    settings = Settings(seeds=(0,), phase_a_steps=400)
+    text, figures = report(_results(cases, arms), subsets, np.full(13, 100.0), settings, setting)
+    assert "VERDICT (cacps): unlabeled data does not pay here: cacps vs pair_continue: gain +0.0100" in text
+    late = ", by the same criterion, added after the verdict" if setting == "mixed" else ""
+    assert f"VERDICT (ad_generic{late}): not yet decided (1 of 1 seeds)" not in text  # one seed is all of them here
+    assert f"VERDICT (ad_generic{late}): unlabeled data pays: ad_generic beats pair_continue by +0.0500" in text
+    assert f"VERDICT (sd_messenger{late}): unlabeled data does not pay here: sd_messenger vs pair_continue" in text
+    assert figures["ad_generic_verdict"].startswith("unlabeled data pays")
+    assert figures["differences"]["ad_generic-cacps/last/shifted"]["mean"] == pytest.approx(0.04)
+    assert figures["differences"]["sd_messenger-cacps/last/shifted"]["mean"] == pytest.approx(-0.03)
+
+
+def test_setting_2_groups_its_test_cases_by_phase_and_keeps_its_own_files(tmp_path):
+    settings = Settings()
+    mixed, shift = paths_of(tmp_path, settings), paths_of(tmp_path, settings, setting="shift")
+    assert len({mixed.data_root, shift.data_root}) == 2 and len({mixed.store, shift.store}) == 2
+    assert len({mixed.manifest, shift.manifest}) == 2
+    records = [
+        {"id": "Case_00001", "domain": {"phase": "portal_venous", "noise_sigma_hu": 35.0}},  # noisy: shifted in 1
+        {"id": "Case_00002", "domain": {"phase": "arterial", "noise_sigma_hu": 8.0}},
+        {"id": "Case_00003", "domain": {"phase": "portal_venous", "noise_sigma_hu": 8.0}},
+    ]
+    stored = ["Case_00001", "Case_00002", "Case_00003"]
+    for paths in (mixed, shift):
+        paths.manifest.write_text(json.dumps(records))
+    with mock.patch("segcore.store.CaseStore") as store:
+        store.return_value.ids.return_value = stored
+        assert subsets_of(mixed)["in-domain"] == ["Case_00003"]
+        assert subsets_of(shift)["in-domain"] == ["Case_00001", "Case_00003"]
+        assert subsets_of(shift)["shifted"] == ["Case_00002"]
+    assert parse_args(["--setting", "shift"])[0].setting == "shift"
+    with pytest.raises(SystemExit):
+        parse_args(["--setting", "shifted"])

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from segcore.labels import ORGAN_IDS, ORGANS
-from segcore.phantom import PhantomDomain, case_seed, generate_case, write_dataset
+from segcore.phantom import PhantomDomain, case_seed, draw_domain, generate_case, sample_domain, write_dataset
 from segcore.phantom.__main__ import main as phantom_cli
 from segcore.phantom.patient import sample_patient
 from segcore.phantom.scanner import plan_scan
@@ -218,6 +218,34 @@ def test_case_depends_only_on_seed_split_and_index(tmp_path):
     for name in ("Case_00001_0000.nii.gz", "Case_00002_0000.nii.gz"):
         few = (tmp_path / "few" / "trainu_images" / name).read_bytes()
         assert few == (tmp_path / "many" / "trainu_images" / name).read_bytes()
+    # A case added by a later call from index 2 is the third case of the one call, byte for byte.
+    records = write_dataset(tmp_path / "late", labeled=0, unlabeled=1, val=0, seed=3, start=2, progress=False)
+    assert [r["id"] for r in records] == ["Case_00003"]
+    late = (tmp_path / "late" / "trainu_images" / "Case_00003_0000.nii.gz").read_bytes()
+    assert late == (tmp_path / "many" / "trainu_images" / "Case_00003_0000.nii.gz").read_bytes()
+
+
+def test_phases_condition_the_drawn_domain_and_nothing_else():
+    rng = np.random.default_rng(11)
+    drawn = [draw_domain(rng, phases=("arterial", "non_contrast")).phase for _ in range(200)]
+    assert set(drawn) == {"arterial", "non_contrast"}  # never portal venous, both others
+    assert 60 < drawn.count("arterial") < 140  # each half of the time, as sample_domain weighs them
+    assert draw_domain(np.random.default_rng(4)) == sample_domain(np.random.default_rng(4))
+    plain = generate_case(12, "small")
+    cases = {phase: generate_case(12, "small", phases=(phase,)) for phase in ("arterial", "portal_venous")}
+    for phase, case in cases.items():
+        assert case.meta["domain"]["phase"] == phase
+        assert np.array_equal(case.label, plain.label) and case.geometry == plain.geometry
+    assert cases["arterial"].meta["domain"]["phase"] != cases["portal_venous"].meta["domain"]["phase"]
+
+
+@pytest.mark.parametrize("phases", [(), ("venous",), ("arterial", "late")])
+def test_unknown_phases_are_refused_before_anything_is_written(tmp_path, phases):
+    with pytest.raises(ValueError, match="phases must be"):
+        write_dataset(tmp_path / "out", labeled=1, unlabeled=0, val=0, phases=phases, progress=False)
+    with pytest.raises(ValueError, match="must not be negative"):
+        write_dataset(tmp_path / "out", labeled=1, unlabeled=0, val=0, start=-1, progress=False)
+    assert not (tmp_path / "out").exists()
 
 
 def _files(root: Path) -> dict[str, bytes]:
