@@ -1,10 +1,15 @@
 """The review station's web app: the cases of a ``predict.sh`` output folder, ``fail`` and
-``review`` first, each opened in the organ viewer (``viewer/``) over its CT.
+``review`` first, each opened in the organ viewer (``viewer/``) over its CT, accepted as it is or
+corrected by painting.
 
-Read-only: it reads ``summary.csv``, the case records (``.records/<id>.json``), the masks and the
-inputs, and writes nothing. It serves a file only when the file, with every link in its path
-followed, lies inside its own folder: a mask inside the output folder, a CT inside the input
-folder. The input folder is fixed at start: ``--input-dir``, or the one the records name (every
+It reads ``summary.csv``, the case records (``.records/<id>.json``), the masks and the inputs. It
+writes two names only, both in the output folder (:mod:`review.corrections`): a case's
+``<case>_corrected.nii.gz`` and ``reviews.csv``; never the model's mask, never an input. A write
+needs the station's token (``X-Review-Token``), which the page reads from ``/api/session``: a page
+of another site can neither read it (no cross-origin reads are allowed) nor send the header
+without a preflight the station never grants. It serves a file only when the file, with every link
+in its path followed, lies inside its own folder: a mask inside the output folder, a CT inside the
+input folder. The input folder is fixed at start: ``--input-dir``, or the one the records name (every
 record must name the same, an absolute path below the top of the disk, so that ``/`` or ``/home``
 needs saying with ``--input-dir``). A case's input is one entry of that folder, as ``predict.sh``
 names it; a record written later that names another folder gets 403 (restart to follow it).
@@ -13,25 +18,40 @@ It answers only requests whose ``Host`` is one of its names (127.0.0.1, localhos
 ``--allow-host``): a page on another site cannot reach it through a name that resolves to
 127.0.0.1 (DNS rebinding).
 
-Routes: ``/`` (the page), ``/labels`` (organ colours and the CT window), ``/api/cases`` (the
-list, and the rows of ``summary.csv`` that could not be listed), ``/api/cases/{case}/ct`` and
-``/api/cases/{case}/mask`` (the NIfTI bytes; a DICOM input is read and sent as NIfTI).
+Routes: ``/`` (the page), ``/labels`` (organ colours and the CT window), ``/api/session`` (the
+token), ``/api/cases`` (the list with each case's review, and the rows of ``summary.csv`` that
+could not be listed), ``/api/cases/{case}/ct`` and ``/api/cases/{case}/mask`` (the NIfTI bytes; a
+DICOM input is read and sent as NIfTI; the mask is the correction once the case is ``corrected``,
+``?source=model`` the model's), ``PUT /api/cases/{case}/correction`` (the painted label map) and
+``POST /api/cases/{case}/accept``. A save answers with the review it made and the one it replaced
+(another tab's save of the same case: the later save wins, and says so).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+from review.corrections import (
+    BYTES_PER_VOXEL,
+    HEADER_ALLOWANCE,
+    REVIEWS,
+    CorrectionError,
+    ReviewBook,
+    corrected_name,
+    save_correction,
+)
 from review.table import read_table
 from segcore.labels import display_table
 from segcore.outputs.records import RECORDS, TABLE, RecordCache, ResultRow
@@ -46,6 +66,7 @@ HOSTS = ("127.0.0.1", "localhost")
 """The names the station answers to by default: the address it is bound to and the loopback name."""
 PROBLEMS_LISTED = 100
 """At most this many of the table's problems are sent to the page (with their count)."""
+TOKEN_HEADER = "X-Review-Token"
 
 
 class ReviewError(ValueError):
@@ -59,6 +80,7 @@ class Listing:
     cases: dict[str, dict[str, Any]]
     """The listed rows by case id."""
     records: dict[str, ResultRow]
+    reviews: dict[str, Any]
     body: bytes
 
 
@@ -76,6 +98,9 @@ class Review:
         self.input_dir_given = input_dir is not None
         self.input_dir = Path(input_dir).resolve() if input_dir is not None else self.recorded_input_dir()
         self.lock = threading.Lock()
+        self.book = ReviewBook(self.output_dir)
+        self.write_lock = threading.Lock()
+        """One save at a time: a correction's temporary file is named by the process."""
         self.listing_read: tuple | None = None
         self.latest: Listing | None = None
 
@@ -107,7 +132,7 @@ class Review:
 
     def listing(self) -> Listing:
         """The table and the records, read again only if either changed since last time."""
-        read = (stamp(self.output_dir / TABLE), stamp(self.output_dir / RECORDS))
+        read = (stamp(self.output_dir / TABLE), stamp(self.output_dir / RECORDS), stamp(self.output_dir / REVIEWS))
         with self.lock:
             if read != self.listing_read or self.latest is None:
                 self.latest = self.read_listing()
@@ -117,11 +142,13 @@ class Review:
     def read_listing(self) -> Listing:
         table = read_table(self.output_dir / TABLE)
         records = self.records.read()
+        reviews = self.book.read()
         cases = []
         for row in table.rows:
             if (record := records.get(row["case"])) is not None:  # its lists as written (the table joins them)
                 row = {**row, "quality_reasons": record.quality_reasons, "warnings": record.warnings}
-            cases.append(row)
+            review = reviews.get(row["case"])
+            cases.append({**row, "review": {"status": review.status, "time": review.time} if review else None})
 
         def rank(case: dict) -> tuple[int, str]:
             return (0 if case["status"] == "failed" else VERDICT_ORDER.get(case["verdict"], 3)), case["case"]
@@ -132,7 +159,7 @@ class Review:
             "problems": table.problems[:PROBLEMS_LISTED], "problem_count": len(table.problems),
         }  # fmt: skip
         body = json.dumps(answer, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
-        return Listing({case["case"]: case for case in cases}, records, body)
+        return Listing({case["case"]: case for case in cases}, records, reviews, body)
 
     def case(self, case_id: str) -> tuple[dict[str, Any], ResultRow | None]:
         """The case's summary row and its record (None when it has none that can be read); 404 for a
@@ -142,10 +169,24 @@ class Review:
             raise HTTPException(404, f"no case {case_id!r} in {self.output_dir / TABLE}")
         return listing.cases[case_id], listing.records.get(case_id)
 
-    def mask_path(self, case_id: str) -> Path:
-        _, record = self.case(case_id)
+    def mask_path(self, case_id: str, source: str = "review") -> Path:
+        """The model's mask, or with ``source="review"`` the correction of a ``corrected`` case."""
+        row, record = self.case(case_id)
+        if source == "review" and (review := self.listing().reviews.get(case_id)) and review.status == "corrected":
+            return inside(self.output_dir / review.mask, self.output_dir, f"the correction of {case_id}")
         name = record.mask if record is not None and record.mask else f"{case_id}.nii.gz"
         return inside(self.output_dir / name, self.output_dir, f"the mask of {case_id}")
+
+    def writable(self, case_id: str) -> tuple[Path, Path]:
+        """``(the model's mask, where the correction goes)`` of a case that can be reviewed: listed,
+        written, and named so that its correction lies in the output folder (409 / 403 otherwise)."""
+        row, _ = self.case(case_id)
+        if row["status"] != "written":
+            raise HTTPException(409, f"{case_id}: no mask was written for it ({row['status']}): nothing to review")
+        name = corrected_name(case_id)
+        if Path(name).name != name or "\\" in name or case_id.startswith(".") or "\0" in name:
+            raise HTTPException(403, f"{case_id!r}: a correction of it would not be a file of {self.output_dir}")
+        return self.mask_path(case_id, "model"), self.output_dir / name
 
     def ct_path(self, case_id: str) -> Path:
         row, record = self.case(case_id)
@@ -188,9 +229,21 @@ def inside(path: Path, root: Path, what: str) -> Path:
     return resolved
 
 
+def correction_limit(model_mask: Path) -> int:
+    """The most bytes a correction of the case whose model mask is ``model_mask`` may be sent as."""
+    import nibabel as nib
+
+    shape = nib.load(model_mask).shape
+    voxels = 1
+    for n in shape:
+        voxels *= int(n)
+    return voxels * BYTES_PER_VOXEL + HEADER_ALLOWANCE
+
+
 def create_app(output_dir: Path, input_dir: Path | None = None, hosts: tuple[str, ...] = HOSTS) -> FastAPI:
     """The app over ``output_dir``; ``hosts``: the names (``Host`` header, without the port) it answers to."""
     review = Review(output_dir, input_dir)
+    token = secrets.token_urlsafe(32)
     known_hosts = {host.lower() for host in hosts}
     app = FastAPI(title="Review station", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -225,13 +278,59 @@ def create_app(output_dir: Path, input_dir: Path | None = None, hosts: tuple[str
     def labels() -> dict:
         return display_table()
 
+    @app.get("/api/session")
+    def session() -> dict:
+        return {"token": token, "header": TOKEN_HEADER}
+
     @app.get("/api/cases")
     def cases() -> Response:
         return Response(review.listing().body, media_type="application/json")
 
     @app.get("/api/cases/{case_id}/mask")
-    def mask(case_id: str) -> FileResponse:
-        return FileResponse(review.mask_path(case_id), media_type="application/gzip")
+    def mask(case_id: str, source: str = "review") -> FileResponse:
+        if source not in ("review", "model"):
+            raise HTTPException(422, f"source must be review or model (got {source[:40]!r})")
+        path = review.mask_path(case_id, source)
+        return FileResponse(path, media_type="application/gzip", headers={"X-Mask-File": path.name})
+
+    def check_token(request: Request) -> None:
+        sent = request.headers.get(TOKEN_HEADER, "")
+        if not secrets.compare_digest(sent.encode(), token.encode()):
+            raise HTTPException(403, f"a save needs this station's token in {TOKEN_HEADER} (reload the page)")
+
+    def answer(case_id: str, made, replaced) -> dict:
+        listed = {"status": replaced.status, "time": replaced.time} if replaced else None
+        return {"case": case_id, "status": made.status, "time": made.time, "mask": made.mask, "replaced": listed}
+
+    @app.put("/api/cases/{case_id}/correction")
+    async def correction(case_id: str, request: Request) -> dict:
+        check_token(request)
+        model_mask, destination = review.writable(case_id)
+        limit = await run_in_threadpool(correction_limit, model_mask)
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise HTTPException(413, f"{case_id}: the correction is over {limit} bytes, more than its grid needs")
+
+        def save() -> dict:
+            with review.write_lock:
+                counts = save_correction(bytes(body), model_mask, destination)
+                made, replaced = review.book.record(case_id, "corrected", destination.name)
+            return {**answer(case_id, made, replaced), "voxels": counts}
+
+        try:
+            return await run_in_threadpool(save)
+        except CorrectionError as error:
+            raise HTTPException(error.status, f"{case_id}: {error}") from None
+
+    @app.post("/api/cases/{case_id}/accept")
+    def accept(case_id: str, request: Request) -> dict:
+        check_token(request)
+        model_mask, _ = review.writable(case_id)
+        with review.write_lock:
+            made, replaced = review.book.record(case_id, "accepted", model_mask.name)
+        return answer(case_id, made, replaced)
 
     @app.get("/api/cases/{case_id}/ct")
     def ct(case_id: str) -> Response:

@@ -4,6 +4,11 @@
 // One case at a time: a click clears the viewer at once and tags its requests with a generation
 // number (and an AbortController), so an answer for an earlier click is dropped, never drawn under
 // the later case's title. A case that cannot be shown shows its title and the reason, no image.
+//
+// A case on the screen can be accepted (the model's mask is right) or corrected: its label map
+// becomes a drawing, painted organ by organ, and saved as the case's correction. Every action is for
+// the case whose images are on the screen (shownCase), never for one still loading: the buttons are
+// off from a click until its images are drawn, and a save checks again before it sends.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -12,10 +17,17 @@ let viewer = null;
 let listed = []; // the cases, in review order
 let opened = 0; // the generation of the latest click
 let loading = null; // the AbortController of its requests
+let shownCase = null; // {item, row, generation} of the case whose images are on the screen
+let saving = false;
+const session = fetch("/api/session").then(answerJson); // the token a save sends
 const labelTable = fetch("/labels").then(answerJson);
 const viewerReady = labelTable.then((table) => {
   viewer = new SegViewer($("viewer"), table); // ready (WebGL set up) before a case is opened
   viewer.bindOrganTable($("organs"));
+  viewer.onEdit = setActions;
+  $("organ").replaceChildren(
+    ...table.organs.map((organ) => Object.assign(document.createElement("option"), { value: String(organ.id), textContent: organ.name.replaceAll("_", " ") })),
+  );
 });
 let viewerTurn = viewerReady; // what the viewer does (show, clear) runs one thing after the other
 
@@ -65,9 +77,17 @@ function caseRow(item, index) {
   const reasons = [...item.quality_reasons, ...(item.reason ? [item.reason] : [])].join("; ");
   row.append(
     cell(item.case), cell(verdict, item.status === "failed" ? "failed" : item.verdict),
-    cell(item.status), cell(String(Object.keys(item.organs).length)), cell(reasons),
+    cell(item.status), reviewCell(item), cell(String(Object.keys(item.organs).length)), cell(reasons),
   );
   return row;
+}
+
+function reviewCell(item) {
+  const status = item.review ? item.review.status : "";
+  const text = cell(status, status);
+  text.className = `reviewed ${status}`;
+  if (item.review) text.title = `${status} at ${item.review.time}`;
+  return text;
 }
 
 function showMoreRows() {
@@ -95,6 +115,10 @@ function cannotShow(item, reason) {
 async function openCase(item, row) {
   const generation = ++opened;
   const current = () => generation === opened;
+  shownCase = null; // no action for the previous case from now on
+  setActions();
+  $("review-state").textContent = item.review ? `${item.review.status} at ${item.review.time}` : "";
+  $("review-state").className = "";
   if (loading) loading.abort();
   const controller = new AbortController();
   loading = controller;
@@ -124,6 +148,8 @@ async function openCase(item, row) {
       $("organs").tBodies[0].replaceChildren(...rows);
       $("case-view").hidden = false;
       await viewer.show(ct, mask, since);
+      shownCase = { item, row, generation };
+      setActions();
     });
     if (current()) showStatus(`${item.case}: ${item.verdict}`, false);
   } catch (error) {
@@ -131,6 +157,109 @@ async function openCase(item, row) {
     clearViewer();
     cannotShow(item, error.message || String(error));
   }
+}
+
+// The review buttons as the case on the screen allows: none while a case loads or a save is under way.
+function setActions() {
+  const ready = shownCase !== null && shownCase.generation === opened && !saving;
+  const editing = viewer !== null && viewer.editing;
+  $("accept").disabled = !ready || (editing && viewer.changed());
+  $("correct").disabled = !ready || editing;
+  $("edit-tools").hidden = !editing;
+  $("edit-keys").hidden = !editing;
+  $("save").disabled = !ready || !editing;
+  $("undo").disabled = !ready || !viewer.canUndo();
+  $("redo").disabled = !ready || !viewer.canRedo();
+  $("discard").disabled = !ready;
+  for (const button of $("tools").querySelectorAll("button")) {
+    button.setAttribute("aria-pressed", String(editing && viewer.tool === button.value));
+  }
+}
+
+function startCorrecting() {
+  const shown = shownCase;
+  if (!shown) return;
+  inTurn(() => {
+    if (shownCase !== shown) return;
+    viewer.startEditing();
+    $("organ").value = String(viewer.organ);
+    $("brush-size").value = String(viewer.setBrush(Number($("brush").value)));
+  });
+}
+
+function chooseTool(tool) {
+  if (!viewer.editing) return;
+  viewer.setTool(tool, Number($("organ").value));
+  setActions();
+}
+
+function changeBrush(delta) {
+  $("brush").value = String(viewer.setBrush(Number($("brush").value) + delta));
+  $("brush-size").value = $("brush").value;
+}
+
+function stepOrgan(delta) {
+  const select = $("organ");
+  select.selectedIndex = (select.selectedIndex + delta + select.options.length) % select.options.length;
+  chooseTool(viewer.tool === "erase" ? "paint" : viewer.tool);
+}
+
+// Send a review of the case on the screen: its correction (the drawing) or its acceptance.
+async function sendReview(kind) {
+  const shown = shownCase;
+  if (!shown || saving) return;
+  const { item, row } = shown;
+  saving = true;
+  setActions();
+  const said = $("review-state");
+  try {
+    let body = null;
+    if (kind === "correction") {
+      body = await inTurn(async () => {
+        if (shownCase !== shown || shown.generation !== opened) throw new Error("another case was opened: nothing saved");
+        return viewer.drawingBytes();
+      });
+    }
+    const { token, header } = await session;
+    const url = `/api/cases/${encodeURIComponent(item.case)}/${kind === "correction" ? "correction" : "accept"}`;
+    const answer = await answerJson(await fetch(url, { method: kind === "correction" ? "PUT" : "POST", body, headers: { [header]: token } }));
+    const known = item.review;
+    item.review = { status: answer.status, time: answer.time };
+    row.replaceChild(reviewCell(item), row.cells[3]);
+    let text = `${item.case} saved as ${answer.status} at ${answer.time}`;
+    if (answer.replaced) {
+      const elsewhere = !known || known.time !== answer.replaced.time;
+      text += elsewhere
+        ? `; it replaced a review saved elsewhere (another tab?): ${answer.replaced.status} at ${answer.replaced.time}`
+        : `; it replaced the earlier review (${answer.replaced.status} at ${answer.replaced.time})`;
+    }
+    said.textContent = text;
+    said.className = "";
+  } catch (error) {
+    said.textContent = `${item.case}: not saved: ${error.message || error}`;
+    said.className = "error";
+  } finally {
+    saving = false;
+    setActions();
+  }
+}
+
+function onEditKey(event) {
+  if (!viewer || !viewer.editing || event.target.closest("input, select, textarea")) return;
+  const key = event.key.toLowerCase();
+  const command = event.ctrlKey || event.metaKey;
+  const actions = {
+    p: () => chooseTool("paint"), f: () => chooseTool("fill"), e: () => chooseTool("erase"),
+    "[": () => changeBrush(-1), "]": () => changeBrush(1), ",": () => stepOrgan(-1), ".": () => stepOrgan(1),
+  };
+  let action = null;
+  if (command && key === "z") action = event.shiftKey ? () => viewer.redo() : () => viewer.undo();
+  else if (command && key === "y") action = () => viewer.redo();
+  else if (command && key === "s") action = () => sendReview("correction");
+  else if (!command && !event.altKey && key in actions) action = actions[key];
+  if (!action) return;
+  event.preventDefault();
+  action();
 }
 
 function showStatus(text, isError) {
@@ -154,6 +283,16 @@ function rowEvent(event) {
 $("cases").tBodies[0].addEventListener("click", rowEvent);
 $("cases").tBodies[0].addEventListener("keydown", rowEvent);
 $("more").addEventListener("click", showMoreRows);
+$("accept").addEventListener("click", () => sendReview("accept"));
+$("correct").addEventListener("click", startCorrecting);
+$("save").addEventListener("click", () => sendReview("correction"));
+$("undo").addEventListener("click", () => viewer.undo());
+$("redo").addEventListener("click", () => viewer.redo());
+$("discard").addEventListener("click", () => shownCase && openCase(shownCase.item, shownCase.row));
+$("tools").addEventListener("click", (event) => event.target.value && chooseTool(event.target.value));
+$("organ").addEventListener("change", () => chooseTool(viewer.tool === "erase" ? "paint" : viewer.tool));
+$("brush").addEventListener("input", () => changeBrush(0));
+window.addEventListener("keydown", onEditKey);
 
 fetch("/api/cases")
   .then(answerJson)

@@ -16,6 +16,33 @@
   };
   // Keys that step one slice through the view's axis (the 3-plane layout steps the axial plane).
   const STEP_KEYS = { ArrowUp: 1, ArrowRight: 1, PageUp: 1, ArrowDown: -1, ArrowLeft: -1, PageDown: -1 };
+  const TOOLS = { paint: false, fill: true, erase: false }; // NiiVue's filled pen fills the outline drawn
+  const HISTORY = 32; // undo steps kept
+
+  // A label map's voxels as runs (value, length): a drawing of 80 M voxels is a few MB of history.
+  function encodeRuns(bitmap) {
+    const values = [];
+    const lengths = [];
+    let start = 0;
+    for (let i = 1; i <= bitmap.length; i++) {
+      if (i === bitmap.length || bitmap[i] !== bitmap[start]) {
+        values.push(bitmap[start]);
+        lengths.push(i - start);
+        start = i;
+      }
+    }
+    return { values: Uint8Array.from(values), lengths: Uint32Array.from(lengths), size: bitmap.length };
+  }
+
+  function decodeRuns(runs) {
+    const bitmap = new Uint8Array(runs.size);
+    let at = 0;
+    for (let r = 0; r < runs.values.length; r++) {
+      bitmap.fill(runs.values[r], at, at + runs.lengths[r]);
+      at += runs.lengths[r];
+    }
+    return bitmap;
+  }
 
   // The name NiiVue needs to read a NIfTI file's bytes: gzip-ed or not, whatever the file was called.
   function niftiName(stem, buffer) {
@@ -51,9 +78,27 @@
         loadingText: "",
       });
       this.nv.onLocationChange = () => this.showSlice();
+      this.editing = false;
+      this.history = [];
+      this.position = -1;
+      this.onEdit = () => {}; // called after every change of the drawing (stroke, undo, redo)
+      this.nv.onDrawingChanged = (action) => {
+        if (this.editing && action === "draw") this.remember();
+      };
       // WebGL and the shaders are set up now, not when a scan arrives: a page builds its viewer
       // before it has anything to show.
       this.attached = this.nv.attachToCanvas(this.canvas);
+      // A press focuses the canvas (for the arrow keys) without scrolling the page: a browser scrolls a
+      // partly hidden element into view on focus, and a page that jumps under the pen puts the rest of a
+      // stroke elsewhere than its first point.
+      this.canvas.addEventListener(
+        "mousedown",
+        (event) => {
+          event.preventDefault();
+          this.canvas.focus({ preventScroll: true });
+        },
+        { capture: true },
+      );
       window.addEventListener("keydown", (event) => this.onKey(event), { capture: true });
     }
 
@@ -91,6 +136,7 @@
       // Both volumes in one update: addVolume() would remake every layer's texture once per volume added.
       this.nv.volumes = [back, labels];
       this.nv.setVolume(labels, 1);
+      this.centreCrosshair();
       this.setOpacity(this.opacity);
       this.setView(this.view);
       this.nv.gl.finish();
@@ -104,8 +150,10 @@
       this.canvas.dataset.ready = "1";
     }
 
-    // Show nothing: no CT, no mask, no slice (before another case's images are shown, or when they cannot be).
+    // Show nothing: no CT, no mask, no drawing, no slice (before another case's images are shown, or
+    // when they cannot be).
     clear() {
+      this.stopEditing();
       this.nv.volumes = [];
       this.nv.drawScene();
       this.canvas.dataset.ready = "";
@@ -126,8 +174,101 @@
       return table;
     }
 
+    // Correcting: the label map becomes NiiVue's drawing, painted and erased on the CT's grid.
+    startEditing() {
+      if (this.editing || this.nv.volumes.length < 2) return;
+      const labels = this.nv.volumes[1];
+      this.nv.volumes = [this.nv.volumes[0]];
+      this.nv.updateGLVolume();
+      this.nv.setDrawColormap(this.colourTable());
+      this.nv.loadDrawing(labels);
+      this.nv.setDrawOpacity(this.opacity);
+      this.nv.opts.drawFillOverwrites = true;
+      this.editing = true;
+      this.history = [encodeRuns(this.nv.drawBitmap)];
+      this.position = 0;
+      this.setTool(this.tool || "paint", this.organ || this.table.organs[0].id);
+      this.nv.setDrawingEnabled(true);
+      this.canvas.dataset.editing = "1";
+      this.onEdit();
+    }
+
+    stopEditing() {
+      if (!this.editing) return;
+      this.nv.setDrawingEnabled(false);
+      this.nv.closeDrawing();
+      this.editing = false;
+      this.history = [];
+      this.position = -1;
+      this.canvas.dataset.editing = "";
+      this.onEdit();
+    }
+
+    // tool: paint, fill (the outline drawn is filled) or erase; organ: the label painted.
+    setTool(tool, organ) {
+      this.tool = tool;
+      if (organ !== undefined) this.organ = organ;
+      this.nv.setPenValue(tool === "erase" ? 0 : this.organ, TOOLS[tool]);
+    }
+
+    setBrush(size) {
+      this.nv.opts.penSize = Math.max(1, Math.min(31, Math.round(size)));
+      return this.nv.opts.penSize;
+    }
+
+    // After a stroke: the drawing is a new step of the history (the steps undone are dropped).
+    remember() {
+      this.history = this.history.slice(0, this.position + 1);
+      this.history.push(encodeRuns(this.nv.drawBitmap));
+      if (this.history.length > HISTORY) this.history.shift();
+      this.position = this.history.length - 1;
+      this.onEdit();
+    }
+
+    canUndo() {
+      return this.editing && this.position > 0;
+    }
+
+    canRedo() {
+      return this.editing && this.position < this.history.length - 1;
+    }
+
+    undo() {
+      if (this.canUndo()) this.restore(this.position - 1);
+    }
+
+    redo() {
+      if (this.canRedo()) this.restore(this.position + 1);
+    }
+
+    restore(position) {
+      this.position = position;
+      this.nv.drawBitmap = decodeRuns(this.history[position]);
+      this.nv.refreshDrawing(true);
+      this.onEdit();
+    }
+
+    // Whether the drawing differs from the label map it started as.
+    changed() {
+      return this.editing && this.position > 0;
+    }
+
+    // The drawing as a gzip-ed NIfTI file in the CT's voxel order and header (NiiVue's own save).
+    async drawingBytes() {
+      const nifti = await this.nv.saveImage({ filename: "", isSaveDrawing: true, volumeByIndex: 0 });
+      if (!nifti) throw new Error("no drawing to save");
+      const gzip = new Blob([nifti]).stream().pipeThrough(new CompressionStream("gzip"));
+      return new Response(gzip).arrayBuffer();
+    }
+
     // Redraw the label layer alone with the colour table (the CT's texture stays as it is).
     async applyColours() {
+      if (this.editing) {
+        this.nv.setDrawColormap(this.colourTable());
+        this.nv.drawScene();
+        this.canvas.dataset.hidden = [...this.hidden].sort((a, b) => a - b).join(",");
+        return;
+      }
       const labels = this.nv.volumes[1];
       labels.setColormapLabel(this.colourTable());
       await this.nv.refreshLayers(labels, 1);
@@ -147,6 +288,7 @@
       this.opacity = value;
       this.slider.value = String(value);
       this.nv.overlayAlphaShader = value;
+      if (this.editing) this.nv.setDrawOpacity(value);
       this.nv.drawScene();
     }
 
@@ -154,7 +296,7 @@
     toggleOrgan(id) {
       if (this.hidden.has(id)) this.hidden.delete(id);
       else this.hidden.add(id);
-      this.coloured = this.nv.volumes.length > 1 ? this.applyColours() : Promise.resolve();
+      this.coloured = this.nv.volumes.length > 1 || this.editing ? this.applyColours() : Promise.resolve();
       return !this.hidden.has(id);
     }
 
@@ -191,8 +333,23 @@
     step(delta) {
       const move = [0, 0, 0];
       move[VIEWS[this.view].axis] = delta;
+      this.centreCrosshair();
       this.nv.moveCrosshairInVox(...move);
       this.showSlice();
+    }
+
+    // The crosshair on the centre of its voxel along every axis: a slice drawn between two voxels
+    // (NiiVue starts at the middle of the volume, a voxel boundary when the count is even) blends
+    // them, and a label on one of the two would show faded, half there.
+    centreCrosshair() {
+      const back = this.nv.volumes[0];
+      if (!back) return;
+      const position = this.nv.scene.crosshairPos;
+      this.nv.scene.crosshairPos = [0, 1, 2].map((axis) => {
+        const count = back.dimsRAS[axis + 1];
+        return (Math.min(count - 1, Math.max(0, Math.floor(position[axis] * count))) + 0.5) / count;
+      });
+      this.nv.drawScene();
     }
 
     showSlice() {
