@@ -1,4 +1,5 @@
-"""``python -m review OUTPUT_DIR [--input-dir DIR] [--port P]``: serve the review station on 127.0.0.1."""
+"""``python -m review OUTPUT_DIR [--input-dir DIR] [--port P]``: serve the review station on 127.0.0.1
+(each case accepted or corrected, ``review.app``)."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     except ReviewError as error:
         print(f"review.sh: {error}", file=sys.stderr)
         return 2
-    print(f"review.sh: open http://127.0.0.1:{args.port}/ (read-only; Ctrl-C stops)", flush=True)
+    print(f"review.sh: open http://127.0.0.1:{args.port}/ (Ctrl-C stops)", flush=True)
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level=args.log_level)
     return 0
 

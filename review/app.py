@@ -52,7 +52,7 @@ from review.corrections import (
     corrected_name,
     save_correction,
 )
-from review.table import read_table
+from review.table import ReviewError, read_table, recorded_input_dir
 from segcore.labels import display_table
 from segcore.outputs.records import RECORDS, TABLE, RecordCache, ResultRow
 from segcore.volumes import VolumeError, is_nifti, nifti_bytes_for_viewing, read_volume
@@ -67,10 +67,6 @@ HOSTS = ("127.0.0.1", "localhost")
 PROBLEMS_LISTED = 100
 """At most this many of the table's problems are sent to the page (with their count)."""
 TOKEN_HEADER = "X-Review-Token"
-
-
-class ReviewError(ValueError):
-    """The output folder cannot be reviewed (no ``summary.csv``, records naming several input folders)."""
 
 
 @dataclass(frozen=True)
@@ -96,39 +92,15 @@ class Review:
         # Kept without their organs: the station lists the table's volumes and opens a record's files.
         self.records = RecordCache(self.output_dir, lambda record: record.model_copy(update={"organs": {}}))
         self.input_dir_given = input_dir is not None
-        self.input_dir = Path(input_dir).resolve() if input_dir is not None else self.recorded_input_dir()
+        if input_dir is None:
+            input_dir = recorded_input_dir(self.output_dir, (r.input_dir for r in self.records.read().values()))
+        self.input_dir = Path(input_dir).resolve() if input_dir is not None else None
         self.lock = threading.Lock()
         self.book = ReviewBook(self.output_dir)
         self.write_lock = threading.Lock()
         """One save at a time: a correction's temporary file is named by the process."""
         self.listing_read: tuple | None = None
         self.latest: Listing | None = None
-
-    def recorded_input_dir(self) -> Path | None:
-        """The one input folder the records name; None when they name none."""
-        named = {record.input_dir for record in self.records.read().values()}
-        named.discard("")
-        if len(named) > 1:
-            raise ReviewError(
-                f"{self.output_dir}: the records name {len(named)} input folders ({', '.join(sorted(named))}); "
-                "say which one with --input-dir"
-            )
-        if not named:
-            return None
-        folder = Path(named.pop())
-        if not folder.is_absolute():
-            raise ReviewError(
-                f"{self.output_dir}: the records name a relative input folder ({folder}), which would mean "
-                "wherever review.sh is started: say which folder with --input-dir"
-            )
-        folder = folder.resolve()
-        if len(folder.parts) < 3:
-            raise ReviewError(
-                f"{self.output_dir}: the records name {folder} as the input folder, the top of the disk or a "
-                f"folder just below it, which would open all of it to the browser: if it really holds the "
-                f"inputs, say so with --input-dir {folder}"
-            )
-        return folder
 
     def listing(self) -> Listing:
         """The table and the records, read again only if either changed since last time."""

@@ -25,6 +25,40 @@ from typing import Any
 
 from segcore.labels import ORGANS
 
+
+class ReviewError(ValueError):
+    """An output folder that cannot be reviewed or exported (no ``summary.csv``, records naming
+    several input folders)."""
+
+
+def recorded_input_dir(output_dir: Path, named: Iterable[str]) -> Path | None:
+    """The one input folder the records of ``output_dir`` name (``named``: their ``input_dir``
+    values); None when they name none. Refused: several folders, a relative one, the top of the
+    disk or a folder just below it (which would open all of it)."""
+    named = set(named) - {""}
+    if len(named) > 1:
+        raise ReviewError(
+            f"{output_dir}: the records name {len(named)} input folders ({', '.join(sorted(named))}); "
+            "say which one with --input-dir"
+        )
+    if not named:
+        return None
+    folder = Path(named.pop())
+    if not folder.is_absolute():
+        raise ReviewError(
+            f"{output_dir}: the records name a relative input folder ({folder}), which would mean "
+            "wherever the command is started: say which folder with --input-dir"
+        )
+    folder = folder.resolve()
+    if len(folder.parts) < 3:
+        raise ReviewError(
+            f"{output_dir}: the records name {folder} as the input folder, the top of the disk or a "
+            f"folder just below it, which would open all of it to the browser: if it really holds the "
+            f"inputs, say so with --input-dir {folder}"
+        )
+    return folder
+
+
 REQUIRED = ("case", "input", "status", "verdict")
 """The columns without which no row can be listed; the others may be missing (then empty)."""
 

@@ -34,23 +34,30 @@ STAGES = {"coarse": ("residual_unet3d", [16, 16, 16]), "fine": ("efficient_conte
 WINNER_BIAS = 100.0
 
 
-def tiny_payload(stage: str, *, winner: int | None = None, seed: int = 0) -> dict:
-    """A checkpoint payload of one tiny net; ``winner``: the class given a bias that wins everywhere."""
+def tiny_payload(stage: str, *, winner: int | None = None, seed: int = 0, networks: int = 1) -> dict:
+    """A checkpoint payload of ``networks`` tiny nets (seeds ``seed``, ``seed + 1``, ...: a pair for
+    cross pseudo supervision starts differently); ``winner``: the class given a bias that wins everywhere."""
     arch, input_size = STAGES[stage]
-    torch.manual_seed(seed)
-    net = build_network(arch, **TINY_NET)
-    if winner is not None:
-        with torch.no_grad():
-            net.head.bias[winner] += WINNER_BIAS
-    return make_payload(stage, [network_entry(net, input_size)], input_size, HU_WINDOW, {"test": True})
+    entries = []
+    for index in range(networks):
+        torch.manual_seed(seed + index)
+        net = build_network(arch, **TINY_NET)
+        if winner is not None:
+            with torch.no_grad():
+                net.head.bias[winner] += WINNER_BIAS
+        entries.append(network_entry(net, input_size))
+    return make_payload(stage, entries, input_size, HU_WINDOW, {"test": True})
 
 
-def write_tiny_weights(folder: Path, *, coarse_winner: int = 1, notice: str | None = None) -> Path:
-    """``folder/coarse.pt`` (class ``coarse_winner`` wins everywhere) and ``folder/fine.pt`` (random),
-    both carrying ``notice`` if given."""
+def write_tiny_weights(
+    folder: Path, *, coarse_winner: int = 1, notice: str | None = None, coarse_networks: int = 1
+) -> Path:
+    """``folder/coarse.pt`` (``coarse_networks`` nets; class ``coarse_winner`` wins everywhere) and
+    ``folder/fine.pt`` (random), both carrying ``notice`` if given."""
     folder.mkdir(parents=True, exist_ok=True)
     extra = {"notice": notice} if notice else {}
-    save_checkpoint(folder / "coarse.pt", {**tiny_payload("coarse", winner=coarse_winner), **extra})
+    coarse = tiny_payload("coarse", winner=coarse_winner, networks=coarse_networks)
+    save_checkpoint(folder / "coarse.pt", {**coarse, **extra})
     save_checkpoint(folder / "fine.pt", {**tiny_payload("fine", seed=1), **extra})
     return folder
 

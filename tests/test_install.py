@@ -30,7 +30,9 @@ tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Py
 ROOT = Path(__file__).resolve().parents[1]
 PIP = (sys.executable, "-m", "pip", "--quiet")
 """The pip of the environment running the tests (``--python`` points it at another environment)."""
-COMMANDS = tuple(f"segcore-{name}" for name in ("predict", "serve", "review", "prepare", "train", "evaluate"))
+COMMANDS = tuple(
+    f"segcore-{name}" for name in ("predict", "serve", "review", "prepare", "train", "evaluate", "export-labels")
+)
 
 INSPECT = """
 import importlib.metadata, json

@@ -137,6 +137,10 @@ def evaluate() -> int | None:
     return _program("segcore-evaluate", "segcore.evaluate.folders:main", None)()
 
 
+def export_labels() -> int | None:
+    return _program("segcore-export-labels", "review.export:main", None)()
+
+
 if __name__ == "__main__":
     name = sys.argv.pop(1) if len(sys.argv) > 1 else ""
     if name not in ("predict", "serve", "review", "prepare", "train", "evaluate"):

@@ -25,10 +25,12 @@ from experiments.ssl_verdict import (
     read_results,
     report,
     start_tag,
-    test_subsets as subsets_of,
     to_run,
     unit,
     verdict,
+)
+from experiments.ssl_verdict import (
+    test_subsets as subsets_of,
 )
 from segcore.networks.checkpoint import CHECKPOINT_FORMAT_VERSION, save_checkpoint
 
