@@ -179,9 +179,13 @@ function setActions() {
 function startCorrecting() {
   const shown = shownCase;
   if (!shown) return;
-  inTurn(() => {
+  inTurn(async () => {
     if (shownCase !== shown) return;
-    viewer.startEditing();
+    const { item } = shown;
+    if (viewer.isDisplayCopy()) showStatus(`${item.case}: loading the scan at full resolution to correct it…`, false);
+    await viewer.startEditing(); // on the scan's own grid: a display copy is swapped out first
+    if (shownCase !== shown || !viewer.editing) return;
+    showStatus(`${item.case}: ${item.verdict}`, false);
     $("organ").value = String(viewer.organ);
     $("brush-size").value = String(viewer.setBrush(Number($("brush").value)));
   });

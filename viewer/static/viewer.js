@@ -44,10 +44,94 @@
     return bitmap;
   }
 
-  // The name NiiVue needs to read a NIfTI file's bytes: gzip-ed or not, whatever the file was called.
-  function niftiName(stem, buffer) {
-    const bytes = new Uint8Array(buffer, 0, 2);
-    return bytes[0] === 0x1f && bytes[1] === 0x8b ? `${stem}.nii.gz` : `${stem}.nii`;
+  const DISPLAY_IN_PLANE = 256; // a display copy's largest in-plane size: a 640-pixel canvas shows no more
+
+  // A NIfTI file's bytes unpacked (gzip-ed or not), by the browser's own gunzip.
+  async function unpacked(buffer) {
+    const head = new Uint8Array(buffer, 0, 2);
+    if (!(head[0] === 0x1f && head[1] === 0x8b)) return buffer;
+    const stream = new Blob([buffer]).stream().pipeThrough(new DecompressionStream("gzip"));
+    return new Response(stream).arrayBuffer();
+  }
+
+  const VOXEL_TYPES = { 2: Uint8Array, 4: Int16Array, 8: Int32Array, 16: Float32Array, 64: Float64Array, 256: Int8Array, 512: Uint16Array, 768: Uint32Array };
+
+  // A NIfTI-1 file (unpacked, little-endian, one file) read enough to resample it: its header's
+  // fields, its first volume's voxels; null for anything else (it is then shown as it is).
+  function niftiVolume(buffer) {
+    if (buffer.byteLength < 352) return null;
+    const view = new DataView(buffer);
+    if (view.getInt32(0, true) !== 348 || view.getUint8(344) !== 0x6e || view.getUint8(345) !== 0x2b) return null;
+    const dims = [1, 2, 3].map((i) => view.getInt16(40 + 2 * i, true));
+    const Type = VOXEL_TYPES[view.getInt16(70, true)];
+    const offset = Math.round(view.getFloat32(108, true));
+    const count = dims[0] * dims[1] * dims[2];
+    if (!Type || dims.some((n) => n < 1) || offset < 352 || offset + count * Type.BYTES_PER_ELEMENT > buffer.byteLength) return null;
+    const slope = view.getFloat32(112, true);
+    const scaled = Number.isFinite(slope) && slope !== 0;
+    return {
+      buffer, view, dims, offset,
+      voxels: new Type(buffer.slice(offset, offset + count * Type.BYTES_PER_ELEMENT)),
+      slope: scaled ? slope : 1, inter: scaled ? view.getFloat32(116, true) : 0,
+    };
+  }
+
+  // A display copy of a volume: every step-th voxel in-plane (the slices all kept), as 8 bits
+  // (value(v) for each voxel v), with the header of the original made to fit: the sample grid starts
+  // at the original's first voxel, so the copy lies exactly where the original does.
+  function displayCopy(volume, step, value) {
+    const [nx, ny, nz] = volume.dims;
+    const [mx, my] = [Math.ceil(nx / step), Math.ceil(ny / step)];
+    const out = new ArrayBuffer(352 + mx * my * nz);
+    const bytes = new Uint8Array(out);
+    bytes.set(new Uint8Array(volume.buffer, 0, 348));
+    const header = new DataView(out);
+    header.setInt16(40, 3, true);
+    header.setInt16(42, mx, true);
+    header.setInt16(44, my, true);
+    for (let i = 4; i < 8; i++) header.setInt16(40 + 2 * i, 1, true);
+    header.setInt16(70, 2, true); // uint8
+    header.setInt16(72, 8, true);
+    header.setFloat32(80, volume.view.getFloat32(80, true) * step, true); // pixdim x, y
+    header.setFloat32(84, volume.view.getFloat32(84, true) * step, true);
+    header.setFloat32(108, 352, true);
+    header.setFloat32(112, 1, true);
+    header.setFloat32(116, 0, true);
+    header.setFloat32(124, 255, true);
+    header.setFloat32(128, 0, true);
+    for (const row of [280, 296, 312]) {
+      for (const column of [0, 1]) header.setFloat32(row + 4 * column, volume.view.getFloat32(row + 4 * column, true) * step, true);
+    }
+    const voxels = volume.voxels;
+    let at = 352;
+    for (let z = 0; z < nz; z++) {
+      for (let y = 0; y < ny; y += step) {
+        const row = (z * ny + y) * nx;
+        for (let x = 0; x < nx; x += step) bytes[at++] = value(voxels[row + x]);
+      }
+    }
+    return out;
+  }
+
+  // The CT windowed to 0-255 and the labels, both as display copies, when the CT is larger in-plane
+  // than the canvas can show; null when it is not (or a file is not plain NIfTI-1: shown as it is).
+  function displayCopies(ct, mask, window) {
+    const [back, labels] = [niftiVolume(ct), niftiVolume(mask)];
+    if (!back || !labels || back.dims.some((n, i) => n !== labels.dims[i])) return null;
+    const step = Math.ceil(Math.max(back.dims[0], back.dims[1]) / DISPLAY_IN_PLANE);
+    if (step < 2) return null;
+    const [low, high] = window;
+    const scale = 255 / (high - low);
+    const { slope, inter } = back;
+    const grey = (v) => Math.min(255, Math.max(0, Math.round((v * slope + inter - low) * scale)));
+    let value = grey;
+    if (back.voxels instanceof Int16Array || back.voxels instanceof Uint16Array) {
+      const offset = back.voxels instanceof Int16Array ? 32768 : 0; // a table of all 65,536 values
+      const table = new Uint8Array(65536);
+      for (let i = 0; i < 65536; i++) table[i] = grey(i - offset);
+      value = (v) => table[v + offset];
+    }
+    return { ct: displayCopy(back, step, value), mask: displayCopy(labels, step, (v) => v), step };
   }
 
   function element(tag, properties, children) {
@@ -81,6 +165,8 @@
       this.editing = false;
       this.history = [];
       this.position = -1;
+      this.shownCount = 0;
+      this.full = null;
       this.onEdit = () => {}; // called after every change of the drawing (stroke, undo, redo)
       this.nv.onDrawingChanged = (action) => {
         if (this.editing && action === "draw") this.remember();
@@ -112,48 +198,108 @@
       this.slider.className = "viewer-opacity";
       this.slider.addEventListener("input", () => this.setOpacity(Number(this.slider.value)));
       this.readout = element("span", { className: "viewer-slice", role: "status" });
+      this.fullButton = element("button", { type: "button", textContent: "Full resolution", hidden: true });
+      this.fullButton.className = "viewer-full";
+      this.fullButton.title = "a copy at a lower in-plane resolution is shown: load the scan as it is";
+      this.fullButton.addEventListener("click", () => this.showFullResolution());
       const views = element("span", { className: "viewer-views", role: "group" }, this.buttons);
       const opacity = element("label", { className: "viewer-opacity-label" }, ["overlay opacity ", this.slider]);
       this.canvas = element("canvas", { className: "viewer-canvas", tabIndex: 0 });
       this.canvas.setAttribute("aria-label", "CT with the organs drawn; mouse wheel or arrow keys change the slice");
-      const tools = element("div", { className: "viewer-tools" }, [views, opacity, this.readout]);
+      const tools = element("div", { className: "viewer-tools" }, [views, opacity, this.readout, this.fullButton]);
       const frame = element("div", { className: "viewer-frame" }, [this.canvas]);
       container.replaceChildren(tools, frame);
     }
 
     // Show a CT and its label map (ArrayBuffers of .nii or .nii.gz files, told apart by their bytes).
     // since: the performance.now() the answer arrived at; firstSliceMs is measured from it.
+    // The label map is NiiVue's drawing layer (setVolumes). A CT larger in-plane than the canvas
+    // shows is first shown as a display copy (every second or
+    // third voxel in-plane, 8 bits, at the CT window): a few times less to parse and to make textures
+    // of, which is most of the wait without a GPU. showFullResolution() swaps in the files as they
+    // are (a button, and before correcting: a correction is painted on the case's own grid).
     async show(ct, mask, since) {
       await this.attached;
-      const [low, high] = this.table.window;
+      const shown = ++this.shownCount;
       const started = performance.now();
-      // An ArrayBuffer as the url: NiiVue reads it, fetching nothing; the name gives the format.
-      const back = await niivue.NVImage.loadFromUrl({ url: ct, name: niftiName("ct", ct), colormap: "gray", cal_min: low, cal_max: high });
-      const labels = await niivue.NVImage.loadFromUrl({ url: mask, name: niftiName("labels", mask), opacity: 1 });
+      const full = { ct: await unpacked(ct), mask: await unpacked(mask) };
+      const inflated = performance.now();
+      const display = displayCopies(full.ct, full.mask, this.table.window);
+      const copied = performance.now();
+      if (shown !== this.shownCount) return; // cleared meanwhile
+      this.full = display ? full : null;
+      this.displayStep = display ? display.step : 1;
+      const [back, labels] = await this.volumesOf(display || full, display ? [0, 255] : this.table.window);
       const parsed = performance.now();
       this.hidden.clear();
-      labels.setColormapLabel(this.colourTable());
-      // Both volumes in one update: addVolume() would remake every layer's texture once per volume added.
-      this.nv.volumes = [back, labels];
-      this.nv.setVolume(labels, 1);
-      this.centreCrosshair();
-      this.setOpacity(this.opacity);
-      this.setView(this.view);
+      this.setVolumes(back, labels);
       this.nv.gl.finish();
       const drawn = performance.now();
       await new Promise((resolve) => requestAnimationFrame(() => resolve()));
-      // Where the time went: reading both files, making the textures and drawing, showing the frame.
-      this.timings = { read_ms: parsed - started, textures_ms: drawn - parsed, frame_ms: performance.now() - drawn };
+      // Where the time went: reading both files (inflating them, the display copies, NiiVue parsing the
+      // copies), making the textures and drawing, showing the frame.
+      this.timings = {
+        read_ms: parsed - started, textures_ms: drawn - parsed, frame_ms: performance.now() - drawn,
+        inflate_ms: inflated - started, display_copy_ms: copied - inflated, parse_ms: parsed - copied,
+      };
       this.firstSliceMs = since === undefined ? null : performance.now() - since;
       this.canvas.dataset.firstSliceMs = this.firstSliceMs === null ? "" : this.firstSliceMs.toFixed(1);
       this.canvas.dataset.hidden = "";
       this.canvas.dataset.ready = "1";
     }
 
+    // NiiVue's images of a pair of unpacked NIfTI files; the CT shown from low to high.
+    async volumesOf(files, [low, high]) {
+      // An ArrayBuffer as the url: NiiVue reads it, fetching nothing; the name gives the format.
+      const back = await niivue.NVImage.loadFromUrl({ url: files.ct, name: "ct.nii", colormap: "gray", cal_min: low, cal_max: high });
+      const labels = await niivue.NVImage.loadFromUrl({ url: files.mask, name: "labels.nii", opacity: 1 });
+      return [back, labels];
+    }
+
+    // The CT as NiiVue's volume, the label map as its drawing layer: one 8-bit texture coloured by a
+    // table in the slice shader, where an overlay volume would be resampled into a colour texture of
+    // the CT's size, slice by slice, a few seconds without a GPU. Correcting paints on it.
+    setVolumes(back, labels) {
+      // The colour table first: setDrawColormap() would remake every texture once more.
+      this.nv.drawLut = niivue.cmapper.makeDrawLut(this.colourTable());
+      this.nv.volumes = [back];
+      this.nv.setVolume(back, 0); // textures made, NiiVue's background set
+      this.nv.loadDrawing(labels);
+      this.nv.setDrawOpacity(this.opacity);
+      this.centreCrosshair();
+      this.setOpacity(this.opacity);
+      this.setView(this.view);
+      this.canvas.dataset.resolution = this.full ? "display" : "full";
+      this.fullButton.hidden = !this.full;
+      this.canvas.dataset.columns = String(back.dims[1]);
+    }
+
+    // Whether a display copy is shown (the files themselves not yet).
+    isDisplayCopy() {
+      return this.full !== null && this.full !== undefined;
+    }
+
+    // The case's files in place of its display copy (nothing when they are shown already).
+    async showFullResolution() {
+      if (!this.isDisplayCopy() || this.editing) return;
+      const shown = this.shownCount;
+      const [back, labels] = await this.volumesOf(this.full, this.table.window);
+      if (shown !== this.shownCount) return; // another case, or none, meanwhile
+      this.full = null;
+      this.displayStep = 1;
+      this.setVolumes(back, labels);
+      this.applyColours();
+    }
+
     // Show nothing: no CT, no mask, no drawing, no slice (before another case's images are shown, or
     // when they cannot be).
     clear() {
+      this.shownCount++;
+      this.full = null;
+      this.fullButton.hidden = true;
       this.stopEditing();
+      if (this.nv.drawBitmap) this.nv.closeDrawing();
+      this.nv.drawBitmap = null;
       this.nv.volumes = [];
       this.nv.drawScene();
       this.canvas.dataset.ready = "";
@@ -174,15 +320,11 @@
       return table;
     }
 
-    // Correcting: the label map becomes NiiVue's drawing, painted and erased on the CT's grid.
-    startEditing() {
-      if (this.editing || this.nv.volumes.length < 2) return;
-      const labels = this.nv.volumes[1];
-      this.nv.volumes = [this.nv.volumes[0]];
-      this.nv.updateGLVolume();
-      this.nv.setDrawColormap(this.colourTable());
-      this.nv.loadDrawing(labels);
-      this.nv.setDrawOpacity(this.opacity);
+    // Correcting: the label map becomes NiiVue's drawing, painted and erased on the CT's own grid
+    // (the files themselves, not a display copy).
+    async startEditing() {
+      await this.showFullResolution();
+      if (this.editing || !this.nv.drawBitmap) return;
       this.nv.opts.drawFillOverwrites = true;
       this.editing = true;
       this.history = [encodeRuns(this.nv.drawBitmap)];
@@ -196,7 +338,6 @@
     stopEditing() {
       if (!this.editing) return;
       this.nv.setDrawingEnabled(false);
-      this.nv.closeDrawing();
       this.editing = false;
       this.history = [];
       this.position = -1;
@@ -262,16 +403,10 @@
     }
 
     // Redraw the label layer alone with the colour table (the CT's texture stays as it is).
+    // The colour table alone is remade (a row of NiiVue's colour-map texture): no volume texture.
     async applyColours() {
-      if (this.editing) {
-        this.nv.setDrawColormap(this.colourTable());
-        this.nv.drawScene();
-        this.canvas.dataset.hidden = [...this.hidden].sort((a, b) => a - b).join(",");
-        return;
-      }
-      const labels = this.nv.volumes[1];
-      labels.setColormapLabel(this.colourTable());
-      await this.nv.refreshLayers(labels, 1);
+      this.nv.drawLut = niivue.cmapper.makeDrawLut(this.colourTable());
+      this.nv.refreshColormaps();
       this.nv.drawScene();
       this.canvas.dataset.hidden = [...this.hidden].sort((a, b) => a - b).join(",");
     }
@@ -287,16 +422,14 @@
     setOpacity(value) {
       this.opacity = value;
       this.slider.value = String(value);
-      this.nv.overlayAlphaShader = value;
-      if (this.editing) this.nv.setDrawOpacity(value);
-      this.nv.drawScene();
+      this.nv.setDrawOpacity(value);
     }
 
     // Show or hide one organ; returns whether it is now shown.
     toggleOrgan(id) {
       if (this.hidden.has(id)) this.hidden.delete(id);
       else this.hidden.add(id);
-      this.coloured = this.nv.volumes.length > 1 || this.editing ? this.applyColours() : Promise.resolve();
+      this.coloured = this.nv.drawBitmap ? this.applyColours() : Promise.resolve();
       return !this.hidden.has(id);
     }
 
@@ -333,7 +466,7 @@
     step(delta) {
       const move = [0, 0, 0];
       move[VIEWS[this.view].axis] = delta;
-      this.centreCrosshair();
+      this.centreCrosshair(); // no draw: the move draws
       this.nv.moveCrosshairInVox(...move);
       this.showSlice();
     }
@@ -349,7 +482,6 @@
         const count = back.dimsRAS[axis + 1];
         return (Math.min(count - 1, Math.max(0, Math.floor(position[axis] * count))) + 0.5) / count;
       });
-      this.nv.drawScene();
     }
 
     showSlice() {
