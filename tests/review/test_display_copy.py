@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 
 from segcore.labels import ORGAN_COLORS, ORGAN_IDS
-from tests.browser import browser_page, colour_count, full_overlay, needs_chromium, pixels
+from tests.browser import browser_page, full_overlay, needs_chromium, pixels
 from tests.review.conftest import review_station
 
 pytestmark = needs_chromium
