@@ -90,10 +90,12 @@ def write_data(work: Path, settings: Settings) -> dict[str, Path]:
     from segcore.phantom.dataset import UNLABELED_MASK_DIR
 
     base = work / "phantoms"
-    if not (base / "phantom_cases.json").exists():
+    written = base / "complete"  # both calls done: an interrupted generation is made again, whole
+    if not written.exists():
         common = {"size": "small", "seed": settings.seed, "workers": min(2, os.cpu_count() or 1), "progress": False}
         write_dataset(base, settings.labeled, 0, 0, domain=PhantomDomain(**ssl_gain.LABELED_DOMAIN), **common)
         write_dataset(base, 0, settings.batch, settings.test, phases=SHIFTED_PHASES, unlabeled_masks=True, **common)
+        written.touch()
     batch = sorted(p.name.removesuffix("_0000.nii.gz") for p in (base / "trainu_images").glob("*_0000.nii.gz"))
     corrected = batch[: settings.corrected]
     roots = {"control": work / "data_control", "reviewed": work / "data_reviewed"}

@@ -120,7 +120,10 @@ class Review:
             if (record := records.get(row["case"])) is not None:  # its lists as written (the table joins them)
                 row = {**row, "quality_reasons": record.quality_reasons, "warnings": record.warnings}
             review = reviews.get(row["case"])
-            cases.append({**row, "review": {"status": review.status, "time": review.time} if review else None})
+            said = None
+            if review is not None:
+                said = {"status": review.status, "time": review.time, "stale": not review.current(self.output_dir)}
+            cases.append({**row, "review": said})
 
         def rank(case: dict) -> tuple[int, str]:
             return (0 if case["status"] == "failed" else VERDICT_ORDER.get(case["verdict"], 3)), case["case"]
@@ -144,7 +147,8 @@ class Review:
     def mask_path(self, case_id: str, source: str = "review") -> Path:
         """The model's mask, or with ``source="review"`` the correction of a ``corrected`` case."""
         row, record = self.case(case_id)
-        if source == "review" and (review := self.listing().reviews.get(case_id)) and review.status == "corrected":
+        review = self.listing().reviews.get(case_id) if source == "review" else None
+        if review and review.status == "corrected" and (self.output_dir / review.mask).exists():
             return inside(self.output_dir / review.mask, self.output_dir, f"the correction of {case_id}")
         name = record.mask if record is not None and record.mask else f"{case_id}.nii.gz"
         return inside(self.output_dir / name, self.output_dir, f"the mask of {case_id}")

@@ -6,9 +6,11 @@ it, renamed over it):
 - ``<case>_corrected.nii.gz``: the label map the reviewer painted, on the case's exact grid (the
   model's mask's size, spacing, origin and direction, as SimpleITK and nibabel read it). The model's
   ``<case>.nii.gz`` is never written.
-- ``reviews.csv`` beside ``summary.csv``: one row per reviewed case, ``case,status,time,mask``:
+- ``reviews.csv`` beside ``summary.csv``: one row per reviewed case, ``case,status,time,mask,stamp``:
   ``accepted`` (the model's mask is right; ``mask`` is the model's) or ``corrected`` (``mask`` is
-  the corrected file), with the UTC time of the save. A later review of a case replaces its row.
+  the corrected file), with the UTC time of the save and the mask file's stamp then (size and
+  modification time): a mask written again afterwards (``predict.sh --overwrite``) makes the review
+  stale, never a label nobody saw. A later review of a case replaces its row.
 
 A correction arrives as the bytes of a NIfTI file (gzip-ed or not) in the voxel order of the
 case's CT, as the viewer saves its drawing. It is refused, with the reason, when it is larger than
@@ -36,7 +38,7 @@ from segcore.volumes import write_volume
 from segcore.volumes.itk import geometry_of
 
 REVIEWS = "reviews.csv"
-FIELDS = ("case", "status", "time", "mask")
+FIELDS = ("case", "status", "time", "mask", "stamp")
 STATUSES = ("accepted", "corrected")
 CORRECTED_SUFFIX = "_corrected.nii.gz"
 BYTES_PER_VOXEL = 2
@@ -63,6 +65,20 @@ class Review:
     status: str
     time: str
     mask: str
+    stamp: str = ""
+
+    def current(self, output_dir: Path) -> bool:
+        """Whether the mask the review names is still the file that was reviewed."""
+        return file_stamp(Path(output_dir) / self.mask) == self.stamp != ""
+
+
+def file_stamp(path: Path) -> str:
+    """A file's size and modification time (``"size:mtime_ns"``), or "" when it is not there."""
+    try:
+        status = path.stat()
+    except OSError:
+        return ""
+    return f"{status.st_size}:{status.st_mtime_ns}"
 
 
 def corrected_name(case_id: str) -> str:
@@ -96,13 +112,14 @@ class ReviewBook:
         return read_reviews(self.output_dir)
 
     def record(self, case_id: str, status: str, mask: str) -> tuple[Review, Review | None]:
-        """Keep ``case_id``'s review; returns it and the review it replaced (None if none)."""
+        """Keep ``case_id``'s review of the mask file ``mask`` (in the output folder, stamped now);
+        returns it and the review it replaced (None if none)."""
         if status not in STATUSES:
             raise ValueError(f"review status must be one of {STATUSES} (got {status!r})")
         with self.lock:
             reviews = self.read()
             previous = reviews.get(case_id)
-            review = Review(case_id, status, now(), mask)
+            review = Review(case_id, status, now(), mask, file_stamp(self.output_dir / mask))
             reviews[case_id] = review
             buffer = io.StringIO()
             writer = csv.DictWriter(buffer, FIELDS, lineterminator="\n")
@@ -151,7 +168,10 @@ def save_correction(data: bytes, model_mask: Path, destination: Path) -> dict[st
     slope, inter = image.dataobj.slope, image.dataobj.inter
     if slope != 1 or inter != 0:
         raise CorrectionError(f"the correction's values are scaled (slope {slope}, intercept {inter}): not labels")
-    labels = np.asarray(image.dataobj.get_unscaled()).reshape(shape[:3])
+    try:
+        labels = np.asarray(image.dataobj.get_unscaled()).reshape(shape[:3])
+    except (OSError, ValueError, EOFError) as error:  # fewer bytes than the header's grid needs
+        raise CorrectionError(f"the correction's voxels are cut short ({error})") from None
     low, high = int(labels.min()), int(labels.max())
     if low < 0 or high > len(ORGANS):
         raise CorrectionError(f"the correction holds values {low}..{high}; organ labels are 0..{len(ORGANS)}")

@@ -7,14 +7,18 @@ reads it:
   ``train_images/<case>_0000.nii.gz`` (the input CT) and ``train_mask/<case>.nii.gz`` (the model's
   mask if accepted, the reviewer's correction if corrected);
 - the other cases with a mask as unlabeled cases: ``trainu_images/<case>_0000.nii.gz``;
-- failed cases (no mask) are left out and named.
+- failed cases (no mask) are left out and named;
+- a review whose mask was written again after it (``reviews.csv``'s stamp: ``predict.sh
+  --overwrite``) is stale: its case goes out unlabeled, named, never as a label nobody saw.
 
 A NIfTI input is copied (gzip-ed if it was not), a DICOM series written as NIfTI with its geometry.
-Every file is written atomically. The command keeps ``exported.json`` in the data root, the files it
-wrote and where from, and replaces only those: run again after more reviews, a case moves from
-unlabeled to labeled; a file of the same name it did not write (the user's own labeled case) is
-never replaced: that case is refused and named. One case that cannot be exported does not stop
-the others; the exit status is 1 when any was refused.
+Every file is written atomically. The command keeps ``exported.json`` in the data root: each file it
+wrote, where from, from which output folder, and its stamp (size, modification time). It replaces
+or removes only such a file, exported from the same output folder and unchanged since: run again
+after more reviews, a case moves from unlabeled to labeled; a file it did not write (the user's own
+labeled case), one another batch exported, or one edited since, is never replaced: that case is
+refused and named, and what the refused case had written by then is taken back. One case that
+cannot be exported does not stop the others; the exit status is 1 when any was refused.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from review.corrections import read_reviews
+from review.corrections import file_stamp, read_reviews
 from review.table import ReviewError, read_table, recorded_input_dir
 from segcore.outputs.records import TABLE, RecordCache
 from segcore.runtime.files import replace_atomically, write_text_atomic
@@ -46,6 +50,8 @@ class ExportReport:
     labeled: dict[str, str] = field(default_factory=dict)
     """case id -> accepted | corrected"""
     unlabeled: list[str] = field(default_factory=list)
+    stale: list[str] = field(default_factory=list)
+    """Reviewed cases whose mask was written again after the review (exported unlabeled)."""
     skipped: dict[str, str] = field(default_factory=dict)
     """case id -> why it is not exported (no mask, a refusal)"""
 
@@ -55,6 +61,9 @@ class ExportReport:
             f"exported {len(self.labeled)} labeled case(s) ({kinds.count('accepted')} accepted, "
             f"{kinds.count('corrected')} corrected) and {len(self.unlabeled)} unlabeled to {data_root}"
         ]
+        if self.stale:
+            lines.append(f"  {len(self.stale)} review(s) stale (the mask was written again after it), exported "
+                         f"unlabeled: {', '.join(self.stale)}")  # fmt: skip
         lines += [f"  not exported: {case}: {reason}" for case, reason in sorted(self.skipped.items())]
         return "\n".join(lines)
 
@@ -84,16 +93,19 @@ def export_labels(output_dir: Path, data_root: Path, input_dir: Path | None = No
             continue
         review = reviews.get(case)
         record = records.get(case)
+        if review is not None and not review.current(output_dir):
+            review = None
+            report.stale.append(case)
         try:
             source = inside(input_dir / row["input"], input_dir, f"the input {row['input']!r}")
             if review is None:
-                _export_case(data_root, manifest, case, "unlabeled", source, None)
+                _export_case(data_root, manifest, case, "unlabeled", source, None, output_dir)
                 report.unlabeled.append(case)
             else:
                 model_mask = record.mask if record is not None and record.mask else f"{case}.nii.gz"
                 name = review.mask if review.status == "corrected" else model_mask
                 mask = inside(output_dir / name, output_dir, f"the {review.status} mask {name!r}")
-                _export_case(data_root, manifest, case, "labeled", source, mask)
+                _export_case(data_root, manifest, case, "labeled", source, mask, output_dir)
                 report.labeled[case] = review.status
         except (ReviewError, VolumeError, OSError, RuntimeError) as error:
             report.skipped[case] = str(error)
@@ -113,7 +125,9 @@ def inside(path: Path, root: Path, what: str) -> Path:
     return resolved
 
 
-def _export_case(data_root: Path, manifest: dict, case: str, split: str, image: Path, mask: Path | None) -> None:
+def _export_case(
+    data_root: Path, manifest: dict, case: str, split: str, image: Path, mask: Path | None, batch: Path
+) -> None:
     image_dir, mask_dir = SPLITS[split]
     wanted = {f"{image_dir}/{case}_0000.nii.gz": str(image)}
     if mask_dir is not None:
@@ -122,23 +136,38 @@ def _export_case(data_root: Path, manifest: dict, case: str, split: str, image: 
               (("train_images", "_0000.nii.gz"), ("train_mask", ".nii.gz"), ("trainu_images", "_0000.nii.gz"))
               if f"{folder}/{case}{suffix}" not in wanted]  # fmt: skip
     for relative in [*wanted, *others]:
-        if (data_root / relative).exists() and relative not in manifest:
-            raise ReviewError(f"{data_root / relative} exists and was not written by this command: not replaced")
+        path, entry = data_root / relative, manifest.get(relative)
+        if not path.exists():
+            continue
+        if entry is None:
+            raise ReviewError(f"{path} exists and was not written by this command: not replaced")
+        if entry.get("batch") != str(batch):
+            raise ReviewError(f"{path} was exported from another output folder ({entry.get('batch')}): not replaced")
+        if file_stamp(path) != entry.get("stamp"):
+            raise ReviewError(f"{path} changed since it was exported: not replaced")
     volume = None if image.is_file() and is_nifti(image) else read_volume(image)  # a DICOM series
     if mask is not None:
         grid, mask_grid = volume[1] if volume else header_geometry(image), header_geometry(mask)
         if not grid.same_grid(mask_grid):
             raise ReviewError(f"{mask.name}: its grid is not its CT's ({mask_grid} vs {grid})")
-    for relative, source in wanted.items():
-        destination = data_root / relative
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        if relative.startswith("train_mask/"):
-            _copy(Path(source), destination)
-        elif volume is not None:
-            write_volume(destination, *volume)
-        else:
-            _write_nifti(Path(source), destination)
-        manifest[relative] = source
+    written = []
+    try:
+        for relative, source in wanted.items():
+            destination = data_root / relative
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            if relative.startswith("train_mask/"):
+                _copy(Path(source), destination)
+            elif volume is not None:
+                write_volume(destination, *volume)
+            else:
+                _write_nifti(Path(source), destination)
+            written.append(relative)
+            manifest[relative] = {"source": source, "batch": str(batch), "stamp": file_stamp(destination)}
+    except BaseException:
+        for relative in written:  # no image without its mask
+            (data_root / relative).unlink(missing_ok=True)
+            manifest.pop(relative, None)
+        raise
     for relative in others:  # the case's files from an earlier export in the other split
         if relative in manifest:
             (data_root / relative).unlink(missing_ok=True)

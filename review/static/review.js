@@ -19,7 +19,7 @@ let opened = 0; // the generation of the latest click
 let loading = null; // the AbortController of its requests
 let shownCase = null; // {item, row, generation} of the case whose images are on the screen
 let saving = false;
-const session = fetch("/api/session").then(answerJson); // the token a save sends
+let session = fetch("/api/session").then(answerJson); // the token a save sends
 const labelTable = fetch("/labels").then(answerJson);
 const viewerReady = labelTable.then((table) => {
   viewer = new SegViewer($("viewer"), table); // ready (WebGL set up) before a case is opened
@@ -84,9 +84,14 @@ function caseRow(item, index) {
 
 function reviewCell(item) {
   const status = item.review ? item.review.status : "";
-  const text = cell(status, status);
-  text.className = `reviewed ${status}`;
-  if (item.review) text.title = `${status} at ${item.review.time}`;
+  const stale = item.review && item.review.stale;
+  const text = cell(stale ? `${status}, stale` : status);
+  text.className = `reviewed ${stale ? "stale" : status}`;
+  if (item.review) {
+    text.title = stale
+      ? `${status} at ${item.review.time}, but the mask was written again since: review it again`
+      : `${status} at ${item.review.time}`;
+  }
   return text;
 }
 
@@ -224,11 +229,20 @@ async function sendReview(kind) {
         return viewer.drawingBytes();
       });
     }
-    const { token, header } = await session;
     const url = `/api/cases/${encodeURIComponent(item.case)}/${kind === "correction" ? "correction" : "accept"}`;
-    const answer = await answerJson(await fetch(url, { method: kind === "correction" ? "PUT" : "POST", body, headers: { [header]: token } }));
+    const send = async () => {
+      const { token, header } = await session;
+      return fetch(url, { method: kind === "correction" ? "PUT" : "POST", body, headers: { [header]: token } });
+    };
+    let sent = await send();
+    if (sent.status === 403) {
+      session = fetch("/api/session").then(answerJson); // a restarted station has a new token: once more with it
+      sent = await send();
+    }
+    const answer = await answerJson(sent);
+    if (kind === "correction") viewer.markSaved();
     const known = item.review;
-    item.review = { status: answer.status, time: answer.time };
+    item.review = { status: answer.status, time: answer.time, stale: false };
     row.replaceChild(reviewCell(item), row.cells[3]);
     let text = `${item.case} saved as ${answer.status} at ${answer.time}`;
     if (answer.replaced) {
@@ -279,9 +293,15 @@ function showProblems(listing) {
   $("problems").hidden = items.length === 0;
 }
 
+// Whether the painting on the screen may be left: nothing unsaved, or the reviewer says so.
+function mayLeave() {
+  if (!viewer || !viewer.changed() || !shownCase) return true;
+  return window.confirm(`${shownCase.item.case}: the correction is not saved. Leave it and lose the changes?`);
+}
+
 function rowEvent(event) {
   const row = event.target.closest("tr[data-index]");
-  if (row && (event.type === "click" || event.key === "Enter")) openCase(listed[Number(row.dataset.index)], row);
+  if (row && (event.type === "click" || event.key === "Enter") && mayLeave()) openCase(listed[Number(row.dataset.index)], row);
 }
 
 $("cases").tBodies[0].addEventListener("click", rowEvent);
@@ -292,7 +312,10 @@ $("correct").addEventListener("click", startCorrecting);
 $("save").addEventListener("click", () => sendReview("correction"));
 $("undo").addEventListener("click", () => viewer.undo());
 $("redo").addEventListener("click", () => viewer.redo());
-$("discard").addEventListener("click", () => shownCase && openCase(shownCase.item, shownCase.row));
+$("discard").addEventListener("click", () => shownCase && mayLeave() && openCase(shownCase.item, shownCase.row));
+window.addEventListener("beforeunload", (event) => {
+  if (viewer && viewer.changed()) event.preventDefault(); // the browser asks before the page is left
+});
 $("tools").addEventListener("click", (event) => event.target.value && chooseTool(event.target.value));
 $("organ").addEventListener("change", () => chooseTool(viewer.tool === "erase" ? "paint" : viewer.tool));
 $("brush").addEventListener("input", () => changeBrush(0));

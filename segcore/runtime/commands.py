@@ -143,6 +143,7 @@ def export_labels() -> int | None:
 
 if __name__ == "__main__":
     name = sys.argv.pop(1) if len(sys.argv) > 1 else ""
-    if name not in ("predict", "serve", "review", "prepare", "train", "evaluate"):
-        sys.exit("usage: python -m segcore.runtime.commands predict|serve|review|prepare|train|evaluate [ARGS]")
-    sys.exit(globals()[name]())
+    commands = {"predict", "serve", "review", "prepare", "train", "evaluate", "export-labels"}
+    if name not in commands:
+        sys.exit(f"usage: python -m segcore.runtime.commands {'|'.join(sorted(commands))} [ARGS]")
+    sys.exit(globals()[name.replace("-", "_")]())

@@ -162,8 +162,12 @@ def test_no_save_without_the_token_and_none_for_a_case_still_loading(folders):
         page.unroute("**/api/cases/b_review/correction")
         assert not (outputs / "b_review_corrected.nii.gz").exists()
 
-        held = []
+        held, asked = [], []
         page.route("**/api/cases/e_ok/ct", lambda route: held.append(route))
+        page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
+        page.click("#cases tr[data-case='e_ok']")  # the painting is not saved: the page asks, and stays
+        assert asked and "not saved" in asked[0] and page.text_content("#case-title").startswith("b_review")
+        page.once("dialog", lambda dialog: dialog.accept())
         with page.expect_request("**/api/cases/e_ok/ct"):
             page.click("#cases tr[data-case='e_ok']")  # its CT held: the painted b_review is still drawn
         assert page.is_disabled("#save") and page.is_disabled("#accept")

@@ -57,7 +57,7 @@ def test_a_correction_is_kept_on_the_case_grid_and_the_case_reopens_with_it(fold
         assert saved["status"] == "corrected" and saved["mask"] == "b_review_corrected.nii.gz"
         assert saved["replaced"] is None and saved["voxels"][str(GALLBLADDER)] == int((labels == GALLBLADDER).sum())
         listed = {case["case"]: case for case in httpx.get(f"{url}/api/cases").json()["cases"]}
-        assert listed["b_review"]["review"] == {"status": "corrected", "time": saved["time"]}
+        assert listed["b_review"]["review"] == {"status": "corrected", "time": saved["time"], "stale": False}
         assert listed["a_ok"]["review"] is None
         reopened = httpx.get(f"{url}/api/cases/b_review/mask")
         assert reopened.content == (outputs / "b_review_corrected.nii.gz").read_bytes()
@@ -71,7 +71,7 @@ def test_a_correction_is_kept_on_the_case_grid_and_the_case_reopens_with_it(fold
     assert np.allclose(nib.load(corrected).affine, nib.load(inputs / "b_review_0000.nii.gz").affine, atol=1e-4)
     reviews = read_reviews(outputs)
     assert list(reviews) == ["b_review"] and reviews["b_review"].status == "corrected"
-    assert (outputs / "reviews.csv").read_text().splitlines()[0] == "case,status,time,mask"
+    assert (outputs / "reviews.csv").read_text().splitlines()[0] == "case,status,time,mask,stamp"
 
 
 def test_accepting_keeps_the_model_mask_and_a_later_save_says_what_it_replaced(folders, real_data):
@@ -89,6 +89,11 @@ def test_accepting_keeps_the_model_mask_and_a_later_save_says_what_it_replaced(f
         assert third["replaced"] == {"status": "accepted", "time": second["time"]} and third["time"] > second["time"]
     assert (outputs / "a_ok_corrected.nii.gz").exists()  # the reviewer's painting is not thrown away
     assert read_reviews(outputs)["a_ok"].status == "accepted"
+    mask = nib.load(outputs / "a_ok.nii.gz")  # predict.sh --overwrite: a mask nobody has seen
+    nib.save(nib.Nifti1Image(np.zeros(mask.shape, np.uint8), mask.affine), outputs / "a_ok.nii.gz")
+    with review_station(outputs) as url:
+        listed = {case["case"]: case for case in httpx.get(f"{url}/api/cases").json()["cases"]}
+        assert listed["a_ok"]["review"]["stale"] is True
 
 
 def _shifted(image: nib.Nifti1Image) -> bytes:
@@ -127,6 +132,8 @@ REFUSALS = {  # name -> (bytes of the correction, status, words of the reason)
     "scaled": (_scaled, 422, "values are scaled (slope 2.0"),
     "not NIfTI": (lambda image: b"<html>nothing</html>", 422, "not a NIfTI-1 file"),
     "cut short": (lambda image: gzip.compress(image.to_bytes())[:5000], 422, "not a whole gzip stream"),
+    "voxels cut short": (lambda image: image.to_bytes()[:5000], 422, "voxels are cut short"),
+    "voxels cut, then gzip-ed": (lambda image: gzip.compress(image.to_bytes()[:5000]), 422, "voxels are cut short"),
     "too large": (lambda image: image.to_bytes() * 2 + bytes(2 << 20), 413, "more than its grid needs"),
     "unpacks too large": (_bomb, 413, "unpacks to over"),
 }

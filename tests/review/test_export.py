@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import shutil
 
 import nibabel as nib
@@ -85,7 +86,7 @@ def test_a_mask_on_another_grid_is_refused_and_named(folders, tmp_path):
     (outputs / "reviews.csv").write_text((outputs / "reviews.csv").read_text() + "c_fail,corrected,x,../../etc\n")
     report = export_labels(outputs, tmp_path / "data")
     assert "its grid is not its CT's" in report.skipped["a_ok"]
-    assert "lies outside" in report.skipped["c_fail"] or "does not exist" in report.skipped["c_fail"]
+    assert "c_fail" in report.stale and "c_fail" in report.unlabeled  # a row no save wrote: never a label
     assert not (tmp_path / "data" / "train_mask" / "a_ok.nii.gz").exists()
 
 
@@ -119,3 +120,35 @@ def test_a_folder_that_is_not_a_batch_is_refused(tmp_path, folders):
     _, outputs = folders
     with pytest.raises(ReviewError, match="another folder than the output folder"):
         export_labels(outputs, outputs)
+
+
+def test_a_mask_written_again_after_its_review_is_not_a_label(folders, tmp_path, capsys):
+    _, outputs = folders
+    ReviewBook(outputs).record("a_ok", "accepted", "a_ok.nii.gz")
+    ReviewBook(outputs).record("e_ok", "accepted", "e_ok.nii.gz")
+    mask = nib.load(outputs / "a_ok.nii.gz")  # predict.sh --overwrite: a new mask nobody has seen
+    nib.save(nib.Nifti1Image(np.zeros(mask.shape, np.uint8), mask.affine), outputs / "a_ok.nii.gz")
+    assert main([str(outputs), "--to", str(tmp_path / "data")]) == 0
+    assert (
+        "1 review(s) stale (the mask was written again after it), exported unlabeled: a_ok" in capsys.readouterr().out
+    )
+    assert (tmp_path / "data" / "trainu_images" / "a_ok_0000.nii.gz").is_file()
+    assert not (tmp_path / "data" / "train_mask" / "a_ok.nii.gz").exists()
+    assert (tmp_path / "data" / "train_mask" / "e_ok.nii.gz").is_file()
+
+
+def test_files_another_batch_exported_or_edited_since_are_never_replaced(folders, tmp_path):
+    _, outputs = folders
+    ReviewBook(outputs).record("a_ok", "accepted", "a_ok.nii.gz")
+    root = tmp_path / "data"
+    assert export_labels(outputs, root).labeled == {"a_ok": "accepted"}
+    labeled = files(root)
+    other = tmp_path / "other_batch"  # the same case names, a_ok not reviewed there
+    shutil.copytree(outputs, other)
+    (other / "reviews.csv").unlink()
+    report = export_labels(other, root)
+    assert "was exported from another output folder" in report.skipped["a_ok"]
+    assert {k: v for k, v in files(root).items() if "a_ok" in k} == {k: v for k, v in labeled.items() if "a_ok" in k}
+    mask = root / "train_mask" / "a_ok.nii.gz"
+    os.utime(mask, ns=(mask.stat().st_atime_ns, mask.stat().st_mtime_ns + 10**9))  # edited by hand since
+    assert "changed since it was exported" in export_labels(outputs, root).skipped["a_ok"]

@@ -17,7 +17,7 @@
   // Keys that step one slice through the view's axis (the 3-plane layout steps the axial plane).
   const STEP_KEYS = { ArrowUp: 1, ArrowRight: 1, PageUp: 1, ArrowDown: -1, ArrowLeft: -1, PageDown: -1 };
   const TOOLS = { paint: false, fill: true, erase: false }; // NiiVue's filled pen fills the outline drawn
-  const HISTORY = 32; // undo steps kept
+  const HISTORY = 32; // undo steps kept (the history holds one drawing more: the one before them)
 
   // A label map's voxels as runs (value, length): a drawing of 80 M voxels is a few MB of history.
   function encodeRuns(bitmap) {
@@ -279,12 +279,18 @@
       return this.full !== null && this.full !== undefined;
     }
 
-    // The case's files in place of its display copy (nothing when they are shown already).
-    async showFullResolution() {
-      if (!this.isDisplayCopy() || this.editing) return;
+    // The case's files in place of its display copy (nothing when they are shown already). One load
+    // at a time: the button and "Correct mask" share it, so a second load cannot land over strokes.
+    showFullResolution() {
+      if (!this.isDisplayCopy() || this.editing) return Promise.resolve();
+      if (!this.fullLoad) this.fullLoad = this.loadFullResolution().finally(() => (this.fullLoad = null));
+      return this.fullLoad;
+    }
+
+    async loadFullResolution() {
       const shown = this.shownCount;
       const [back, labels] = await this.volumesOf(this.full, this.table.window);
-      if (shown !== this.shownCount) return; // another case, or none, meanwhile
+      if (shown !== this.shownCount || this.editing) return; // another case, or none, meanwhile
       this.full = null;
       this.displayStep = 1;
       this.setVolumes(back, labels);
@@ -329,6 +335,7 @@
       this.editing = true;
       this.history = [encodeRuns(this.nv.drawBitmap)];
       this.position = 0;
+      this.savedAt = 0;
       this.setTool(this.tool || "paint", this.organ || this.table.organs[0].id);
       this.nv.setDrawingEnabled(true);
       this.canvas.dataset.editing = "1";
@@ -361,7 +368,10 @@
     remember() {
       this.history = this.history.slice(0, this.position + 1);
       this.history.push(encodeRuns(this.nv.drawBitmap));
-      if (this.history.length > HISTORY) this.history.shift();
+      if (this.history.length > HISTORY + 1) {
+        this.history.shift();
+        if (this.savedAt !== null) this.savedAt = this.savedAt > 0 ? this.savedAt - 1 : null; // dropped
+      }
       this.position = this.history.length - 1;
       this.onEdit();
     }
@@ -389,9 +399,15 @@
       this.onEdit();
     }
 
-    // Whether the drawing differs from the label map it started as.
+    // Whether the drawing differs from the one last saved (or loaded).
     changed() {
-      return this.editing && this.position > 0;
+      return this.editing && this.position !== this.savedAt;
+    }
+
+    // The drawing as it is now was saved.
+    markSaved() {
+      this.savedAt = this.position;
+      this.onEdit();
     }
 
     // The drawing as a gzip-ed NIfTI file in the CT's voxel order and header (NiiVue's own save).
