@@ -109,6 +109,9 @@ class StageModel:
         input_size: network input ``(z, y, x)`` in voxels.
         hu_window: ``(low, high)`` HU window applied before z-scoring.
         autocast_dtype: dtype of the networks' autocast region (float32: no autocast).
+        half_resolution: answer on half the input's grid (``input_size / 2``) with every net's
+            half-resolution logits (``forward(x, half_resolution=True)``: the full-resolution stage
+            skipped), where every net has them; else on the input's grid.
     """
 
     stage: str
@@ -116,12 +119,20 @@ class StageModel:
     input_size: tuple[int, int, int]
     hu_window: tuple[float, float]
     autocast_dtype: torch.dtype = torch.float32
+    half_resolution: bool = False
 
     @classmethod
     def from_payload(
-        cls, payload: dict[str, Any], stage: str, device: torch.device, autocast_dtype: torch.dtype, verify: bool
+        cls,
+        payload: dict[str, Any],
+        stage: str,
+        device: torch.device,
+        autocast_dtype: torch.dtype,
+        verify: bool,
+        half_resolution: bool = False,
     ) -> StageModel:
-        """Rebuild a stage from a checkpoint payload (:mod:`segcore.networks.checkpoint`).
+        """Rebuild a stage from a checkpoint payload (:mod:`segcore.networks.checkpoint`); with
+        ``half_resolution`` it answers on half its input's grid where all its nets can.
 
         Raises:
             ValueError: the checkpoint is of the other stage, or its label map is not FLARE22's.
@@ -143,13 +154,19 @@ class StageModel:
             input_size=tuple(int(s) for s in inference["input_size"]),
             hu_window=tuple(float(v) for v in inference["hu_window"]),
             autocast_dtype=autocast_dtype,
+            half_resolution=half_resolution and all(net.answers_at_half_resolution for net in ensemble),
         )
+
+    @property
+    def output_size(self) -> tuple[int, int, int]:
+        """The grid of :meth:`probabilities`: :attr:`input_size`, or half of it with :attr:`half_resolution`."""
+        return tuple(size // 2 for size in self.input_size) if self.half_resolution else self.input_size
 
     def probabilities(self, volume: torch.Tensor, watch: Stopwatch) -> torch.Tensor:
         """Mean softmax of the ensemble on a ``(z, y, x)`` HU volume resized to :attr:`input_size`.
 
         Returns:
-            ``(C, *input_size)`` float32 probabilities on the volume's device.
+            ``(C, *output_size)`` float32 probabilities on the volume's device (:attr:`output_size`).
         """
         image = normalize_hu(resize_image(volume, self.input_size), self.hu_window)[None, None]
         device_type = image.device.type
@@ -158,11 +175,14 @@ class StageModel:
         watch.lap(f"{self.stage}_resize")
         total = None
         for net in self.nets:
-            half_resolution = getattr(net, "output_stride", 1) == 2
+            half_resolution = self.half_resolution or getattr(net, "output_stride", 1) == 2
             with torch.autocast(device_type, dtype=self.autocast_dtype, enabled=self.autocast_dtype != torch.float32):
                 logits = net(image, half_resolution=True)[0] if half_resolution else net(image)[0]
-            # a half-resolution net's last step (trilinear x2) is done with the softmax, in float32, by slabs
-            probabilities = upsampled_softmax(logits, self.input_size) if half_resolution else softmax_by_slabs(logits)
+            if half_resolution and not self.half_resolution:
+                # a half-resolution net's last step (trilinear x2) is done with the softmax, in float32, by slabs
+                probabilities = upsampled_softmax(logits, self.input_size)
+            else:
+                probabilities = softmax_by_slabs(logits)
             del logits
             total = probabilities if total is None else total.add_(probabilities)
         watch.lap(f"{self.stage}_network")

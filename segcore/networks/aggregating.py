@@ -77,6 +77,10 @@ class WrappedNet(nn.Module):
     def auxiliary_levels(self) -> list[int]:
         return self.inner().auxiliary_levels
 
+    @property
+    def answers_at_half_resolution(self) -> bool:
+        return self.inner().answers_at_half_resolution
+
 
 class AggregatingDecouplingNet(WrappedNet):
     """Three decoders of ``base`` on one encoder (see the module); ``forward`` is D_θ's."""

@@ -311,6 +311,13 @@ class SegmentationNetwork(nn.Module):
         return self.init_args.get("residual_output", False)
 
     @property
+    def answers_at_half_resolution(self) -> bool:
+        """Whether ``forward(x, half_resolution=True)`` exists: the head before its upsampling
+        (``output_stride`` 2), the ``half_resolution_head`` (``residual_output``) or deep
+        supervision's head on decoder level 0."""
+        return self.output_stride == 2 or self.residual_output or 0 in self.auxiliary_levels
+
+    @property
     def auxiliary_levels(self) -> list[int]:
         """Decoder levels (0: half resolution) with an auxiliary output, highest resolution first."""
         if not self.init_args["deep_supervision"]:
@@ -360,8 +367,9 @@ class SegmentationNetwork(nn.Module):
         Args:
             half_resolution: the logits at half the input's size, ``(N, num_classes, D/2, H/2, W/2)``:
                 with ``output_stride`` 2 those before the final trilinear ×2 upsampling; with
-                ``residual_output`` the ``half_resolution_head`` 's, the full-resolution stage
-                skipped (a coarse answer where only the organs' box is wanted).
+                ``residual_output`` the ``half_resolution_head`` 's, else deep supervision's head
+                on decoder level 0; the full-resolution stage skipped (a coarse answer where only
+                the organs' box is wanted; :attr:`answers_at_half_resolution`).
             auxiliary: (``deep_supervision`` only) a list: the logits, then those of each
                 auxiliary head, highest resolution first (decoder level ``l`` is at ``1 / 2**(l+1)``).
         """
@@ -391,6 +399,10 @@ class SegmentationNetwork(nn.Module):
             logits = self.upsample_logits(self.head(features), half_resolution)
         elif self.residual_output and half_resolution:
             logits = outputs[0] = self.half_resolution_head(features)
+        elif half_resolution:  # deep supervision's level-0 head: the full-resolution stage skipped
+            if 0 not in outputs:
+                outputs[0] = self.auxiliary_heads[self.auxiliary_head_levels.index(0)](features)
+            logits = outputs[0]
         elif self.residual_output:
             outputs[0] = self.half_resolution_head(features)
             logits = self.upsample_logits(outputs[0]) + self.head(self.full_resolution(features, x))
@@ -414,8 +426,10 @@ class SegmentationNetwork(nn.Module):
         """Raise ``ValueError`` unless ``x`` is ``(N, in_channels, D, H, W)`` with a valid size and
         the outputs asked for exist."""
         name = type(self).__name__
-        if half_resolution and self.output_stride != 2 and not self.residual_output:
-            raise ValueError(f"{name}: half_resolution logits exist only with output_stride 2 or residual_output")
+        if half_resolution and not self.answers_at_half_resolution:
+            raise ValueError(
+                f"{name}: half_resolution logits exist only with output_stride 2, residual_output or deep_supervision"
+            )
         if auxiliary and not self.init_args["deep_supervision"]:
             raise ValueError(f"{name}: auxiliary outputs need deep_supervision")
         if x.ndim != 5 or x.shape[1] != self.init_args["in_channels"]:

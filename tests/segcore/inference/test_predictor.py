@@ -13,7 +13,7 @@ from segcore.inference.boxes import box_to_original, expand_box, scale_box
 from segcore.inference.postprocess import organ_statistics
 from segcore.inference.predictor import DEFAULT_WEIGHTS_DIR, CoarseLocator, Predictor
 from segcore.inference.stage import StageModel, Stopwatch, resolve_precision
-from segcore.labels import NUM_CLASSES
+from segcore.labels import HU_WINDOW, NUM_CLASSES
 from segcore.networks import build_network
 from segcore.networks.checkpoint import make_payload, network_entry
 from segcore.phantom.scanner import stored_geometry
@@ -21,7 +21,7 @@ from segcore.volumes import read_volume, write_volume
 from segcore.volumes.geometry import canonical_reorientation, to_canonical
 from segcore.volumes.intensity import normalize_hu
 from segcore.volumes.resample import resize_image
-from testkit import tiny_payload, write_tiny_weights
+from testkit import TINY_NET, tiny_payload, write_tiny_weights
 
 CT_3MM = "abdomen_ct_3mm.nii.gz"
 DICOM = "abdomen_ct_dicom"
@@ -162,6 +162,40 @@ def test_coarse_locator_alone_and_through_the_predictor(sub_box_predictor, real_
     box = sub_box_predictor.locator.locate(canonical_image, spacing).box
     assert box == expand_box(scale_box(SubBoxCoarseNet.region, (16,) * 3, canonical_image.shape), 20.0, spacing,
                              canonical_image.shape)  # fmt: skip
+
+
+def test_a_half_resolution_coarse_answer_finds_the_box_on_half_the_grid(real_data):
+    """The stand-in net's region has even bounds: on the 8³ half grid it covers the same part of the
+    field of view, so the box is the full-resolution answer's; an unknown grid is refused."""
+    image, geometry = read_volume(real_data / CT_3MM)
+    canonical_image, reorientation = to_canonical(image, geometry)
+    spacing = reorientation.canonical.spacing_zyx
+    found = {}
+    for grid in ("full", "half"):
+        locator = CoarseLocator(tiny_payload("coarse"), device="cpu", coarse_resolution=grid)
+        locator.model.nets, locator.model.half_resolution = [SubBoxCoarseNet()], grid == "half"
+        found[grid] = locator.locate(canonical_image, spacing)
+    assert found["half"].labels.shape == (8, 8, 8) and found["full"].labels.shape == (16, 16, 16)
+    assert found["half"].box == found["full"].box and found["half"].organs == [1]
+    with pytest.raises(ValueError, match="coarse_resolution must be half or full"):
+        CoarseLocator(tiny_payload("coarse"), device="cpu", coarse_resolution="quarter")
+
+
+def test_the_coarse_stage_answers_at_half_resolution_only_where_every_net_can():
+    """A pair with deep supervision answers on 8³; one net without it makes the stage answer on 16³."""
+    nets = [build_network("residual_unet3d", **TINY_NET, deep_supervision=deep) for deep in (True, True, False)]
+
+    def stage(members):
+        payload = make_payload("coarse", [network_entry(n, [16] * 3) for n in members], [16] * 3, HU_WINDOW, {})
+        cpu = torch.device("cpu")
+        return StageModel.from_payload(payload, "coarse", cpu, torch.float32, False, half_resolution=True)
+
+    image = torch.zeros((16, 16, 16))
+    half, full = stage(nets[:2]), stage(nets)
+    assert (half.half_resolution, half.output_size) == (True, (8, 8, 8))
+    assert (full.half_resolution, full.output_size) == (False, (16, 16, 16))
+    assert half.probabilities(image, Stopwatch(torch.device("cpu"))).shape == (NUM_CLASSES, 8, 8, 8)
+    assert full.probabilities(image, Stopwatch(torch.device("cpu"))).shape == (NUM_CLASSES, 16, 16, 16)
 
 
 @pytest.mark.parametrize("native, expected", [(True, torch.bfloat16), (False, torch.float32)])

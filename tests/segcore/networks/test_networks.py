@@ -82,6 +82,21 @@ def test_a_residual_net_answers_at_half_resolution_with_its_half_resolution_head
 
 
 @pytest.mark.parametrize("arch", ARCHS)
+def test_a_deeply_supervised_net_answers_at_half_resolution_with_its_level_0_head(arch):
+    """Without ``residual_output`` the half-resolution answer is deep supervision's head on decoder
+    level 0, which training fits to the labels at half resolution."""
+    net = tiny(arch, deep_supervision=True).eval()
+    assert net.answers_at_half_resolution and not tiny(arch).answers_at_half_resolution
+    with torch.inference_mode():
+        half = net(images((16, 24, 32)), half_resolution=True)
+        auxiliary = net(images((16, 24, 32)), auxiliary=True)
+        both = net(images((16, 24, 32)), half_resolution=True, auxiliary=True)
+    assert half.shape == (1, NUM_CLASSES, 8, 12, 16)
+    assert torch.equal(half, auxiliary[1]) and torch.equal(both[0], half)
+    assert not torch.equal(net.upsample_logits(half), auxiliary[0])  # the full answer is another one
+
+
+@pytest.mark.parametrize("arch", ARCHS)
 def test_full_resolution_answer_depends_on_the_image_at_full_resolution(arch):
     """A one-voxel checkerboard added to the image moves the logits more with the full-resolution
     stage's image branch than with that branch silenced: the stage reads the image itself."""
