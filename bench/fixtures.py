@@ -43,7 +43,8 @@ def random_production_weights(folder: Path, liver_bias: float = 100.0, output_st
     folder.mkdir(parents=True, exist_ok=True)
     for stage, (arch, input_size) in PRODUCTION.items():
         torch.manual_seed(0)
-        net = build_network(arch, output_stride=output_stride)
+        # deep supervision as in {coarse,fine}_seg/config.yaml: the nets answer at half resolution too
+        net = build_network(arch, output_stride=output_stride, deep_supervision=True)
         if stage == "coarse":
             with torch.no_grad():
                 net.head.bias[1] += liver_bias

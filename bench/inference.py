@@ -108,21 +108,21 @@ def oracle_outputs(predictor, truth: Path, keep: bool = True) -> dict[str, float
             key = (stage, tuple((r.start, r.stop) for r in region))
             if key not in cache:  # built once; its time is kept out of the step timings and end to end
                 before = spent["build_s"]
-                cache[key] = soft(region, original.__self__.input_size)
+                cache[key] = soft(region, original.__self__.output_size)
                 watch._last += spent["build_s"] - before
             return cache[key] if keep else cache.pop(key)
 
         return probabilities
 
-    locate = predictor.locator._locate
+    locate = predictor.locator.locate
 
-    def locate_and_remember(volume, spacing, watch):
-        result = locate(volume, spacing, watch)
+    def locate_and_remember(volume, spacing, timings=None):
+        result = locate(volume, spacing, timings)
         located["box"] = result.box
         return result
 
     predictor.locator.model.probabilities = replaced("coarse", predictor.locator.model.probabilities)
-    predictor.locator._locate = locate_and_remember
+    predictor.locator.locate = locate_and_remember
     predictor.fine.probabilities = replaced("fine", predictor.fine.probabilities)
     return spent
 

@@ -12,6 +12,7 @@ Arrays are ``(z, y, x)``; probabilities ``(C, z, y, x)`` with ``C`` classes, bac
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -19,7 +20,6 @@ from typing import Any
 import cc3d
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy import ndimage, sparse
 from scipy.sparse import csgraph
 
@@ -42,52 +42,104 @@ _SLAB_VOXELS = 1 << 24
 def resize_argmax(
     probabilities: torch.Tensor, size_zyx: Sequence[int], *, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS
 ) -> np.ndarray:
-    """Trilinearly resize class probabilities to ``size_zyx`` and take the argmax, a slab of slices at a time.
+    """Trilinearly resize class probabilities to ``size_zyx`` and take the argmax, interpolating only
+    where the answer is in doubt.
 
-    Trilinear interpolation is separable, so each output slab is the linear blend (along z) of two
-    source slices, resized bilinearly in-plane: the result equals
-    ``F.interpolate(probabilities[None], size_zyx, mode="trilinear").argmax(1)`` up to float rounding,
-    while at most ``chunk_elements`` resized values exist at any time.
-
-    A slab resizes only the classes that can win in it: a class whose values on the slab's source
-    slices all stay below ``1/C`` of the smallest class sum there (``1/C`` for probabilities) is
-    below the largest class after any convex blend, so dropping it changes no label. Organs fill
-    a part of the crop's slices, so most slabs resize a few of the 14 classes.
+    An output voxel is a convex blend of the 8 source voxels at the corners of the source cell it
+    falls in. Where one class is the argmax at all 8 corners, it is the argmax of every blend of
+    them (its value is at least any other class's at each corner, and a blend with non-negative
+    weights keeps that order), so every output voxel of that cell takes it without interpolation.
+    Only the cells whose corners disagree (along the source's label boundaries: a few percent of
+    a crop's cells) are interpolated, cell by cell, at most ``chunk_elements`` values at a time.
+    The result equals ``F.interpolate(probabilities[None], size_zyx, mode="trilinear").argmax(1)``
+    up to float rounding, and no full-size float array of the classes ever exists.
 
     Args:
         probabilities: ``(C, z, y, x)`` non-negative tensor (any float dtype, any device).
         size_zyx: output size.
-        chunk_elements: bound on ``C * slab_slices * y_out * x_out``; at least one slice per slab.
+        chunk_elements: bound on the interpolated values that exist at once (at least one cell's).
 
     Returns:
         ``(z, y, x)`` uint8 labels of size ``size_zyx``, on the CPU.
     """
-    classes, in_z = probabilities.shape[0], probabilities.shape[1]
-    out_z, out_y, out_x = (int(s) for s in size_zyx)
-    lower, upper, weight = (torch.from_numpy(taps).to(probabilities.device) for taps in linear_taps(in_z, out_z))
-    weight = weight.to(probabilities.dtype)[None, :, None, None]
-    peaks = probabilities.amax(dim=(2, 3))  # (C, z): each class's largest value on each source slice
-    floors = probabilities.sum(0).amin(dim=(1, 2)) / classes  # (z,): no blend's top class falls below
-    labels = np.empty((out_z, out_y, out_x), dtype=np.uint8)
-    slab = max(1, chunk_elements // max(1, classes * out_y * out_x))
-    for start in range(0, out_z, slab):
-        stop = min(out_z, start + slab)
-        first, last = int(lower[start]), int(upper[stop - 1]) + 1
-        contenders = (peaks[:, first:last].amax(1) >= floors[first:last].amin()).nonzero()[:, 0]
-        if contenders.numel() == 1:
-            labels[start:stop] = int(contenders[0])
-            continue
-        w = weight[:, start:stop]
-        window = probabilities[:, first:last]  # the slab's source slices (a view)
-        if contenders.numel() < classes:
-            window = window[contenders]
-        blended = window[:, lower[start:stop] - first] * (1 - w) + window[:, upper[start:stop] - first] * w
-        # Channels-last keeps each voxel's class scores together: the max over them is several times faster.
-        slices = blended.transpose(0, 1).contiguous(memory_format=torch.channels_last)
-        in_plane = F.interpolate(slices, size=(out_y, out_x), mode="bilinear", align_corners=False)
-        winners = in_plane.max(dim=1).indices  # max: the same indices as argmax, faster
-        labels[start:stop] = contenders[winners].to(torch.uint8).cpu().numpy()
+    axes = [_CellAxis(size_in, int(size_out)) for size_in, size_out in zip(probabilities.shape[1:], size_zyx)]
+    winners = probabilities.max(dim=0).indices.to(torch.uint8).cpu().numpy()  # max: the first maximum, as argmax
+    # Cell k of an axis has the corners k - 1 and k, clamped to the axis (:class:`_CellAxis`): the
+    # winners replicated one voxel beyond each face, then whether the 8 corners agree.
+    padded = np.pad(winners, 1, mode="edge")
+    corner = padded[:-1, :-1, :-1]
+    agreed = np.ones(corner.shape, dtype=bool)
+    for dz, dy, dx in itertools.product((0, 1), repeat=3):
+        if dz or dy or dx:
+            agreed &= padded[dz : dz + corner.shape[0], dy : dy + corner.shape[1], dx : dx + corner.shape[2]] == corner
+    # Every output voxel takes its cell's corner-(k, k, k) winner (numpy's take: a fast gather)...
+    labels = winners
+    for axis, cells in enumerate(axes):
+        labels = labels.take(cells.upper[cells.cell_of_output], axis=axis)
+    # ... then the cells in doubt that hold output voxels (a shrunk axis skips cells) are interpolated.
+    held = [cells.counts > 0 for cells in axes]
+    doubtful = np.argwhere(~agreed & held[0][:, None, None] & held[1][None, :, None] & held[2][None, None, :])
+    if len(doubtful):
+        _interpolate_cells(probabilities, doubtful, axes, labels, chunk_elements)
     return labels
+
+
+class _CellAxis:
+    """One axis of :func:`resize_argmax`: the source cells, their output voxels and weights.
+
+    Cell ``k`` (``0 .. size_in``) lies between source voxels ``lower[k] = max(k - 1, 0)`` and
+    ``upper[k] = min(k, size_in - 1)``. Output voxel ``o`` is ``(1 - w[o])`` times its first
+    trilinear tap plus ``w[o]`` times its second (:func:`segcore.volumes.resample.linear_taps`):
+    it falls in the cell of those two taps, or in cell 0 before the first source voxel's centre
+    (where both are voxel 0). The cells rise with ``o``, so each cell's voxels are a run
+    ``starts[k] : starts[k] + counts[k]``, at most ``width`` long.
+    """
+
+    def __init__(self, size_in: int, size_out: int):
+        first, _, weight = linear_taps(size_in, size_out)
+        before = (np.arange(size_out) + 0.5) * (size_in / size_out) - 0.5 < 0  # clamped to voxel 0's centre
+        self.cell_of_output = np.where(before, 0, first + 1)
+        cells = np.arange(size_in + 1)
+        self.lower, self.upper = np.maximum(cells - 1, 0), np.minimum(cells, size_in - 1)
+        self.counts = np.bincount(self.cell_of_output, minlength=size_in + 1)
+        self.starts = np.concatenate([[0], np.cumsum(self.counts)[:-1]])
+        self.width = int(self.counts.max())
+        offsets = np.arange(self.width)
+        self.valid = offsets[None, :] < self.counts[:, None]  # (cells, width)
+        self.positions = np.minimum(self.starts[:, None] + offsets[None, :], size_out - 1)
+        self.weights = np.where(self.valid, weight[self.positions], np.float32(0)).astype(np.float32)
+        self.size_out = size_out
+
+
+def _interpolate_cells(
+    probabilities: torch.Tensor, cells: np.ndarray, axes: list[_CellAxis], labels: np.ndarray, chunk_elements: int
+) -> None:
+    """Write into ``labels`` the trilinear argmax of every output voxel of the source ``cells`` ``(N, 3)``."""
+    classes, device, dtype = probabilities.shape[0], probabilities.device, probabilities.dtype
+    in_y, in_x = probabilities.shape[2:]
+    flat = probabilities.reshape(classes, -1)
+    step = max(1, chunk_elements // (classes * int(np.prod([axis.width for axis in axes]))))
+    out_flat = labels.reshape(-1)
+    for start in range(0, len(cells), step):
+        part = cells[start : start + step]
+        count = len(part)
+        z, y, x = ([axis.lower[part[:, i]], axis.upper[part[:, i]]] for i, axis in enumerate(axes))
+        index = (np.stack(z, 1)[:, :, None, None] * in_y + np.stack(y, 1)[:, None, :, None]) * in_x
+        index = index + np.stack(x, 1)[:, None, None, :]
+        # (N, 2, 2, 2, C): each corner's classes together, so that blends and the max run on whole rows
+        values = flat[:, torch.from_numpy(index.reshape(-1)).to(device)].T.reshape(count, 2, 2, 2, classes)
+        for i, axis in enumerate(axes):  # blend z, then y, then x: (N, bz, by, bx, C)
+            shape = [count, 1, 1, 1, 1]
+            shape[1 + i] = axis.width
+            weight = torch.from_numpy(axis.weights[part[:, i]]).to(device, dtype).reshape(shape)
+            values = torch.lerp(values.narrow(1 + i, 0, 1), values.narrow(1 + i, 1, 1), weight)
+        winners = values.max(dim=-1).indices.to(torch.uint8).cpu().numpy()  # (N, bz, by, bx)
+        valid = axes[0].valid[part[:, 0]][:, :, None, None] & axes[1].valid[part[:, 1]][:, None, :, None]
+        valid = valid & axes[2].valid[part[:, 2]][:, None, None, :]
+        target = axes[0].positions[part[:, 0]][:, :, None, None] * axes[1].size_out
+        target = (target + axes[1].positions[part[:, 1]][:, None, :, None]) * axes[2].size_out
+        target = target + axes[2].positions[part[:, 2]][:, None, None, :]
+        out_flat[target[valid]] = winners[valid]
 
 
 SPLIT_ORGAN_SHARE = 0.1
