@@ -219,7 +219,8 @@ def once(ct: Path, weights: Path, device: str, precision: str, out: Path, truth:
     from segcore.runtime.allocator import keep_freed_memory
 
     keep_freed_memory()
-    from predict.batch import Case, output_name, predict_case
+    from predict.batch import predict_case
+    from predict.cases import Case, output_name
     from segcore.inference.predictor import Predictor
     from segcore.outputs.records import rebuild_table
 

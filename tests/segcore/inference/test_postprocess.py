@@ -42,6 +42,25 @@ def test_resize_argmax_with_organs_in_some_slices_only_equals_one_trilinear_resi
         assert np.array_equal(resize_argmax(probabilities, size, chunk_elements=chunk), expected.numpy())
 
 
+def test_resize_argmax_is_dense_where_most_cells_are_in_doubt_and_cell_by_cell_elsewhere(monkeypatch):
+    """Noise puts every cell in doubt (the slabs' dense resize); organ blocks leave a few (the cells'
+    interpolation); both give the labels of one trilinear resize."""
+    calls = []
+    for name in ("_resize_argmax_by_slabs", "_interpolate_cells"):
+        original = getattr(postprocess, name)
+        monkeypatch.setattr(postprocess, name, lambda *a, _o=original, _n=name, **k: calls.append(_n) or _o(*a, **k))
+    generator = torch.Generator().manual_seed(2)
+    noise = torch.rand((NUM_CLASSES, 16, 18, 20), generator=generator, dtype=torch.float64)
+    layout = torch.zeros((16, 18, 20), dtype=torch.long)
+    layout[4:12, 6:14, 2:10], layout[2:8, 0:6, 12:18] = 3, 7
+    blocks = torch.softmax(6.0 * F.one_hot(layout, NUM_CLASSES).permute(3, 0, 1, 2).double() + noise, 0)
+    for probabilities, path in ((noise, "_resize_argmax_by_slabs"), (blocks, "_interpolate_cells")):
+        calls.clear()
+        expected = F.interpolate(probabilities[None], size=(37, 29, 45), mode="trilinear", align_corners=False)
+        assert np.array_equal(resize_argmax(probabilities, (37, 29, 45)), expected[0].argmax(0).numpy())
+        assert calls == [path]
+
+
 def test_keep_largest_components_per_organ():
     labels = np.zeros((6, 6, 6), np.uint8)
     labels[0:2, 0:2, 0:2] = 3  # 8 voxels
