@@ -19,8 +19,9 @@ Steps of :meth:`Predictor.predict` (the contract in ARCHITECTURE.md, "A CT throu
    map it to full-resolution canonical voxels and add ``margin_mm`` on every side (as
    ``data_prepare`` does for its fine crops);
 3. fine: crop the full-resolution canonical volume to that box, resize it to the fine
-   ``input_size``, normalise, run, bring the probabilities back to the crop's size and argmax
-   slab by slab (:func:`segcore.inference.postprocess.resize_argmax`: the crop is the only full-resolution
+   ``input_size``, normalise, run, take the argmax of the probabilities trilinearly resized to the
+   crop's size, interpolating only where the source's label changes
+   (:func:`segcore.inference.postprocess.resize_argmax`: the crop is the only full-resolution
    region, and only uint8 labels exist at full size), clean up components per organ;
 4. paste the crop's labels into a zero mask of the canonical shape, undo the reorientation.
 
@@ -203,7 +204,7 @@ class Predictor:
         precision: ``auto`` | ``fp32`` | ``fp16`` | ``bf16`` (autocast dtype of the networks).
         margin_mm: grown on every side of the coarse organs' box before cropping (as in ``data_prepare``).
         verify: check that the rebuilt networks reproduce their recorded probe outputs.
-        chunk_elements: bound on the probabilities resized at once to full resolution
+        chunk_elements: bound on the values interpolated at once at full resolution
             (:func:`segcore.inference.postprocess.resize_argmax`).
         body_region: set everything outside the patient's trunk (arms, table, cushions) to air
             before the coarse stage (:mod:`segcore.volumes.body_region`), so it can neither widen the
