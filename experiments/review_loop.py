@@ -144,7 +144,10 @@ def read_results(path: Path, key: str) -> dict[tuple[str, int], dict]:
     return {(line["arm"], line["seed"]): line for line in lines if line["settings_key"] == key}
 
 
-def run(work: Path, settings: Settings, results_path: Path) -> dict[tuple[str, int], dict]:
+def run(
+    work: Path, settings: Settings, results_path: Path, arms: tuple[str, ...] = tuple(ARMS)
+) -> dict[tuple[str, int], dict]:
+    """Train the weak pair, then per seed each of ``arms`` (skipping what the results file holds)."""
     key = json.dumps(asdict(settings), sort_keys=True)
     roots = write_data(work, settings)
     stores = prepare(work, roots, settings)
@@ -170,7 +173,8 @@ def run(work: Path, settings: Settings, results_path: Path) -> dict[tuple[str, i
     train("weak", 0, stores["control"], PAIR, settings.s1)
     weak = work / "runs" / "weak_s0" / "last.pt"
     for seed in settings.seeds:
-        for arm, (data, overrides) in ARMS.items():
+        for arm in arms:
+            data, overrides = ARMS[arm]
             train(arm, seed, stores[data], [*overrides, f"semi.init_from={weak}"], settings.s2)
     return results
 
@@ -206,11 +210,23 @@ def report(results: dict[tuple[str, int], dict], settings: Settings) -> str:
     return "\n".join(lines)
 
 
+def arm_list(text: str) -> list[str]:
+    """``--arms``: names of :data:`ARMS`, in the order given."""
+    arms = [arm for arm in text.split(",") if arm]
+    unknown = [arm for arm in arms if arm not in ARMS]
+    if unknown or not arms:
+        raise argparse.ArgumentTypeError(f"unknown arm(s) {unknown or text!r}; known: {', '.join(ARMS)}")
+    return arms
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="experiments.review_loop", description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, help="data, stores and runs (default: a new temporary folder)")
     parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}")
     parser.add_argument("--report", action="store_true", help="only the report of what has finished")
+    parser.add_argument(
+        "--arms", type=arm_list, default=list(ARMS), help=f"comma-separated arms to train (default: {','.join(ARMS)})"
+    )
     args = parser.parse_args(argv)
     settings = Settings(**QUICK) if args.quick else Settings()
     torch.set_num_threads(1)
@@ -221,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         results = read_results(results_path, json.dumps(asdict(settings), sort_keys=True))
     else:
-        results = run(work, settings, results_path)
+        results = run(work, settings, results_path, args.arms)
     text = report(results, settings)
     print(text)
     (work / "report.txt").write_text(text + "\n")
