@@ -142,8 +142,8 @@ class _CellAxis:
 
     def __init__(self, size_in: int, size_out: int):
         first, _, weight = linear_taps(size_in, size_out)
-        before = (np.arange(size_out) + 0.5) * (size_in / size_out) - 0.5 < 0  # clamped to voxel 0's centre
-        self.cell_of_output = np.where(before, 0, first + 1)
+        # Before voxel 0's centre both taps are voxel 0 with weight 0: cell 0 (its corners 0 and 0)
+        self.cell_of_output = np.where((first == 0) & (weight == 0), 0, first + 1)
         cells = np.arange(size_in + 1)
         self.lower, self.upper = np.maximum(cells - 1, 0), np.minimum(cells, size_in - 1)
         self.counts = np.bincount(self.cell_of_output, minlength=size_in + 1)
