@@ -188,6 +188,88 @@ class AnisotropicStripPooling(nn.Module):
         return x * torch.sigmoid(self.gate(context))
 
 
+SLAB_ELEMENTS = 1 << 24
+"""Values of one slab's input in the slab-wise inference paths (:func:`by_slabs`): 64 MiB as float32."""
+
+
+def by_slabs() -> bool:
+    """Whether the full-resolution layers run by slabs of planes: whenever no gradient is being
+    recorded (inference and validation), except while tracing or compiling (the exporters and
+    the compiler see the plain graph)."""
+    return not (torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling())
+
+
+def slab_planes(channels: int, plane_shape: Sequence[int], elements: int = SLAB_ELEMENTS) -> int:
+    """Planes per slab so that a slab of ``channels`` planes of ``plane_shape`` holds about ``elements`` values."""
+    return max(1, elements // max(1, channels * int(plane_shape[0]) * int(plane_shape[1])))
+
+
+def slabs(depth: int, planes: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` of consecutive slabs of at most ``planes`` planes covering ``range(depth)``."""
+    return [(start, min(depth, start + planes)) for start in range(0, depth, planes)]
+
+
+def conv_planes(conv: nn.Conv3d, source, start: int, stop: int, depth: int) -> torch.Tensor:
+    """Output planes ``[start, stop)`` (z) of a stride-1, same-padded ``conv`` over an input of
+    ``depth`` planes, from the input planes they read: ``source(low, high)`` gives input planes
+    ``[low, high)``. Beyond the input's first and last plane the convolution's own zero padding
+    applies, as over the whole input; the planes it pads inside a slab are cut off."""
+    if conv.stride[0] != 1 or 2 * conv.padding[0] != conv.kernel_size[0] - 1:
+        raise ValueError(f"{conv} is not a stride-1 same-padded convolution along z")
+    halo = conv.padding[0]
+    low, high = max(0, start - halo), min(depth, stop + halo)
+    return conv(source(low, high))[:, :, start - low : stop - low]
+
+
+def instance_norm_(norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+    """``norm(x)`` of a ``(N, C, z, y, x)`` tensor computed in place (an :class:`InstanceNorm`: one
+    channel per group), equal up to float rounding: the mean is taken out first, then the variance
+    is that of the centred values, then the scale and shift. The sums are float32 (or ``x`` 's
+    wider dtype) per plane and float64 over the planes: a float32 sum of squares over a whole 192³
+    channel is off by about 1e-4 of the variance, as much as the rest of the net's rounding
+    together. Returns ``x``."""
+    if norm.num_groups != norm.num_channels:
+        raise ValueError(f"{norm} is not an instance norm (one channel per group)")
+    count, summed = x[0, 0].numel(), torch.promote_types(x.dtype, torch.float32)
+    mean = x.sum(dim=(3, 4), dtype=summed).double().sum(2) / count
+    x.sub_(mean.to(summed)[..., None, None, None])
+    squares = torch.linalg.vector_norm(x, dim=(3, 4), dtype=summed).double().square_().sum(2)
+    scale = (squares / count + norm.eps).rsqrt_() * norm.weight.double()
+    return x.mul_(scale.to(summed)[..., None, None, None]).add_(norm.bias.to(summed).view(1, -1, 1, 1, 1))
+
+
+def head_by_slabs(head: nn.Conv3d, features: torch.Tensor, into: torch.Tensor | None = None) -> torch.Tensor:
+    """A 1×1×1 ``head`` on ``features`` by slabs of planes: its output, or added in place to ``into``."""
+    planes = slab_planes(head.in_channels + head.out_channels, features.shape[3:])
+    add = into is not None
+    for start, stop in slabs(features.shape[2], planes):
+        part = head(features[:, :, start:stop])
+        if into is None:
+            into = part.new_empty((*part.shape[:2], features.shape[2], *part.shape[3:]))
+        if add:
+            into[:, :, start:stop] += part
+        else:
+            into[:, :, start:stop] = part
+    return into
+
+
+def conv_norm_act_by_slabs(block: ConvNormAct, source, depth: int, planes: int) -> torch.Tensor:
+    """A stride-1 :class:`ConvNormAct` over an input of ``depth`` planes given by
+    ``source(low, high)`` (as :func:`conv_planes`), its convolution by slabs of ``planes``
+    planes into one output, normalised and activated in place."""
+    conv, norm, *act = block
+    output = None
+    for start, stop in slabs(depth, planes):
+        part = conv_planes(conv, source, start, stop, depth)
+        if output is None:
+            output = part.new_empty((*part.shape[:2], depth, *part.shape[3:]))
+        output[:, :, start:stop] = part
+    output = instance_norm_(norm, output)
+    for layer in act:
+        output = layer(output)
+    return output
+
+
 class FullResolutionStage(nn.Module):
     """The decoder's last stage, at the input's resolution.
 
@@ -206,6 +288,10 @@ class FullResolutionStage(nn.Module):
 
     Shapes: features ``(N, decoder_channels, D/2, H/2, W/2)`` and image ``(N, in_channels, D, H, W)``
     → ``(N, channels, D, H, W)``.
+
+    Without autograd (inference, validation) the same function is computed by slabs of planes
+    (:meth:`forward_by_slabs`): the largest full-resolution tensors are the two mixing outputs,
+    not the six of the plain path (its concatenation alone is twice their size).
     """
 
     def __init__(self, in_channels: int, decoder_channels: int, channels: int, kernels: tuple[Kernel, Kernel] = (3, 3)):
@@ -220,7 +306,28 @@ class FullResolutionStage(nn.Module):
         )
 
     def forward(self, features: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        if by_slabs():
+            return self.forward_by_slabs(features, image)
         return self.mix(torch.cat([self.upsample(features), self.image(image)], dim=1))
+
+    def forward_by_slabs(self, features: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` with every norm in place and the mixing convolutions by slabs of
+        z-planes (the concatenation exists one slab at a time), equal up to float rounding. The
+        full-resolution tensors that exist at once are at most three of ``channels`` channels
+        (the two branches and the first mixing output), against six of the plain path."""
+        transposed, upsample_norm = self.upsample
+        upsampled = instance_norm_(upsample_norm, transposed(features))
+        image_conv, image_norm, image_act = self.image
+        from_image = image_act(instance_norm_(image_norm, image_conv(image)))
+        depth, planes = image.shape[2], slab_planes(2 * self.mix[0][0].in_channels, image.shape[3:])
+        branches = [upsampled, from_image]
+        del upsampled, from_image  # freed once the first mixing convolution is done with them
+        mixed = conv_norm_act_by_slabs(
+            self.mix[0], lambda low, high: torch.cat([branch[:, :, low:high] for branch in branches], dim=1),
+            depth, planes,
+        )  # fmt: skip
+        branches.clear()
+        return conv_norm_act_by_slabs(self.mix[1], lambda low, high: mixed[:, :, low:high], depth, planes)
 
 
 class SegmentationNetwork(nn.Module):
@@ -405,9 +512,15 @@ class SegmentationNetwork(nn.Module):
             logits = outputs[0]
         elif self.residual_output:
             outputs[0] = self.half_resolution_head(features)
-            logits = self.upsample_logits(outputs[0]) + self.head(self.full_resolution(features, x))
+            full_resolution = self.full_resolution(features, x)
+            logits = self.upsample_logits(outputs[0])
+            if by_slabs():
+                logits = head_by_slabs(self.head, full_resolution, logits)
+            else:
+                logits = logits + self.head(full_resolution)
         else:
-            logits = self.head(self.full_resolution(features, x))
+            full_resolution = self.full_resolution(features, x)
+            logits = head_by_slabs(self.head, full_resolution) if by_slabs() else self.head(full_resolution)
         if not auxiliary:
             return logits
         return [logits] + [outputs[level] for level in self.auxiliary_levels]
