@@ -46,7 +46,11 @@ _SLAB_VOXELS = 1 << 24
 
 
 def resize_argmax(
-    probabilities: torch.Tensor, size_zyx: Sequence[int], *, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS
+    probabilities: torch.Tensor,
+    size_zyx: Sequence[int],
+    *,
+    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+    winners: np.ndarray | None = None,
 ) -> np.ndarray:
     """Trilinearly resize class probabilities to ``size_zyx`` and take the argmax, interpolating only
     where the answer is in doubt.
@@ -66,12 +70,13 @@ def resize_argmax(
         probabilities: ``(C, z, y, x)`` non-negative tensor (any float dtype, any device).
         size_zyx: output size.
         chunk_elements: bound on the interpolated values that exist at once (at least one cell's).
+        winners: the source's argmax as uint8 (:func:`winners`), when the caller has it already.
 
     Returns:
         ``(z, y, x)`` uint8 labels of size ``size_zyx``, on the CPU.
     """
     axes = [_CellAxis(size_in, int(size_out)) for size_in, size_out in zip(probabilities.shape[1:], size_zyx)]
-    winners = probabilities.max(dim=0).indices.to(torch.uint8).cpu().numpy()  # max: the first maximum, as argmax
+    winners = source_winners(probabilities) if winners is None else winners
     # Cell k of an axis has the corners k - 1 and k, clamped to the axis (:class:`_CellAxis`): the
     # winners replicated one voxel beyond each face, then whether the 8 corners agree.
     padded = np.pad(winners, 1, mode="edge")
@@ -93,6 +98,12 @@ def resize_argmax(
     if in_doubt:
         _interpolate_cells(probabilities, np.argwhere(doubtful), axes, labels, chunk_elements)
     return labels
+
+
+def source_winners(probabilities: torch.Tensor) -> np.ndarray:
+    """The argmax over classes of ``(C, z, y, x)`` probabilities, uint8 on the CPU (``max``, not
+    ``argmax``: several times faster over the class axis, and the same first maximum)."""
+    return probabilities.max(dim=0).indices.to(torch.uint8).cpu().numpy()
 
 
 def _resize_argmax_by_slabs(probabilities: torch.Tensor, size_zyx: Sequence[int], chunk_elements: int) -> np.ndarray:

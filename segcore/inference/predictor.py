@@ -50,6 +50,7 @@ from segcore.inference.postprocess import (
     keep_components,
     organ_statistics,
     resize_argmax,
+    source_winners,
 )
 from segcore.inference.quality import Quality, assess, coarse_on_crop, edge_labels, empty_quality
 from segcore.inference.stage import StageModel, Stopwatch, device_of, file_sha256, resolve_precision, upload
@@ -367,7 +368,8 @@ class Predictor:
         canonical_labels = np.zeros(canonical.shape_zyx, dtype=np.uint8)
         region = tuple(slice(start, stop) for start, stop in coarse.box)
         crop_shape = tuple(stop - start for start, stop in coarse.box)
-        crop_labels = resize_argmax(probabilities, crop_shape, chunk_elements=self.chunk_elements)
+        winners = source_winners(probabilities)  # the fine grid's argmax: the restore's and the quality's
+        crop_labels = resize_argmax(probabilities, crop_shape, chunk_elements=self.chunk_elements, winners=winners)
         watch.lap("fine_restore")
         crop_labels = keep_components(crop_labels, self.locator.component_shares)
         canonical_labels[region] = crop_labels
@@ -378,7 +380,7 @@ class Predictor:
         coarse_in_crop = coarse_on_crop(coarse.labels, coarse.box, canonical.shape_zyx, probabilities.shape[1:])
         assessed = assess(
             probabilities, coarse_in_crop, crop_labels, edge_labels(canonical_labels),
-            canonical_image, canonical.spacing_zyx,
+            canonical_image, canonical.spacing_zyx, fine_labels=torch.from_numpy(winners),
         )  # fmt: skip
         return canonical_labels, assessed, warnings
 

@@ -11,7 +11,13 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from segcore.inference import postprocess
-from segcore.inference.postprocess import LARGEST_ONLY, keep_components, organ_statistics, resize_argmax
+from segcore.inference.postprocess import (
+    LARGEST_ONLY,
+    keep_components,
+    organ_statistics,
+    resize_argmax,
+    source_winners,
+)
 from segcore.labels import NUM_CLASSES
 from segcore.phantom import generate_case
 from segcore.volumes.geometry import Geometry
@@ -171,3 +177,21 @@ def test_organ_statistics_within_a_box_equal_those_of_the_whole_map():
     whole = organ_statistics(labels, image, geometry)
     assert organ_statistics(labels, image, geometry, within=[[3, 13], [2, 10], [1, 8]]) == whole
     assert whole["stomach"]["box_voxels"] == [[8, 12], [7, 8], [6, 7]]
+
+
+def test_source_winners_take_the_first_class_on_ties_as_argmax():
+    probabilities = torch.zeros(4, 2, 1, 2)
+    probabilities[1, 0, 0, 0] = probabilities[3, 0, 0, 0] = 0.5  # tie: class 1 wins
+    probabilities[2, 0, 0, 1] = 1.0
+    probabilities[:, 1] = 0.25  # all four tie: background
+    winners = source_winners(probabilities)
+    assert winners.dtype == np.uint8
+    assert winners.tolist() == [[[1, 2]], [[0, 0]]]
+
+
+def test_given_winners_are_what_the_restore_starts_from():
+    """The caller's winners are used, not recomputed: a deliberately wrong map shows in the output."""
+    probabilities = torch.softmax(torch.randn(3, 6, 6, 6, generator=torch.Generator().manual_seed(1)), dim=0)
+    uniform = np.full((6, 6, 6), 2, dtype=np.uint8)  # every cell's corners agree: no interpolation
+    assert (resize_argmax(probabilities, (12, 12, 12), winners=uniform) == 2).all()
+    assert not (resize_argmax(probabilities, (12, 12, 12)) == 2).all()

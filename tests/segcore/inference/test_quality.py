@@ -29,6 +29,15 @@ def test_entropy_is_zero_when_certain_and_one_when_uniform():
     assert float(normalised_entropy(torch.full((14, 2, 2, 2), 1 / 14)).min()) == pytest.approx(1, abs=1e-6)
 
 
+def test_entropy_by_slabs_is_every_voxels_entropy():
+    """Slabs of 3 planes over 10 (the last one short): each voxel's entropy from numpy's own sums."""
+    generator = torch.Generator().manual_seed(0)
+    probabilities = torch.softmax(3 * torch.randn(4, 10, 3, 5, generator=generator), dim=0)
+    p = probabilities.double().numpy()
+    expected = -(p * np.log(p)).sum(0) / np.log(4)
+    np.testing.assert_allclose(normalised_entropy(probabilities, slab=3).numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_stage_agreement_is_the_mean_dice_over_organs_in_either_map():
     fine = torch.zeros(4, 4, 4, dtype=torch.uint8)
     coarse = torch.zeros(4, 4, 4, dtype=torch.uint8)
