@@ -22,7 +22,9 @@ Per model, three measurements:
 
 * **in-process**: a fresh subprocess does one warm-up then ``--repeats`` timed runs of
   read → predict → write; medians per step. Peak memory: ``VmHWM`` on CPU,
-  ``torch.cuda.max_memory_allocated`` on GPU.
+  ``torch.cuda.max_memory_allocated`` on GPU; on CPU also the high-water mark after each step of
+  the first run, which says which step raises it (the allocator keeps freed memory, as in
+  ``predict.batch``, so later runs reuse it).
 * **floor**: what the work needs at this machine's measured rates, in the same subprocess:
   the networks' FLOPs (``FlopCounterMode``: convolutions and matmuls) ÷ the rate of a 4096²
   ``torch.matmul`` at the precision used, + the input's bytes ÷ ISA-L's gzip decompression rate,
@@ -183,29 +185,42 @@ def measure(
 
     from bench.prepare import peak_rss_mb
     from segcore.inference.predictor import Predictor
+    from segcore.inference.stage import Stopwatch
     from segcore.runtime.allocator import keep_freed_memory
     from segcore.volumes import read_volume, write_volume
 
     keep_freed_memory()  # as predict.batch does
     predictor = Predictor.from_weights(weights, device, precision)
     oracle = oracle_outputs(predictor, truth) if truth is not None else {"build_s": 0.0}
+    high_water = {"weights": peak_rss_mb()}  # the first run's VmHWM after each step: the steps that raise it
+    lap = Stopwatch.lap
+
+    def lap_and_mark(watch, name):
+        lap(watch, name)
+        high_water.setdefault(name, peak_rss_mb())
+
+    Stopwatch.lap = lap_and_mark
     runs = []
     for _ in range(repeats + 1):
         built = oracle["build_s"]
         started = time.perf_counter()
         image, geometry = read_volume(ct)
         read = time.perf_counter() - started
+        high_water.setdefault("read", peak_rss_mb())
         prediction = predictor.predict(image, geometry)
         written = time.perf_counter()
         write_volume(out, prediction.labels, geometry)
+        high_water.setdefault("write", peak_rss_mb())
         timings = {"read": read, **prediction.timings, "write": time.perf_counter() - written}
         timings["end_to_end"] = time.perf_counter() - started - (oracle["build_s"] - built)
         runs.append(timings)
     cuda = device == "cuda"
     peak = torch.cuda.max_memory_allocated() / 1e6 if cuda else peak_rss_mb()
+    Stopwatch.lap = lap
     return {
         "runs": runs[1:],
         "peak_mb": peak,
+        "high_water_mb": {} if cuda else high_water,
         "organs": int(np.count_nonzero(np.bincount(prediction.labels.ravel())[1:])),
         "info": predictor.info(),
         "floor": floor_seconds(predictor, ct, prediction.labels),
@@ -296,6 +311,9 @@ def report(model: str, result: dict, whole: tuple[list[float], list[float]] | No
         print(f"  {step:<15} median {statistics.median(values):7.3f} s   runs {[round(v, 3) for v in values]}")
     end_to_end = statistics.median(run["end_to_end"] for run in result["runs"])
     print(f"  in-process end to end {end_to_end:.3f} s; peak memory {result['peak_mb']:.0f} MB")
+    if result.get("high_water_mb"):
+        marks = ", ".join(f"{step} {mb:.0f}" for step, mb in result["high_water_mb"].items())
+        print(f"  high-water mark (VmHWM, MB) after each step of the first run: {marks}")
     print(
         f"  floor {floor['total']:.3f} s = networks {floor['gflop']:.1f} GFLOP at {floor['matmul_gflops']:.0f} "
         f"GFLOP/s ({MATMUL_SIZE}² matmul, {info['precision']}) {floor['networks']:.3f} s + gunzip input "
