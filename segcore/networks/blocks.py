@@ -289,9 +289,10 @@ class FullResolutionStage(nn.Module):
     Shapes: features ``(N, decoder_channels, D/2, H/2, W/2)`` and image ``(N, in_channels, D, H, W)``
     → ``(N, channels, D, H, W)``.
 
-    Without autograd (inference, validation) the same function is computed by slabs of planes
-    (:meth:`forward_by_slabs`): the largest full-resolution tensors are the two mixing outputs,
-    not the six of the plain path (its concatenation alone is twice their size).
+    Without autograd (inference, validation) the same function is computed with the norms in
+    place and the mixing convolutions by slabs of planes (:meth:`forward_by_slabs`): at most three
+    full-resolution tensors of ``channels`` channels at once, against six on the plain path (its
+    concatenation alone is two of them).
     """
 
     def __init__(self, in_channels: int, decoder_channels: int, channels: int, kernels: tuple[Kernel, Kernel] = (3, 3)):
