@@ -37,7 +37,10 @@ CHECKPOINTS = {
 
 
 def score_unlabeled(checkpoint: Path, store_path: Path, data_root: Path, nets_to_use: str) -> dict[str, list[float]]:
-    """Per unlabeled case, DSC of the 13 organs of one checkpoint's prediction (``ensemble`` or ``net0``)."""
+    """Per unlabeled case, DSC of the 13 organs of one checkpoint's prediction: ``ensemble`` (its nets'
+    mean softmax), ``net0``, or ``pseudo_label``: for an A&D checkpoint (``semi.method: ad_generic``) the
+    pseudo-label its D_θ learns from (:func:`segcore.training.generic_ssl.pseudo_labels`, its
+    ``semi.ddim_steps``, the noise seeded per case), not what it predicts."""
     from segcore.evaluate.metrics import score_case
     from segcore.labels import ORGANS
     from segcore.networks.checkpoint import build_networks, load_checkpoint
@@ -47,13 +50,28 @@ def score_unlabeled(checkpoint: Path, store_path: Path, data_root: Path, nets_to
 
     payload = load_checkpoint(checkpoint)
     networks = [net.eval() for net in build_networks(payload)]
-    nets = networks if nets_to_use == "ensemble" else networks[:1]
     window = tuple(payload["inference"]["hu_window"])
+    if nets_to_use == "pseudo_label":
+        method = payload["config"]["semi"]["method"]
+        if method != "ad_generic":
+            raise ValueError(
+                f"{checkpoint}: pseudo_label scores an A&D checkpoint (semi.method ad_generic), not {method}"
+            )
+        ddim_steps = payload["config"]["semi"]["ddim_steps"]
+
+        def label_map(image_hu: np.ndarray) -> np.ndarray:
+            return ad_pseudo_label(networks[0], image_hu, window, ddim_steps)
+    else:
+        nets = networks if nets_to_use == "ensemble" else networks[:1]
+
+        def label_map(image_hu: np.ndarray) -> np.ndarray:
+            return predict_coarse(nets, image_hu, window)
+
     store = CaseStore(store_path)
     scores = {}
     for case_id in store.ids("unlabeled"):
         meta = store.meta(case_id)
-        prediction = to_original_grid(predict_coarse(nets, store.arrays(case_id)["coarse_image"], window), meta)
+        prediction = to_original_grid(label_map(store.arrays(case_id)["coarse_image"]), meta)
         truth, geometry = read_label_map(data_root / UNLABELED_MASK_DIR / f"{case_id}.nii.gz")
         organ_scores = score_case(truth, prediction, geometry.spacing_zyx)
         scores[case_id] = [organ_scores[o].dsc for o in ORGANS]
@@ -61,12 +79,41 @@ def score_unlabeled(checkpoint: Path, store_path: Path, data_root: Path, nets_to
     return scores
 
 
+def load_checkpoint_config(checkpoint: Path) -> dict:
+    """The training config a checkpoint was made with."""
+    from segcore.networks.checkpoint import load_checkpoint
+
+    return load_checkpoint(checkpoint)["config"]
+
+
+def ad_pseudo_label(net: torch.nn.Module, image_hu: np.ndarray, hu_window: tuple[float, float], ddim_steps: int,
+                    seed: int = 0) -> np.ndarray:  # fmt: skip
+    """A&D's pseudo-label ``(z, y, x)`` uint8 of a stored coarse image; its DDIM and Gumbel noise seeded by ``seed``."""
+    from segcore.training.generic_ssl import LabelDiffusion, pseudo_labels
+    from segcore.volumes.intensity import normalize_hu
+
+    tensor = normalize_hu(torch.from_numpy(np.array(image_hu, dtype=np.float32))[None, None], hu_window)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # the Gumbel noise draws from the global generator, as in training
+        labels = pseudo_labels(net, tensor, LabelDiffusion(), ddim_steps, torch.Generator().manual_seed(seed))
+    return labels[0].to(torch.uint8).numpy()
+
+
 def main(argv: list[str] | None = None) -> int:
     from segcore.labels import ORGANS
     from segcore.phantom.tissues import domain_group
 
     parser = argparse.ArgumentParser(prog="experiments.ssl_pseudo_labels", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--work", type=Path, required=True, help="the experiments.ssl_gain work folder")
+    parser.add_argument(
+        "--work", type=Path, required=True, help="the experiments.ssl_gain (or ssl_verdict) work folder"
+    )
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        action="append",
+        help="score these checkpoints (relative to --work, repeatable) instead of the ssl_gain runs: the ensemble's "
+        "prediction, and for an A&D checkpoint also its pseudo-label",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     work = args.work.resolve()
@@ -77,29 +124,36 @@ def main(argv: list[str] | None = None) -> int:
     groups = {r["id"]: domain_group(r["domain"]) for r in json.loads(manifest.read_text())}
     names = list(ORGANS.values())
     figures: dict[str, dict] = {}
+
+    def summarise(key: str, scores: dict[str, list[float]]) -> None:
+        per_organ = np.mean(list(scores.values()), axis=0)
+        by_group: dict[str, list[float]] = {}
+        for case_id, values in scores.items():
+            by_group.setdefault(groups[case_id], []).append(float(np.mean(values)))
+        figures[key] = {
+            "mean_dsc": float(per_organ.mean()),
+            "per_organ": dict(zip(names, per_organ.round(4).tolist())),
+            "per_group": {g: round(float(np.mean(v)), 4) for g, v in sorted(by_group.items())},
+            "per_case": {c: round(float(np.mean(v)), 4) for c, v in scores.items()},
+        }
+        print(f"{key}: mean DSC {per_organ.mean():.4f}; " + ", ".join(f"{n} {v:.3f}" for n, v in zip(names, per_organ)))
+        print("    per domain group: " + ", ".join(f"{g} {v}" for g, v in figures[key]["per_group"].items()))
+
+    if args.checkpoint:
+        for relative in args.checkpoint:
+            path = work / relative
+            ad = load_checkpoint_config(path)["semi"]["method"] == "ad_generic"
+            for mode in ("ensemble", "pseudo_label") if ad else ("ensemble",):
+                summarise(f"{relative}/{mode}", score_unlabeled(path, store, data_root, mode))
+        (work / "pseudo_labels_checkpoints.json").write_text(json.dumps(figures, indent=1))
+        return 0
     for seed_dir in sorted(work.glob("runs/*/seed*")):
         for label, relative in CHECKPOINTS.items():
             path = seed_dir / relative
             if not path.exists():
                 continue
             for nets in ("ensemble", "net0"):
-                scores = score_unlabeled(path, store, data_root, nets)
-                key = f"{seed_dir.name}/{label}/{nets}"
-                per_organ = np.mean(list(scores.values()), axis=0)
-                by_group: dict[str, list[float]] = {}
-                for case_id, values in scores.items():
-                    by_group.setdefault(groups[case_id], []).append(float(np.mean(values)))
-                figures[key] = {
-                    "mean_dsc": float(per_organ.mean()),
-                    "per_organ": dict(zip(names, per_organ.round(4).tolist())),
-                    "per_group": {g: round(float(np.mean(v)), 4) for g, v in sorted(by_group.items())},
-                    "per_case": {c: round(float(np.mean(v)), 4) for c, v in scores.items()},
-                }
-                print(
-                    f"{key}: mean DSC {per_organ.mean():.4f}; "
-                    + ", ".join(f"{n} {v:.3f}" for n, v in zip(names, per_organ))
-                )
-                print("    per domain group: " + ", ".join(f"{g} {v}" for g, v in figures[key]["per_group"].items()))
+                summarise(f"{seed_dir.name}/{label}/{nets}", score_unlabeled(path, store, data_root, nets))
         uif = seed_dir / "cps_uif" / "round0" / "uif.csv"
         half = figures.get(f"{seed_dir.name}/cps@750/ensemble")
         if uif.exists() and half:

@@ -723,7 +723,11 @@ def read_results(path: Path, settings_key: str) -> list[dict]:
 # -- pseudo-labels ---------------------------------------------------------------------------------
 PSEUDO = {"supervised_pair_s1": {"teacher@start": "last.pt"}, "cps_uif": {"cps_uif@half": "round0/last.pt"}}
 """The checkpoints (relative to the run) whose pseudo-labels a run's own job scores, while they exist;
-``cps`` and ``cacps`` add ``@half`` (``step<S2/2>.pt``) and ``@end`` (``last.pt``)."""
+``cps`` and ``cacps`` add ``@half`` (``step<S2/2>.pt``) and ``@end`` (``last.pt``), and in setting 2
+``ad_generic`` and ``sd_messenger`` too. A pair's pseudo-label is what the other net predicts (scored: the
+ensemble); S&D-Messenger's is its own prediction; A&D's is made by D_ξ and D_ψ
+(:func:`segcore.training.generic_ssl.pseudo_labels`), scored as ``ad_generic@…``, and what its D_θ
+predicts as ``ad_generic@… D_θ``."""
 
 
 def pseudo_label_scores(job: dict[str, Any]) -> dict[str, Any]:
@@ -735,10 +739,11 @@ def pseudo_label_scores(job: dict[str, Any]) -> dict[str, Any]:
     from experiments.ssl_pseudo_labels import score_unlabeled
 
     run_dir, store, data_root = Path(job["run_dir"]), Path(job["store"]), Path(job["data_root"])
+    modes = {"": "pseudo_label", " D_θ": "ensemble"} if job["arm"] == "ad_generic" else {"": "ensemble"}
     scores = {
-        name: {case: [round(v, 4) for v in values] for case, values in
-               score_unlabeled(run_dir / relative, store, data_root, "ensemble").items()}
-        for name, relative in job["pseudo"].items()
+        name + suffix: {case: [round(v, 4) for v in values] for case, values in
+                        score_unlabeled(run_dir / relative, store, data_root, mode).items()}
+        for name, relative in job["pseudo"].items() for suffix, mode in modes.items()
     }  # fmt: skip
     out: dict[str, Any] = {"pseudo": scores}
     uif = run_dir / "round0" / "uif.csv"
@@ -876,7 +881,8 @@ def report(
 
     scored = sorted((r for r in results if r["phase"] == "B" and r.get("pseudo")), key=lambda r: (r["seed"], unit(r)))
     if scored:
-        lines.append("\nPseudo-label DSC on the unlabeled pool (ensemble, mean over cases): mean; per organ")
+        lines.append("\nPseudo-label DSC on the unlabeled pool (a pair: its ensemble; A&D: D_ξ + D_ψ, and D_θ apart), "
+                     "mean over cases: mean; per organ")  # fmt: skip
         for row in scored:
             for name, cases in row["pseudo"].items():
                 organs = np.array(list(cases.values())).mean(0)

@@ -14,6 +14,7 @@ exponential moving average of theirs. Predictions come from D_θ. Here:
 * :class:`DifficultyWeights`: the class weights of D_ψ's loss from the history of D_ξ's per-class
   Dice (classes being learnt get less weight, classes being unlearnt or still poor more);
 * :func:`ema_parameters_`: D_θ's parameters pulled towards the mean of D_ξ's and D_ψ's, by name.
+* :func:`pseudo_labels`: what D_θ learns from on an unlabeled case (D_ξ's DDIM answer and D_ψ's softmax).
 
 The constants are the original code's (``code/train_diffusion.py``, ``code/DiffVNet``): momentum
 0.98 (an average over 50 iterations), exponent 1/5, EMA decay 0.99.
@@ -170,6 +171,27 @@ def gaussian_smooth(volumes: torch.Tensor, sigma: float = 1.0, size: int = 3) ->
     return out
 
 
+@torch.no_grad()
+def pseudo_labels(
+    net: AggregatingDecouplingNet,
+    images: torch.Tensor,
+    diffusion: LabelDiffusion,
+    ddim_steps: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """A&D's pseudo-labels ``(N, D, H, W)`` of ``images`` ``(N, 1, D, H, W)``: the argmax of the
+    Gaussian-smoothed soft Gumbel-softmax (τ 1) of D_ξ's DDIM answer (``ddim_steps`` steps from
+    noise drawn by ``generator``) plus D_ψ's softmax; what D_θ is trained on."""
+    shape = (images.shape[0], net.init_args["num_classes"], *images.shape[2:])
+
+    def denoise(x_t: torch.Tensor, t: int) -> torch.Tensor:
+        return net.denoise(images, x_t, torch.full((shape[0],), t, device=images.device))
+
+    sampled = diffusion.sample(denoise, shape, ddim_steps, generator, images.device)
+    soft = F.gumbel_softmax(sampled.float(), tau=1.0, hard=False, dim=1)
+    return (gaussian_smooth(soft) + torch.softmax(net.labeled(images).float(), dim=1)).argmax(1)
+
+
 class OneNetworkStep:
     """What the one-network methods share: the check of the run's one net, the unlabeled stream,
     the ramp-up length, GenericSSL's difficulty weights and their resumable state."""
@@ -249,16 +271,8 @@ class AggregatingDecouplingStep(OneNetworkStep):
         weights = self.difficulty.update(batch_dice(denoised.detach().argmax(1), labels, classes)).to(device)
         labeled = trainer.run(net.labeled, images, deep)
         decoupled = deep_supervision_loss(labeled, labels, weights) if deep else dice_ce_loss(labeled, labels, weights)
-        with torch.no_grad(), trainer.autocast():
-            shape = (unlabeled.shape[0], classes, *unlabeled.shape[2:])
-
-            def denoise(x_t: torch.Tensor, t: int) -> torch.Tensor:
-                return net.denoise(unlabeled, x_t, torch.full((shape[0],), t, device=device))
-
-            sampled = self.diffusion.sample(denoise, shape, config.ddim_steps, trainer.generator, device)
-            soft = F.gumbel_softmax(sampled.float(), tau=1.0, hard=False, dim=1)
-            votes = gaussian_smooth(soft) + torch.softmax(net.labeled(unlabeled).float(), dim=1)
-            pseudo = votes.argmax(1)
+        with trainer.autocast():
+            pseudo = pseudo_labels(net, unlabeled, self.diffusion, config.ddim_steps, trainer.generator)
         student = trainer.run(net.unlabeled, unlabeled, deep)
         learned = deep_supervision_loss(student, pseudo) if deep else dice_ce_loss(student, pseudo)
         weight = config.weight * sigmoid_rampup(trainer.step, self.rampup_steps)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from segcore.training.generic_ssl import DifficultyWeights, LabelDiffusion, batch_dice, ema_parameters_
+from segcore.training.generic_ssl import DifficultyWeights, LabelDiffusion, batch_dice, ema_parameters_, pseudo_labels
 
 
 def alpha_bar(t: int, steps: int = 1000, start: float = 1e-4, end: float = 0.02) -> float:
@@ -123,3 +123,45 @@ def test_an_ad_generic_run_trains_its_three_decoders_from_a_trained_net(tiny_sto
     with torch.inference_mode():
         logits = net(torch.zeros(1, 1, *payload["inference"]["input_size"]))
     assert logits.shape[1] == 14
+
+
+class HandMadeAD:
+    """An A&D net whose decoders give hand-made answers: D_ξ ``x0`` logits, D_ψ ``labeled`` logits."""
+
+    def __init__(self, x0: torch.Tensor, labeled: torch.Tensor):
+        self.init_args = {"num_classes": x0.shape[1]}
+        self.x0, self.answer, self.asked = x0, labeled, []
+
+    def denoise(self, images: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        assert x_t.shape == self.x0.shape and images.shape[0] == t.shape[0]
+        self.asked.append(int(t[0]))
+        return self.x0
+
+    def labeled(self, images: torch.Tensor) -> torch.Tensor:
+        return self.answer
+
+
+def halves(classes: int = 3, size: int = 8) -> torch.Tensor:
+    """Logits of a case whose left half is class 1 and right half class 2, with a margin far past [−1, 1]."""
+    logits = torch.full((1, classes, size, size, size), -10.0)
+    logits[:, 1, ..., : size // 2] = 10.0
+    logits[:, 2, ..., size // 2 :] = 10.0
+    return logits
+
+
+def test_pseudo_labels_follow_the_diffusion_answer_where_the_labeled_decoder_is_indifferent():
+    images = torch.zeros(1, 1, 8, 8, 8)
+    net = HandMadeAD(halves(), torch.zeros(1, 3, 8, 8, 8))
+    labels = pseudo_labels(net, images, LabelDiffusion(), 5, torch.Generator().manual_seed(0))
+    assert net.asked == [999, 749, 500, 250, 0]  # one D_ξ answer per DDIM step (3 · 999 / 4 rounds to 749)
+    assert labels.shape == (1, 8, 8, 8)
+    truth = halves().argmax(1)
+    assert (labels == truth).float().mean() > 0.9  # the Gumbel noise may flip a few voxels, not the picture
+
+
+def test_pseudo_labels_follow_a_certain_labeled_decoder_against_the_diffusion_answer():
+    certain = torch.zeros(1, 3, 8, 8, 8)
+    certain[:, 0] = 50.0  # D_ψ: background everywhere, softmax 1
+    net = HandMadeAD(halves(), certain)
+    labels = pseudo_labels(net, torch.zeros(1, 1, 8, 8, 8), LabelDiffusion(), 5, torch.Generator().manual_seed(0))
+    assert torch.equal(labels, torch.zeros(1, 8, 8, 8, dtype=torch.long))  # 1 + smoothed share beats < 1
