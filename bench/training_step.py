@@ -52,13 +52,15 @@ def _peak_memory_gb(device: torch.device) -> float:
     return peak_rss_mb() / 1e3
 
 
-def write_random_store(path: Path, stage: Stage, size_zyx: list[int], cases: int) -> None:
-    """A store of ``cases`` random HU cases (int16, -1024..1500) with random labels, all in fold 1."""
+def write_random_store(path: Path, stage: Stage, size_zyx: list[int], cases: int, unlabeled: int = 0) -> None:
+    """A store of ``cases`` random HU cases (int16, -1024..1500) with random labels, all in fold 1,
+    and ``unlabeled`` random cases without labels."""
     from segcore.labels import NUM_CLASSES
     from segcore.store import StoreWriter
 
     rng = np.random.default_rng(0)
     ids = [f"random_{index}" for index in range(cases)]
+    unlabeled_ids = [f"unlabeled_{index}" for index in range(unlabeled)]
     with StoreWriter(path) as writer:
         for case_id in ids:
             arrays = {
@@ -66,11 +68,19 @@ def write_random_store(path: Path, stage: Stage, size_zyx: list[int], cases: int
                 stage.label_key: rng.integers(0, NUM_CLASSES, size_zyx, dtype=np.uint8),
             }
             writer.put_case({"id": case_id, "split": "labeled", "config_hash": "bench"}, arrays)
-        writer.put_splits({"folds": [[], ids], "unlabeled": [], "test": []})
+        for case_id in unlabeled_ids:
+            arrays = {stage.image_key: rng.integers(-1024, 1500, size_zyx, dtype=np.int16)}
+            writer.put_case({"id": case_id, "split": "unlabeled", "config_hash": "bench"}, arrays)
+        writer.put_splits({"folds": [[], ids], "unlabeled": unlabeled_ids, "test": []})
 
 
-def measure(stage_name: str, amp: str, device_name: str, steps: int) -> dict[str, Any]:
-    """Time ``steps`` engine steps (after one warm-up) of one stage in this process."""
+def measure(
+    stage_name: str, amp: str, device_name: str, steps: int, config_path: str | None = None,
+    overrides: list[str] = (), size: int | None = None, unlabeled: int = 0, threads: int | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Time ``steps`` engine steps (after one warm-up) of one stage in this process: its production
+    config and stored size, or ``config_path`` with ``overrides`` at ``size``³, with ``unlabeled``
+    unlabeled cases in the store and ``threads`` intra-op threads."""
     import importlib
 
     from data_prepare.prepare import PrepareConfig
@@ -78,16 +88,20 @@ def measure(stage_name: str, amp: str, device_name: str, steps: int) -> dict[str
     from segcore.training.config import load_stage_config
     from segcore.training.engine import Trainer
 
-    module, config_path, size_field = STAGES[stage_name]
+    module, stage_config, size_field = STAGES[stage_name]
     stage = importlib.import_module(module).STAGE
     device = torch.device(device_name)
+    if threads:
+        torch.set_num_threads(threads)
     baseline_gb = _peak_memory_gb(device)
     with tempfile.TemporaryDirectory() as folder:
         store = Path(folder) / "store.lmdb"
         amp_value = json.dumps(amp)  # quoted: YAML would read off as false
-        overrides = [f"store={store}", f"output_dir={folder}/run", "data.workers=0", f"train.amp={amp_value}"]
-        config = load_stage_config(REPO_ROOT / config_path, overrides)
-        write_random_store(store, stage, getattr(PrepareConfig(), size_field), config.data.batch_size)
+        overrides = [*overrides, f"store={store}", f"output_dir={folder}/run", "data.workers=0",
+                     f"train.amp={amp_value}"]  # fmt: skip
+        config = load_stage_config(REPO_ROOT / (config_path or stage_config), overrides)
+        stored = [size] * 3 if size else getattr(PrepareConfig(), size_field)
+        write_random_store(store, stage, stored, config.data.batch_size, unlabeled)
         context = DistributedContext(rank=0, local_rank=0, world_size=1, device=device)
         trainer = Trainer(config, stage, context)
         batch = next(iter(trainer.loader))
