@@ -157,12 +157,12 @@ def arm_overrides(arm: str, settings: Settings, steps_per_epoch: int, seed: int,
     ]
     if arm in ("supervised", "upper_bound"):
         return [*common, "semi.enabled=false", "augment.fourier_sources=labeled", *settings.extra]
-    pair = [*common, "semi.enabled=true", "semi.rounds=1"]
+    pair = [*common, "semi.enabled=true", "semi.method=cps", "semi.rounds=1"]  # plain CPS, named: not the default
     if arm == "supervised_pair":
         return [*pair, "semi.weight=0", "augment.fourier_sources=labeled", *settings.extra]
     if arm == "supervised_pair_mixall":
         return [*pair, "semi.weight=0", "augment.fourier_sources=all", *settings.extra]
-    semi = [*common, "semi.enabled=true", "semi.weight=1.0", "augment.fourier_sources=all"]
+    semi = [*common, "semi.enabled=true", "semi.method=cps", "semi.weight=1.0", "augment.fourier_sources=all"]
     if arm == "cps":
         return [*semi, "semi.rounds=1", *settings.extra]
     if arm in ("cps_uif", "cps_restart"):

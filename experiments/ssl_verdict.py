@@ -70,6 +70,18 @@ Design (fixed before any method run was compared; changing it means a new benchm
     ``ad_generic`` (GenericSSL's A&D) and ``sd_messenger`` (S&D-Messenger), one network each
     started from the pair's first, S2 steps, against ``pair_continue``; ``single_continue``, the
     pair's first net alone with labels only, S2 steps (their second control, reported).
+  - added after the verdict, in a sixth tier, the equal-wall-time check of the arm that paid
+    (written before any of its runs): ``pair_equal_time``, ``pair_continue`` for
+    round(S2 × :data:`EQUAL_TIME_RATIO`) steps instead of S2 (3,006 for S2 = 1,050), the
+    recipe's schedule over its own steps, from the same ``supervised_pair_s1``. The ratio is
+    ``cacps``'s recorded wall time over ``pair_continue``'s (medians of the three seeds' runs,
+    2,525.8 s and 882.2 s). ``cacps`` ran from starts this work folder no longer holds, so the
+    two meet through the control each ran beside: per test case, ``cacps`` − ``pair_continue``
+    (their starts) minus ``pair_equal_time`` − ``pair_continue`` (its starts), averaged over
+    seeds, with the same bootstrap (:func:`via_control`). Reading, fixed now: ``cacps`` keeps
+    its gain at equal wall time if that interval (shifted cases, ``last.pt``) is above 0; the
+    labels-only pair is better at equal wall time if it is below 0; else the two cannot be told
+    apart at equal wall time.
 
 * **Scoring**: ``last.pt`` (primary) and ``best.pt`` of every run, the pair's mean softmax; each
   test case's stored 48³ image predicted, resized (nearest) back to its original grid and scored
@@ -141,8 +153,11 @@ from segcore.networks.checkpoint import load_checkpoint
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS = REPO_ROOT / "experiments" / "results" / "ssl_verdict.jsonl"
 RECIPE = RECIPES["full_res_ds_1e-2"]
-PAIR = ["semi.enabled=true", "semi.rounds=1", "semi.weight=0", "augment.fourier_sources=labeled"]
-SEMI = ["semi.enabled=true", "semi.weight=1.0", "augment.fourier_sources=all", "semi.rampup_share=0.35"]
+PAIR = ["semi.enabled=true", "semi.method=cps", "semi.rounds=1", "semi.weight=0", "augment.fourier_sources=labeled"]
+SEMI = ["semi.enabled=true", "semi.method=cps", "semi.weight=1.0", "augment.fourier_sources=all",
+        "semi.rampup_share=0.35"]  # fmt: skip
+"""Plain CPS, named (the stage configs' default method is ``cacps`` since its verdict); ``cacps`` below
+sets its three switches itself, as it did when it was measured."""
 ARM_OVERRIDES = {
     "pair_continue": PAIR,
     "cps": [*SEMI, "semi.rounds=1"],
@@ -162,12 +177,19 @@ CONTROLS = {
     "cacps": "pair_continue", "cps": "pair_continue", "cps_uif": "pair_continue",
     "dense_pretrain": "supervised_pair_long", "upper_bound": "supervised_pair_long",
     "ad_generic": "pair_continue", "sd_messenger": "pair_continue", "single_continue": "pair_continue",
+    "pair_equal_time": "pair_continue",
 }  # fmt: skip
 TIERS = (
     ("supervised_pair_s1", "pair_continue", "cacps"), ("cps", "cps_uif"),
     ("dense_pretrain", "supervised_pair_long"), ("upper_bound",),
     ("ad_generic", "sd_messenger", "single_continue"),  # added after the verdict (ssl_shift_design.md)
+    ("pair_equal_time",),  # added after the verdict: cacps at equal wall time
 )  # fmt: skip
+EQUAL_TIME_RATIO = 2525.8 / 882.2
+"""``cacps``'s wall time over ``pair_continue``'s in setting 1 (medians of the recorded runs of seeds
+0, 1, 2, in seconds): ``pair_equal_time`` trains round(S2 × this) steps."""
+VIA_CONTROL = (("cacps", "pair_equal_time"), ("ad_generic", "cacps"), ("sd_messenger", "cacps"))
+"""Arms compared through the control each ran beside when they share no start (:func:`via_control`)."""
 REPORT_ORDER = [arm for tier in TIERS for arm in tier]
 JUDGED = ("cacps", "ad_generic", "sd_messenger")
 """The arms each given a verdict sentence by the criterion against ``pair_continue`` (in setting 1 only
@@ -185,7 +207,7 @@ SHIFTED_TEST_SHARE = 0.75
 """Setting 2's test cases: 36 of 48 shifted (drawn as the unlabeled ones), 12 in the labeled domain's phase."""
 SHORT = {"supervised_pair_s1": "pair@S1", "pair_continue": "pair_cont", "dense_pretrain": "dense_pre",
          "supervised_pair_long": "pair_long", "upper_bound": "upper", "ad_generic": "A&D",
-         "sd_messenger": "S&D-Mess", "single_continue": "single"}  # fmt: skip
+         "sd_messenger": "S&D-Mess", "single_continue": "single", "pair_equal_time": "pair_eqtime"}  # fmt: skip
 """Column names of the per-organ table."""
 PHASE_A = ("supervised_pair", "upper_bound")
 ADRENALS = ("right_adrenal_gland", "left_adrenal_gland")
@@ -458,6 +480,12 @@ def phase_b_jobs(paths: Paths, settings: Settings, run_root: Path, s1: int) -> l
         by_arm["single_continue"].append(job(
             "B", seed, "single_continue", [train_command(paths.store, root / "single_continue", single)],
             root / "single_continue", paths, after=[start / "last.pt"],
+        ))  # fmt: skip
+        equal_time = [*schedule_overrides(round(s2 * EQUAL_TIME_RATIO), validations, spe, seed, size), *PAIR,
+                      f"semi.init_from={start}/last.pt"]  # fmt: skip
+        by_arm["pair_equal_time"].append(job(
+            "B", seed, "pair_equal_time", [train_command(paths.store, root / "pair_equal_time", equal_time)],
+            root / "pair_equal_time", paths, after=[start / "last.pt"],
         ))  # fmt: skip
         long = schedule_overrides(s1 + s2, validations, spe, seed, size)
         pretrain_dir = root / "dense_pretrain_encoder"  # beside the run: train_arm clears a run never checkpointed
@@ -875,6 +903,29 @@ def report(
                 }  # fmt: skip
             lines.append(f"  {arm} - {control}: " + "; ".join(cells) + f" (seeds {', '.join(common)})")
 
+    figures["via_control"] = {}
+    for arm, other in VIA_CONTROL:
+        if paired(results, arm, other) or via_control(results, arm, other, shifted) is None:
+            continue  # compared directly above, or not yet comparable
+        if not figures["via_control"]:  # the first comparison: its header
+            lines.append(f"\nAcross starts, through {CONTROL} (each arm minus the control from its own starts), "
+                         "last.pt; mean [bootstrap 95 %]")  # fmt: skip
+        cells = []
+        for subset, ids in subsets.items():
+            per_case = via_control(results, arm, other, ids)
+            low, high = bootstrap_interval(per_case, rng)
+            cells.append(f"{subset} {per_case.mean():+.4f} [{low:+.4f}, {high:+.4f}]")
+            figures["via_control"][f"{arm}-{other}/{subset}"] = {"mean": float(per_case.mean()), "ci95": [low, high]}
+        units = f"{arm} seeds {', '.join(paired(results, arm, CONTROL))}; {other} seeds " + ", ".join(
+            paired(results, other, CONTROL)
+        )
+        lines.append(f"  {arm} - {other}: " + "; ".join(cells) + f" ({units})")
+        if (arm, other) == (PRIMARY, "pair_equal_time"):
+            sentence = equal_time_sentence(figures["via_control"][f"{arm}-{other}/shifted"],
+                                           len(paired(results, other, CONTROL)), len(settings.seeds))  # fmt: skip
+            figures["equal_time_verdict"] = sentence
+            lines.append(f"  EQUAL WALL TIME: {sentence}")
+
     for arm in JUDGED:
         late = arm != PRIMARY and setting != SHIFT  # setting 1's verdict is the primary arm's
         lines += judge(results, arm, shifted, voxels, names, summary, settings, figures, late)
@@ -895,6 +946,39 @@ def report(
                 lines.append(f"  s{unit(row)} UIF: pseudo-label DSC of kept cases {np.mean(kept):.4f} "
                              f"({len(kept)}), dropped {np.mean(dropped):.4f} ({len(dropped)})")  # fmt: skip
     return "\n".join(lines), figures
+
+
+def via_control(
+    results: list[dict], arm: str, other: str, ids: list[str], checkpoint: str = "last"
+) -> np.ndarray | None:
+    """Per test case of ``ids``: ``arm`` − ``pair_continue`` averaged over the runs ``arm`` shares a start
+    with the control, minus the same of ``other``: two arms that share no start compared through the
+    control each ran beside. None while either has no control from its starts."""
+    mine, theirs = paired(results, arm, CONTROL), paired(results, other, CONTROL)
+    if not mine or not theirs:
+        return None
+
+    def gain(name: str, units: list[str]) -> np.ndarray:
+        diff = dsc_of(results, "B", name, checkpoint, ids, units) - dsc_of(
+            results, "B", CONTROL, checkpoint, ids, units
+        )
+        return diff.mean(2).mean(0)
+
+    return gain(arm, mine) - gain(other, theirs)
+
+
+def equal_time_sentence(difference: dict[str, Any], seeds: int, planned: int) -> str:
+    """The pre-registered reading of ``cacps`` − ``pair_equal_time`` (shifted cases, ``last.pt``)."""
+    low, high = difference["ci95"]
+    figure = f"cacps - pair_equal_time {difference['mean']:+.4f} [{low:+.4f}, {high:+.4f}]"
+    if low > 0:
+        reading = "cacps keeps its gain at equal wall time"
+    elif high < 0:
+        reading = "the labels-only pair trained as long in wall time is better than cacps"
+    else:
+        reading = "at equal wall time cacps and the labels-only pair cannot be told apart"
+    done = "" if seeds >= planned else f"not yet decided ({seeds} of {planned} seeds); so far: "
+    return f"{done}{reading}: {figure}"
 
 
 def judge(

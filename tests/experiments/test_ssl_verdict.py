@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 
 from experiments.ssl_verdict import (
+    PAIR,
     Settings,
     arm_names,
     dsc_of,
+    equal_time_sentence,
     fingerprint,
     finished,
     is_done,
@@ -21,6 +23,7 @@ from experiments.ssl_verdict import (
     paired,
     parse_args,
     paths_of,
+    phase_b_jobs,
     plateau,
     read_results,
     report,
@@ -28,6 +31,7 @@ from experiments.ssl_verdict import (
     to_run,
     unit,
     verdict,
+    via_control,
 )
 from experiments.ssl_verdict import (
     test_subsets as subsets_of,
@@ -256,3 +260,46 @@ def test_setting_2_groups_its_test_cases_by_phase_and_keeps_its_own_files(tmp_pa
     assert parse_args(["--setting", "shift"])[0].setting == "shift"
     with pytest.raises(SystemExit):
         parse_args(["--setting", "shifted"])
+
+
+def test_two_arms_without_a_common_start_meet_through_the_control_each_ran_beside():
+    results = [
+        _line(0, "pair_continue", dsc=0.60), _line(0, "cacps", dsc=0.63),  # the recorded start: +0.03
+        _line(0, "pair_continue", "ab12cd34", 0.50), _line(0, "pair_equal_time", "ab12cd34", 0.52),  # another: +0.02
+    ]  # fmt: skip
+    assert paired(results, "cacps", "pair_equal_time") == []  # no start in common
+    assert via_control(results, "cacps", "pair_equal_time", ["c0"]) == pytest.approx([0.01])
+    assert via_control(results, "pair_equal_time", "cacps", ["c0"]) == pytest.approx([-0.01])
+    assert via_control([*results, _line(1, "sd_messenger", "ff")], "sd_messenger", "cacps", ["c0"]) is None
+
+
+@pytest.mark.parametrize(
+    ("interval", "seeds", "reading"),
+    [
+        ((0.001, 0.02), 3, "cacps keeps its gain at equal wall time"),
+        ((-0.02, -0.001), 3, "the labels-only pair trained as long in wall time is better than cacps"),
+        ((-0.01, 0.01), 3, "at equal wall time cacps and the labels-only pair cannot be told apart"),
+        ((0.001, 0.02), 2, "not yet decided (2 of 3 seeds); so far: cacps keeps its gain"),
+    ],
+)
+def test_the_equal_wall_time_check_reads_its_interval_as_pre_registered(interval, seeds, reading):
+    sentence = equal_time_sentence({"mean": sum(interval) / 2, "ci95": list(interval)}, seeds, 3)
+    assert sentence.startswith(reading)
+
+
+@pytest.mark.parametrize("setting", ["mixed", "shift"])
+def test_the_equal_wall_time_pair_continues_the_start_for_s2_times_cacps_cost_in_setting_1_only(tmp_path, setting):
+    paths = paths_of(tmp_path, Settings(), setting=setting)
+    with mock.patch("experiments.ssl_verdict.train_size", return_value=6):
+        jobs = phase_b_jobs(paths, Settings(), tmp_path / "runs", 2100)
+    equal_time = [j for j in jobs if j["arm"] == "pair_equal_time"]
+    if setting == "shift":
+        assert equal_time == []
+        return
+    assert [j["seed"] for j in equal_time] == [0, 1, 2]
+    (command,) = equal_time[0]["commands"]
+    assert "train.max_steps=3006" in command  # round(1050 x 2525.8 / 882.2)
+    assert all(override in command for override in PAIR)  # the control's own pair, labels only
+    start = tmp_path / "runs" / "phase_b" / "seed0" / "supervised_pair_s1" / "last.pt"
+    assert f"semi.init_from={start}" in command and equal_time[0]["after"] == [str(start)]
+    assert [j["arm"] for j in jobs][-3:] == ["pair_equal_time"] * 3  # the last tier
