@@ -195,7 +195,7 @@ JUDGED = ("cacps", "ad_generic", "sd_messenger")
 """The arms each given a verdict sentence by the criterion against ``pair_continue`` (in setting 1 only
 ``cacps``, the primary arm, decides; the other two were added after its verdict)."""
 VERSUS_PRIMARY = ("ad_generic", "sd_messenger")
-"""Also reported against ``cacps``."""
+"""Also reported against ``cacps`` and against ``single_continue`` (one net, labels only, from the same start)."""
 
 SHIFT = "shift"
 """``--setting shift``: setting 2 of ``experiments/ssl_shift_design.md``: every unlabeled and shifted
@@ -886,7 +886,8 @@ def report(
     figures["differences"] = {}
     for checkpoint in ("last", "best"):
         lines.append(f"\n{checkpoint}.pt minus control, per case mean over common seeds; mean [bootstrap 95 %]")
-        for arm, control in [*CONTROLS.items(), *((arm, PRIMARY) for arm in VERSUS_PRIMARY)]:
+        versus = [(arm, other) for arm in VERSUS_PRIMARY for other in (PRIMARY, "single_continue")]
+        for arm, control in [*CONTROLS.items(), *versus]:
             common = paired(results, arm, control)
             if not common:
                 continue

@@ -225,7 +225,8 @@ def _results(cases: list[str], arms: dict[str, float]) -> list[dict]:
 @pytest.mark.parametrize("setting", ["mixed", "shift"])
 def test_every_judged_arm_gets_its_own_verdict_against_the_control(setting):
     cases = ["Case_00001", "Case_00002", "Case_00003"]
-    arms = {"supervised_pair_s1": 0.6, "pair_continue": 0.60, "cacps": 0.61, "ad_generic": 0.65, "sd_messenger": 0.58}
+    arms = {"supervised_pair_s1": 0.6, "pair_continue": 0.60, "cacps": 0.61, "ad_generic": 0.65, "sd_messenger": 0.58,
+            "single_continue": 0.59}  # fmt: skip
     subsets = {"in-domain": cases[:1], "shifted": cases, "all": cases}
     settings = Settings(seeds=(0,), phase_a_steps=400)
     text, figures = report(_results(cases, arms), subsets, np.full(13, 100.0), settings, setting)
@@ -237,6 +238,7 @@ def test_every_judged_arm_gets_its_own_verdict_against_the_control(setting):
     assert figures["ad_generic_verdict"].startswith("unlabeled data pays")
     assert figures["differences"]["ad_generic-cacps/last/shifted"]["mean"] == pytest.approx(0.04)
     assert figures["differences"]["sd_messenger-cacps/last/shifted"]["mean"] == pytest.approx(-0.03)
+    assert figures["differences"]["ad_generic-single_continue/last/shifted"]["mean"] == pytest.approx(0.06)
 
 
 def test_setting_2_groups_its_test_cases_by_phase_and_keeps_its_own_files(tmp_path):
