@@ -46,7 +46,7 @@ VESSELS_AND_KIDNEYS = tuple(ORGAN_IDS[name] for name in ("aorta", "ivc", "right_
 """Organs whose CT number changes most between contrast phases."""
 TISSUE_KNOTS_HU = (-200.0, -100.0, 0.0, 50.0, 100.0, 150.0, 200.0, 300.0)
 """Knots of the random HU remapping: fat, fluid, soft tissue, enhanced tissue, vessels, bone."""
-FOURIER_SOURCES = ("labeled", "all")
+FOURIER_SOURCES = ("labeled", "all", "auto")
 
 
 @dataclass
@@ -54,7 +54,8 @@ class AugmentConfig:
     """Augmentation strengths; probabilities are per sample.
 
     ``fourier_sources``: where amplitude spectra come from, ``labeled`` (the labeled batch) or
-    ``all`` (labeled and unlabeled batches; semi-supervised steps only).
+    ``all`` (labeled and unlabeled batches; semi-supervised steps only); ``auto``: ``all`` for the
+    CPS methods with pseudo-labels (``semi.weight`` > 0), else ``labeled`` (resolved by the stage config).
     """
 
     __pydantic_config__ = ConfigDict(extra="forbid")  # validated by segcore.training.config
@@ -77,7 +78,7 @@ class AugmentConfig:
     noise_hu: float = 40.0
     fourier_probability: float = 0.5
     fourier_beta: float = 0.15
-    fourier_sources: str = "labeled"
+    fourier_sources: str = "auto"
 
     def __post_init__(self) -> None:
         if self.fourier_sources not in FOURIER_SOURCES:

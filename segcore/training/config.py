@@ -32,7 +32,7 @@ from pydantic import ConfigDict, TypeAdapter, ValidationError
 from segcore.config import did_you_mean, load_config
 from segcore.networks import NETWORKS
 from segcore.training.augment import AugmentConfig
-from segcore.training.cps import CPSConfig
+from segcore.training.cps import CPS_METHODS, CPSConfig
 
 STRICT = ConfigDict(extra="forbid")
 """Pydantic's validation of every section: unknown keys are errors."""
@@ -157,6 +157,9 @@ class StageConfig:
                 "train.compile=true with network.init_args.deep_supervision=true: the compiled net does not "
                 "train like the plain one yet; turn one of them off"
             )
+        if self.augment.fourier_sources == "auto":
+            pseudo_labels = self.semi.enabled and self.semi.method in CPS_METHODS and self.semi.weight > 0
+            self.augment.fourier_sources = "all" if pseudo_labels else "labeled"
         if self.augment.fourier_sources == "all" and not self.semi.enabled:
             raise ValueError("augment.fourier_sources=all needs semi.enabled (the unlabeled batches are the sources)")
         if self.semi.enabled and self.semi.init_from and (self.train.init_weights or self.train.init_encoder):

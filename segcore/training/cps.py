@@ -29,6 +29,12 @@ Options (each a ``semi`` config switch):
 * ``init_from``: start both nets from a checkpoint holding two (e.g. the supervised pair's ``last.pt``).
 * ``weight: 0``: no pseudo-labels at all (the two-net supervised control); the unlabeled batch is
   then only drawn when Fourier mixing takes amplitude sources from it.
+
+``method: cacps`` is confidence-aware CPS, plain CPS with ``weak_strong``, ``fourier_confidence``
+and ``pseudo_dice: 0.5`` (each may still be set apart, ``weak_strong`` only to true) and Fourier
+amplitude sources from all batches (``augment.fourier_sources: auto``): the one semi-supervised
+method the pre-registered verdict found to pay (``experiments.ssl_verdict``), and the stage
+configs' default. ``method: cps`` is plain CPS.
 """
 
 from __future__ import annotations
@@ -47,7 +53,12 @@ from segcore.training.losses import soft_dice_per_class
 
 IGNORE = -100  # F.cross_entropy's default ignore_index
 ROUND_INITS = ("fresh", "previous", "continue")
-METHODS = ("cps", "ad_generic", "sd_messenger")
+METHODS = ("cacps", "cps", "ad_generic", "sd_messenger")
+CPS_METHODS = ("cacps", "cps")
+"""The methods :class:`CPSStep` trains (two networks teaching each other)."""
+METHOD_DEFAULTS = {"cacps": {"weak_strong": True, "fourier_confidence": True, "pseudo_dice": 0.5}}
+"""What a method sets where the config leaves ``weak_strong``, ``fourier_confidence`` or ``pseudo_dice``
+unset (every other method: false, false, 0)."""
 
 
 def sigmoid_rampup(step: int, rampup_steps: int) -> float:
@@ -143,14 +154,14 @@ class CPSConfig:
     __pydantic_config__ = ConfigDict(extra="forbid")  # validated by segcore.training.config
 
     enabled: bool = False
-    method: str = "cps"  # or "ad_generic" (GenericSSL's A&D) or "sd_messenger" (S&D-Messenger): one network each
+    method: str = "cps"  # "cacps" (the stage configs'), "ad_generic" (GenericSSL's A&D), "sd_messenger": see METHODS
     networks: int = 2
     weight: float = 1.0  # lambda
     rampup_steps: int = 1000
     rampup_share: float | None = None  # share of the run's steps; overrides rampup_steps
-    weak_strong: bool = False
-    fourier_confidence: bool = False
-    pseudo_dice: float = 0.0
+    weak_strong: bool | None = None  # unset: the method's (METHOD_DEFAULTS)
+    fourier_confidence: bool | None = None
+    pseudo_dice: float | None = None
     confidence: float | None = None
     class_balance: bool = False
     init_from: str | None = None  # checkpoint with two nets to start from
@@ -166,11 +177,19 @@ class CPSConfig:
     cutmix_size: int = 16  # sd_messenger: edge of the labeled block pasted into each unlabeled case (voxels)
 
     def __post_init__(self) -> None:
-        if self.fourier_confidence and not self.weak_strong:
-            raise ValueError("semi.fourier_confidence needs semi.weak_strong: the teacher compares its two views")
         if self.method not in METHODS:
             raise ValueError(f"semi.method={self.method!r}: expected one of {METHODS}")
-        if self.method != "cps" and (self.networks != 1 or self.rounds != 1 or self.weak_strong):
+        if self.method == "cacps" and self.weak_strong is False:
+            raise ValueError(
+                "semi.method=cacps is the weak-strong teacher: for semi.weak_strong=false use semi.method=cps"
+            )
+        defaults = {"weak_strong": False, "fourier_confidence": False, "pseudo_dice": 0.0}
+        for key, value in {**defaults, **METHOD_DEFAULTS.get(self.method, {})}.items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
+        if self.fourier_confidence and not self.weak_strong:
+            raise ValueError("semi.fourier_confidence needs semi.weak_strong: the teacher compares its two views")
+        if self.method not in CPS_METHODS and (self.networks != 1 or self.rounds != 1 or self.weak_strong):
             raise ValueError(f"semi.method={self.method} trains one network in one round: semi.networks=1, "
                              "semi.rounds=1, no semi.weak_strong")  # fmt: skip
         if self.ddim_steps < 2 or self.cutmix_size < 1 or not 0.0 <= self.ema_decay <= 1.0:

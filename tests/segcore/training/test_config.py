@@ -72,7 +72,7 @@ def write(tmp_path, change) -> Path:
         (lambda v: v["train"].update(epochs="ten"), r"train\.epochs: Input should be a valid integer"),
         (lambda v: v["optimizer"].update(name="adam"), r"optimizer\.name: Input should be 'adamw' or 'sgd'"),
         (lambda v: v.pop("store"), r"store: Field required"),
-        (lambda v: v["semi"].update(fourier_confidence=True), r"semi.*needs semi\.weak_strong"),
+        (lambda v: v["semi"].update(method="cps", fourier_confidence=True), r"semi.*needs semi\.weak_strong"),
         (lambda v: v["augment"].update(fourier_sources="all"), r"fourier_sources=all needs semi\.enabled"),
     ],
 )
@@ -95,6 +95,29 @@ def test_overrides_are_validated_like_the_file():
         load_stage_config(path, ["network.init_args.deep_supervison=false"])
     with pytest.raises(ValueError, match=r"train\.epochs: Input should be a valid integer"):
         load_stage_config(path, ["train.epochs=1.5"])
+
+
+@pytest.mark.parametrize("stage", ["coarse_seg", "fine_seg"])
+def test_semi_enabled_alone_is_confidence_aware_cps_the_one_method_the_verdict_found_to_pay(stage):
+    path = ROOT / stage / "config.yaml"
+
+    def semi(*overrides):
+        config = load_stage_config(path, list(overrides))
+        s = config.semi
+        return s.method, s.weak_strong, s.fourier_confidence, s.pseudo_dice, config.augment.fourier_sources
+
+    assert semi("semi.enabled=true") == ("cacps", True, True, 0.5, "all")
+    assert semi("semi.enabled=true", "semi.pseudo_dice=0.3") == ("cacps", True, True, 0.3, "all")  # a variant
+    assert semi("semi.enabled=true", "semi.method=cps") == ("cps", False, False, 0.0, "all")  # plain CPS
+    assert semi("semi.enabled=true", "semi.weight=0")[4] == "labeled"  # the labels-only pair: no unlabeled batch
+    assert semi()[4] == "labeled"  # no semi: nothing but the labeled batch to mix
+    base = load_stage_config(path).network.arch
+    one_net = ("semi.enabled=true", "semi.networks=1", f"network.init_args.base={base}")
+    assert semi(*one_net, "semi.method=ad_generic", "network.arch=ad_generic") == (
+        "ad_generic", False, False, 0.0, "labeled",
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"semi\.method=cacps is the weak-strong teacher.*use semi\.method=cps"):
+        load_stage_config(path, ["semi.enabled=true", "semi.weak_strong=false"])
 
 
 def test_defaults_live_in_the_config_and_a_run_writes_them_all(tmp_path):
