@@ -211,6 +211,15 @@ SHORT = {"supervised_pair_s1": "pair@S1", "pair_continue": "pair_cont", "dense_p
 """Column names of the per-organ table."""
 PHASE_A = ("supervised_pair", "upper_bound")
 ADRENALS = ("right_adrenal_gland", "left_adrenal_gland")
+SMALL_FIRST = (*ADRENALS, "gallbladder", "pancreas")
+"""The organs the per-organ lines list first (the small ones the methods were made for), then the rest."""
+
+
+def small_first(names: list[str]) -> list[int]:
+    """Indices of ``names`` in reporting order: :data:`SMALL_FIRST`, then the others in their order."""
+    return [names.index(n) for n in SMALL_FIRST] + [i for i, n in enumerate(names) if n not in SMALL_FIRST]
+
+
 TOLERANCE = 0.01
 """S1: the first validation within this of the final value."""
 SUCCESS_GAIN, SUCCESS_HEADROOM_SHARE, MIN_HEADROOM, ORGAN_LOSS, ORGAN_MIN_VOXELS = 0.02, 0.25, 0.05, 0.02, 50
@@ -878,7 +887,8 @@ def report(
     )
     lines.append(f"{'organ':<22}{'voxels':>8}" + "".join(f"{SHORT.get(arm, arm):>13}" for arm in arms))
     table = {arm: dsc_of(results, "B", arm, "last", shifted, seeds_of(results, "B", arm)).mean((0, 1)) for arm in arms}
-    for o, name in enumerate(names):
+    for o in small_first(names):
+        name = names[o]
         lines.append(f"{name:<22}{voxels[o]:>8.0f}" + "".join(f"{table[a][o]:>13.4f}" for a in arms))
     lines.append(f"{'mean':<22}{'':>8}" + "".join(f"{table[a].mean():>13.4f}" for a in arms))
     figures["organ_dsc_shifted"] = {arm: table[arm].tolist() for arm in arms}
@@ -999,7 +1009,7 @@ def judge(
     gain = figures["differences"][f"{arm}-{CONTROL}/last/shifted"]
     lines = [
         f"\n{arm} - {CONTROL} per organ, shifted, last.pt (seeds {', '.join(common)}): "
-        + ", ".join(f"{n} {v:+.4f}" for n, v in zip(names, per_organ)),
+        + ", ".join(f"{names[o]} {per_organ[o]:+.4f}" for o in small_first(names)),
         "  per seed: " + ", ".join(f"s{s} {v:+.4f}" for s, v in zip(common, per_seed)),
         f"  worst organ of >= {ORGAN_MIN_VOXELS} voxels: {worst:+.4f}",
     ]

@@ -27,6 +27,7 @@ from experiments.ssl_verdict import (
     plateau,
     read_results,
     report,
+    small_first,
     start_tag,
     to_run,
     unit,
@@ -305,3 +306,12 @@ def test_the_equal_wall_time_pair_continues_the_start_for_s2_times_cacps_cost_in
     start = tmp_path / "runs" / "phase_b" / "seed0" / "supervised_pair_s1" / "last.pt"
     assert f"semi.init_from={start}" in command and equal_time[0]["after"] == [str(start)]
     assert [j["arm"] for j in jobs][-3:] == ["pair_equal_time"] * 3  # the last tier
+
+
+def test_per_organ_lines_put_the_adrenals_gallbladder_and_pancreas_first():
+    from segcore.labels import ORGANS
+
+    names = list(ORGANS.values())
+    order = [names[i] for i in small_first(names)]
+    assert order[:4] == ["right_adrenal_gland", "left_adrenal_gland", "gallbladder", "pancreas"]
+    assert sorted(order) == sorted(names) and order[4] == "liver"  # every organ once, the rest in label order
