@@ -52,7 +52,7 @@ def score_unlabeled(checkpoint: Path, store_path: Path, data_root: Path, nets_to
     networks = [net.eval() for net in build_networks(payload)]
     window = tuple(payload["inference"]["hu_window"])
     if nets_to_use == "pseudo_label":
-        method = payload["config"]["semi"]["method"]
+        method = payload["config"]["semi"].get("method", "cps")
         if method != "ad_generic":
             raise ValueError(
                 f"{checkpoint}: pseudo_label scores an A&D checkpoint (semi.method ad_generic), not {method}"
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.checkpoint:
         for relative in args.checkpoint:
             path = work / relative
-            ad = load_checkpoint_config(path)["semi"]["method"] == "ad_generic"
+            ad = load_checkpoint_config(path)["semi"].get("method") == "ad_generic"
             for mode in ("ensemble", "pseudo_label") if ad else ("ensemble",):
                 summarise(f"{relative}/{mode}", score_unlabeled(path, store, data_root, mode))
         (work / "pseudo_labels_checkpoints.json").write_text(json.dumps(figures, indent=1))

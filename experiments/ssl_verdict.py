@@ -172,6 +172,8 @@ ARM_OVERRIDES = {
 }  # fmt: skip
 """The arms that continue from ``supervised_pair_s1`` for S2 steps (``ad_generic`` and
 ``sd_messenger``: one network, started from the pair's first; ``experiments/ssl_shift_design.md``)."""
+STARTED = (*ARM_OVERRIDES, "single_continue", "pair_equal_time")
+"""The arms that continue from ``supervised_pair_s1``: each is compared only with a control from its start."""
 CONTROL, PRIMARY = "pair_continue", "cacps"
 CONTROLS = {
     "cacps": "pair_continue", "cps": "pair_continue", "cps_uif": "pair_continue",
@@ -666,7 +668,7 @@ def is_done(item: dict[str, Any], results: list[dict]) -> bool:
     """Whether a job has a result that can be compared: from the recorded start (no ``start``), or
     from another start from which its control was run too (else it is run again, from this folder's start)."""
     lines = [r for r in results if (r["phase"], r["seed"], r["arm"]) == (item["phase"], item["seed"], item["arm"])]
-    control = CONTROLS.get(item["arm"]) if item["arm"] in ARM_OVERRIDES else None
+    control = CONTROLS.get(item["arm"]) if item["arm"] in STARTED else None
     controls = {unit(r) for r in results if r["phase"] == "B" and r["arm"] == control}
     return any(not r.get("start") or control is None or unit(r) in controls for r in lines)
 
@@ -839,7 +841,6 @@ def report(
 
     names = list(ORGANS.values())
     adrenal = [names.index(n) for n in ADRENALS]
-    rng = np.random.default_rng(0)
     drawn = "phase other than portal venous" if setting == SHIFT else "any domain"
     lines = [
         f"ssl_verdict, setting {2 if setting == SHIFT else 1}: coarse stage {settings.coarse_size}^3, recipe "
@@ -894,9 +895,10 @@ def report(
     figures["organ_dsc_shifted"] = {arm: table[arm].tolist() for arm in arms}
 
     figures["differences"] = {}
+    versus = [(arm, other) for arm in VERSUS_PRIMARY for other in (PRIMARY, "single_continue")]
+    shared = np.random.default_rng(0)  # the arm-control intervals draw in turn, as when they were published
     for checkpoint in ("last", "best"):
         lines.append(f"\n{checkpoint}.pt minus control, per case mean over common seeds; mean [bootstrap 95 %]")
-        versus = [(arm, other) for arm in VERSUS_PRIMARY for other in (PRIMARY, "single_continue")]
         for arm, control in [*CONTROLS.items(), *versus]:
             common = paired(results, arm, control)
             if not common:
@@ -907,6 +909,8 @@ def report(
                     results, "B", control, checkpoint, ids, common
                 )
                 per_case = diff.mean(2).mean(0)
+                # a comparison added later draws from its own generator, so that no published interval moves
+                rng = shared if (arm, control) in CONTROLS.items() else np.random.default_rng(0)
                 low, high = bootstrap_interval(per_case, rng)
                 cells.append(f"{subset} {per_case.mean():+.4f} [{low:+.4f}, {high:+.4f}]")
                 figures["differences"][f"{arm}-{control}/{checkpoint}/{subset}"] = {
@@ -916,15 +920,15 @@ def report(
 
     figures["via_control"] = {}
     for arm, other in VIA_CONTROL:
-        if paired(results, arm, other) or via_control(results, arm, other, shifted) is None:
-            continue  # compared directly above, or not yet comparable
+        if (arm, other) in versus and paired(results, arm, other) or via_control(results, arm, other, shifted) is None:
+            continue  # compared directly above (they share starts), or not yet comparable
         if not figures["via_control"]:  # the first comparison: its header
             lines.append(f"\nAcross starts, through {CONTROL} (each arm minus the control from its own starts), "
                          "last.pt; mean [bootstrap 95 %]")  # fmt: skip
         cells = []
         for subset, ids in subsets.items():
             per_case = via_control(results, arm, other, ids)
-            low, high = bootstrap_interval(per_case, rng)
+            low, high = bootstrap_interval(per_case, np.random.default_rng(0))
             cells.append(f"{subset} {per_case.mean():+.4f} [{low:+.4f}, {high:+.4f}]")
             figures["via_control"][f"{arm}-{other}/{subset}"] = {"mean": float(per_case.mean()), "ci95": [low, high]}
         units = f"{arm} seeds {', '.join(paired(results, arm, CONTROL))}; {other} seeds " + ", ".join(
@@ -932,8 +936,9 @@ def report(
         )
         lines.append(f"  {arm} - {other}: " + "; ".join(cells) + f" ({units})")
         if (arm, other) == (PRIMARY, "pair_equal_time"):
-            sentence = equal_time_sentence(figures["via_control"][f"{arm}-{other}/shifted"],
-                                           len(paired(results, other, CONTROL)), len(settings.seeds))  # fmt: skip
+            seeds = {unit.split("/")[0] for unit in paired(results, other, CONTROL)}
+            sentence = equal_time_sentence(figures["via_control"][f"{arm}-{other}/shifted"], len(seeds),
+                                           len(settings.seeds))  # fmt: skip
             figures["equal_time_verdict"] = sentence
             lines.append(f"  EQUAL WALL TIME: {sentence}")
 
@@ -1063,6 +1068,10 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
     settings = Settings(**QUICK) if args.quick else Settings()
     if args.parallel is not None and args.parallel < 1:
         parser.error(f"--parallel must be at least 1 (got {args.parallel})")
+    if args.arms and set(args.arms) - set(report_order(args.setting)):
+        others = ", ".join(sorted(set(args.arms) - set(report_order(args.setting))))
+        parser.error(f"--arms {others}: not an arm of setting {args.setting} (its arms: "
+                     f"{', '.join(report_order(args.setting))})")  # fmt: skip
     return args, settings
 
 

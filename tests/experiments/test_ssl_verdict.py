@@ -315,3 +315,26 @@ def test_per_organ_lines_put_the_adrenals_gallbladder_and_pancreas_first():
     order = [names[i] for i in small_first(names)]
     assert order[:4] == ["right_adrenal_gland", "left_adrenal_gland", "gallbladder", "pancreas"]
     assert sorted(order) == sorted(names) and order[4] == "liver"  # every organ once, the rest in label order
+
+
+def test_the_equal_wall_time_pair_from_another_start_is_done_only_once_its_control_ran_from_it_too():
+    item = _job(0, "pair_equal_time", ("/nowhere/seed0/supervised_pair_s1/last.pt",))
+    orphan = [_line(0, "pair_continue"), _line(0, "pair_equal_time", "ab12cd34")]
+    assert not is_done(item, orphan)
+    assert is_done(item, [*orphan, _line(0, "pair_continue", "ab12cd34")])
+
+
+def test_the_equal_wall_time_sentence_is_written_even_when_cacps_and_its_pair_share_a_start():
+    cases = ["Case_00001", "Case_00002", "Case_00003"]
+    arms = {"supervised_pair_s1": 0.6, "pair_continue": 0.60, "cacps": 0.63, "pair_equal_time": 0.61}
+    subsets = {"in-domain": cases[:1], "shifted": cases, "all": cases}
+    text, figures = report(_results(cases, arms), subsets, np.full(13, 100.0), Settings(seeds=(0,)))
+    assert figures["via_control"]["cacps-pair_equal_time/shifted"]["mean"] == pytest.approx(0.02)
+    assert "EQUAL WALL TIME: cacps keeps its gain at equal wall time: cacps - pair_equal_time +0.0200" in text
+    assert figures["equal_time_verdict"].endswith("+0.0200 [+0.0200, +0.0200]")  # every case +0.02: no spread
+
+
+def test_arms_of_the_other_setting_are_refused():
+    assert parse_args(["--arms", "pair_equal_time"])[0].arms == ["pair_equal_time"]
+    with pytest.raises(SystemExit):
+        parse_args(["--setting", "shift", "--arms", "pair_equal_time"])

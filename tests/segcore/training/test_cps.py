@@ -138,7 +138,7 @@ def test_two_process_cps_rounds_keep_both_nets_in_sync_and_store_the_uif_pick(ti
             "sh", str(ROOT / "coarse_seg" / "run.sh"), "--nproc", "2",
             "--config", str(ROOT / "coarse_seg" / "config.tiny.yaml"),
             f"store={store_copy}", f"output_dir={out}", "train.epochs=2", "train.val_every=1",
-            "semi.enabled=true", "semi.rounds=2", "semi.uif_keep=2", "semi.unlabeled_batch_size=1",
+            "semi.enabled=true", "semi.method=cps", "semi.rounds=2", "semi.uif_keep=2", "semi.unlabeled_batch_size=1",
         ],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip

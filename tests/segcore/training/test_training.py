@@ -118,7 +118,9 @@ def train(tiny_store, out, *overrides, resume=False, name="last.pt"):
     return load_checkpoint(out / name)
 
 
-@pytest.mark.parametrize("semi", [[], ["semi.enabled=true", "semi.unlabeled_batch_size=1"]], ids=["supervised", "semi_default_cacps"])
+@pytest.mark.parametrize(
+    "semi", [[], ["semi.enabled=true", "semi.unlabeled_batch_size=1"]], ids=["supervised", "semi_default_cacps"]
+)
 def test_resume_continues_at_the_saved_step_lr_and_optimizer_state(semi, tiny_store, tmp_path):
     # train.max_steps stands in for an interruption: under poly the plan (train.epochs) stays the
     # same; a wsd run's plan is train.max_steps itself, so stopping early this way would change it.
