@@ -1022,7 +1022,7 @@ def judge(
     figures[f"{key}_per_organ"] = dict(zip(names, per_organ.tolist()))
     figures[f"{key}_per_seed"] = dict(zip(common, per_seed.tolist()))
     if summary is not None:
-        complete = set(common) >= {str(seed) for seed in settings.seeds}
+        complete = {unit.split("/")[0] for unit in common} >= {str(seed) for seed in settings.seeds}  # seeds, any start
         sentence = verdict(gain["mean"], tuple(gain["ci95"]), summary["headroom_shifted"], worst, summary["valid"], arm)
         if not complete:
             sentence = f"not yet decided ({len(common)} of {len(settings.seeds)} seeds); so far: {sentence}"

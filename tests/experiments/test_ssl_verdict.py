@@ -338,3 +338,13 @@ def test_arms_of_the_other_setting_are_refused():
     assert parse_args(["--arms", "pair_equal_time"])[0].arms == ["pair_equal_time"]
     with pytest.raises(SystemExit):
         parse_args(["--setting", "shift", "--arms", "pair_equal_time"])
+
+
+def test_a_verdict_from_remade_starts_is_decided_once_every_seed_has_run():
+    cases = ["Case_00001", "Case_00002", "Case_00003"]
+    lines = _results(cases, {"supervised_pair_s1": 0.6})
+    lines += [{**_scored("B", arm, dsc, cases), "start": "ab12cd34"} for arm, dsc in
+              (("pair_continue", 0.60), ("ad_generic", 0.58))]  # fmt: skip
+    subsets = {"in-domain": cases[:1], "shifted": cases, "all": cases}
+    text, figures = report(lines, subsets, np.full(13, 100.0), Settings(seeds=(0,), phase_a_steps=400))
+    assert figures["ad_generic_verdict"].startswith("unlabeled data does not pay here")  # not "not yet decided"
