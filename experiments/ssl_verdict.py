@@ -798,6 +798,11 @@ def unit(line: dict) -> str:
     return f"{line['seed']}/{line['start']}" if line.get("start") else str(line["seed"])
 
 
+def seed_of(unit_name: str) -> str:
+    """The seed of a :func:`unit`: ``"0/3fa2c1d0"`` -> ``"0"``."""
+    return unit_name.split("/")[0]
+
+
 def dsc_of(results: list[dict], phase: str, arm: str, checkpoint: str, ids: list[str], units) -> np.ndarray:
     """``(units, cases, 13)`` DSC of one arm."""
     rows = {unit(r): r for r in results if r["phase"] == phase and r["arm"] == arm}
@@ -905,10 +910,7 @@ def report(
                 continue
             cells = []
             for subset, ids in subsets.items():
-                diff = dsc_of(results, "B", arm, checkpoint, ids, common) - dsc_of(
-                    results, "B", control, checkpoint, ids, common
-                )
-                per_case = diff.mean(2).mean(0)
+                per_case = case_gain(results, arm, control, checkpoint, ids, common)
                 # a comparison added later draws from its own generator, so that no published interval moves
                 rng = shared if (arm, control) in CONTROLS.items() else np.random.default_rng(0)
                 low, high = bootstrap_interval(per_case, rng)
@@ -936,7 +938,7 @@ def report(
         )
         lines.append(f"  {arm} - {other}: " + "; ".join(cells) + f" ({units})")
         if (arm, other) == (PRIMARY, "pair_equal_time"):
-            seeds = {unit.split("/")[0] for unit in paired(results, other, CONTROL)}
+            seeds = {seed_of(u) for u in paired(results, other, CONTROL)}
             sentence = equal_time_sentence(figures["via_control"][f"{arm}-{other}/shifted"], len(seeds),
                                            len(settings.seeds))  # fmt: skip
             figures["equal_time_verdict"] = sentence
@@ -974,13 +976,15 @@ def via_control(
     if not mine or not theirs:
         return None
 
-    def gain(name: str, units: list[str]) -> np.ndarray:
-        diff = dsc_of(results, "B", name, checkpoint, ids, units) - dsc_of(
-            results, "B", CONTROL, checkpoint, ids, units
-        )
-        return diff.mean(2).mean(0)
+    return case_gain(results, arm, CONTROL, checkpoint, ids, mine) - case_gain(
+        results, other, CONTROL, checkpoint, ids, theirs
+    )
 
-    return gain(arm, mine) - gain(other, theirs)
+
+def case_gain(results: list[dict], arm: str, control: str, checkpoint: str, ids: list[str], units) -> np.ndarray:
+    """Per test case of ``ids``: ``arm`` − ``control`` (mean DSC over the organs), averaged over ``units``."""
+    diff = dsc_of(results, "B", arm, checkpoint, ids, units) - dsc_of(results, "B", control, checkpoint, ids, units)
+    return diff.mean(2).mean(0)
 
 
 def equal_time_sentence(difference: dict[str, Any], seeds: int, planned: int) -> str:
@@ -1022,7 +1026,7 @@ def judge(
     figures[f"{key}_per_organ"] = dict(zip(names, per_organ.tolist()))
     figures[f"{key}_per_seed"] = dict(zip(common, per_seed.tolist()))
     if summary is not None:
-        complete = {unit.split("/")[0] for unit in common} >= {str(seed) for seed in settings.seeds}  # seeds, any start
+        complete = {seed_of(u) for u in common} >= {str(seed) for seed in settings.seeds}  # seeds, any start
         sentence = verdict(gain["mean"], tuple(gain["ci95"]), summary["headroom_shifted"], worst, summary["valid"], arm)
         if not complete:
             sentence = f"not yet decided ({len(common)} of {len(settings.seeds)} seeds); so far: {sentence}"
