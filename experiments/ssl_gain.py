@@ -239,9 +239,14 @@ def steps_per_epoch(store_path: Path) -> int:
 
 
 # -- one arm: train, then score both checkpoints --------------------------------------------------
+def resumes(run_dir: Path) -> bool:
+    """Whether training into ``run_dir`` resumes from a checkpoint rather than starting afresh."""
+    return (run_dir / "last.pt").exists() or (run_dir / "round0" / "last.pt").exists()
+
+
 def train_arm(command: list[str], run_dir: Path, threads: int) -> float:
     """Run (or resume) one training command; returns the wall time of this call."""
-    resumable = (run_dir / "last.pt").exists() or (run_dir / "round0" / "last.pt").exists()
+    resumable = resumes(run_dir)
     if run_dir.exists() and not resumable:
         shutil.rmtree(run_dir)  # started but never checkpointed: nothing to keep
     run_dir.mkdir(parents=True, exist_ok=True)

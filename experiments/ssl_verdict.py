@@ -146,7 +146,7 @@ import numpy as np
 import torch
 
 from experiments import ssl_gain
-from experiments.ssl_gain import IN_DOMAIN, TRAIN_CONFIG, bootstrap_interval, score_checkpoint, train_arm
+from experiments.ssl_gain import IN_DOMAIN, TRAIN_CONFIG, bootstrap_interval, resumes, score_checkpoint, train_arm
 from experiments.time_to_accuracy import RECIPES
 from segcore.networks.checkpoint import load_checkpoint
 
@@ -530,16 +530,20 @@ def phase_b_jobs(paths: Paths, settings: Settings, run_root: Path, s1: int) -> l
 
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
-    """Train one run (its commands in order; each resumes where it stopped) and score its checkpoints."""
+    """Train one run (its commands in order; each resumes where it stopped) and score its checkpoints.
+
+    ``train_s`` is this call's wall time; ``resumed`` says that part of the run was done by an earlier
+    call, so that ``train_s`` is not the run's cost."""
     torch.set_num_threads(1)
     run_dir = Path(job["run_dir"])
     load_before = os.getloadavg()
-    wall = 0.0
+    wall, resumed = 0.0, False
     for command in job["commands"]:
+        output = Path(next(c for c in command if c.startswith("output_dir=")).split("=", 1)[1])
+        resumed = resumed or resumes(output) or (output / "encoder.pt").exists()
         if "segcore.training.pretrain" in command:
             wall += run_pretrain(command)
         else:
-            output = Path(next(c for c in command if c.startswith("output_dir=")).split("=", 1)[1])
             wall += train_arm(command, output, 1)
     started = time.perf_counter()
     last = run_dir / "last.pt"
@@ -553,9 +557,15 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     return {
         **{k: job[k] for k in ("phase", "seed", "arm", "run_dir")}, **pseudo,
         "commands": [" ".join(c) for c in job["commands"]], "train_s": round(wall, 1),
-        "score_s": round(time.perf_counter() - started, 1), "load_before": list(load_before),
+        "resumed": resumed, "score_s": round(time.perf_counter() - started, 1), "load_before": list(load_before),
         "load_after": list(os.getloadavg()), "curve": validation_curve(run_dir), "checkpoints": scores,
     }  # fmt: skip
+
+
+def wall_of(line: dict[str, Any]) -> str:
+    """A recorded run's training wall time as the report prints it: ``"882 s"``, or ``"339 s, resumed"``
+    where an earlier call did part of the run (the figure is then only the last call's)."""
+    return f"{line['train_s']:.0f} s" + (", resumed" if line.get("resumed") else "")
 
 
 def compact(scores: dict[str, Any]) -> dict[str, Any]:
@@ -653,7 +663,7 @@ def run_jobs(
                     stream.write(json.dumps(line) + "\n")
                 results.append(line)
                 print(f"ssl_verdict: phase {line['phase']} seed {line['seed']} {line['arm']}: trained in "
-                      f"{line['train_s']:.0f} s", flush=True)  # fmt: skip
+                      f"{wall_of(line)}", flush=True)  # fmt: skip
 
 
 def finished(checkpoint: str | Path) -> bool:
@@ -861,7 +871,7 @@ def report(
         means = [dsc_of(results, "A", row["arm"], "last", ids, ["0"]).mean() for ids in subsets.values()]
         lines.append(f"  {row['arm']:<16} {curve}")
         lines.append(f"  {'':<16} last.pt test in/shifted/all {'/'.join(f'{m:.4f}' for m in means)}; "
-                     f"{row['train_s']:.0f} s")  # fmt: skip
+                     f"{wall_of(row)}")  # fmt: skip
     if summary:
         lines.append(
             f"  rule: final {summary['final']:.4f}, S1 {summary['s1']} (plateaued: S1 <= {settings.plateau_limit}: "
@@ -883,8 +893,8 @@ def report(
         for seed in seeds_of(results, "B", arm):
             per = [dsc_of(results, "B", arm, "last", ids, [seed]).mean() for ids in subsets.values()]
             adrenals = dsc_of(results, "B", arm, "last", subsets["shifted"], [seed])[..., adrenal].mean()
-            wall = next(r["train_s"] for r in results if r["phase"] == "B" and r["arm"] == arm and unit(r) == seed)
-            cells.append(f"s{seed}: " + "/".join(f"{v:.4f}" for v in per) + f" adr {adrenals:.3f} ({wall:.0f} s)")
+            run = next(r for r in results if r["phase"] == "B" and r["arm"] == arm and unit(r) == seed)
+            cells.append(f"s{seed}: " + "/".join(f"{v:.4f}" for v in per) + f" adr {adrenals:.3f} ({wall_of(run)})")
         lines.append(f"  {arm:<22}" + "  ".join(cells))
 
     shifted = subsets["shifted"]

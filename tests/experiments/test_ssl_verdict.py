@@ -348,3 +348,36 @@ def test_a_verdict_from_remade_starts_is_decided_once_every_seed_has_run():
     subsets = {"in-domain": cases[:1], "shifted": cases, "all": cases}
     text, figures = report(lines, subsets, np.full(13, 100.0), Settings(seeds=(0,), phase_a_steps=400))
     assert figures["ad_generic_verdict"].startswith("unlabeled data does not pay here")  # not "not yet decided"
+
+
+def test_a_run_resumed_in_a_later_call_says_its_wall_time_is_only_that_call_s(tmp_path):
+    from experiments.ssl_verdict import run_job
+
+    done, resumed = tmp_path / "done", tmp_path / "resumed"
+    (resumed / "round0").mkdir(parents=True)
+    (resumed / "round0" / "last.pt").write_bytes(b"")  # stopped after a checkpoint: the next call resumes it
+    lines = {}
+
+    def train(command, output, threads):  # leaves a finished run's checkpoint, as training would
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "last.pt").write_bytes(b"")
+        return 5.0
+
+    for run_dir in (done, resumed):
+        command = ["python", "-m", "coarse_seg.train", f"output_dir={run_dir}"]
+        job = {"phase": "B", "seed": 0, "arm": "cacps", "run_dir": str(run_dir), "commands": [command],
+               "store": "s", "data_root": "d"}  # fmt: skip
+        with (
+            mock.patch("experiments.ssl_verdict.train_arm", side_effect=train),
+            mock.patch("experiments.ssl_verdict.score_checkpoint", return_value={"cases": {}}),
+        ):
+            lines[run_dir.name] = run_job(job)
+    assert lines["done"]["train_s"] == 5.0 and lines["done"]["resumed"] is False
+    assert lines["resumed"]["resumed"] is True
+
+    cases = ["Case_00001"]
+    results = _results(cases, {"pair_continue": 0.6, "cacps": 0.61})
+    results[-1]["resumed"] = True
+    settings = Settings(seeds=(0,), phase_a_steps=400)
+    text, _ = report(results, {"in-domain": cases, "shifted": cases, "all": cases}, np.full(13, 100.0), settings)
+    assert "(1 s, resumed)" in text and "(1 s)" in text  # cacps resumed, pair_continue ran in one call
