@@ -99,6 +99,13 @@ def ad_pseudo_label(net: torch.nn.Module, image_hu: np.ndarray, hu_window: tuple
     return labels[0].to(torch.uint8).numpy()
 
 
+def keep_figures(path: Path, figures: dict[str, dict]) -> None:
+    """Add ``figures`` to those ``path`` already holds (a checkpoint scored again replaces its old
+    figures), so that scoring one more checkpoint keeps the others'."""
+    kept = json.loads(path.read_text()) if path.exists() else {}
+    path.write_text(json.dumps({**kept, **figures}, indent=1))
+
+
 def main(argv: list[str] | None = None) -> int:
     from segcore.labels import ORGANS
     from segcore.phantom.tissues import domain_group
@@ -145,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             ad = load_checkpoint_config(path)["semi"].get("method") == "ad_generic"
             for mode in ("ensemble", "pseudo_label") if ad else ("ensemble",):
                 summarise(f"{relative}/{mode}", score_unlabeled(path, store, data_root, mode))
-        (work / "pseudo_labels_checkpoints.json").write_text(json.dumps(figures, indent=1))
+        keep_figures(work / "pseudo_labels_checkpoints.json", figures)
         return 0
     for seed_dir in sorted(work.glob("runs/*/seed*")):
         for label, relative in CHECKPOINTS.items():
