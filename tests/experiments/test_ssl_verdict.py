@@ -305,7 +305,39 @@ def test_the_equal_wall_time_pair_continues_the_start_for_s2_times_cacps_cost_in
     assert all(override in command for override in PAIR)  # the control's own pair, labels only
     start = tmp_path / "runs" / "phase_b" / "seed0" / "supervised_pair_s1" / "last.pt"
     assert f"semi.init_from={start}" in command and equal_time[0]["after"] == [str(start)]
-    assert [j["arm"] for j in jobs][-3:] == ["pair_equal_time"] * 3  # the last tier
+    assert [j["arm"] for j in jobs][-6:-3] == ["pair_equal_time"] * 3  # the sixth tier, before the seventh
+
+
+@pytest.mark.parametrize("setting", ["mixed", "shift"])
+def test_a_and_d_at_its_own_unlabeled_weight_changes_only_the_weight_and_its_ramp_in_setting_1_only(tmp_path, setting):
+    paths = paths_of(tmp_path, Settings(), setting=setting)
+    with mock.patch("experiments.ssl_verdict.train_size", return_value=6):
+        jobs = phase_b_jobs(paths, Settings(), tmp_path / "runs", 2100)
+    heavy = [j for j in jobs if j["arm"] == "ad_generic_w10"]
+    if setting == "shift":
+        assert heavy == []
+        return
+    assert [j["arm"] for j in jobs][-3:] == ["ad_generic_w10"] * 3  # the last tier
+    (command,) = next(j["commands"] for j in jobs if j["arm"] == "ad_generic" and j["seed"] == 0)
+    (heavy_command,) = heavy[0]["commands"]
+    changed = set(heavy_command) ^ set(command)
+    assert changed == {
+        "semi.weight=1.0", "semi.rampup_share=0.35", "semi.weight=10.0", "semi.rampup_share=1.0",
+        f"output_dir={tmp_path / 'runs' / 'phase_b' / 'seed0' / 'ad_generic'}",
+        f"output_dir={tmp_path / 'runs' / 'phase_b' / 'seed0' / 'ad_generic_w10'}",
+        "train.keep_steps=[525]",  # its pseudo-labels are scored half-way too
+    }  # fmt: skip
+    assert heavy[0]["pseudo"] == {"ad_generic_w10@half": "step525.pt", "ad_generic_w10@end": "last.pt"}
+
+
+def test_a_and_d_at_its_own_weight_is_judged_and_compared_with_a_and_d_from_the_same_starts():
+    cases = ["Case_00001", "Case_00002", "Case_00003"]
+    arms = {"supervised_pair_s1": 0.6, "pair_continue": 0.60, "cacps": 0.63, "ad_generic": 0.58, "ad_generic_w10": 0.61}
+    subsets = {"in-domain": cases[:1], "shifted": cases, "all": cases}
+    text, figures = report(_results(cases, arms), subsets, np.full(13, 100.0), Settings(seeds=(0,)))
+    assert figures["differences"]["ad_generic_w10-ad_generic/last/shifted"]["mean"] == pytest.approx(0.03)
+    assert figures["differences"]["ad_generic_w10-pair_continue/last/shifted"]["mean"] == pytest.approx(0.01)
+    assert "VERDICT (ad_generic_w10, by the same criterion, added after the verdict): unlabeled data does not" in text
 
 
 def test_per_organ_lines_put_the_adrenals_gallbladder_and_pancreas_first():
