@@ -290,11 +290,15 @@ def test_the_equal_wall_time_check_reads_its_interval_as_pre_registered(interval
     assert sentence.startswith(reading)
 
 
+def _phase_b_jobs(tmp_path, setting: str) -> list[dict]:
+    """A setting's phase-B jobs for S1 = 2,100 (S2 = 1,050), 6 training cases, under ``tmp_path``."""
+    with mock.patch("experiments.ssl_verdict.train_size", return_value=6):
+        return phase_b_jobs(paths_of(tmp_path, Settings(), setting=setting), Settings(), tmp_path / "runs", 2100)
+
+
 @pytest.mark.parametrize("setting", ["mixed", "shift"])
 def test_the_equal_wall_time_pair_continues_the_start_for_s2_times_cacps_cost_in_setting_1_only(tmp_path, setting):
-    paths = paths_of(tmp_path, Settings(), setting=setting)
-    with mock.patch("experiments.ssl_verdict.train_size", return_value=6):
-        jobs = phase_b_jobs(paths, Settings(), tmp_path / "runs", 2100)
+    jobs = _phase_b_jobs(tmp_path, setting)
     equal_time = [j for j in jobs if j["arm"] == "pair_equal_time"]
     if setting == "shift":
         assert equal_time == []
@@ -310,9 +314,7 @@ def test_the_equal_wall_time_pair_continues_the_start_for_s2_times_cacps_cost_in
 
 @pytest.mark.parametrize("setting", ["mixed", "shift"])
 def test_a_and_d_at_its_own_unlabeled_weight_changes_only_the_weight_and_its_ramp_in_setting_1_only(tmp_path, setting):
-    paths = paths_of(tmp_path, Settings(), setting=setting)
-    with mock.patch("experiments.ssl_verdict.train_size", return_value=6):
-        jobs = phase_b_jobs(paths, Settings(), tmp_path / "runs", 2100)
+    jobs = _phase_b_jobs(tmp_path, setting)
     heavy = [j for j in jobs if j["arm"] == "ad_generic_w10"]
     if setting == "shift":
         assert heavy == []
