@@ -181,12 +181,12 @@ ARM_OVERRIDES = {
                      "network.init_args.base=residual_unet3d", "semi.weight=1.0", "semi.rampup_share=0.35",
                      "semi.cutmix_size=16"],
 }  # fmt: skip
-ARM_OVERRIDES["ad_generic_w10"] = [
+"""The arms that continue from ``supervised_pair_s1`` for S2 steps (``ad_generic`` and
+``sd_messenger``: one network, started from the pair's first; ``experiments/ssl_shift_design.md``)."""
+ARM_OVERRIDES["ad_generic_w10"] = [  # A&D at GenericSSL's own unlabeled weight (tier 7)
     *(o for o in ARM_OVERRIDES["ad_generic"] if not o.startswith(("semi.weight=", "semi.rampup_share="))),
     "semi.weight=10.0", "semi.rampup_share=1.0",
 ]  # fmt: skip
-"""The arms that continue from ``supervised_pair_s1`` for S2 steps (``ad_generic`` and
-``sd_messenger``: one network, started from the pair's first; ``experiments/ssl_shift_design.md``)."""
 STARTED = (*ARM_OVERRIDES, "single_continue", "pair_equal_time")
 """The arms that continue from ``supervised_pair_s1``: each is compared only with a control from its start."""
 CONTROL, PRIMARY = "pair_continue", "cacps"
@@ -213,7 +213,7 @@ VIA_CONTROL = (
 REPORT_ORDER = [arm for tier in TIERS for arm in tier]
 JUDGED = ("cacps", "ad_generic", "sd_messenger", "ad_generic_w10")
 """The arms each given a verdict sentence by the criterion against ``pair_continue`` (in setting 1 only
-``cacps``, the primary arm, decides; the other two were added after its verdict)."""
+``cacps``, the primary arm, decides; the others were added after its verdict)."""
 VERSUS_PRIMARY = ("ad_generic", "sd_messenger", "ad_generic_w10")
 """Also reported against ``cacps`` and against ``single_continue`` (one net, labels only, from the same start)."""
 VERSUS_MORE = (("ad_generic_w10", "ad_generic"),)
