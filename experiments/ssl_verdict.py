@@ -720,15 +720,26 @@ def to_run(jobs: list[dict[str, Any]], results: list[dict]) -> list[dict[str, An
     return order
 
 
-def only_arms(order: list[dict[str, Any]], arms: list[str]) -> list[dict[str, Any]]:
-    """The jobs of ``order`` (:func:`to_run`'s) of the named arms, with the start runs they need,
-    by seed (stable: a start stays before its runs), so that the arms of one seed run close
-    together; the other arms wait for a later run (a control from a remade start is still queued
-    by :func:`run_jobs`)."""
-    kept = [j for j in order if j["arm"] in arms]
+def only_arms(
+    order: list[dict[str, Any]], arms: list[str] | None, seeds: list[int] | None = None
+) -> list[dict[str, Any]]:  # fmt: skip
+    """The jobs of ``order`` (:func:`to_run`'s) of the named arms (all if None) and seeds (all if
+    None), with the start runs they need, by seed (stable: a start stays before its runs), so that
+    the arms of one seed run close together; the other arms wait for a later run (a control from a
+    remade start is still queued by :func:`run_jobs`). A start belongs to one seed, so two processes
+    given different ``seeds`` never train the same run."""
+    kept = [j for j in order if (arms is None or j["arm"] in arms) and (seeds is None or j["seed"] in seeds)]
     needed = {path for j in kept for path in j["after"]}
     kept = [j for j in order if j in kept or str(Path(j["run_dir"]) / "last.pt") in needed]
     return sorted(kept, key=lambda j: j["seed"])
+
+
+def seed_numbers(text: str) -> list[int]:
+    """``--seeds``: comma-separated seed numbers."""
+    try:
+        return [int(seed) for seed in text.split(",") if seed.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds are comma-separated integers, not {text!r}") from None
 
 
 def arm_names(text: str) -> list[str]:
@@ -1090,6 +1101,12 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
         "from a remade start, its control; e.g. the arms that need no start checkpoint",
     )
     parser.add_argument(
+        "--seeds",
+        type=seed_numbers,
+        help="phase B: only these seeds (comma-separated), e.g. to run two processes side by side on "
+        "different seeds without both training the same start",
+    )
+    parser.add_argument(
         "--parallel",
         type=int,
         help="runs at a time (default: the settings' 2); not part of the design, so not of the results' key: "
@@ -1139,7 +1156,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{summary['headroom_shifted']:+.4f}, valid {summary['valid']}", flush=True)  # fmt: skip
             jobs = phase_b_jobs(paths, settings, run_root, summary["s1"])
             order = to_run(jobs, results)
-            run_jobs(only_arms(order, args.arms) if args.arms else order, parallel, paths, results, settings_key,
+            picked = only_arms(order, args.arms, args.seeds) if args.arms or args.seeds else order
+            run_jobs(picked, parallel, paths, results, settings_key,
                      jobs)  # fmt: skip
     text, figures = report(results, subsets, voxels, settings, args.setting)
     print("\n" + text)

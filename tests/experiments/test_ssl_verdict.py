@@ -27,6 +27,7 @@ from experiments.ssl_verdict import (
     plateau,
     read_results,
     report,
+    seed_numbers,
     small_first,
     start_tag,
     to_run,
@@ -195,6 +196,25 @@ def test_arms_chosen_by_name_run_seed_by_seed_with_only_the_starts_they_need():
     ]  # fmt: skip
     never_run = [_job(0, "supervised_pair_s1"), _job(0, "cps", (start(0),)), _job(0, "upper_bound")]
     assert [j["arm"] for j in only_arms(never_run, ["cps"])] == ["supervised_pair_s1", "cps"]
+
+
+def test_seeds_chosen_by_number_keep_their_own_starts_only():
+    start = "/nowhere/seed{}/supervised_pair_s1/last.pt".format
+    order = [
+        {**_job(1, "supervised_pair_s1"), "rerun": True}, _job(1, "cacps", (start(1),)),
+        {**_job(2, "supervised_pair_s1"), "rerun": True}, _job(2, "cacps", (start(2),)),
+        _job(2, "ad_generic", (start(2),)),
+    ]  # fmt: skip
+    assert [(j["seed"], j["arm"]) for j in only_arms(order, None, [2])] == [
+        (2, "supervised_pair_s1"), (2, "cacps"), (2, "ad_generic"),
+    ]  # fmt: skip
+    assert [(j["seed"], j["arm"]) for j in only_arms(order, ["cacps"], [1])] == [
+        (1, "supervised_pair_s1"),
+        (1, "cacps"),
+    ]
+    assert seed_numbers("1, 2") == [1, 2]
+    with pytest.raises(argparse.ArgumentTypeError, match="one"):
+        seed_numbers("one")
 
 
 def test_an_unknown_arm_name_is_refused_before_anything_runs():
