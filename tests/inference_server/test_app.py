@@ -3,8 +3,8 @@
 The stand-in labels the voxels above 100 HU as liver (blurred first, so that the mask has outlines
 like an organ's rather than the 18,000 specks of a noisy threshold, which cost an RTSTRUCT a
 minute) and says what the test tells it to, so a status path is checked in milliseconds without a
-model; `test_server.py` keeps the real uvicorn
-process and the real model for what only they show (streaming limits, overload, the model).
+model; `test_server.py` keeps the real uvicorn process and the real model for what only they show
+(streaming limits, overload, the model).
 """
 
 from __future__ import annotations
