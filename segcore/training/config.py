@@ -157,6 +157,11 @@ class StageConfig:
                 "train.compile=true with network.init_args.deep_supervision=true: the compiled net does not "
                 "train like the plain one yet; turn one of them off"
             )
+        arch = self.network.arch
+        if arch in ("ad_generic", "sd_messenger") and not (self.semi.enabled and self.semi.method == arch):
+            # a net with the method's extra decoders or messengers, trained without them, would
+            # train a plain net's layers and leave the rest at their zero start
+            raise ValueError(f"network.arch={arch} is trained by semi.method={arch} (with semi.enabled) only")
         if self.augment.fourier_sources == "auto":
             pseudo_labels = self.semi.enabled and self.semi.method in CPS_METHODS and self.semi.weight > 0
             self.augment.fourier_sources = "all" if pseudo_labels else "labeled"

@@ -174,10 +174,6 @@ class Trainer:
         self.train_seconds = 0.0
         """Wall time spent in training steps (data, augmentation, passes, updates) so far, resumes
         included; validation and checkpoints are not counted: the x axis of time-to-accuracy curves."""
-        methods_of = {AggregatingDecouplingNet: "ad_generic", MessengerNet: "sd_messenger"}
-        wrapped = methods_of.get(type(self.members[0].module))
-        if wrapped and not (self.semi.enabled and self.semi.method == wrapped):
-            raise ValueError(f"network.arch={wrapped} is trained by semi.method={wrapped} (with semi.enabled) only")
         self.step_fn: TrainingStep = SupervisedStep()
         if self.semi.enabled:
             methods = {"ad_generic": AggregatingDecouplingStep, "sd_messenger": SemanticDomainStep}

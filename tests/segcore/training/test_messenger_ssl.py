@@ -71,16 +71,23 @@ def test_out_of_range_settings_of_the_new_methods_are_refused():
             CPSConfig(method="ad_generic", networks=1, **bad)
 
 
-def test_a_wrapped_net_without_its_method_is_refused_in_words(tiny_store, tmp_path):
-    import subprocess
+def test_a_wrapped_net_without_its_method_is_refused_by_the_config():
+    """Refused where the config is read (so ``run.sh`` says it in one line before torchrun starts:
+    test_training's ``..._stops_before_torchrun_with_one_line``), for either wrapped net."""
+    import pytest
 
+    from segcore.config import load_config
+    from segcore.training.config import StageConfig
     from tests.segcore.training.conftest import ROOT
 
-    result = subprocess.run(
-        ["sh", str(ROOT / "coarse_seg" / "run.sh"), "--nproc", "1", "--config",
-         str(ROOT / "coarse_seg" / "config.tiny.yaml"), f"store={tiny_store}", f"output_dir={tmp_path / 'x'}",
-         "train.epochs=1", "network.arch=sd_messenger"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert result.returncode != 0
-    assert "network.arch=sd_messenger is trained by semi.method=sd_messenger" in result.stdout + result.stderr
+    def config(arch: str, semi: dict) -> StageConfig:
+        values = load_config(ROOT / "coarse_seg" / "config.tiny.yaml")
+        values["network"] = {"arch": arch, "init_args": {**values["network"]["init_args"], "base": "residual_unet3d"}}
+        values["semi"] = {**values.get("semi", {}), **semi}
+        return StageConfig.from_mapping(values)
+
+    for arch, other in (("ad_generic", "sd_messenger"), ("sd_messenger", "cacps")):
+        for semi in ({}, {"enabled": True, "method": other, "networks": 1}):
+            with pytest.raises(ValueError, match=f"network.arch={arch} is trained by semi.method={arch}"):
+                config(arch, semi)
+        assert config(arch, {"enabled": True, "method": arch, "networks": 1}).network.arch == arch

@@ -85,6 +85,10 @@ def _ddp_gradients(rank, world_size, init_file, images, labels, out):
         ("store={tmp}/missing.lmdb", "{tmp}/missing.lmdb: no case store here (run data_prepare first)"),
         ("optimizer.grad_clp=1", "bad config: override 'optimizer.grad_clp=1'"),
         ("semi.enabled=true semi.init_from={tmp}/pair.pt", "semi.init_from: {tmp}/pair.pt does not exist"),
+        (
+            "network.arch=sd_messenger",
+            "bad config: {config}: network.arch=sd_messenger is trained by semi.method=sd_messenger",
+        ),
     ],
 )
 def test_a_two_process_run_with_a_mistake_stops_before_torchrun_with_one_line(override, reason, tiny_store, tmp_path):
@@ -92,7 +96,8 @@ def test_a_two_process_run_with_a_mistake_stops_before_torchrun_with_one_line(ov
     result = run_stage("coarse", "--nproc", "2", "--config", str(ROOT / "coarse_seg" / "config.tiny.yaml"), *overrides)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"coarse_seg: {reason.format(tmp=tmp_path)}"), result.stderr
+    reason = reason.format(tmp=tmp_path, config=ROOT / "coarse_seg" / "config.tiny.yaml")
+    assert len(lines) == 1 and lines[0].startswith(f"coarse_seg: {reason}"), result.stderr
     assert not (tmp_path / "run").exists()
 
 
