@@ -1125,6 +1125,10 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
         others = ", ".join(sorted(set(args.arms) - set(report_order(args.setting))))
         parser.error(f"--arms {others}: not an arm of setting {args.setting} (its arms: "
                      f"{', '.join(report_order(args.setting))})")  # fmt: skip
+    if args.seeds and set(args.seeds) - set(settings.seeds):
+        others = ", ".join(str(seed) for seed in sorted(set(args.seeds) - set(settings.seeds)))
+        parser.error(f"--seeds {others}: not a seed of the design (its seeds: "
+                     f"{', '.join(str(seed) for seed in settings.seeds)})")  # fmt: skip
     return args, settings
 
 

@@ -223,6 +223,15 @@ def test_an_unknown_arm_name_is_refused_before_anything_runs():
         arm_names("dense_pretrian")
 
 
+def test_a_seed_outside_the_design_is_refused_rather_than_running_nothing(capsys):
+    assert parse_args(["--seeds", "2"])[0].seeds == [2]
+    with pytest.raises(SystemExit):
+        parse_args(["--seeds", "1,5"])
+    assert "--seeds 5: not a seed of the design (its seeds: 0, 1, 2)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(["--quick", "--seeds", "1"])  # --quick trains seed 0 only
+
+
 def test_parallel_changes_how_many_run_at_once_not_the_design_the_results_are_keyed_by():
     args, settings = parse_args(["--parallel", "1"])
     assert args.parallel == 1 and settings.parallel == 2  # the results' key is built from the settings
