@@ -32,7 +32,7 @@ from pydantic import ConfigDict, TypeAdapter, ValidationError
 from segcore.config import did_you_mean, load_config
 from segcore.networks import NETWORKS
 from segcore.training.augment import AugmentConfig
-from segcore.training.cps import CPS_METHODS, CPSConfig
+from segcore.training.cps import CPS_METHODS, OWN_NETWORK_METHODS, CPSConfig
 
 STRICT = ConfigDict(extra="forbid")
 """Pydantic's validation of every section: unknown keys are errors."""
@@ -158,7 +158,7 @@ class StageConfig:
                 "train like the plain one yet; turn one of them off"
             )
         arch = self.network.arch
-        if arch in ("ad_generic", "sd_messenger") and not (self.semi.enabled and self.semi.method == arch):
+        if arch in OWN_NETWORK_METHODS and not (self.semi.enabled and self.semi.method == arch):
             # a net with the method's extra decoders or messengers, trained without them, would
             # train a plain net's layers and leave the rest at their zero start
             raise ValueError(f"network.arch={arch} is trained by semi.method={arch} (with semi.enabled) only")

@@ -53,9 +53,12 @@ from segcore.training.losses import soft_dice_per_class
 
 IGNORE = -100  # F.cross_entropy's default ignore_index
 ROUND_INITS = ("fresh", "previous", "continue")
-METHODS = ("cacps", "cps", "ad_generic", "sd_messenger")
 CPS_METHODS = ("cacps", "cps")
 """The methods :class:`CPSStep` trains (two networks teaching each other)."""
+OWN_NETWORK_METHODS = ("ad_generic", "sd_messenger")
+"""The methods that train one net of their own, ``network.arch`` of the same name (a base net wrapped
+with A&D's extra decoders or with S&D's messengers), and only that net."""
+METHODS = (*CPS_METHODS, *OWN_NETWORK_METHODS)
 METHOD_DEFAULTS = {"cacps": {"weak_strong": True, "fourier_confidence": True, "pseudo_dice": 0.5}}
 """What a method sets where the config leaves ``weak_strong``, ``fourier_confidence`` or ``pseudo_dice``
 unset (every other method: false, false, 0)."""

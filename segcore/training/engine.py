@@ -176,7 +176,7 @@ class Trainer:
         included; validation and checkpoints are not counted: the x axis of time-to-accuracy curves."""
         self.step_fn: TrainingStep = SupervisedStep()
         if self.semi.enabled:
-            methods = {"ad_generic": AggregatingDecouplingStep, "sd_messenger": SemanticDomainStep}
+            methods = {step.method: step for step in (AggregatingDecouplingStep, SemanticDomainStep)}
             self.step_fn = methods.get(self.semi.method, CPSStep)(self, self.semi)
         self.tensorboard = None
         if context.is_main:
