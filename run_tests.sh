@@ -2,7 +2,9 @@
 # Set up (once) and run the test suite: creates .venv if needed, installs the pinned
 # requirements when they changed (setup.sh --dev), then runs the linters, the duplicate-code
 # check and pytest.
-# Extra arguments go to pytest.
+# pytest runs on every core (pytest-xdist, at most 4 workers, one test file per worker at a time, so a
+# file's module fixtures are built once); extra arguments go to pytest and come after, so `-n 0` runs
+# it in this one process (for --pdb or -s).
 set -eu
 cd "$(dirname "$0")"
 sh setup.sh --dev
@@ -11,4 +13,4 @@ sh setup.sh --dev
 # No block of 6+ lines repeated in the product's packages (comments, docstrings, imports aside).
 .venv/bin/python -m pylint --disable=all --enable=duplicate-code --min-similarity-lines=6 --score=n \
     segcore data_prepare inference_server predict review viewer bench
-exec .venv/bin/python -m pytest "$@"
+exec .venv/bin/python -m pytest -n auto --maxprocesses 4 --dist loadfile "$@"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,19 @@ import pytest
 from segcore.volumes import write_volume
 from segcore.volumes.geometry import Geometry
 from testkit import REAL_DATA
+
+
+def pytest_configure(config) -> None:
+    """Under pytest-xdist, each worker gets its share of the cores (torch would otherwise start one
+    thread per core in every worker, and in every process a test starts: 2 workers on 2 cores would
+    run 4 threads that only fight each other)."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        import torch
+
+        threads = max(1, (os.cpu_count() or 1) // int(workers))
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
