@@ -13,4 +13,4 @@ sh setup.sh --dev
 # No block of 6+ lines repeated in the product's packages (comments, docstrings, imports aside).
 .venv/bin/python -m pylint --disable=all --enable=duplicate-code --min-similarity-lines=6 --score=n \
     segcore data_prepare inference_server predict review viewer bench
-exec .venv/bin/python -m pytest -n auto --maxprocesses 4 --dist loadfile "$@"
+exec .venv/bin/python -m pytest -n logical --maxprocesses 4 --dist loadfile "$@"
